@@ -1,0 +1,189 @@
+//! [`AsyncFdSocket`]: the tokio face of [`FdSocket`](crate::FdSocket).
+
+use std::io::{self, IoSlice};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::Mutex;
+
+use crate::frame::{self, MAX_CHUNK};
+use crate::raw;
+use crate::socket::{Progress, RecvState, adopt_seqpacket, continuations, seqpacket_pair};
+use crate::{Error, Limits, Message, SocketKindError};
+
+/// Continuation bytes of a message whose first packet has left but whose tail has not.
+#[derive(Debug, Default)]
+struct SendState {
+    pending: Vec<u8>,
+    sent: usize,
+}
+
+/// The async message socket: the same wire format and guarantees as
+/// [`FdSocket`](crate::FdSocket), driven by tokio's reactor.
+///
+/// Both directions are usable through `&self`, so one task can receive while others send.
+///
+/// # Cancel safety
+/// [`recv`](Self::recv) is cancel-safe: a packet is taken off the socket only inside the
+/// poll that returns it, and a half-reassembled message stays buffered for the next call.
+/// [`send`](Self::send) either sends nothing (cancelled before its first packet left) or
+/// sends the whole message: if cancelled after the first packet, the rest is kept and goes out
+/// ahead of the next `send` or on [`flush`](Self::flush).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let (a, b) = fdpass::AsyncFdSocket::pair()?;
+/// a.send(b"ping", &[]).await?;
+/// let message = b.recv().await?.expect("open");
+/// assert_eq!(message.data, b"ping");
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct AsyncFdSocket {
+    fd: AsyncFd<OwnedFd>,
+    limits: Limits,
+    send: Mutex<SendState>,
+    recv: Mutex<RecvState>,
+}
+
+impl AsyncFdSocket {
+    /// Creates a connected, non-blocking pair registered with the current runtime.
+    ///
+    /// # Errors
+    /// Outside a tokio runtime, or when out of descriptors.
+    pub fn pair() -> io::Result<(Self, Self)> {
+        let (a, b) = seqpacket_pair(true)?;
+        Ok((
+            Self::from_parts(a, Limits::default())?,
+            Self::from_parts(b, Limits::default())?,
+        ))
+    }
+
+    /// Adopts an existing `AF_UNIX` `SOCK_SEQPACKET` socket, switching it to non-blocking.
+    ///
+    /// # Errors
+    /// [`SocketKindError::Mismatch`] for another kind of descriptor (it is closed), or
+    /// [`SocketKindError::Io`] outside a runtime.
+    pub fn from_fd(fd: OwnedFd) -> Result<Self, SocketKindError> {
+        adopt_seqpacket(&fd, true)?;
+        Ok(Self::from_parts(fd, Limits::default())?)
+    }
+
+    pub(crate) fn from_parts(fd: OwnedFd, limits: Limits) -> io::Result<Self> {
+        // SAFETY: an `OwnedFd` is a valid, open descriptor that only this `AsyncFd` can close,
+        // and its `as_raw_fd` never changes: exactly the contract `register` asks for.
+        #[allow(unsafe_code)]
+        let fd = unsafe { AsyncFd::register(fd) }?;
+        Ok(Self {
+            fd,
+            limits,
+            send: Mutex::new(SendState::default()),
+            recv: Mutex::new(RecvState::new(&limits)),
+        })
+    }
+
+    /// Replaces the limits enforced on both directions.
+    #[must_use]
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self.recv = Mutex::new(RecvState::new(&limits));
+        self
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    async fn send_packet(&self, iov: &[IoSlice<'_>], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+        self.fd
+            .async_io(Interest::WRITABLE, |fd| {
+                raw::send_packet(fd.as_fd(), iov, fds)
+            })
+            .await
+    }
+
+    async fn flush_pending(&self, state: &mut SendState) -> Result<(), Error> {
+        while state.sent < state.pending.len() {
+            let end = state.pending.len().min(state.sent + MAX_CHUNK);
+            let packet = continuations(&state.pending[state.sent..end]).next();
+            if let Some(packet) = packet {
+                self.send_packet(&packet, &[]).await?;
+            }
+            state.sent = end;
+        }
+        state.pending.clear();
+        state.sent = 0;
+        Ok(())
+    }
+
+    /// Sends one message: `data` with `fds` attached (the peer receives duplicates).
+    ///
+    /// # Errors
+    /// [`Error::TooManyFds`] / [`Error::MessageTooLarge`] before anything is sent;
+    /// [`Error::Io`] when the socket fails.
+    pub async fn send(&self, data: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), Error> {
+        let header = frame::first_header(data.len(), fds.len(), &self.limits)?;
+        let (first, rest) = frame::split_first(data);
+        let mut state = self.send.lock().await;
+        self.flush_pending(&mut state).await?;
+        self.send_packet(&[IoSlice::new(&header), IoSlice::new(first)], fds)
+            .await?;
+        if !rest.is_empty() {
+            state.pending.extend_from_slice(rest);
+            self.flush_pending(&mut state).await?;
+        }
+        Ok(())
+    }
+
+    /// Finishes sending a message whose `send` was cancelled midway.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the socket fails.
+    pub async fn flush(&self) -> Result<(), Error> {
+        let mut state = self.send.lock().await;
+        self.flush_pending(&mut state).await
+    }
+
+    /// Receives the next whole message, or `None` when the peer closed between messages.
+    ///
+    /// # Errors
+    /// Any protocol violation of [`Error`]; the offending descriptors are closed.
+    pub async fn recv(&self) -> Result<Option<Message>, Error> {
+        let mut guard = self.recv.lock().await;
+        let state = &mut *guard;
+        loop {
+            let packet = self
+                .fd
+                .async_io(Interest::READABLE, |fd| {
+                    raw::recv_packet(fd.as_fd(), &mut state.buf, &mut state.cmsg)
+                })
+                .await?;
+            match state.absorb(packet, &self.limits)? {
+                Progress::Message(message) => return Ok(Some(message)),
+                Progress::Eof => return Ok(None),
+                Progress::More => {}
+            }
+        }
+    }
+}
+
+impl AsFd for AsyncFdSocket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.get_ref().as_fd()
+    }
+}
+
+impl AsRawFd for AsyncFdSocket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.get_ref().as_raw_fd()
+    }
+}
+
+impl From<AsyncFdSocket> for OwnedFd {
+    fn from(socket: AsyncFdSocket) -> Self {
+        socket.fd.into_inner()
+    }
+}

@@ -1,0 +1,84 @@
+//! Send and receive file descriptors together with bytes over Unix sockets, with no leaks.
+//!
+//! This is the lowest layer of the `cluster` workspace and the only one that touches
+//! `SCM_RIGHTS`. Everything above it moves descriptors as [`OwnedFd`]s inside [`Message`]s and
+//! never has to think about control buffers, truncation or close-on-exec again.
+//!
+//! # A guided tour
+//!
+//! * [`FdSocket`] (blocking) and [`AsyncFdSocket`] (tokio) are message sockets over
+//!   `AF_UNIX` `SOCK_SEQPACKET` pairs. [`FdSocket::pair`] makes a pair; `from_fd` adopts one
+//!   inherited from a parent. `send(data, fds)` sends one message; `recv()` returns the next
+//!   whole [`Message`] or `None` at end of file.
+//! * [`Limits`] bound what a peer may send: payload size (default 16 MiB) and descriptors per
+//!   message (default and ceiling [`MAX_FDS`] = 253, the kernel's `SCM_MAX_FD`).
+//! * [`into_socket`] turns a received descriptor into a `std` or `tokio` `TcpListener`,
+//!   `TcpStream`, `UnixListener`, `UnixStream` or `UdpSocket`, after checking with
+//!   `getsockopt` that it really is one ([`SocketKind`]).
+//! * [`send_raw`] and [`recv_raw`] are single `sendmsg`/`recvmsg` calls without this crate's
+//!   framing, for talking to other implementations such as `passfd` or C programs.
+//! * [`inherit_fd`] hands a descriptor to a child process on purpose: it stays close-on-exec
+//!   here and is cleared only in the forked child.
+//! * [`Error`] is what can go wrong on the wire; [`SocketKindError`] what can go wrong when
+//!   adopting a descriptor.
+//!
+//! # Guarantees
+//!
+//! * Every received descriptor is close-on-exec from birth (`MSG_CMSG_CLOEXEC`), so a child
+//!   spawned concurrently by another thread never inherits it.
+//! * Sends use `MSG_NOSIGNAL`: a vanished peer is an `EPIPE` error, not a dead process.
+//! * On any error after a `recvmsg` (truncated control data, too many or too few descriptors
+//!   for what the header declares, credentials instead of descriptors, a malformed packet, a
+//!   peer that closes mid-message) every descriptor that arrived is closed before the error is
+//!   returned.
+//! * Descriptors and the bytes they belong to never cross: they ride on the same packet.
+//! * [`AsyncFdSocket::recv`] is cancel-safe and has no lost wake-ups: readiness is handled by
+//!   tokio's `AsyncFd::async_io`, which retries after `WouldBlock` clears stale readiness.
+//!
+//! # Wire format
+//!
+//! A message is one packet of up to [`MAX_CHUNK`] payload bytes, or a first packet followed by
+//! continuation packets; each packet starts with a small header (tag `0xFD`, kind, and in the
+//! first packet the descriptor count and payload length). Descriptors travel on the first
+//! packet only. `SOCK_STREAM` is deliberately not offered for descriptor traffic: on a stream
+//! the kernel merges bytes across `sendmsg` boundaries, so descriptors can drift away from the
+//! bytes they belong to.
+//!
+//! # Example
+//!
+//! ```
+//! use std::os::fd::AsFd;
+//! let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+//! let (parent, child) = fdpass::FdSocket::pair()?;
+//! parent.send(b"http", &[listener.as_fd()])?;
+//!
+//! let mut message = child.recv()?.expect("parent still open");
+//! let fd = message.fds.pop().expect("one descriptor");
+//! let shared: std::net::TcpListener = fdpass::into_socket(fd)?;
+//! assert_eq!(shared.local_addr()?, listener.local_addr()?);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+// The two `unsafe` blocks of the workspace live here: registering an `OwnedFd` with tokio's
+// reactor, and the post-fork hook that lets a child inherit a chosen descriptor.
+#![deny(unsafe_code)]
+
+mod async_socket;
+mod convert;
+mod error;
+mod frame;
+mod inherit;
+mod raw;
+mod socket;
+
+pub use crate::{
+    async_socket::AsyncFdSocket,
+    convert::{FromSocketFd, SocketKind, into_socket},
+    error::{Error, SocketKindError},
+    frame::{DEFAULT_MAX_MESSAGE_LEN, Limits, MAX_CHUNK, MAX_FDS},
+    inherit::inherit_fd,
+    raw::{RawPacket, recv_raw, send_raw},
+    socket::{FdSocket, Message},
+};
+
+pub use std::os::fd::OwnedFd;

@@ -1,0 +1,1 @@
+//! Example programs of the cluster workspace; see the `examples/` folder.
