@@ -1,5 +1,53 @@
-//! Authenticated IPC hub, typed channels, client-socket pipes and server-socket sharing on top of `fdpass`.
+//! The inter-process pieces a cluster is made of, each usable on its own.
 //!
-//! A documented skeleton for now: the layer is built by its own issue.
+//! Built on [`fdpass`] message sockets (`AF_UNIX` `SOCK_SEQPACKET`), so every frame keeps its
+//! boundaries and any descriptor travels inside the frame it belongs to.
+//!
+//! # A guided tour
+//!
+//! * **Connecting processes.** [`IpcHub`] listens in a private directory; the parent calls
+//!   [`IpcHub::generate_key`], gives the child the hub's [`path`](IpcHub::path) and the
+//!   [`Key`] (as hex, in its environment say), and awaits [`IpcHub::accept`]; the child calls
+//!   [`connect`]. Keys are 256-bit, single-use, compared in constant time and never printed.
+//!   A parent that spawns its children directly can skip the hub and hand each child one end
+//!   of a socket pair ([`fdpass::inherit_fd`]).
+//! * **Talking.** [`Channel<S, R>`](Channel) sends `S` and receives `R` as postcard frames,
+//!   bounded (16 MiB by default), cancel-safe, and [`split`](Channel::split) into halves. Use one
+//!   socket per kind of traffic (control, logs, descriptors) so a slow reader of one never
+//!   stalls another.
+//! * **Handing over clients.** [`ClientSocketSendPipe`] sends an accepted connection plus a
+//!   value (and bytes already read) to a [`ClientSocketReceivePipe`], which yields a
+//!   [`TransferredSocket`]. A failed send returns the socket in [`PipeSendError`].
+//! * **Sharing listeners.** [`ServerSocketFactory`] is the "give me a listener" trait:
+//!   [`LocalServerSocketFactory`] binds here, [`ServerSocketPipeFactory`] asks a
+//!   [`ServerSocketProvider`] in another process, which binds each
+//!   [`ListenAddress`] + [`ListenOptions`] once and hands out duplicates of the same socket.
+//!
+//! Errors: [`HubError`] for connecting, [`ChannelError`] for traffic, [`ServerSocketError`]
+//! for listeners.
 
 #![forbid(unsafe_code)]
+
+mod channel;
+mod client_pipe;
+mod codec;
+mod error;
+mod hub;
+mod key;
+mod server_socket;
+
+pub use crate::{
+    channel::{Channel, ChannelReceiver, ChannelSender},
+    client_pipe::{
+        ClientSocketReceivePipe, ClientSocketSendPipe, PipeSendError, TransferredSocket,
+    },
+    error::{ChannelError, HubError, ServerSocketError},
+    hub::{HubConfig, IpcHub, connect},
+    key::{KEY_LEN, Key, KeyParseError},
+    server_socket::{
+        ListenAddress, ListenOptions, Listener, LocalServerSocketFactory, ServerSocketFactory,
+        ServerSocketPipeFactory, ServerSocketProvider, bind_listener,
+    },
+};
+
+pub use fdpass;

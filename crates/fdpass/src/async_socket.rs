@@ -72,16 +72,34 @@ impl AsyncFdSocket {
     }
 
     pub(crate) fn from_parts(fd: OwnedFd, limits: Limits) -> io::Result<Self> {
-        // SAFETY: an `OwnedFd` is a valid, open descriptor that only this `AsyncFd` can close,
-        // and its `as_raw_fd` never changes: exactly the contract `register` asks for.
-        #[allow(unsafe_code)]
-        let fd = unsafe { AsyncFd::register(fd) }?;
         Ok(Self {
-            fd,
+            fd: register(fd)?,
             limits,
             send: Mutex::new(SendState::default()),
             recv: Mutex::new(RecvState::new(&limits)),
         })
+    }
+
+    /// Connects to a [`SeqpacketListener`](crate::SeqpacketListener) (or any `AF_UNIX`
+    /// `SOCK_SEQPACKET` listener) at `path`.
+    ///
+    /// # Errors
+    /// When the path cannot be reached (`ENOENT`, `ECONNREFUSED`, `EACCES`, ...).
+    pub async fn connect(path: &std::path::Path) -> io::Result<Self> {
+        let fd = crate::listener::new_socket()?;
+        let address = rustix::net::SocketAddrUnix::new(path)?;
+        loop {
+            match rustix::net::connect(&fd, &address) {
+                Ok(()) => break,
+                // The listener's backlog is full: it is busy accepting; try again shortly.
+                Err(rustix::io::Errno::AGAIN) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Self::from_parts(fd, Limits::default())
     }
 
     /// Replaces the limits enforced on both directions.
@@ -168,6 +186,15 @@ impl AsyncFdSocket {
             }
         }
     }
+}
+
+/// Registers a descriptor with the current tokio reactor.
+pub(crate) fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: an `OwnedFd` is a valid, open descriptor that only this `AsyncFd` can close,
+    // and its `as_raw_fd` never changes: exactly the contract `register` asks for.
+    #[allow(unsafe_code)]
+    let registered = unsafe { AsyncFd::register(fd) };
+    Ok(registered?)
 }
 
 impl AsFd for AsyncFdSocket {

@@ -342,6 +342,30 @@ mod tests {
         ));
     }
 
+    proptest::proptest! {
+        /// Whatever a peer sends, the decoder answers with a step or a typed error: no panic,
+        /// and never more payload than the limit.
+        #[test]
+        fn arbitrary_packets_never_panic(
+            packets in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..200), 0..20),
+            biased in proptest::bool::ANY,
+        ) {
+            let limits = Limits::default().max_message_len(1000);
+            let mut r = Reassembly::default();
+            for mut p in packets {
+                if biased && p.len() >= 2 {
+                    // Steer half the cases past the tag check into the header parser.
+                    p[0] = TAG;
+                    p[1] = 1 + (p[1] % 2);
+                }
+                if let Ok(Step::Complete(m)) = r.on_packet(&p, vec![], &limits) {
+                    proptest::prop_assert!(m.data.len() <= 1000);
+                }
+            }
+            let _ = r.on_eof();
+        }
+    }
+
     #[test]
     fn sender_limits_are_checked() {
         let limits = Limits::default().max_message_len(10).max_fds(2);

@@ -10,6 +10,8 @@
 //!   `AF_UNIX` `SOCK_SEQPACKET` pairs. [`FdSocket::pair`] makes a pair; `from_fd` adopts one
 //!   inherited from a parent. `send(data, fds)` sends one message; `recv()` returns the next
 //!   whole [`Message`] or `None` at end of file.
+//! * [`SeqpacketListener`] accepts such sockets on a filesystem path;
+//!   [`AsyncFdSocket::connect`] is the other side.
 //! * [`Limits`] bound what a peer may send: payload size (default 16 MiB) and descriptors per
 //!   message (default and ceiling [`MAX_FDS`] = 253, the kernel's `SCM_MAX_FD`).
 //! * [`into_socket`] turns a received descriptor into a `std` or `tokio` `TcpListener`,
@@ -68,6 +70,7 @@ mod convert;
 mod error;
 mod frame;
 mod inherit;
+mod listener;
 mod raw;
 mod socket;
 
@@ -77,6 +80,7 @@ pub use crate::{
     error::{Error, SocketKindError},
     frame::{DEFAULT_MAX_MESSAGE_LEN, Limits, MAX_CHUNK, MAX_FDS},
     inherit::inherit_fd,
+    listener::SeqpacketListener,
     raw::{RawPacket, recv_raw, send_raw},
     socket::{FdSocket, Message},
 };

@@ -50,3 +50,36 @@ pub fn workspace_bin(name: &str) -> PathBuf {
         profile_dir.display()
     );
 }
+
+/// Spawns a helper of this package with one end of a fresh socket pair inherited as
+/// `FDPASS_FD`; returns our end (blocking mode) and the child.
+pub fn spawn_peer(bin: &str, args: &[&str]) -> (fdpass::FdSocket, std::process::Child) {
+    let (ours, theirs) = fdpass::FdSocket::pair().expect("socket pair");
+    let mut command = std::process::Command::new(workspace_bin(bin));
+    let number = fdpass::inherit_fd(&mut command, theirs.into());
+    command
+        .args(args)
+        .env("FDPASS_FD", number.to_string())
+        .stdout(std::process::Stdio::piped());
+    let child = command.spawn().expect("spawn helper");
+    (ours, child)
+}
+
+/// Waits for a child, at most `limit`; kills it and panics past that.
+pub fn wait_for(
+    child: &mut std::process::Child,
+    limit: std::time::Duration,
+) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("child {} did not exit within {limit:?}", child.id());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}

@@ -1,0 +1,420 @@
+//! Server-socket sharing: one process binds, every worker listens on a duplicate.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use fdpass::AsyncFdSocket;
+use rustix::io::Errno;
+use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType, sockopt};
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{decode, encode};
+use crate::{ChannelError, ServerSocketError};
+
+/// Where to listen: a TCP address (IPv4 or IPv6) or a Unix socket path.
+///
+/// Parsed from `127.0.0.1:8080`, `[::1]:0`, `tcp://127.0.0.1:80`, `localhost:3000`
+/// (= `127.0.0.1:3000`), `unix:/run/app.sock`, `unix:///run/app.sock` or a path starting
+/// with `/` or `./`.
+///
+/// ```
+/// use cluster_ipc::ListenAddress;
+/// let tcp: ListenAddress = "localhost:0".parse()?;
+/// assert_eq!(tcp.to_string(), "127.0.0.1:0");
+/// let unix: ListenAddress = "unix:///tmp/app.sock".parse()?;
+/// assert_eq!(unix.to_string(), "unix:/tmp/app.sock");
+/// assert!("999.1.1.1:80".parse::<ListenAddress>().is_err());
+/// # Ok::<(), cluster_ipc::ServerSocketError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ListenAddress {
+    /// A TCP socket address.
+    Tcp(SocketAddr),
+    /// A Unix stream socket at this path.
+    Unix(PathBuf),
+}
+
+impl FromStr for ListenAddress {
+    type Err = ServerSocketError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            let path = path.strip_prefix("//").unwrap_or(path);
+            if path.is_empty() {
+                return Err(ServerSocketError::InvalidAddress(s.to_owned()));
+            }
+            return Ok(Self::Unix(path.into()));
+        }
+        if s.starts_with('/') || s.starts_with("./") {
+            return Ok(Self::Unix(s.into()));
+        }
+        let tcp = s.strip_prefix("tcp://").unwrap_or(s);
+        if let Some(port) = tcp.strip_prefix("localhost:") {
+            let port = port
+                .parse()
+                .map_err(|_| ServerSocketError::InvalidAddress(s.to_owned()))?;
+            return Ok(Self::Tcp(SocketAddr::from(([127, 0, 0, 1], port))));
+        }
+        tcp.parse()
+            .map(Self::Tcp)
+            .map_err(|_| ServerSocketError::InvalidAddress(s.to_owned()))
+    }
+}
+
+impl fmt::Display for ListenAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp(addr) => write!(f, "{addr}"),
+            Self::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// How to bind and listen. Equal options on an equal address share one socket.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ListenOptions {
+    /// `listen()` backlog (default 1024; the kernel caps it at `net.core.somaxconn`).
+    pub backlog: u32,
+    /// `SO_REUSEPORT` (default off: one shared queue balances by idle workers).
+    pub reuse_port: bool,
+    /// `IPV6_V6ONLY` for IPv6 addresses (default on, so `[::]` does not also take IPv4).
+    pub ipv6_only: bool,
+}
+
+impl Default for ListenOptions {
+    fn default() -> Self {
+        Self {
+            backlog: 1024,
+            reuse_port: false,
+            ipv6_only: true,
+        }
+    }
+}
+
+/// A listening socket, registered with tokio.
+#[derive(Debug)]
+pub enum Listener {
+    /// A TCP listener.
+    Tcp(tokio::net::TcpListener),
+    /// A Unix stream listener.
+    Unix(tokio::net::UnixListener),
+}
+
+impl Listener {
+    /// Wraps a listening descriptor of either kind.
+    ///
+    /// # Errors
+    /// When it is neither a listening TCP nor Unix stream socket (it is closed), or cannot be
+    /// registered with the runtime.
+    pub fn from_fd(fd: OwnedFd) -> Result<Self, ServerSocketError> {
+        let kind = fdpass::SocketKind::of(&fd).map_err(ServerSocketError::Register)?;
+        let adopted = if kind.domain == AddressFamily::UNIX {
+            fdpass::into_socket(fd).map(Self::Unix)
+        } else {
+            fdpass::into_socket(fd).map(Self::Tcp)
+        };
+        adopted.map_err(|e| ServerSocketError::Channel(ChannelError::SocketKind(e)))
+    }
+
+    /// The address actually bound (with the real port when port 0 was asked for).
+    ///
+    /// # Errors
+    /// When `getsockname` fails.
+    pub fn local_addr(&self) -> io::Result<ListenAddress> {
+        match self {
+            Self::Tcp(l) => l.local_addr().map(ListenAddress::Tcp),
+            Self::Unix(l) => {
+                let addr = l.local_addr()?;
+                Ok(ListenAddress::Unix(
+                    addr.as_pathname().map(PathBuf::from).unwrap_or_default(),
+                ))
+            }
+        }
+    }
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            Self::Tcp(l) => l.as_fd(),
+            Self::Unix(l) => l.as_fd(),
+        }
+    }
+}
+
+/// Something that produces listening sockets: bound here ([`LocalServerSocketFactory`]) or
+/// obtained from another process ([`ServerSocketPipeFactory`]). Code written against this
+/// trait runs unchanged in a cluster and standalone.
+pub trait ServerSocketFactory {
+    /// A listener on `address` with `options`.
+    fn listen(
+        &self,
+        address: &ListenAddress,
+        options: &ListenOptions,
+    ) -> impl Future<Output = Result<Listener, ServerSocketError>> + Send;
+}
+
+/// Binds in this process.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LocalServerSocketFactory;
+
+impl ServerSocketFactory for LocalServerSocketFactory {
+    async fn listen(
+        &self,
+        address: &ListenAddress,
+        options: &ListenOptions,
+    ) -> Result<Listener, ServerSocketError> {
+        let fd = bind_listener(address, options)?;
+        Listener::from_fd(fd)
+    }
+}
+
+/// Binds and listens on `address`, close-on-exec and non-blocking.
+///
+/// TCP sockets get `SO_REUSEADDR` so a restart is not refused while old connections sit in
+/// `TIME_WAIT`. A Unix path left behind by a dead process (nobody accepts on it) is replaced;
+/// a live one is `EADDRINUSE`.
+///
+/// # Errors
+/// [`ServerSocketError::Bind`] with the OS error.
+pub fn bind_listener(
+    address: &ListenAddress,
+    options: &ListenOptions,
+) -> Result<OwnedFd, ServerSocketError> {
+    bind_inner(address, options).map_err(|source| ServerSocketError::Bind {
+        address: address.to_string(),
+        source,
+    })
+}
+
+fn bind_inner(address: &ListenAddress, options: &ListenOptions) -> io::Result<OwnedFd> {
+    let flags = SocketFlags::CLOEXEC | SocketFlags::NONBLOCK;
+    let backlog = i32::try_from(options.backlog).unwrap_or(i32::MAX);
+    match address {
+        ListenAddress::Tcp(addr) => {
+            let family = if addr.is_ipv4() {
+                AddressFamily::INET
+            } else {
+                AddressFamily::INET6
+            };
+            let fd = rustix::net::socket_with(family, SocketType::STREAM, flags, None)?;
+            sockopt::set_socket_reuseaddr(&fd, true)?;
+            if options.reuse_port {
+                sockopt::set_socket_reuseport(&fd, true)?;
+            }
+            if addr.is_ipv6() {
+                sockopt::set_ipv6_v6only(&fd, options.ipv6_only)?;
+            }
+            rustix::net::bind(&fd, addr)?;
+            rustix::net::listen(&fd, backlog)?;
+            Ok(fd)
+        }
+        ListenAddress::Unix(path) => {
+            let unix = SocketAddrUnix::new(path.as_path())?;
+            let fd =
+                rustix::net::socket_with(AddressFamily::UNIX, SocketType::STREAM, flags, None)?;
+            match rustix::net::bind(&fd, &unix) {
+                Err(Errno::ADDRINUSE) if is_stale(&unix) => {
+                    std::fs::remove_file(path)?;
+                    rustix::net::bind(&fd, &unix)?;
+                }
+                other => other?,
+            }
+            rustix::net::listen(&fd, backlog)?;
+            Ok(fd)
+        }
+    }
+}
+
+/// A Unix socket path nobody listens on any more.
+fn is_stale(address: &SocketAddrUnix) -> bool {
+    let Ok(probe) = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    ) else {
+        return false;
+    };
+    rustix::net::connect(&probe, address) == Err(Errno::CONNREFUSED)
+}
+
+/// A request from a [`ServerSocketPipeFactory`].
+#[derive(Debug, Serialize, Deserialize)]
+struct ListenRequest {
+    address: ListenAddress,
+    options: ListenOptions,
+}
+
+/// The provider's answer; `Bound` comes with the descriptor.
+#[derive(Debug, Serialize, Deserialize)]
+enum ListenReply {
+    Bound,
+    Failed {
+        os_error: Option<i32>,
+        message: String,
+    },
+}
+
+/// Listening sockets by what was asked for: equal address and options share one socket.
+type SocketTable = HashMap<(ListenAddress, ListenOptions), Arc<OwnedFd>>;
+
+/// Binds each requested address once and hands every requester a duplicate of the same
+/// listening socket (amphp's `ServerSocketPipeProvider`).
+///
+/// The provider owns the sockets for its whole life, so workers come and go without the
+/// listening socket ever closing: connections wait in the kernel's backlog meanwhile. Port 0
+/// is bound once, so every worker shares the same ephemeral port.
+#[derive(Debug, Default, Clone)]
+pub struct ServerSocketProvider {
+    sockets: Arc<Mutex<SocketTable>>,
+}
+
+impl ServerSocketProvider {
+    /// An empty provider.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The listening socket for `address` and `options`, bound on first use.
+    ///
+    /// # Errors
+    /// [`ServerSocketError::Bind`] with the OS error; the next call tries again.
+    pub fn socket(
+        &self,
+        address: &ListenAddress,
+        options: &ListenOptions,
+    ) -> Result<Arc<OwnedFd>, ServerSocketError> {
+        let mut sockets = self.sockets.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = (address.clone(), options.clone());
+        if let Some(fd) = sockets.get(&key) {
+            return Ok(fd.clone());
+        }
+        let fd = Arc::new(bind_listener(address, options)?);
+        sockets.insert(key, fd.clone());
+        Ok(fd)
+    }
+
+    /// Every socket bound so far, with its address as asked for.
+    pub fn sockets(&self) -> Vec<(ListenAddress, Arc<OwnedFd>)> {
+        let sockets = self.sockets.lock().unwrap_or_else(PoisonError::into_inner);
+        sockets
+            .iter()
+            .map(|((address, _), fd)| (address.clone(), fd.clone()))
+            .collect()
+    }
+
+    /// Answers listen requests arriving on `socket` until the requester closes it. A failed
+    /// bind is answered with the OS error and the loop goes on.
+    ///
+    /// # Errors
+    /// [`ChannelError`] when the requester sends something that is not a request, or the
+    /// connection fails; the requester is then disconnected.
+    pub async fn serve(&self, socket: &AsyncFdSocket) -> Result<(), ChannelError> {
+        while let Some(message) = socket.recv().await? {
+            if !message.fds.is_empty() {
+                return Err(ChannelError::UnexpectedFds {
+                    expected: 0,
+                    received: message.fds.len(),
+                });
+            }
+            let request: ListenRequest = decode(&message.data)?;
+            match self.socket(&request.address, &request.options) {
+                Ok(fd) => {
+                    socket
+                        .send(&encode(&ListenReply::Bound)?, &[fd.as_fd()])
+                        .await?
+                }
+                Err(error) => {
+                    let os_error = match &error {
+                        ServerSocketError::Bind { source, .. } => source.raw_os_error(),
+                        _ => None,
+                    };
+                    let message = std::error::Error::source(&error)
+                        .map_or_else(|| error.to_string(), ToString::to_string);
+                    tracing::debug!(address = %request.address, %message, "server socket request failed");
+                    socket
+                        .send(&encode(&ListenReply::Failed { os_error, message })?, &[])
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Asks a [`ServerSocketProvider`] in another process for listening sockets (amphp's
+/// `ServerSocketPipeFactory`). Requests are answered in order; concurrent calls queue.
+#[derive(Debug)]
+pub struct ServerSocketPipeFactory {
+    socket: tokio::sync::Mutex<AsyncFdSocket>,
+    timeout: Duration,
+}
+
+impl ServerSocketPipeFactory {
+    /// Wraps a message socket connected to a provider's [`serve`](ServerSocketProvider::serve).
+    /// Each request waits at most 10 s for its answer.
+    pub fn new(socket: AsyncFdSocket) -> Self {
+        Self {
+            socket: tokio::sync::Mutex::new(socket),
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    async fn request(
+        &self,
+        address: &ListenAddress,
+        options: &ListenOptions,
+    ) -> Result<OwnedFd, ServerSocketError> {
+        let socket = self.socket.lock().await;
+        let request = ListenRequest {
+            address: address.clone(),
+            options: options.clone(),
+        };
+        socket
+            .send(&encode(&request)?, &[])
+            .await
+            .map_err(ChannelError::from)?;
+        let mut reply = socket
+            .recv()
+            .await
+            .map_err(ChannelError::from)?
+            .ok_or(ServerSocketError::ProviderGone)?;
+        match decode::<ListenReply>(&reply.data)? {
+            ListenReply::Bound if reply.fds.len() == 1 => Ok(reply.fds.pop().expect("checked")),
+            ListenReply::Bound => Err(ChannelError::UnexpectedFds {
+                expected: 1,
+                received: reply.fds.len(),
+            }
+            .into()),
+            ListenReply::Failed { os_error, message } => Err(ServerSocketError::Bind {
+                address: address.to_string(),
+                source: match os_error {
+                    Some(code) => io::Error::from_raw_os_error(code),
+                    None => io::Error::other(message),
+                },
+            }),
+        }
+    }
+}
+
+impl ServerSocketFactory for ServerSocketPipeFactory {
+    async fn listen(
+        &self,
+        address: &ListenAddress,
+        options: &ListenOptions,
+    ) -> Result<Listener, ServerSocketError> {
+        let fd = tokio::time::timeout(self.timeout, self.request(address, options))
+            .await
+            .map_err(|_| ServerSocketError::Timeout(self.timeout))??;
+        Listener::from_fd(fd)
+    }
+}

@@ -1,0 +1,65 @@
+//! [`SeqpacketListener`]: accepting message-socket connections on a filesystem path.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+
+use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+
+use crate::async_socket::register;
+use crate::{AsyncFdSocket, Limits};
+
+pub(crate) fn new_socket() -> io::Result<OwnedFd> {
+    let flags = SocketFlags::CLOEXEC | SocketFlags::NONBLOCK;
+    Ok(rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        flags,
+        None,
+    )?)
+}
+
+/// A listening `AF_UNIX` `SOCK_SEQPACKET` socket whose connections are [`AsyncFdSocket`]s.
+///
+/// Access control is the caller's: put the path in a private directory, set its mode, and
+/// check the peer with `SO_PEERCRED` (`rustix::net::sockopt::socket_peercred`).
+#[derive(Debug)]
+pub struct SeqpacketListener {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl SeqpacketListener {
+    /// Binds and listens at `path` (which must not exist) with the given backlog.
+    ///
+    /// # Errors
+    /// `EADDRINUSE` when the path exists, `EACCES`, `ENAMETOOLONG` (over 107 bytes), ...
+    pub fn bind(path: &Path, backlog: i32) -> io::Result<Self> {
+        let fd = new_socket()?;
+        rustix::net::bind(&fd, &SocketAddrUnix::new(path)?)?;
+        rustix::net::listen(&fd, backlog)?;
+        Ok(Self { fd: register(fd)? })
+    }
+
+    /// Accepts the next connection (close-on-exec, non-blocking).
+    ///
+    /// # Errors
+    /// `EMFILE`/`ENFILE` when out of descriptors (back off before retrying), `ECONNABORTED`.
+    pub async fn accept(&self) -> io::Result<AsyncFdSocket> {
+        let fd = self
+            .fd
+            .async_io(Interest::READABLE, |fd| {
+                let flags = SocketFlags::CLOEXEC | SocketFlags::NONBLOCK;
+                Ok(rustix::net::accept_with(fd, flags)?)
+            })
+            .await?;
+        AsyncFdSocket::from_parts(fd, Limits::default())
+    }
+}
+
+impl AsFd for SeqpacketListener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.get_ref().as_fd()
+    }
+}

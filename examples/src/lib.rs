@@ -1,1 +1,0 @@
-//! Example programs of the cluster workspace; see the `examples/` folder.

@@ -1,0 +1,86 @@
+//! Helper process for the `ipc_*` tests: the child's side of each `cluster-ipc` component.
+//!
+//! `ipc-peer <mode> [args]`:
+//! * `hub-echo`: connect to the hub at `HUB_PATH` with `HUB_KEY` and echo `String`s until EOF.
+//! * `client-receiver`: receive client sockets on the inherited socket in `FDPASS_FD`; answer
+//!   each client with `<data>|<prefix>|<data length>` and close it.
+//! * `listen ADDR...`: ask the provider on `FDPASS_FD` for each address and print `ok ADDR` or
+//!   `err OS_ERROR MESSAGE`; then accept one client on the first listener and greet it.
+
+use std::os::fd::{FromRawFd, OwnedFd};
+
+use cluster_ipc::{
+    Channel, ClientSocketReceivePipe, Key, ListenOptions, Listener, ServerSocketFactory,
+    ServerSocketPipeFactory, connect,
+};
+use fdpass::AsyncFdSocket;
+use tokio::io::AsyncWriteExt;
+
+fn inherited() -> AsyncFdSocket {
+    let number: i32 = std::env::var("FDPASS_FD")
+        .expect("FDPASS_FD")
+        .parse()
+        .expect("number");
+    // SAFETY: the parent handed us this descriptor on purpose and nothing else owns it.
+    #[allow(unsafe_code)]
+    let fd = unsafe { OwnedFd::from_raw_fd(number) };
+    AsyncFdSocket::from_fd(fd).expect("a seqpacket socket")
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("hub-echo") => {
+            let path = std::env::var("HUB_PATH").expect("HUB_PATH");
+            let key = Key::from_hex(&std::env::var("HUB_KEY").expect("HUB_KEY")).expect("key");
+            let socket = connect(path.as_ref(), &key).await.expect("connect");
+            let channel = Channel::<String, String>::new(socket);
+            while let Some(text) = channel.recv().await.expect("recv") {
+                channel.send(&format!("echo: {text}")).await.expect("send");
+            }
+        }
+        Some("client-receiver") => {
+            let pipe = ClientSocketReceivePipe::<String>::new(inherited());
+            while let Some(transferred) = pipe.receive().await.expect("receive") {
+                let mut client = transferred.socket;
+                let prefix = String::from_utf8_lossy(&transferred.prefix).into_owned();
+                let answer = format!(
+                    "{}|{}|{}",
+                    &transferred.data[..transferred.data.len().min(16)],
+                    prefix,
+                    transferred.data.len()
+                );
+                client.write_all(answer.as_bytes()).await.expect("write");
+            }
+        }
+        Some("listen") => {
+            let factory = ServerSocketPipeFactory::new(inherited());
+            let mut first: Option<Listener> = None;
+            for address in &args[1..] {
+                let address = address.parse().expect("address");
+                match factory.listen(&address, &ListenOptions::default()).await {
+                    Ok(listener) => {
+                        println!("ok {}", listener.local_addr().expect("addr"));
+                        first.get_or_insert(listener);
+                    }
+                    Err(cluster_ipc::ServerSocketError::Bind { source, .. }) => {
+                        println!("err {} {source}", source.raw_os_error().unwrap_or(0));
+                    }
+                    Err(other) => println!("err 0 {other}"),
+                }
+            }
+            if let Some(Listener::Tcp(listener)) = first {
+                let (mut client, _) = listener.accept().await.expect("accept");
+                client
+                    .write_all(format!("served by {}", std::process::id()).as_bytes())
+                    .await
+                    .expect("write");
+            }
+        }
+        other => {
+            eprintln!("ipc-peer: unknown mode {other:?}");
+            std::process::exit(2);
+        }
+    }
+}
