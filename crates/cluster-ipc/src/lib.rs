@@ -23,6 +23,9 @@
 //!   [`ServerSocketProvider`] in another process, which binds each
 //!   [`ListenAddress`] + [`ListenOptions`] once and hands out duplicates of the same socket.
 //!
+//! * **The cluster protocol.** [`protocol`] defines what a watcher and its workers say to
+//!   each other; `cluster-watcher` and `cluster-worker` both speak it.
+//!
 //! Errors: [`HubError`] for connecting, [`ChannelError`] for traffic, [`ServerSocketError`]
 //! for listeners.
 
@@ -34,6 +37,7 @@ mod codec;
 mod error;
 mod hub;
 mod key;
+pub mod protocol;
 mod server_socket;
 
 pub use crate::{

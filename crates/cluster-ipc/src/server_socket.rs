@@ -319,6 +319,19 @@ impl ServerSocketProvider {
     /// [`ChannelError`] when the requester sends something that is not a request, or the
     /// connection fails; the requester is then disconnected.
     pub async fn serve(&self, socket: &AsyncFdSocket) -> Result<(), ChannelError> {
+        self.serve_with(socket, |_, _| {}).await
+    }
+
+    /// Like [`serve`](Self::serve), calling `on_bound` with each address handed out (a
+    /// supervisor uses it to learn which worker listens where).
+    ///
+    /// # Errors
+    /// As [`serve`](Self::serve).
+    pub async fn serve_with(
+        &self,
+        socket: &AsyncFdSocket,
+        mut on_bound: impl FnMut(&ListenAddress, &Arc<OwnedFd>),
+    ) -> Result<(), ChannelError> {
         while let Some(message) = socket.recv().await? {
             if !message.fds.is_empty() {
                 return Err(ChannelError::UnexpectedFds {
@@ -329,9 +342,10 @@ impl ServerSocketProvider {
             let request: ListenRequest = decode(&message.data)?;
             match self.socket(&request.address, &request.options) {
                 Ok(fd) => {
+                    on_bound(&request.address, &fd);
                     socket
                         .send(&encode(&ListenReply::Bound)?, &[fd.as_fd()])
-                        .await?
+                        .await?;
                 }
                 Err(error) => {
                     let os_error = match &error {

@@ -1,5 +1,61 @@
-//! The worker side of a cluster: the API a server program calls, in a cluster or standalone.
+//! The worker side of a cluster: what a server program calls. The same program runs
+//! unchanged under a `cluster-watcher` (or the `cluster` binary) and on its own.
 //!
-//! A documented skeleton for now: the layer is built by its own issue.
+//! # A guided tour
+//!
+//! * **Who am I.** [`is_worker`], [`id`] (the slot, from 1, stable across restarts),
+//!   [`generation`] (how many times the slot was started), [`pid`].
+//! * **Serving.** [`listen`] returns a [`Listener`] of TCP connections. In `shared` mode it
+//!   accepts on a duplicate of the watcher's listening socket; in `round-robin` mode the
+//!   watcher accepts and sends connections over; standalone it binds here. Connections get
+//!   `TCP_NODELAY`. With the `axum` feature, [`Listener`] implements `axum::serve::Listener`,
+//!   so `axum::serve(cluster_worker::listen(addr).await?, router)` is the whole change.
+//!   [`server_socket_factory`] gives raw listeners (TCP or Unix) for other servers.
+//! * **Readiness and liveness.** The first successful [`listen`] tells the watcher the worker
+//!   is ready ([`defer_ready`] + [`ready`] to control it). A heartbeat goes out from the
+//!   program's own tokio runtime, so a blocked runtime is noticed and the worker replaced.
+//! * **Stopping.** [`await_termination`] resolves on SIGTERM, SIGINT, SIGQUIT, SIGHUP or the
+//!   watcher's stop request, and says which ([`Termination`]); [`shutdown`] asks the watcher for
+//!   a graceful stop. If the watcher dies, the worker sees end of file (and `SIGTERM` from the
+//!   kernel as a backstop) and exits.
+//! * **Messages.** [`channel`] gives a typed [`WorkerChannel`] to the watcher.
+//! * **Logs.** [`init_tracing`] forwards `tracing` events to the watcher in a cluster
+//!   ([`ForwardingLayer`]) and prints them standalone.
+//!
+//! ```no_run
+//! # async fn serve() -> Result<(), Box<dyn std::error::Error>> {
+//! cluster_worker::init_tracing();
+//! let listener = cluster_worker::listen("127.0.0.1:8080").await?;
+//! tracing::info!("listening on {}", listener.local_addr());
+//! loop {
+//!     tokio::select! {
+//!         accepted = listener.accept() => { let (_stream, _peer) = accepted?; /* serve */ }
+//!         why = cluster_worker::await_termination() => {
+//!             tracing::info!(?why, "stopping");
+//!             return Ok(());
+//!         }
+//!     }
+//! }
+//! # }
+//! ```
 
 #![forbid(unsafe_code)]
+
+mod api;
+mod env;
+mod error;
+mod link;
+mod listener;
+mod log;
+
+pub use crate::{
+    api::{
+        Termination, WorkerChannel, WorkerSocketFactory, await_termination, channel, defer_ready,
+        generation, id, is_worker, pid, ready, server_socket_factory, shutdown,
+    },
+    error::WorkerError,
+    listener::{Listener, listen, listen_with},
+    log::{ForwardingLayer, init_tracing},
+};
+
+pub use cluster_ipc::{ListenAddress, ListenOptions};

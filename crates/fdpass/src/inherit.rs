@@ -40,3 +40,46 @@ pub fn inherit_fd(command: &mut Command, fd: OwnedFd) -> RawFd {
     }
     number
 }
+
+/// Takes ownership of a descriptor this process inherited on purpose (see [`inherit_fd`]):
+/// the child's side, given the number its parent passed along.
+///
+/// The descriptor must be open and *not* close-on-exec (which is what surviving `exec` on
+/// purpose looks like; everything Rust opens is close-on-exec); each number is adopted at most
+/// once per process. It is made close-on-exec again, so it does not leak into this process's
+/// own children.
+///
+/// # Errors
+/// `EBADF` when the number is not open; `InvalidInput` when it is close-on-exec (so not an
+/// inherited descriptor) or was already adopted.
+pub fn adopt_inherited_fd(number: RawFd) -> std::io::Result<OwnedFd> {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, PoisonError};
+    static ADOPTED: Mutex<Option<HashSet<RawFd>>> = Mutex::new(None);
+
+    let invalid = |why: &str| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("fd {number}: {why}"),
+        )
+    };
+    let mut adopted = ADOPTED.lock().unwrap_or_else(PoisonError::into_inner);
+    let adopted = adopted.get_or_insert_with(HashSet::new);
+    if number < 0 || adopted.contains(&number) {
+        return Err(invalid("already adopted or negative"));
+    }
+    // SAFETY: a borrow for the duration of the two `fcntl` calls below; an unopened number
+    // yields EBADF, and the checks decide whether we may take ownership at all.
+    #[allow(unsafe_code)]
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(number) };
+    let flags = rustix::io::fcntl_getfd(borrowed)?;
+    if flags.contains(FdFlags::CLOEXEC) {
+        return Err(invalid("close-on-exec, so not inherited"));
+    }
+    fcntl_setfd(borrowed, FdFlags::CLOEXEC)?;
+    adopted.insert(number);
+    // SAFETY: the descriptor is open, came through `exec` deliberately (not close-on-exec),
+    // and the registry above guarantees this is its only owner in the process.
+    #[allow(unsafe_code)]
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(number) })
+}

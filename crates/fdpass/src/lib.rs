@@ -20,7 +20,7 @@
 //! * [`send_raw`] and [`recv_raw`] are single `sendmsg`/`recvmsg` calls without this crate's
 //!   framing, for talking to other implementations such as `passfd` or C programs.
 //! * [`inherit_fd`] hands a descriptor to a child process on purpose: it stays close-on-exec
-//!   here and is cleared only in the forked child.
+//!   here and is cleared only in the forked child; [`adopt_inherited_fd`] is the child's side.
 //! * [`Error`] is what can go wrong on the wire; [`SocketKindError`] what can go wrong when
 //!   adopting a descriptor.
 //!
@@ -61,8 +61,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-// The two `unsafe` blocks of the workspace live here: registering an `OwnedFd` with tokio's
-// reactor, and the post-fork hook that lets a child inherit a chosen descriptor.
+// The workspace's `unsafe` lives here: registering an `OwnedFd` with tokio's reactor, the
+// post-fork hook that lets a child inherit a chosen descriptor, and adopting it in the child.
 #![deny(unsafe_code)]
 
 mod async_socket;
@@ -79,7 +79,7 @@ pub use crate::{
     convert::{FromSocketFd, SocketKind, into_socket},
     error::{Error, SocketKindError},
     frame::{DEFAULT_MAX_MESSAGE_LEN, Limits, MAX_CHUNK, MAX_FDS},
-    inherit::inherit_fd,
+    inherit::{adopt_inherited_fd, inherit_fd},
     listener::SeqpacketListener,
     raw::{RawPacket, recv_raw, send_raw},
     socket::{FdSocket, Message},

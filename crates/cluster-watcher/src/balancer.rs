@@ -1,0 +1,163 @@
+//! Round-robin mode: the watcher accepts and hands each connection to the next ready worker.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use cluster_ipc::protocol::ClientMeta;
+use cluster_ipc::{ClientSocketSendPipe, ListenAddress};
+use tokio::task::JoinHandle;
+
+use crate::WorkerId;
+
+pub(crate) type ClientPipe = Arc<ClientSocketSendPipe<ClientMeta>>;
+
+#[derive(Debug)]
+struct Target {
+    id: WorkerId,
+    pipe: ClientPipe,
+    ready: bool,
+}
+
+#[derive(Debug, Default)]
+struct Route {
+    targets: Vec<Target>,
+    next: usize,
+}
+
+/// Which workers listen on which address, and the accept loops feeding them.
+#[derive(Debug, Default)]
+pub(crate) struct Balancer {
+    routes: Mutex<HashMap<ListenAddress, Route>>,
+    loops: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Balancer {
+    fn routes(&self) -> std::sync::MutexGuard<'_, HashMap<ListenAddress, Route>> {
+        self.routes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Worker `id` listens on `address` (bound as `fd`); starts the accept loop on first use.
+    pub(crate) fn register(
+        self: &Arc<Self>,
+        address: &ListenAddress,
+        fd: &OwnedFd,
+        id: WorkerId,
+        pipe: ClientPipe,
+        ready: bool,
+    ) {
+        let mut routes = self.routes();
+        let first = !routes.contains_key(address);
+        let route = routes.entry(address.clone()).or_default();
+        route.targets.retain(|t| t.id != id);
+        route.targets.push(Target { id, pipe, ready });
+        drop(routes);
+        if first {
+            match fd.try_clone().and_then(|fd| {
+                fdpass::into_socket::<tokio::net::TcpListener>(fd).map_err(std::io::Error::other)
+            }) {
+                Ok(listener) => {
+                    let this = self.clone();
+                    let address = address.clone();
+                    let task =
+                        tokio::spawn(async move { this.accept_loop(listener, address).await });
+                    self.loops
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(task);
+                }
+                Err(e) => {
+                    tracing::error!(%address, error = %e, "round-robin: cannot accept on listener")
+                }
+            }
+        }
+    }
+
+    pub(crate) fn set_ready(&self, id: WorkerId) {
+        for route in self.routes().values_mut() {
+            route
+                .targets
+                .iter_mut()
+                .filter(|t| t.id == id)
+                .for_each(|t| t.ready = true);
+        }
+    }
+
+    /// No more connections for `id` (it is stopping or gone).
+    pub(crate) fn remove(&self, id: WorkerId) {
+        for route in self.routes().values_mut() {
+            route.targets.retain(|t| t.id != id);
+        }
+    }
+
+    /// Stops accepting (the listening sockets stay open in the provider).
+    pub(crate) fn shutdown(&self) {
+        for task in self
+            .loops
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+        {
+            task.abort();
+        }
+    }
+
+    fn pick(&self, address: &ListenAddress) -> Option<(WorkerId, ClientPipe)> {
+        let mut routes = self.routes();
+        let route = routes.get_mut(address)?;
+        let n = route.targets.len();
+        for i in 0..n {
+            let index = (route.next + i) % n;
+            if route.targets[index].ready {
+                route.next = index + 1;
+                let target = &route.targets[index];
+                return Some((target.id, target.pipe.clone()));
+            }
+        }
+        None
+    }
+
+    async fn accept_loop(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+        address: ListenAddress,
+    ) {
+        let meta = ClientMeta {
+            listener: address.clone(),
+        };
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            let mut socket = match listener.accept().await {
+                Ok((socket, _)) => {
+                    backoff = Duration::from_millis(10);
+                    socket
+                }
+                Err(e) => {
+                    // Out of descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%address, error = %e, "round-robin accept failed; retrying in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            let _ = socket.set_nodelay(true);
+            // An accepted connection is never dropped: it waits for a ready worker, and a
+            // failed transfer returns it to try the next one.
+            loop {
+                let Some((id, pipe)) = self.pick(&address) else {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                };
+                match pipe.send(socket, &meta).await {
+                    Ok(()) => break,
+                    Err(failed) => {
+                        tracing::debug!(worker = %id, error = %failed.error, "transfer failed; trying the next worker");
+                        self.remove(id);
+                        socket = failed.socket;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! [`WatcherConfig`]: what to run and the knobs, each with its documented default.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cluster_ipc::protocol::Balance;
+
+/// What the watcher runs and how it supervises it.
+///
+/// ```
+/// use std::time::Duration;
+/// let config = cluster_watcher::WatcherConfig::new("target/release/hello-http")
+///     .arg("127.0.0.1:8080")
+///     .balance(cluster_watcher::Balance::RoundRobin)
+///     .shutdown_timeout(Duration::from_secs(5));
+/// assert_eq!(config.heartbeat_timeout, Duration::from_secs(10));
+/// ```
+#[derive(Debug, Clone)]
+pub struct WatcherConfig {
+    /// The worker program. Looked up at every spawn, so a rebuilt binary takes effect at the
+    /// next (re)start.
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<OsString>,
+    /// Extra environment variables (the watcher's own environment is inherited).
+    pub env: Vec<(OsString, OsString)>,
+    /// Working directory (default: the watcher's).
+    pub cwd: Option<PathBuf>,
+    /// How connections reach workers (default [`Balance::Shared`]).
+    pub balance: Balance,
+    /// How long a stopping worker may take to finish in-flight work before `SIGKILL`
+    /// (default 10 s).
+    pub shutdown_timeout: Duration,
+    /// How long a new worker may take to report ready before it is killed (default 30 s).
+    pub ready_timeout: Duration,
+    /// How often workers send a heartbeat (default 1 s).
+    pub heartbeat_interval: Duration,
+    /// Silence after which a ready worker is considered hung, killed and replaced
+    /// (default 10 s).
+    pub heartbeat_timeout: Duration,
+    /// Delay before respawning a slot that crashed soon after starting; doubles with each
+    /// further crash (default 100 ms).
+    pub backoff_initial: Duration,
+    /// Ceiling of the respawn delay (default 10 s).
+    pub backoff_max: Duration,
+    /// A worker that ran this long counts as healthy: its slot's delay resets and its
+    /// replacement starts at once (default 30 s).
+    pub backoff_reset: Duration,
+    /// Slots replaced at once during a rolling restart (default 1).
+    pub restart_parallelism: usize,
+}
+
+impl WatcherConfig {
+    /// A configuration running `program` with every default.
+    pub fn new(program: impl Into<PathBuf>) -> Self {
+        Self {
+            program: program.into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            cwd: None,
+            balance: Balance::Shared,
+            shutdown_timeout: Duration::from_secs(10),
+            ready_timeout: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_timeout: Duration::from_secs(10),
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+            backoff_reset: Duration::from_secs(30),
+            restart_parallelism: 1,
+        }
+    }
+
+    /// Adds an argument.
+    #[must_use]
+    pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// Adds arguments.
+    #[must_use]
+    pub fn args<I: IntoIterator<Item = A>, A: Into<OsString>>(mut self, args: I) -> Self {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Adds an environment variable.
+    #[must_use]
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Sets the balance mode.
+    #[must_use]
+    pub fn balance(mut self, balance: Balance) -> Self {
+        self.balance = balance;
+        self
+    }
+
+    /// Sets the shutdown timeout.
+    #[must_use]
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+}

@@ -1,0 +1,20 @@
+/// Why a worker-side call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkerError {
+    /// The call needs a cluster, and this program runs standalone.
+    #[error("not running as a cluster worker")]
+    NotAWorker,
+    /// The watcher's socket for this purpose is missing (never inherited, or already taken).
+    #[error("the watcher's {0} socket is not available")]
+    MissingSocket(&'static str),
+    /// Talking to the watcher failed.
+    #[error("channel to the watcher failed")]
+    Channel(#[from] cluster_ipc::ChannelError),
+    /// Getting a listening socket failed.
+    #[error("cannot listen")]
+    Listen(#[from] cluster_ipc::ServerSocketError),
+    /// A socket could not be set up.
+    #[error("socket setup failed")]
+    Io(#[from] std::io::Error),
+}

@@ -1,0 +1,207 @@
+//! [`Listener`]: client connections, however the cluster delivers them.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::PoisonError;
+use std::time::Duration;
+
+use cluster_ipc::protocol::Balance;
+use cluster_ipc::{ListenAddress, ListenOptions, LocalServerSocketFactory, ServerSocketFactory};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Mutex, mpsc};
+
+use crate::WorkerError;
+use crate::link::link;
+
+#[derive(Debug)]
+enum Source {
+    /// Accept on a listening socket (standalone, or a duplicate of the watcher's in `shared`).
+    Accept(TcpListener),
+    /// Sockets the watcher accepted and sent over (`round-robin`).
+    Transferred(Mutex<mpsc::UnboundedReceiver<TcpStream>>),
+}
+
+/// A source of TCP client connections. The same code serves standalone (it binds here), in
+/// `shared` mode (it accepts on the watcher's socket) and in `round-robin` mode (the watcher
+/// accepts and sends each connection over).
+///
+/// Accepted connections get `TCP_NODELAY` unless [`set_nodelay(false)`](Self::set_nodelay):
+/// with Nagle's algorithm on, every keep-alive response waits for the delayed ACK (40 ms).
+/// Out-of-descriptor errors back off (100 ms, growing to 1 s) instead of spinning.
+#[derive(Debug)]
+pub struct Listener {
+    source: Source,
+    local_addr: SocketAddr,
+    nodelay: bool,
+}
+
+/// Listens on `address` (`127.0.0.1:8080`, `[::1]:0`, `localhost:3000`): in a cluster on the
+/// watcher's socket for that address (port 0 means one ephemeral port shared by every worker),
+/// standalone by binding here. In a cluster, the first successful `listen` also tells the
+/// watcher this worker is ready, unless [`defer_ready`](crate::defer_ready) was called.
+///
+/// # Errors
+/// [`WorkerError::Listen`] with the OS error when the address cannot be bound (in whichever
+/// process binds it).
+pub async fn listen(address: &str) -> Result<Listener, WorkerError> {
+    let address: ListenAddress = address.parse()?;
+    listen_with(&address, &ListenOptions::default()).await
+}
+
+/// [`listen`] with explicit [`ListenOptions`].
+///
+/// # Errors
+/// As [`listen`]; Unix socket addresses are served through
+/// [`server_socket_factory`](crate::server_socket_factory) instead.
+pub async fn listen_with(
+    address: &ListenAddress,
+    options: &ListenOptions,
+) -> Result<Listener, WorkerError> {
+    let Ok(link) = link() else {
+        let listener = LocalServerSocketFactory.listen(address, options).await?;
+        return Listener::from_accepting(listener);
+    };
+    let factory = link
+        .listen
+        .as_ref()
+        .ok_or(WorkerError::MissingSocket("listen"))?;
+    let listener = factory.listen(address, options).await?;
+    let result = match link.env.balance {
+        Balance::Shared => Listener::from_accepting(listener)?,
+        Balance::RoundRobin => {
+            // The descriptor tells us the real address; the watcher does the accepting.
+            let local_addr = tcp_addr(&listener)?;
+            drop(listener);
+            let (tx, rx) = mpsc::unbounded_channel();
+            link.routes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(address.clone(), tx);
+            Listener {
+                source: Source::Transferred(Mutex::new(rx)),
+                local_addr,
+                nodelay: true,
+            }
+        }
+    };
+    if !link.defer_ready.load(std::sync::atomic::Ordering::SeqCst) {
+        link.ready().await?;
+    }
+    Ok(result)
+}
+
+fn tcp_addr(listener: &cluster_ipc::Listener) -> Result<SocketAddr, WorkerError> {
+    match listener.local_addr()? {
+        ListenAddress::Tcp(addr) => Ok(addr),
+        ListenAddress::Unix(_) => Err(WorkerError::Io(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "listen() serves TCP; use server_socket_factory() for Unix sockets",
+        ))),
+    }
+}
+
+impl Listener {
+    fn from_accepting(listener: cluster_ipc::Listener) -> Result<Self, WorkerError> {
+        let local_addr = tcp_addr(&listener)?;
+        let cluster_ipc::Listener::Tcp(tcp) = listener else {
+            unreachable!("checked by tcp_addr")
+        };
+        Ok(Self {
+            source: Source::Accept(tcp),
+            local_addr,
+            nodelay: true,
+        })
+    }
+
+    /// The address actually bound (the real port when port 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Whether accepted connections get `TCP_NODELAY` (default `true`).
+    pub fn set_nodelay(&mut self, nodelay: bool) {
+        self.nodelay = nodelay;
+    }
+
+    /// The next client connection and its address.
+    ///
+    /// # Errors
+    /// When the watcher is gone in `round-robin` mode (no more connections will come), or an
+    /// accept error that is not about one connection or a lack of resources.
+    pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let accepted = match &self.source {
+                Source::Accept(listener) => listener.accept().await,
+                Source::Transferred(rx) => match rx.lock().await.recv().await {
+                    Some(stream) => stream.peer_addr().map(|peer| (stream, peer)),
+                    None => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::BrokenPipe,
+                            "the watcher is gone",
+                        ));
+                    }
+                },
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    if self.nodelay {
+                        let _ = stream.set_nodelay(true);
+                    }
+                    return Ok((stream, peer));
+                }
+                // The client gave up before we got to it: not our problem.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionAborted
+                            | io::ErrorKind::ConnectionReset
+                            | io::ErrorKind::NotConnected
+                    ) => {}
+                Err(e) if is_resource_error(&e) => {
+                    tracing::warn!(error = %e, "accept: out of resources, backing off {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+fn is_resource_error(e: &io::Error) -> bool {
+    matches!(
+        rustix::io::Errno::from_io_error(e),
+        Some(
+            rustix::io::Errno::MFILE
+                | rustix::io::Errno::NFILE
+                | rustix::io::Errno::NOBUFS
+                | rustix::io::Errno::NOMEM
+        )
+    )
+}
+
+#[cfg(feature = "axum")]
+impl axum::serve::Listener for Listener {
+    type Io = TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match Self::accept(self).await {
+                Ok(accepted) => return accepted,
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                    std::future::pending::<()>().await
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed; retrying in 1 s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        Ok(self.local_addr)
+    }
+}
