@@ -65,6 +65,11 @@ async fn serve() -> Result<(), Box<dyn std::error::Error>> {
     };
     tracing::info!(?why, "stopping: finishing requests in flight");
     drop(listener);
+    if graceful.count() > 0 {
+        // hyper closes a connection that has not sent its first request yet at once; one
+        // accepted a moment ago usually has its request still on the way, so let it arrive.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     graceful.shutdown().await;
     Ok(())
 }

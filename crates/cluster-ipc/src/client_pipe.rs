@@ -39,6 +39,12 @@ impl<T> fmt::Debug for ClientSocketSendPipe<T> {
     }
 }
 
+impl<T> AsFd for ClientSocketSendPipe<T> {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+}
+
 /// A failed transfer, holding the socket that was not transferred.
 #[derive(Debug, thiserror::Error)]
 #[error("client socket transfer failed")]

@@ -91,6 +91,13 @@ impl Balancer {
         }
     }
 
+    /// Closes the sending side of `pipe`: the worker reads every connection already sent,
+    /// then end of file, and knows nothing more will come. A transfer racing with this fails
+    /// and its connection goes to the next worker.
+    pub(crate) fn close_pipe(pipe: &ClientPipe) {
+        let _ = rustix::net::shutdown(&**pipe, rustix::net::Shutdown::Write);
+    }
+
     /// Stops accepting (the listening sockets stay open in the provider).
     pub(crate) fn shutdown(&self) {
         for task in self

@@ -37,6 +37,7 @@ struct WorkerHandle {
     status: watch::Receiver<Status>,
     stopping: Option<StopCause>,
     killed: Option<KillReason>,
+    clients: ClientPipe,
 }
 
 #[derive(Debug, Default)]
@@ -249,9 +250,8 @@ impl ClusterWatcher {
             });
             state.slots.len() as u32
         };
-        let id = spawn(&self.shared, slot, true)?;
-        wait_ready(&self.shared, id).await?;
-        Ok(id)
+        let spawned = spawn(&self.shared, slot, true)?;
+        wait_ready(&self.shared, spawned).await
     }
 
     /// Stops the worker in the highest slot gracefully; never the last one. Returns it.
@@ -425,17 +425,23 @@ async fn futures_join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Ve
     outputs.into_iter().flatten().collect()
 }
 
-async fn wait_ready(shared: &Shared, id: WorkerId) -> Result<(), StartError> {
-    let (mut status, pid) = {
-        let state = shared.state();
-        let Some(worker) = state.workers.get(&id) else {
-            return Err(StartError::NotRunning);
-        };
-        (worker.status.clone(), worker.pid)
-    };
+/// A worker just spawned: enough to wait for it even if it is already gone again.
+#[derive(Debug)]
+struct Spawned {
+    id: WorkerId,
+    pid: u32,
+    status: watch::Receiver<Status>,
+}
+
+async fn wait_ready(shared: &Shared, spawned: Spawned) -> Result<WorkerId, StartError> {
+    let Spawned {
+        id,
+        pid,
+        mut status,
+    } = spawned;
     loop {
         match *status.borrow_and_update() {
-            Status::Ready => return Ok(()),
+            Status::Ready => return Ok(id),
             Status::Exited(exit) if exit.killed == Some(KillReason::ReadyTimeout) => {
                 return Err(StartError::NotReady {
                     id,
@@ -459,7 +465,7 @@ async fn wait_ready(shared: &Shared, id: WorkerId) -> Result<(), StartError> {
 }
 
 /// Starts a new generation in `slot`; as the slot's current worker when `current`.
-fn spawn(shared: &Arc<Shared>, slot: u32, current: bool) -> Result<WorkerId, StartError> {
+fn spawn(shared: &Arc<Shared>, slot: u32, current: bool) -> Result<Spawned, StartError> {
     let id = {
         let mut state = shared.state();
         let s = &mut state.slots[slot as usize - 1];
@@ -526,9 +532,10 @@ fn spawn(shared: &Arc<Shared>, slot: u32, current: bool) -> Result<WorkerId, Sta
             WorkerHandle {
                 pid,
                 control: control_tx.clone(),
-                status,
+                status: status.clone(),
                 stopping: None,
                 killed: None,
+                clients: clients.clone(),
             },
         );
         if current {
@@ -549,7 +556,7 @@ fn spawn(shared: &Arc<Shared>, slot: u32, current: bool) -> Result<WorkerId, Sta
         shared.emit(Event::Exited(exit));
         after_exit(&shared, exit, started.elapsed());
     });
-    Ok(id)
+    Ok(Spawned { id, pid, status })
 }
 
 /// Watches one worker until it has exited and all it sent was read; returns how it ended.
@@ -629,6 +636,9 @@ async fn supervise(
                     }
                 }
                 Ok(None) => break,
+                // Closed with our last message unread: a peer that went away, not bad traffic.
+                Err(cluster_ipc::ChannelError::Transport(fdpass::Error::Io(e)))
+                    if e.kind() == std::io::ErrorKind::ConnectionReset => break,
                 Err(e) => {
                     tracing::warn!(worker = %id, pid, error = %e, "bad control traffic from worker; killing it");
                     let _ = child.start_kill();
@@ -722,8 +732,9 @@ fn after_exit(shared: &Arc<Shared>, exit: WorkerExit, uptime: Duration) {
 
 /// Replaces the worker of `slot` with a new generation, readiness-gated.
 async fn replace_slot(shared: &Arc<Shared>, slot: u32) -> Result<(), StartError> {
-    let new = spawn(shared, slot, false)?;
-    if let Err(e) = wait_ready(shared, new).await {
+    let spawned = spawn(shared, slot, false)?;
+    let new = spawned.id;
+    if let Err(e) = wait_ready(shared, spawned).await {
         // The failed replacement is gone or being killed; the old worker stays current.
         stop_worker(shared, new, StopCause::Replaced).await;
         return Err(e);
@@ -744,13 +755,20 @@ async fn replace_slot(shared: &Arc<Shared>, slot: u32) -> Result<(), StartError>
 
 /// Asks a worker to stop, kills it at the shutdown timeout, and returns how it ended.
 async fn stop_worker(shared: &Arc<Shared>, id: WorkerId, cause: StopCause) -> Option<WorkerExit> {
-    let (control, mut status, pid) = {
+    let (control, mut status, pid, clients) = {
         let mut state = shared.state();
         let worker = state.workers.get_mut(&id)?;
         worker.stopping.get_or_insert(cause);
-        (worker.control.clone(), worker.status.clone(), worker.pid)
+        (
+            worker.control.clone(),
+            worker.status.clone(),
+            worker.pid,
+            worker.clients.clone(),
+        )
     };
+    // No new connections; the ones already sent are drained by the worker before it stops.
     shared.balancer.remove(id);
+    Balancer::close_pipe(&clients);
     let _ = control.send(&WatcherToWorker::Stop).await;
     let wait = async {
         loop {

@@ -85,6 +85,10 @@ pub enum Termination {
 }
 
 /// Resolves when this process should stop, and says why. Works standalone (signals only).
+///
+/// In `round-robin` mode a stop request resolves only once every connection the watcher
+/// already handed over was accepted (at most 2 s), so a program that stops accepting when
+/// this resolves drops none of them; keep polling `accept` alongside (as in a `select!`).
 pub async fn await_termination() -> Termination {
     let watcher = async {
         let Ok(link) = link() else {
@@ -92,8 +96,12 @@ pub async fn await_termination() -> Termination {
         };
         let mut state = link.state.clone();
         loop {
-            match *state.borrow_and_update() {
-                WatcherState::StopRequested => return Termination::StopRequested,
+            let current = *state.borrow_and_update();
+            match current {
+                WatcherState::StopRequested => {
+                    link.drain_transferred().await;
+                    return Termination::StopRequested;
+                }
                 WatcherState::Gone => return Termination::WatcherGone,
                 WatcherState::Running => {}
             }

@@ -2,7 +2,7 @@
 //! factory and, in round-robin mode, the stream of transferred client sockets.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -36,6 +36,10 @@ pub(crate) struct Link {
     pub(crate) inbox: tokio::sync::Mutex<mpsc::UnboundedReceiver<Vec<u8>>>,
     pub(crate) listen: Option<ServerSocketPipeFactory>,
     pub(crate) routes: ClientRoutes,
+    /// Connections received from the watcher but not yet taken by `accept` (round-robin).
+    pub(crate) pending: Arc<AtomicUsize>,
+    /// Set once the watcher closed the client pipe: nothing more will come.
+    pub(crate) clients_closed: Arc<AtomicBool>,
     ready_sent: AtomicBool,
     pub(crate) defer_ready: AtomicBool,
 }
@@ -104,24 +108,33 @@ fn connect(env: &'static WorkerEnv) -> Result<Link, WorkerError> {
         .and_then(|fd| AsyncFdSocket::from_fd(fd).ok())
         .map(ServerSocketPipeFactory::new);
     let routes: ClientRoutes = Arc::default();
+    let pending = Arc::new(AtomicUsize::new(0));
+    let clients_closed = Arc::new(AtomicBool::new(false));
     if let Some(fd) = env.take(Endpoint::Clients) {
         let pipe = ClientSocketReceivePipe::<ClientMeta>::new(
             AsyncFdSocket::from_fd(fd).map_err(std::io::Error::other)?,
         );
-        let routes = routes.clone();
+        let (routes, pending, closed) = (routes.clone(), pending.clone(), clients_closed.clone());
         tokio::spawn(async move {
             while let Ok(Some(client)) = pipe.receive().await {
                 let routes = routes.lock().unwrap_or_else(PoisonError::into_inner);
                 match routes.get(&client.data.listener) {
                     Some(route) => {
-                        let _ = route.send(client.socket);
+                        pending.fetch_add(1, Ordering::SeqCst);
+                        if route.send(client.socket).is_err() {
+                            pending.fetch_sub(1, Ordering::SeqCst);
+                        }
                     }
-                    None => {
-                        tracing::warn!(listener = %client.data.listener, "client for an address this worker does not listen on; closed")
-                    }
+                    None => tracing::warn!(
+                        listener = %client.data.listener,
+                        "client for an address this worker does not listen on; closed"
+                    ),
                 }
             }
+            closed.store(true, Ordering::SeqCst);
         });
+    } else {
+        clients_closed.store(true, Ordering::SeqCst);
     }
     Ok(Link {
         env,
@@ -130,12 +143,26 @@ fn connect(env: &'static WorkerEnv) -> Result<Link, WorkerError> {
         inbox: tokio::sync::Mutex::new(inbox),
         listen,
         routes,
+        pending,
+        clients_closed,
         ready_sent: AtomicBool::new(false),
         defer_ready: AtomicBool::new(false),
     })
 }
 
 impl Link {
+    /// Waits (at most 2 s) until every connection the watcher already sent was accepted, so a
+    /// worker stopping in round-robin mode serves them instead of dropping them.
+    pub(crate) async fn drain_transferred(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while tokio::time::Instant::now() < deadline
+            && !(self.clients_closed.load(Ordering::SeqCst)
+                && self.pending.load(Ordering::SeqCst) == 0)
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     pub(crate) async fn ready(&self) -> Result<(), WorkerError> {
         if !self.ready_sent.swap(true, Ordering::SeqCst) {
             self.control.send(&WorkerToWatcher::Ready).await?;

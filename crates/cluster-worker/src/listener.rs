@@ -2,7 +2,8 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::PoisonError;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use cluster_ipc::protocol::Balance;
@@ -18,7 +19,7 @@ enum Source {
     /// Accept on a listening socket (standalone, or a duplicate of the watcher's in `shared`).
     Accept(TcpListener),
     /// Sockets the watcher accepted and sent over (`round-robin`).
-    Transferred(Mutex<mpsc::UnboundedReceiver<TcpStream>>),
+    Transferred(Mutex<mpsc::UnboundedReceiver<TcpStream>>, Arc<AtomicUsize>),
 }
 
 /// A source of TCP client connections. The same code serves standalone (it binds here), in
@@ -78,13 +79,13 @@ pub async fn listen_with(
                 .unwrap_or_else(PoisonError::into_inner)
                 .insert(address.clone(), tx);
             Listener {
-                source: Source::Transferred(Mutex::new(rx)),
+                source: Source::Transferred(Mutex::new(rx), link.pending.clone()),
                 local_addr,
                 nodelay: true,
             }
         }
     };
-    if !link.defer_ready.load(std::sync::atomic::Ordering::SeqCst) {
+    if !link.defer_ready.load(Ordering::SeqCst) {
         link.ready().await?;
     }
     Ok(result)
@@ -133,8 +134,11 @@ impl Listener {
         loop {
             let accepted = match &self.source {
                 Source::Accept(listener) => listener.accept().await,
-                Source::Transferred(rx) => match rx.lock().await.recv().await {
-                    Some(stream) => stream.peer_addr().map(|peer| (stream, peer)),
+                Source::Transferred(rx, pending) => match rx.lock().await.recv().await {
+                    Some(stream) => {
+                        pending.fetch_sub(1, Ordering::SeqCst);
+                        stream.peer_addr().map(|peer| (stream, peer))
+                    }
                     None => {
                         return Err(io::Error::new(
                             io::ErrorKind::BrokenPipe,

@@ -1,0 +1,133 @@
+//! Worker program for the `watcher_*` and `cli_*` tests: one behaviour per mode.
+//!
+//! `test-worker <mode> [params]`:
+//! * `serve ADDR`: answer each connection with `worker <id> pid <pid> gen <generation>` and
+//!   close it; on termination finish the connections in flight, then exit 0.
+//! * `serve-until-gen ADDR N`: like `serve`, but generation N and later exit 1 at once.
+//! * `serve-slow-stop ADDR MS`: like `serve`, but take MS milliseconds to stop.
+//! * `crash-after MS CODE`: report ready, exit with CODE after MS milliseconds.
+//! * `exit-before-ready CODE`, `never-ready`, `panic-after MS`.
+//! * `block-after MS`: report ready, then block the runtime (heartbeats stop).
+//! * `request-shutdown`: report ready, then ask the watcher to stop it.
+//! * `chat N`: report ready; answer each watcher message `ping X` with `pong X`; on stop send
+//!   N messages `last X` and log N events `log X`, then exit 0.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    cluster_worker::init_tracing();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
+    let num = |i: usize| arg(i).parse::<u64>().unwrap_or(0);
+    match arg(0).as_str() {
+        "serve" => serve(&arg(1), Duration::ZERO).await,
+        "serve-until-gen" => {
+            // Generations from N on fail to start: a broken deploy.
+            if u64::from(cluster_worker::generation().unwrap_or(1)) >= num(2) {
+                std::process::exit(1);
+            }
+            serve(&arg(1), Duration::ZERO).await
+        }
+        "serve-slow-stop" => serve(&arg(1), Duration::from_millis(num(2))).await,
+        "crash-after" => {
+            cluster_worker::ready().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(num(1))).await;
+            std::process::exit(num(2) as i32);
+        }
+        "exit-before-ready" => std::process::exit(num(1) as i32),
+        "never-ready" => {
+            // Connect (heartbeats flow) but never report ready.
+            cluster_worker::defer_ready();
+            cluster_worker::await_termination().await;
+        }
+        "panic-after" => {
+            cluster_worker::ready().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(num(1))).await;
+            panic!("boom from the test worker");
+        }
+        "block-after" => {
+            cluster_worker::ready().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(num(1))).await;
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+        "request-shutdown" => {
+            cluster_worker::ready().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            cluster_worker::shutdown().await.unwrap();
+            let why = cluster_worker::await_termination().await;
+            tracing::info!(?why, "stopping on request");
+        }
+        "chat" => chat(num(1)).await,
+        other => {
+            eprintln!("test-worker: unknown mode {other:?}");
+            std::process::exit(2);
+        }
+    }
+}
+
+async fn serve(address: &str, stop_delay: Duration) {
+    let listener = cluster_worker::listen(address).await.expect("listen");
+    tracing::info!("listening on {}", listener.local_addr());
+    let me = format!(
+        "worker {} pid {} gen {}",
+        cluster_worker::id().unwrap_or(0),
+        cluster_worker::pid(),
+        cluster_worker::generation().unwrap_or(0)
+    );
+    let mut connections = tokio::task::JoinSet::new();
+    let why = loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((mut stream, _)) = accepted else { continue };
+                let me = me.clone();
+                connections.spawn(async move {
+                    // Read the request (anything up to a blank line), then answer.
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !request.ends_with(b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let response = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{me}", me.len());
+                    let _ = stream.write_all(response.as_bytes()).await;
+                });
+            }
+            why = cluster_worker::await_termination() => break why,
+        }
+    };
+    tracing::info!(?why, "stopping");
+    drop(listener);
+    tokio::time::sleep(stop_delay).await;
+    while connections.join_next().await.is_some() {}
+}
+
+async fn chat(last: u64) {
+    let channel = cluster_worker::channel::<String, String>().expect("a worker");
+    cluster_worker::ready().await.unwrap();
+    channel
+        .send(&format!("hello from {}", cluster_worker::id().unwrap()))
+        .await
+        .unwrap();
+    loop {
+        tokio::select! {
+            message = channel.recv() => match message.unwrap() {
+                Some(text) => {
+                    if let Some(x) = text.strip_prefix("ping ") {
+                        channel.send(&format!("pong {x} from {}", cluster_worker::id().unwrap())).await.unwrap();
+                    }
+                }
+                None => return,
+            },
+            _ = cluster_worker::await_termination() => break,
+        }
+    }
+    for x in 0..last {
+        channel.send(&format!("last {x}")).await.unwrap();
+        tracing::info!(x, "log {x}");
+    }
+}

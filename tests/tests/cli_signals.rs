@@ -1,0 +1,132 @@
+//! Signals to the `cluster` binary: rolling restarts under load, scaling, graceful stop, and
+//! the watcher's sudden death. Only processes these tests started are signalled, by pid.
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use rustix::process::Signal;
+use support::{ClusterProcess, Load, process_exists, workspace_bin};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn hello_cluster(workers: &str, balance: &str) -> ClusterProcess {
+    let hello = workspace_bin("hello-http");
+    let cluster = ClusterProcess::start(&[
+        "-w",
+        workers,
+        "--balance",
+        balance,
+        hello.to_str().unwrap(),
+        "127.0.0.1:0",
+    ]);
+    cluster.wait_for("all workers ready", LIMIT);
+    cluster
+}
+
+fn restart_under_load(signal: Signal, balance: &str) {
+    let mut cluster = hello_cluster("2", balance);
+    let port = cluster.port();
+    let before: HashSet<u32> = cluster.worker_pids().into_iter().collect();
+    assert_eq!(before.len(), 2);
+    let load = Load::start(port, 2);
+    std::thread::sleep(Duration::from_millis(200));
+    cluster.signal(signal);
+    cluster.wait_for("rolling restart complete", LIMIT);
+    // Wait for the old workers to finish draining.
+    let deadline = Instant::now() + LIMIT;
+    while cluster.worker_pids().iter().any(|p| before.contains(p)) {
+        assert!(Instant::now() < deadline, "old workers did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let (ok, failed, _) = load.finish();
+    let after = cluster.worker_pids();
+    assert_eq!(after.len(), 2);
+    assert!(
+        after.iter().all(|p| !before.contains(p)),
+        "all worker pids are new"
+    );
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        ok + failed.len() as u64,
+        &failed[..failed.len().min(3)]
+    );
+    assert!(ok > 20, "{ok}");
+    cluster.signal(Signal::TERM);
+    assert!(cluster.wait(LIMIT).success());
+}
+
+#[test]
+fn sigusr1_rolls_the_workers_without_failing_a_request() {
+    restart_under_load(Signal::USR1, "shared");
+}
+
+#[test]
+fn sighup_rolls_the_workers_without_failing_a_request_in_round_robin_mode() {
+    restart_under_load(Signal::HUP, "round-robin");
+}
+
+#[test]
+fn sigttin_and_sigttou_change_the_worker_count() {
+    let mut cluster = hello_cluster("2", "shared");
+    let count = |c: &ClusterProcess, n: usize| {
+        let deadline = Instant::now() + LIMIT;
+        while c.worker_pids().len() != n {
+            assert!(
+                Instant::now() < deadline,
+                "expected {n} workers, have {:?}",
+                c.worker_pids()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    cluster.signal(Signal::TTIN);
+    cluster.wait_for("SIGTTIN: added a worker", LIMIT);
+    count(&cluster, 3);
+    cluster.signal(Signal::TTOU);
+    cluster.wait_for("SIGTTOU: removed a worker", LIMIT);
+    count(&cluster, 2);
+    cluster.signal(Signal::TTOU);
+    count(&cluster, 1);
+    cluster.signal(Signal::TTOU);
+    cluster.wait_for("the last worker stays", LIMIT);
+    count(&cluster, 1);
+    cluster.signal(Signal::TERM);
+    assert!(cluster.wait(LIMIT).success());
+}
+
+#[test]
+fn sigterm_stops_cleanly_and_leaves_no_process_behind() {
+    let mut cluster = hello_cluster("3", "shared");
+    let workers = cluster.worker_pids();
+    assert_eq!(workers.len(), 3);
+    cluster.signal(Signal::TERM);
+    let status = cluster.wait(LIMIT);
+    assert_eq!(status.code(), Some(0), "{}", cluster.output());
+    assert!(cluster.output().contains("cluster stopped cleanly"));
+    assert!(
+        workers.iter().all(|&p| !process_exists(p)),
+        "no worker left behind"
+    );
+}
+
+#[test]
+fn workers_exit_within_two_seconds_when_the_watcher_is_sigkilled() {
+    let mut cluster = hello_cluster("3", "round-robin");
+    let workers = cluster.worker_pids();
+    assert_eq!(workers.len(), 3);
+    cluster.signal(Signal::KILL);
+    cluster.wait(LIMIT);
+    let killed = Instant::now();
+    while workers.iter().any(|&p| process_exists(p)) {
+        assert!(
+            killed.elapsed() < Duration::from_secs(2),
+            "orphans survive: {workers:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

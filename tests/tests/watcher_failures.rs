@@ -1,0 +1,127 @@
+//! Self-healing: killed, crashing, hanging and panicking workers are replaced without a hot
+//! loop, while the other workers keep serving.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use cluster_watcher::{ClusterWatcher, Event, ExitKind, KillReason, StopCause};
+use support::{http_get, next_event, test_worker, watcher_port};
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_worker_is_replaced_and_the_port_keeps_answering() {
+    let watcher = ClusterWatcher::new(test_worker(&["serve", "127.0.0.1:0"]));
+    watcher.start(2).await.unwrap();
+    let port = watcher_port(&watcher);
+    let mut events = watcher.events();
+    let victim = watcher.workers()[0];
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(victim.pid as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let exit = next_event(&mut events, LIMIT, |e| match e {
+        Event::Exited(exit) if exit.pid == victim.pid => Some(*exit),
+        _ => None,
+    })
+    .await;
+    assert_eq!(exit.status, ExitKind::Signal(9));
+    assert_eq!(exit.stopped, None, "an unexpected exit is a crash");
+    let replacement = next_event(&mut events, LIMIT, |e| match e {
+        Event::Ready { id, pid } if id.slot == victim.id.slot => Some((*id, *pid)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(replacement.0.generation, 2);
+    assert_ne!(replacement.1, victim.pid);
+    for _ in 0..20 {
+        tokio::task::spawn_blocking(move || http_get(port))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    watcher.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_looping_slot_backs_off_while_the_other_keeps_serving() {
+    // Slot 1 serves; the crash-looping program runs in a second watcher's only slot.
+    let mut config = test_worker(&["crash-after", "20", "3"]);
+    config.backoff_initial = Duration::from_millis(100);
+    config.backoff_max = Duration::from_secs(2);
+    let crashing = ClusterWatcher::new(config);
+    let mut events = crashing.events();
+    crashing.start(1).await.unwrap();
+    let healthy = ClusterWatcher::new(test_worker(&["serve", "127.0.0.1:0"]));
+    healthy.start(1).await.unwrap();
+    let port = watcher_port(&healthy);
+
+    let window = Instant::now();
+    let mut starts = 1;
+    let mut delays = Vec::new();
+    while window.elapsed() < Duration::from_secs(3) {
+        match tokio::time::timeout(Duration::from_millis(100), events.recv()).await {
+            Ok(Ok(Event::Started { .. })) => starts += 1,
+            Ok(Ok(Event::Respawning { delay, .. })) => delays.push(delay),
+            _ => {}
+        }
+        tokio::task::spawn_blocking(move || http_get(port))
+            .await
+            .unwrap()
+            .expect("the healthy cluster serves");
+    }
+    // 100 + 200 + 400 + 800 + 1600 ms of backoff (plus start-up) fit about 5 restarts in 3 s;
+    // a hot loop would have made hundreds.
+    assert!(
+        (3..=8).contains(&starts),
+        "{starts} starts in 3 s; delays {delays:?}"
+    );
+    assert!(
+        delays.windows(2).all(|w| w[1] >= w[0]),
+        "delays grow: {delays:?}"
+    );
+    crashing.stop().await;
+    healthy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_blocks_its_runtime_is_killed_and_replaced() {
+    let watcher = ClusterWatcher::new(test_worker(&["block-after", "200"]));
+    let mut events = watcher.events();
+    watcher.start(1).await.unwrap();
+    let killed = next_event(&mut events, LIMIT, |e| match e {
+        Event::Killed { id, reason, .. } => Some((*id, *reason)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(killed.1, KillReason::HeartbeatTimeout);
+    let exit = next_event(&mut events, LIMIT, |e| match e {
+        Event::Exited(exit) => Some(*exit),
+        _ => None,
+    })
+    .await;
+    assert_eq!(exit.killed, Some(KillReason::HeartbeatTimeout));
+    next_event(&mut events, LIMIT, |e| match e {
+        Event::Ready { id, .. } if id.generation == 2 => Some(()),
+        _ => None,
+    })
+    .await;
+    watcher.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_asking_to_stop_is_stopped_gracefully_not_counted_as_a_crash() {
+    let watcher = ClusterWatcher::new(test_worker(&["request-shutdown"]));
+    let mut events = watcher.events();
+    watcher.start(1).await.unwrap();
+    let exit = next_event(&mut events, LIMIT, |e| match e {
+        Event::Exited(exit) => Some(*exit),
+        _ => None,
+    })
+    .await;
+    assert_eq!(exit.stopped, Some(StopCause::Requested));
+    assert_eq!(exit.status, ExitKind::Code(0));
+    watcher.stop().await;
+}

@@ -1,0 +1,116 @@
+//! Starting, serving and stopping a cluster of real worker processes in both balance modes.
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use cluster_watcher::{Balance, ClusterWatcher, KillReason, StartError, StopCause, WatcherConfig};
+use support::{http_get, process_exists, test_worker, watcher_port};
+
+async fn serve_in(balance: Balance) {
+    let watcher = ClusterWatcher::new(test_worker(&["serve", "127.0.0.1:0"]).balance(balance));
+    watcher.start(4).await.unwrap();
+    let workers = watcher.workers();
+    assert_eq!(workers.len(), 4);
+    assert!(workers.iter().all(|w| w.ready));
+    let port = watcher_port(&watcher);
+    let mut seen = HashSet::new();
+    for _ in 0..40 {
+        let body = tokio::task::spawn_blocking(move || http_get(port))
+            .await
+            .unwrap()
+            .unwrap();
+        seen.insert(body.split(" pid").next().unwrap().to_owned());
+    }
+    if balance == Balance::RoundRobin {
+        // Strict turns: every worker serves.
+        assert_eq!(seen.len(), 4, "{seen:?}");
+    } else {
+        assert!(!seen.is_empty());
+    }
+    let pids: Vec<u32> = workers.iter().map(|w| w.pid).collect();
+    let started = Instant::now();
+    let exits = watcher.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "stop took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(exits.len(), 4);
+    for exit in &exits {
+        assert_eq!(exit.status, cluster_watcher::ExitKind::Code(0), "{exit:?}");
+        assert_eq!(exit.stopped, Some(StopCause::Stop));
+        assert_eq!(exit.killed, None);
+    }
+    for pid in pids {
+        assert!(
+            !process_exists(pid),
+            "worker {pid} still exists (or is a zombie)"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_workers_start_serve_and_stop_in_shared_mode() {
+    serve_in(Balance::Shared).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_workers_start_serve_and_stop_in_round_robin_mode() {
+    serve_in(Balance::RoundRobin).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_worker_is_killed_at_the_shutdown_timeout() {
+    let mut config = test_worker(&["serve-slow-stop", "127.0.0.1:0", "30000"]);
+    config.shutdown_timeout = Duration::from_millis(500);
+    let watcher = ClusterWatcher::new(config);
+    watcher.start(2).await.unwrap();
+    let pids: Vec<u32> = watcher.workers().iter().map(|w| w.pid).collect();
+    let started = Instant::now();
+    let exits = watcher.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "stop took {:?}",
+        started.elapsed()
+    );
+    for exit in &exits {
+        assert_eq!(exit.killed, Some(KillReason::ShutdownTimeout), "{exit:?}");
+        assert_eq!(exit.status, cluster_watcher::ExitKind::Signal(9));
+    }
+    assert!(pids.iter().all(|&pid| !process_exists(pid)));
+}
+
+#[tokio::test]
+async fn start_errors_say_which_worker_failed_and_why() {
+    let missing = ClusterWatcher::new(WatcherConfig::new("/nonexistent/program"));
+    let err = missing.start(2).await.unwrap_err();
+    assert!(matches!(err, StartError::Spawn { .. }), "{err:?}");
+    assert!(err.to_string().contains("/nonexistent/program"), "{err}");
+
+    let exits = ClusterWatcher::new(test_worker(&["exit-before-ready", "7"]));
+    let err = exits.start(2).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StartError::ExitedBeforeReady {
+                status: cluster_watcher::ExitKind::Code(7),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+
+    let mut config = test_worker(&["never-ready"]);
+    config.ready_timeout = Duration::from_millis(300);
+    let slow = ClusterWatcher::new(config);
+    let err = slow.start(1).await.unwrap_err();
+    assert!(matches!(err, StartError::NotReady { .. }), "{err:?}");
+    assert!(slow.workers().is_empty());
+
+    assert!(matches!(
+        ClusterWatcher::new(test_worker(&["serve"])).start(0).await,
+        Err(StartError::ZeroWorkers)
+    ));
+}
