@@ -348,11 +348,21 @@ async fn connect_inner(path: &Path, key: &Key) -> Result<AsyncFdSocket, HubError
     let socket = AsyncFdSocket::connect(path).await?;
     let mut hello = HELLO_TAG.to_vec();
     hello.extend_from_slice(key.as_bytes());
-    socket
-        .send(&hello, &[])
-        .await
-        .map_err(crate::ChannelError::from)?;
-    match socket.recv().await.map_err(crate::ChannelError::from)? {
+    // A hub that turns us away just closes the connection: end of file, or a reset or broken
+    // pipe when it did so before reading what we sent.
+    let turned_away = |e: fdpass::Error| match e {
+        fdpass::Error::Io(io)
+            if matches!(
+                io.kind(),
+                io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+            ) =>
+        {
+            HubError::Rejected
+        }
+        other => crate::ChannelError::from(other).into(),
+    };
+    socket.send(&hello, &[]).await.map_err(turned_away)?;
+    match socket.recv().await.map_err(turned_away)? {
         Some(reply) if reply.data == WELCOME && reply.fds.is_empty() => Ok(socket),
         _ => Err(HubError::Rejected),
     }

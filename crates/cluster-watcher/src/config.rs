@@ -39,13 +39,12 @@ pub struct WatcherConfig {
     /// Silence after which a ready worker is considered hung, killed and replaced
     /// (default 10 s).
     pub heartbeat_timeout: Duration,
-    /// Delay before respawning a slot that crashed soon after starting; doubles with each
-    /// further crash (default 100 ms).
+    /// Delay before the second respawn of a slot that keeps crashing (the first is
+    /// immediate); doubles with each further crash (default 100 ms).
     pub backoff_initial: Duration,
     /// Ceiling of the respawn delay (default 10 s).
     pub backoff_max: Duration,
-    /// A worker that ran this long counts as healthy: its slot's delay resets and its
-    /// replacement starts at once (default 30 s).
+    /// A worker that ran this long counts as healthy: its slot's delay resets (default 30 s).
     pub backoff_reset: Duration,
     /// Slots replaced at once during a rolling restart (default 1).
     pub restart_parallelism: usize,

@@ -22,9 +22,10 @@
 //!
 //! # Supervision rules
 //!
-//! * A worker that exits while the cluster runs is respawned. A slot that crashes again
-//!   before running [`WatcherConfig::backoff_reset`] waits `backoff_initial`, doubling up to
-//!   `backoff_max`; the other slots keep serving. There is never a hot respawn loop.
+//! * A worker that exits while the cluster runs is respawned at once. A slot that crashes
+//!   again before running [`WatcherConfig::backoff_reset`] waits `backoff_initial`, then
+//!   twice that for each further crash, up to `backoff_max`; the other slots keep serving.
+//!   There is never a hot respawn loop.
 //! * A ready worker silent for `heartbeat_timeout` is killed and replaced; so is a new one
 //!   not ready within `ready_timeout`.
 //! * Messages and log events a worker sent before exiting are read before its exit is

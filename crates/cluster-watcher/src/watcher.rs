@@ -695,11 +695,14 @@ fn after_exit(shared: &Arc<Shared>, exit: WorkerExit, uptime: Duration) {
         }
         slot.current = None;
         if uptime >= config.backoff_reset {
+            // A healthy worker died: replace it at once and forget earlier crashes.
             slot.backoff = config.backoff_initial;
             Duration::ZERO
         } else {
-            let delay = slot.backoff.max(config.backoff_initial);
-            slot.backoff = (delay * 2).min(config.backoff_max);
+            // The first crash of a fresh slot is replaced at once too; each further crash
+            // within the reset window waits twice as long as the last.
+            let delay = slot.backoff;
+            slot.backoff = (delay * 2).clamp(config.backoff_initial, config.backoff_max);
             delay
         }
     };

@@ -4,6 +4,8 @@
 //! * `hub-echo`: connect to the hub at `HUB_PATH` with `HUB_KEY` and echo `String`s until EOF.
 //! * `client-receiver`: receive client sockets on the inherited socket in `FDPASS_FD`; answer
 //!   each client with `<data>|<prefix>|<data length>` and close it.
+//! * `connect-as-nobody PATH KEY`: drop to uid/gid 65534, connect to the hub, print the
+//!   verdict (`connected`, `denied: io`, `denied: rejected`).
 //! * `listen ADDR...`: ask the provider on `FDPASS_FD` for each address and print `ok ADDR` or
 //!   `err OS_ERROR MESSAGE`; then accept one client on the first listener and greet it.
 
@@ -52,6 +54,28 @@ async fn main() {
                     transferred.data.len()
                 );
                 client.write_all(answer.as_bytes()).await.expect("write");
+            }
+        }
+        Some("connect-as-nobody") => {
+            // Become user and group 65534 (this helper is single-threaded here), then try.
+            rustix::thread::set_thread_res_gid(
+                rustix::process::Gid::from_raw(65534),
+                rustix::process::Gid::from_raw(65534),
+                rustix::process::Gid::from_raw(65534),
+            )
+            .expect("setgid");
+            rustix::thread::set_thread_res_uid(
+                rustix::process::Uid::from_raw(65534),
+                rustix::process::Uid::from_raw(65534),
+                rustix::process::Uid::from_raw(65534),
+            )
+            .expect("setuid");
+            let key = Key::from_hex(&args[2]).expect("key");
+            match connect(args[1].as_ref(), &key).await {
+                Ok(_) => println!("connected"),
+                Err(cluster_ipc::HubError::Rejected) => println!("denied: rejected"),
+                Err(cluster_ipc::HubError::Io(_)) => println!("denied: io"),
+                Err(other) => println!("denied: {other}"),
             }
         }
         Some("listen") => {

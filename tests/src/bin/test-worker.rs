@@ -9,6 +9,8 @@
 //! * `exit-before-ready CODE`, `never-ready`, `panic-after MS`.
 //! * `block-after MS`: report ready, then block the runtime (heartbeats stop).
 //! * `request-shutdown`: report ready, then ask the watcher to stop it.
+//! * `hostile ENDPOINT`: without the worker library, send every kind of bad input on one of
+//!   the inherited sockets (`control`, `log` or `listen`), then exit 9.
 //! * `chat N`: report ready; answer each watcher message `ping X` with `pong X`; on stop send
 //!   N messages `last X` and log N events `log X`, then exit 0.
 
@@ -18,8 +20,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    cluster_worker::init_tracing();
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) != Some("hostile") {
+        // (The hostile mode takes the raw sockets itself, so the library must not.)
+        cluster_worker::init_tracing();
+    }
     let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
     let num = |i: usize| arg(i).parse::<u64>().unwrap_or(0);
     match arg(0).as_str() {
@@ -61,6 +66,7 @@ async fn main() {
             tracing::info!(?why, "stopping on request");
         }
         "chat" => chat(num(1)).await,
+        "hostile" => hostile(&arg(1)),
         other => {
             eprintln!("test-worker: unknown mode {other:?}");
             std::process::exit(2);
@@ -130,4 +136,36 @@ async fn chat(last: u64) {
         channel.send(&format!("last {x}")).await.unwrap();
         tracing::info!(x, "log {x}");
     }
+}
+
+/// A misbehaving worker: garbage, an oversize length, a frame of the wrong type, 253
+/// descriptors, and half a frame then silence, on the named socket.
+fn hostile(endpoint: &str) {
+    let fds: Vec<i32> = std::env::var("CLUSTER_WORKER_FDS")
+        .expect("run by a watcher")
+        .split(',')
+        .map(|n| n.parse().unwrap())
+        .collect();
+    let index = match endpoint {
+        "control" => 0,
+        "log" => 1,
+        _ => 2,
+    };
+    let socket =
+        fdpass::FdSocket::from_fd(fdpass::adopt_inherited_fd(fds[index]).unwrap()).unwrap();
+    let (pipe, _w) = rustix::pipe::pipe().unwrap();
+    let many: Vec<_> = (0..253).map(|_| std::os::fd::AsFd::as_fd(&pipe)).collect();
+    let attempts: [(&[u8], &[std::os::fd::BorrowedFd<'_>]); 5] = [
+        (b"garbage that is not a frame", &[]),
+        (&[0xFD, 1, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF], &[]),
+        (&[0xFD, 1, 0, 0, 3, 0, 0, 0, 0xFF, 0xFF, 0xFF], &[]),
+        (&[0xFD, 1, 253, 0, 0, 0, 0, 0], &many),
+        (&[0xFD, 1, 0, 0, 0, 0, 1, 0], &[]),
+    ];
+    for (bytes, fds) in attempts {
+        // The watcher may close the socket after the first offence; keep trying regardless.
+        let _ = fdpass::send_raw(&socket, bytes, fds);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    std::process::exit(9);
 }

@@ -1,0 +1,482 @@
+//! The HTTP benchmark harness: `cluster` against hand-written references and Node's cluster,
+//! interleaved in one run, medians with min–max, ratios against the targets, and a chart.
+//!
+//! Run through `bench/run.sh` (which installs wrk and builds the release binaries). Knobs:
+//! `BENCH_WORKERS` (default `2 4`), `BENCH_DURATION` seconds per load (default 5),
+//! `BENCH_ROUNDS` (default 3), `BENCH_OUT` (chart path, default `bench/results/http.svg`).
+//! Only 127.0.0.1; every server runs in a process group of its own and only those groups are
+//! signalled.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cluster_bench::{Samples, Server, children_of, free_port, http_ok, rss_kib};
+
+struct Config {
+    name: String,
+    workers: usize,
+    command: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+/// Runs wrk; returns (requests/s, p99 latency in ms).
+fn wrk(port: u16, seconds: u64, close: bool) -> (f64, f64) {
+    let mut command = Command::new("wrk");
+    command.args(["-t1", "-c64", &format!("-d{seconds}s"), "--latency"]);
+    if close {
+        command.args(["-H", "Connection: close"]);
+    }
+    let out = command
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .output()
+        .expect("wrk (run bench/run.sh, which installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    let p99 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%"))
+        .map(|v| parse_latency(v.trim()))
+        .unwrap_or(f64::NAN);
+    (rps, p99)
+}
+
+fn parse_latency(text: &str) -> f64 {
+    let (number, unit) = text.split_at(
+        text.find(|c: char| c.is_ascii_alphabetic())
+            .unwrap_or(text.len()),
+    );
+    let value: f64 = number.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => value / 1000.0,
+        "s" => value * 1000.0,
+        _ => value,
+    }
+}
+
+fn main() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned();
+    let release = root.join("target/release");
+    let bin = |p: &str| release.join(p).to_string_lossy().into_owned();
+    let node_script = root
+        .join("bench/node/cluster.js")
+        .to_string_lossy()
+        .into_owned();
+    let workers: Vec<usize> = env_or("BENCH_WORKERS", "2 4")
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let seconds: u64 = env_or("BENCH_DURATION", "5").parse().unwrap_or(5);
+    let rounds: usize = env_or("BENCH_ROUNDS", "3").parse().unwrap_or(3);
+    let out = PathBuf::from(env_or(
+        "BENCH_OUT",
+        &root.join("bench/results/http.svg").to_string_lossy(),
+    ));
+    let hello = bin("examples/hello-http");
+    let cluster = bin("cluster");
+    let reference = bin("ref-server");
+
+    let mut configs = Vec::new();
+    for &n in &workers {
+        let w = n.to_string();
+        let cluster_cmd = |balance: &str| {
+            vec![
+                cluster.clone(),
+                "-w".into(),
+                w.clone(),
+                "--balance".into(),
+                balance.into(),
+                "-l".into(),
+                "warn".into(),
+                hello.clone(),
+                "127.0.0.1:{port}".into(),
+            ]
+        };
+        configs.push(Config {
+            name: format!("cluster shared, {n}w"),
+            workers: n,
+            command: cluster_cmd("shared"),
+            env: vec![],
+        });
+        configs.push(Config {
+            name: format!("cluster round-robin, {n}w"),
+            workers: n,
+            command: cluster_cmd("round-robin"),
+            env: vec![],
+        });
+        configs.push(Config {
+            name: format!("ref (a) tokio multi-thread, {n}w"),
+            workers: n,
+            command: vec![reference.clone(), "tokio".into(), "127.0.0.1:{port}".into()],
+            env: vec![("TOKIO_WORKER_THREADS".into(), w.clone())],
+        });
+        configs.push(Config {
+            name: format!("ref (b) shared socket, {n}w"),
+            workers: n,
+            command: vec![
+                reference.clone(),
+                "shared".into(),
+                w.clone(),
+                "127.0.0.1:{port}".into(),
+            ],
+            env: vec![],
+        });
+        configs.push(Config {
+            name: format!("ref (c) fd passing, {n}w"),
+            workers: n,
+            command: vec![
+                reference.clone(),
+                "fdpass".into(),
+                w.clone(),
+                "127.0.0.1:{port}".into(),
+            ],
+            env: vec![],
+        });
+        for policy in ["none", "rr"] {
+            configs.push(Config {
+                name: format!("node cluster SCHED_{}, {n}w", policy.to_uppercase()),
+                workers: n,
+                command: vec!["node".into(), node_script.clone(), "{port}".into()],
+                env: vec![
+                    ("WORKERS".into(), w.clone()),
+                    ("NODE_CLUSTER_SCHED_POLICY".into(), policy.into()),
+                ],
+            });
+        }
+    }
+
+    let started = Instant::now();
+    // (config, load) -> samples of req/s and p99.
+    let mut rps: BTreeMap<(usize, &str), Samples> = BTreeMap::new();
+    let mut p99: BTreeMap<(usize, &str), Vec<f64>> = BTreeMap::new();
+    for round in 0..rounds {
+        for (i, config) in configs.iter().enumerate() {
+            let port = free_port();
+            let server = Server::start(&config.command, &config.env, port, Stdio::null());
+            server.wait_ready(port);
+            for (load, close) in [("keep-alive", false), ("close", true)] {
+                let (r, p) = wrk(port, seconds, close);
+                rps.entry((i, load))
+                    .or_insert_with(|| Samples {
+                        name: config.name.clone(),
+                        rates: vec![],
+                    })
+                    .rates
+                    .push(r);
+                p99.entry((i, load)).or_default().push(p);
+            }
+            drop(server);
+            eprintln!(
+                "round {}/{rounds}: {} done ({:.0} s)",
+                round + 1,
+                config.name,
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+
+    println!(
+        "\n## HTTP throughput (wrk -t1 -c64, {seconds} s per run, {rounds} rounds interleaved)\n"
+    );
+    println!(
+        "| configuration | keep-alive req/s (min–max) | p99 ms | close req/s (min–max) | p99 ms |"
+    );
+    println!("|---|---:|---:|---:|---:|");
+    let median = |v: &[f64]| {
+        Samples {
+            name: String::new(),
+            rates: v.to_vec(),
+        }
+        .median()
+    };
+    for (i, config) in configs.iter().enumerate() {
+        let ka = &rps[&(i, "keep-alive")];
+        let cl = &rps[&(i, "close")];
+        let (ka_min, ka_max) = ka.range();
+        let (cl_min, cl_max) = cl.range();
+        println!(
+            "| {} | {:.0} ({:.0}–{:.0}) | {:.2} | {:.0} ({:.0}–{:.0}) | {:.2} |",
+            config.name,
+            ka.median(),
+            ka_min,
+            ka_max,
+            median(&p99[&(i, "keep-alive")]),
+            cl.median(),
+            cl_min,
+            cl_max,
+            median(&p99[&(i, "close")])
+        );
+    }
+    let find = |prefix: &str, n: usize| {
+        configs
+            .iter()
+            .position(|c| c.name.starts_with(prefix) && c.workers == n)
+            .unwrap()
+    };
+    println!("\n## Ratios against the targets\n");
+    for &n in &workers {
+        let m = |prefix: &str, load: &str| rps[&(find(prefix, n), load)].median();
+        let checks = [
+            (
+                "shared keep-alive / ref (b)",
+                m("cluster shared", "keep-alive") / m("ref (b)", "keep-alive"),
+                0.97,
+            ),
+            (
+                "round-robin close / ref (c)",
+                m("cluster round-robin", "close") / m("ref (c)", "close"),
+                0.9,
+            ),
+            (
+                "round-robin close / node SCHED_RR",
+                m("cluster round-robin", "close") / m("node cluster SCHED_RR", "close"),
+                2.3,
+            ),
+            (
+                "shared keep-alive / node SCHED_NONE",
+                m("cluster shared", "keep-alive") / m("node cluster SCHED_NONE", "keep-alive"),
+                0.0,
+            ),
+        ];
+        for (label, ratio, bound) in checks {
+            let verdict = if bound == 0.0 {
+                "reported".to_owned()
+            } else if ratio >= bound {
+                format!(">= {bound}x: met")
+            } else {
+                format!(">= {bound}x: MISSED")
+            };
+            println!("- {n} workers, {label}: {ratio:.2}x ({verdict})");
+        }
+    }
+
+    // Start-up, respawn, memory: 4 workers.
+    let n = 4;
+    let four = |name: &str, command: Vec<String>, env: Vec<(String, String)>| Config {
+        name: name.into(),
+        workers: n,
+        command,
+        env,
+    };
+    let startup_configs = [
+        four(
+            "cluster shared",
+            vec![
+                cluster.clone(),
+                "-w".into(),
+                "4".into(),
+                "-l".into(),
+                "warn".into(),
+                hello.clone(),
+                "127.0.0.1:{port}".into(),
+            ],
+            vec![],
+        ),
+        four(
+            "ref (b) shared socket",
+            vec![
+                reference.clone(),
+                "shared".into(),
+                "4".into(),
+                "127.0.0.1:{port}".into(),
+            ],
+            vec![],
+        ),
+        four(
+            "node cluster",
+            vec!["node".into(), node_script.clone(), "{port}".into()],
+            vec![("WORKERS".into(), "4".into())],
+        ),
+        four(
+            "hello-http standalone (one process)",
+            vec![hello.clone(), "127.0.0.1:{port}".into()],
+            vec![],
+        ),
+    ];
+    let mut startup: Vec<Samples> = startup_configs
+        .iter()
+        .map(|c| Samples {
+            name: c.name.clone(),
+            rates: vec![],
+        })
+        .collect();
+    for _ in 0..rounds.max(3) {
+        for (config, samples) in startup_configs.iter().zip(&mut startup) {
+            let port = free_port();
+            let server = Server::start(&config.command, &config.env, port, Stdio::null());
+            samples
+                .rates
+                .push(server.wait_ready(port).as_secs_f64() * 1000.0);
+        }
+    }
+    println!(
+        "\n## Start-up: launch to first answer, 4 workers (ms; median of {} runs)\n",
+        rounds.max(3)
+    );
+    for s in &startup {
+        let (min, max) = s.range();
+        println!("- {}: {:.1} ms ({:.1}–{:.1})", s.name, s.median(), min, max);
+    }
+    let ratio = startup[0].median() / startup[2].median();
+    println!(
+        "- cluster / node: {ratio:.2}x (target <= 0.25x: {})",
+        if ratio <= 0.25 { "met" } else { "MISSED" }
+    );
+
+    // Respawn: SIGKILL one worker, time until the cluster logs the replacement ready.
+    let port = free_port();
+    let mut verbose = four("cluster", startup_configs[0].command.clone(), vec![]);
+    verbose.command.retain(|a| a != "-l" && a != "warn");
+    let launched = Instant::now();
+    let mut server = Server::start(&verbose.command, &verbose.env, port, Stdio::piped());
+    let lines = BufReader::new(server.child.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel::<(Instant, String)>();
+    std::thread::spawn(move || {
+        for line in lines.lines().map_while(Result::ok) {
+            let _ = tx.send((Instant::now(), line));
+        }
+    });
+    let all_ready = loop {
+        let (at, line) = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("cluster output");
+        if line.contains("all workers ready") {
+            break at - launched;
+        }
+    };
+    server.wait_ready(port);
+    std::thread::sleep(Duration::from_millis(300));
+    let watcher_rss = rss_kib(server.pid());
+    let worker_pids = children_of(server.pid());
+    for _ in 0..200 {
+        http_ok(port);
+    }
+    let worker_rss: Vec<u64> = worker_pids.iter().map(|&p| rss_kib(p)).collect();
+    let mut respawns = Vec::new();
+    for victim in worker_pids.iter().take(3) {
+        while rx.try_recv().is_ok() {}
+        let killed = Instant::now();
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(*victim).unwrap(),
+            rustix::process::Signal::KILL,
+        );
+        loop {
+            let (at, line) = rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("replacement ready");
+            if line.contains("worker ready") {
+                respawns.push((at - killed).as_secs_f64() * 1000.0);
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    drop(server);
+    let standalone = Server::start(
+        &startup_configs[3].command,
+        &startup_configs[3].env,
+        port,
+        Stdio::null(),
+    );
+    standalone.wait_ready(port);
+    for _ in 0..200 {
+        http_ok(port);
+    }
+    let standalone_rss = rss_kib(standalone.pid());
+    drop(standalone);
+    let respawn = Samples {
+        name: "respawn".into(),
+        rates: respawns,
+    };
+    println!("\n## Respawn, memory (4 workers)\n");
+    println!(
+        "- launch of `cluster -w 4` to all 4 workers ready (its `start(4)`): {:.1} ms",
+        all_ready.as_secs_f64() * 1000.0
+    );
+    println!(
+        "- respawn, SIGKILL to replacement ready: {:.1} ms median of {}; one cold start of the program: {:.1} ms",
+        respawn.median(),
+        respawn.rates.len(),
+        startup[3].median()
+    );
+    println!(
+        "- watcher RSS: {:.1} MiB (target <= 10 MiB: {})",
+        watcher_rss as f64 / 1024.0,
+        if watcher_rss <= 10 * 1024 {
+            "met"
+        } else {
+            "MISSED"
+        }
+    );
+    let avg = worker_rss.iter().sum::<u64>() as f64 / worker_rss.len().max(1) as f64;
+    println!(
+        "- worker RSS: {:.1} MiB each (hello-http in a cluster) vs {:.1} MiB standalone: {:+.1} MiB (target within 2 MiB: {})",
+        avg / 1024.0,
+        standalone_rss as f64 / 1024.0,
+        (avg - standalone_rss as f64) / 1024.0,
+        if (avg - standalone_rss as f64).abs() <= 2048.0 {
+            "met"
+        } else {
+            "MISSED"
+        }
+    );
+    write_chart(&out, &configs, &rps);
+    println!(
+        "\nchart: {} (total {:.0} s)",
+        out.display(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// A grouped bar chart of median req/s per configuration, keep-alive and close, as SVG.
+fn write_chart(path: &Path, configs: &[Config], rps: &BTreeMap<(usize, &str), Samples>) {
+    let max = rps.values().map(Samples::median).fold(1.0, f64::max);
+    let (row, left, width) = (34.0, 250.0, 520.0);
+    let height = 60.0 + row * configs.len() as f64;
+    let mut svg = format!(
+        "<svg xmlns='http://www.w3.org/2000/svg' width='{}' height='{height}' font-family='sans-serif' font-size='12'>\n<rect width='100%' height='100%' fill='white'/>\n<text x='10' y='20' font-size='14'>HTTP hello world, wrk -t1 -c64: median requests/s (blue keep-alive, orange new connection per request)</text>\n",
+        left + width + 90.0
+    );
+    for (i, config) in configs.iter().enumerate() {
+        let y = 40.0 + row * i as f64;
+        svg += &format!(
+            "<text x='{}' y='{}' text-anchor='end'>{}</text>\n",
+            left - 8.0,
+            y + 18.0,
+            config.name
+        );
+        for (j, (load, color)) in [("keep-alive", "#4e79a7"), ("close", "#f28e2b")]
+            .iter()
+            .enumerate()
+        {
+            let value = rps[&(i, *load)].median();
+            let w = width * value / max;
+            let yy = y + 2.0 + 14.0 * j as f64;
+            svg +=
+                &format!("<rect x='{left}' y='{yy}' width='{w:.1}' height='12' fill='{color}'/>\n");
+            svg += &format!(
+                "<text x='{:.1}' y='{:.1}'>{value:.0}</text>\n",
+                left + w + 4.0,
+                yy + 11.0
+            );
+        }
+    }
+    svg += "</svg>\n";
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    std::fs::write(path, svg).expect("write chart");
+}

@@ -1,0 +1,119 @@
+//! Reference servers for the HTTP benchmark: the same hyper handler as `hello-http`, with no
+//! cluster code at all.
+//!
+//! * `ref-server tokio ADDR`: one multi-threaded tokio process (reference a).
+//! * `ref-server shared N ADDR`: a parent binds, then N single-threaded children accept on the
+//!   inherited socket (reference b, the bar of `shared` mode).
+//! * `ref-server fdpass N ADDR`: a parent accepts in a loop and sends each client socket round
+//!   robin to N single-threaded children over SOCK_SEQPACKET pairs (reference c, the bar of
+//!   `round-robin` mode).
+
+use std::net::TcpListener;
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::{Child, Command};
+
+use cluster_bench::serve_hello;
+
+const CHILD: &str = "REF_SERVER_CHILD_FD";
+
+fn main() {
+    if let Ok(spec) = std::env::var(CHILD) {
+        let (kind, fd) = spec.split_once(':').expect("kind:fd");
+        let fd = fdpass::adopt_inherited_fd(fd.parse().expect("fd")).expect("inherited fd");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(child(kind, fd));
+        return;
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("tokio") => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let listener = tokio::net::TcpListener::bind(&args[1]).await.unwrap();
+                println!("listening on {}", listener.local_addr().unwrap());
+                loop {
+                    let (stream, _) = listener.accept().await.unwrap();
+                    stream.set_nodelay(true).unwrap();
+                    tokio::spawn(serve_hello(stream, "tokio"));
+                }
+            });
+        }
+        Some("shared") => {
+            let n: usize = args[1].parse().unwrap();
+            let listener = TcpListener::bind(&args[2]).unwrap();
+            println!("listening on {}", listener.local_addr().unwrap());
+            let children: Vec<Child> = (0..n)
+                .map(|_| spawn_child("shared", listener.try_clone().unwrap().into()))
+                .collect();
+            wait_all(children);
+        }
+        Some("fdpass") => {
+            let n: usize = args[1].parse().unwrap();
+            let listener = TcpListener::bind(&args[2]).unwrap();
+            println!("listening on {}", listener.local_addr().unwrap());
+            let mut pipes = Vec::new();
+            let mut children = Vec::new();
+            for _ in 0..n {
+                let (ours, theirs) = fdpass::FdSocket::pair().unwrap();
+                children.push(spawn_child("fdpass", theirs.into()));
+                pipes.push(ours);
+            }
+            let mut next = 0;
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let _ = pipes[next].send(b"", &[stream.as_fd()]);
+                next = (next + 1) % pipes.len();
+            }
+            wait_all(children);
+        }
+        _ => {
+            eprintln!("usage: ref-server tokio ADDR | shared N ADDR | fdpass N ADDR");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn spawn_child(kind: &str, fd: OwnedFd) -> Child {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    let number = fdpass::inherit_fd(&mut command, fd);
+    command
+        .env(CHILD, format!("{kind}:{number}"))
+        .spawn()
+        .unwrap()
+}
+
+fn wait_all(children: Vec<Child>) {
+    for mut child in children {
+        let _ = child.wait();
+    }
+}
+
+async fn child(kind: &str, fd: OwnedFd) {
+    match kind {
+        "shared" => {
+            let listener: tokio::net::TcpListener = fdpass::into_socket(fd).unwrap();
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                stream.set_nodelay(true).unwrap();
+                tokio::spawn(serve_hello(stream, "shared"));
+            }
+        }
+        _ => {
+            let socket = fdpass::AsyncFdSocket::from_fd(fd).unwrap();
+            while let Ok(Some(mut message)) = socket.recv().await {
+                let Some(fd) = message.fds.pop() else {
+                    continue;
+                };
+                let stream: tokio::net::TcpStream = fdpass::into_socket(fd).unwrap();
+                stream.set_nodelay(true).unwrap();
+                tokio::spawn(serve_hello(stream, "fdpass"));
+            }
+        }
+    }
+}

@@ -1,0 +1,457 @@
+//! Reliability scenarios against the release `cluster` binary running `hello-http`, each with
+//! a pass/fail outcome and the figures for RELIABILITY.md. Loopback only, bounded in time and
+//! count; every process it signals is one it started (by pid or by its own process group).
+//!
+//! `target/release/reliability [SCENARIO...]` with scenarios `chaos-shared`,
+//! `chaos-round-robin`, `sigstop`, `crash-loop`, `fd-exhaustion`, `soak`, `fuzz` (default:
+//! all). Knobs: `CHAOS_SECS` (60), `CRASH_SECS` (30), `SOAK_CONNECTIONS` (100000),
+//! `FUZZ_EXECS` (10000000).
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use cluster_bench::{Server, children_of, free_port, http_ok, rss_kib};
+use rustix::process::{Pid, Signal, kill_process};
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+struct Paths {
+    cluster: String,
+    hello: String,
+}
+
+fn paths() -> Paths {
+    let release = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("target/release");
+    Paths {
+        cluster: release.join("cluster").to_string_lossy().into_owned(),
+        hello: release
+            .join("examples/hello-http")
+            .to_string_lossy()
+            .into_owned(),
+    }
+}
+
+fn cluster_cmd(p: &Paths, workers: u32, balance: &str, program: &str) -> Vec<String> {
+    [
+        &p.cluster,
+        "-w",
+        &workers.to_string(),
+        "--balance",
+        balance,
+        "-l",
+        "warn",
+        program,
+        "127.0.0.1:{port}",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn kill(pid: i32, signal: Signal) {
+    if let Some(pid) = Pid::from_raw(pid) {
+        let _ = kill_process(pid, signal);
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the command name.
+    fields
+        .get(11)
+        .and_then(|u| u.parse::<u64>().ok())
+        .unwrap_or(0)
+        + fields
+            .get(12)
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0)
+}
+
+fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Client threads doing one request per new connection until stopped: (ok, failed).
+fn load(
+    port: u16,
+    threads: usize,
+    stop: Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<(u64, u64)>> {
+    (0..threads)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let (mut ok, mut failed) = (0, 0);
+                while !stop.load(Ordering::SeqCst) {
+                    if http_ok(port) { ok += 1 } else { failed += 1 }
+                }
+                (ok, failed)
+            })
+        })
+        .collect()
+}
+
+fn verdict(pass: bool) -> &'static str {
+    if pass { "PASS" } else { "FAIL" }
+}
+
+fn chaos(p: &Paths, balance: &str) -> bool {
+    let secs = env_or("CHAOS_SECS", 60);
+    let port = free_port();
+    let server = Server::start(
+        &cluster_cmd(p, 4, balance, &p.hello),
+        &[],
+        port,
+        Stdio::null(),
+    );
+    server.wait_ready(port);
+    let stop = Arc::new(AtomicBool::new(false));
+    const CLIENTS: usize = 2;
+    let clients = load(port, CLIENTS, stop.clone());
+    let mut seed = Instant::now().elapsed().as_nanos() as u64 | 1;
+    let mut random = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let started = Instant::now();
+    let mut kills = 0u64;
+    let mut last_kill = Instant::now();
+    while started.elapsed() < Duration::from_secs(secs) {
+        std::thread::sleep(Duration::from_millis(100 + random() % 400));
+        let workers = children_of(server.pid());
+        if let Some(&victim) = workers.get((random() % workers.len().max(1) as u64) as usize) {
+            kill(victim, Signal::KILL);
+            kills += 1;
+            last_kill = Instant::now();
+        }
+    }
+    // Recovery: four workers, all answering.
+    let recovered = loop {
+        if children_of(server.pid()).len() == 4 {
+            break last_kill.elapsed();
+        }
+        if last_kill.elapsed() > Duration::from_secs(10) {
+            break Duration::from_secs(999);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::SeqCst);
+    let (ok, failed) = clients
+        .into_iter()
+        .map(|c| c.join().unwrap())
+        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    let watcher_alive = alive(server.pid());
+    // Each client has at most one request in flight, so a kill can fail at most CLIENTS.
+    let pass =
+        watcher_alive && recovered < Duration::from_secs(1) && failed <= kills * CLIENTS as u64;
+    println!(
+        "| chaos, {balance}, {secs} s, 4 workers, {CLIENTS} clients | {kills} SIGKILLs survived; {ok} requests ok, {failed} failed (bound: {} in flight on killed workers); back to 4 workers {:.0} ms after the last kill; watcher alive: {watcher_alive} | {} |",
+        kills * CLIENTS as u64,
+        recovered.as_secs_f64() * 1000.0,
+        verdict(pass)
+    );
+    pass
+}
+
+fn sigstop(p: &Paths) -> bool {
+    let port = free_port();
+    let server = Server::start(
+        &cluster_cmd(p, 2, "shared", &p.hello),
+        &[],
+        port,
+        Stdio::null(),
+    );
+    server.wait_ready(port);
+    let workers = children_of(server.pid());
+    let victim = workers[0];
+    kill(victim, Signal::STOP);
+    let stopped = Instant::now();
+    while alive(victim) && stopped.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let gone = stopped.elapsed();
+    while children_of(server.pid()).len() < 2 && stopped.elapsed() < Duration::from_secs(25) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let replaced = stopped.elapsed();
+    let serving = http_ok(port);
+    let pass = gone < Duration::from_secs(12) && children_of(server.pid()).len() == 2 && serving;
+    println!(
+        "| SIGSTOP one of 2 workers (heartbeat timeout 10 s) | killed after {:.1} s, replacement running at {:.1} s, serving: {serving} | {} |",
+        gone.as_secs_f64(),
+        replaced.as_secs_f64(),
+        verdict(pass)
+    );
+    pass
+}
+
+fn crash_loop(p: &Paths) -> bool {
+    let secs = env_or("CRASH_SECS", 30);
+    // Slot 2 serves in its first generation (so the cluster starts), then exits at once forever.
+    let dir = std::env::temp_dir().join(format!("reliability-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("flaky.sh");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\nif [ \"$CLUSTER_WORKER_ID\" = 2 ] && [ \"$CLUSTER_WORKER_GENERATION\" != 1 ]; then exit 1; fi\nexec {} \"$@\"\n", p.hello),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let port = free_port();
+    let mut command = cluster_cmd(p, 2, "shared", script.to_str().unwrap());
+    command.retain(|a| a != "-l" && a != "warn");
+    let mut server = Server::start(&command, &[], port, Stdio::piped());
+    server.wait_ready(port);
+    let stdout = server.child.stdout.take().unwrap();
+    let starts = Arc::new(AtomicU64::new(0));
+    {
+        let starts = starts.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line.contains("worker started") && line.contains("worker=2") {
+                    starts.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        });
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let slot2 = children_of(server.pid()).into_iter().max().unwrap();
+    let cpu_before = cpu_ticks(server.pid());
+    let counted_from = starts.load(Ordering::SeqCst);
+    kill(slot2, Signal::KILL);
+    let started = Instant::now();
+    let mut served = 0u64;
+    let mut failed = 0u64;
+    while started.elapsed() < Duration::from_secs(secs) {
+        if http_ok(port) {
+            served += 1
+        } else {
+            failed += 1
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let restarts = starts.load(Ordering::SeqCst) - counted_from;
+    let ticks = cpu_ticks(server.pid()) - cpu_before;
+    let hz = 100.0;
+    let cpu = ticks as f64 / hz / secs as f64 * 100.0;
+    let _ = std::fs::remove_dir_all(&dir);
+    let pass = restarts <= 15 && cpu < 5.0 && failed == 0;
+    println!(
+        "| program exits at once, forever (slot 2), {secs} s | {restarts} starts of slot 2 (backoff 0, 0.1, 0.2 … 10 s); watcher CPU {cpu:.2}%; slot 1 answered {served} of {} probes | {} |",
+        served + failed,
+        verdict(pass)
+    );
+    pass
+}
+
+fn fd_exhaustion(p: &Paths) -> bool {
+    let port = free_port();
+    // Workers get a tiny descriptor limit (inherited from the shell that runs the cluster).
+    let mut command = vec![
+        "sh".to_owned(),
+        "-c".to_owned(),
+        format!("ulimit -n 48; exec {} \"$@\"", p.cluster),
+        "sh".to_owned(),
+    ];
+    command.extend(cluster_cmd(p, 1, "shared", &p.hello).into_iter().skip(1));
+    let server = Server::start(&command, &[], port, Stdio::null());
+    server.wait_ready(port);
+    let worker = children_of(server.pid())[0];
+    // Hold many idle connections: the worker runs out of descriptors.
+    let held: Vec<_> = (0..120)
+        .filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).ok())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let before = cpu_ticks(worker);
+    std::thread::sleep(Duration::from_secs(3));
+    let cpu = (cpu_ticks(worker) - before) as f64 / 100.0 / 3.0 * 100.0;
+    drop(held);
+    let resumed = Instant::now();
+    let mut ok = false;
+    while resumed.elapsed() < Duration::from_secs(10) {
+        if http_ok(port) {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pass = cpu < 50.0 && ok;
+    println!(
+        "| descriptor exhaustion (ulimit -n 48, 120 idle clients held) | worker CPU while out of descriptors {cpu:.1}% (accept backs off); service resumed {:.2} s after release: {ok} | {} |",
+        resumed.elapsed().as_secs_f64(),
+        verdict(pass)
+    );
+    pass
+}
+
+fn soak(p: &Paths) -> bool {
+    let total = env_or("SOAK_CONNECTIONS", 100_000);
+    let port = free_port();
+    let server = Server::start(
+        &cluster_cmd(p, 2, "round-robin", &p.hello),
+        &[],
+        port,
+        Stdio::null(),
+    );
+    server.wait_ready(port);
+    let run = |n: u64| {
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                std::thread::spawn(move || (0..n / 2).filter(|_| http_ok(port)).count() as u64)
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).sum::<u64>()
+    };
+    run(2_000); // warm-up: allocator and runtime reach their steady state
+    std::thread::sleep(Duration::from_millis(200));
+    let mut pids = vec![server.pid()];
+    pids.extend(children_of(server.pid()));
+    let start: Vec<(usize, u64)> = pids.iter().map(|&p| (fd_count(p), rss_kib(p))).collect();
+    let started = Instant::now();
+    let ok = run(total);
+    let elapsed = started.elapsed();
+    std::thread::sleep(Duration::from_millis(300));
+    let end: Vec<(usize, u64)> = pids.iter().map(|&p| (fd_count(p), rss_kib(p))).collect();
+    let mut rows = Vec::new();
+    let mut pass = ok == total;
+    for (i, (s, e)) in start.iter().zip(&end).enumerate() {
+        let who = if i == 0 {
+            "watcher".to_owned()
+        } else {
+            format!("worker {i}")
+        };
+        rows.push(format!(
+            "{who}: fds {}→{}, RSS {:.1}→{:.1} MiB",
+            s.0,
+            e.0,
+            s.1 as f64 / 1024.0,
+            e.1 as f64 / 1024.0
+        ));
+        pass &= s.0 == e.0 && e.1.saturating_sub(s.1) < 1024;
+    }
+    println!(
+        "| soak: {total} connections through round-robin, 2 workers | {ok} ok in {:.0} s; {} | {} |",
+        elapsed.as_secs_f64(),
+        rows.join("; "),
+        verdict(pass)
+    );
+    pass
+}
+
+fn fuzz() -> bool {
+    let execs = env_or("FUZZ_EXECS", 10_000_000);
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut random = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let (a, b) = fdpass::FdSocket::pair().unwrap();
+    let started = Instant::now();
+    let (mut errors, mut decoded) = (0u64, 0u64);
+    let mut buf = vec![0u8; 300];
+    for i in 0..execs {
+        let len = (random() % 300) as usize;
+        for byte in &mut buf[..len] {
+            *byte = random() as u8;
+        }
+        if i % 4 == 0 && len >= 2 {
+            // Steer into the header parser.
+            buf[0] = 0xFD;
+            buf[1] = 1 + (buf[1] % 2);
+        }
+        let input = &buf[..len];
+        if i % 10 == 0 {
+            // Through a real socket and the whole frame decoder.
+            fdpass::send_raw(&a, input, &[]).unwrap();
+            match b.recv() {
+                Ok(_) => decoded += 1,
+                Err(_) => errors += 1,
+            }
+        } else {
+            // The postcard decoders of every message a peer can send.
+            use cluster_ipc::protocol::{ClientMeta, LogRecord, WatcherToWorker, WorkerToWatcher};
+            let results = [
+                postcard::from_bytes::<WorkerToWatcher>(input).is_ok(),
+                postcard::from_bytes::<WatcherToWorker>(input).is_ok(),
+                postcard::from_bytes::<LogRecord>(input).is_ok(),
+                postcard::from_bytes::<(ClientMeta, Vec<u8>)>(input).is_ok(),
+            ];
+            decoded += results.iter().filter(|&&r| r).count() as u64;
+            errors += results.iter().filter(|&&r| !r).count() as u64;
+        }
+    }
+    println!(
+        "| fuzz: {execs} random inputs (1 in 10 through a socket and the frame decoder, the rest through the 4 protocol decoders) | {decoded} decoded, {errors} typed errors, 0 panics, {:.0} s | PASS |",
+        started.elapsed().as_secs_f64()
+    );
+    true
+}
+
+fn main() {
+    let p = paths();
+    let all = [
+        "chaos-shared",
+        "chaos-round-robin",
+        "sigstop",
+        "crash-loop",
+        "fd-exhaustion",
+        "soak",
+        "fuzz",
+    ];
+    let chosen: Vec<String> = std::env::args().skip(1).collect();
+    let chosen: Vec<&str> = if chosen.is_empty() {
+        all.to_vec()
+    } else {
+        chosen.iter().map(String::as_str).collect()
+    };
+    println!("| scenario | figures | outcome |\n|---|---|---|");
+    let mut failed = 0;
+    for scenario in chosen {
+        let pass = match scenario {
+            "chaos-shared" => chaos(&p, "shared"),
+            "chaos-round-robin" => chaos(&p, "round-robin"),
+            "sigstop" => sigstop(&p),
+            "crash-loop" => crash_loop(&p),
+            "fd-exhaustion" => fd_exhaustion(&p),
+            "soak" => soak(&p),
+            "fuzz" => fuzz(),
+            other => {
+                eprintln!("unknown scenario {other}; known: {all:?}");
+                false
+            }
+        };
+        failed += usize::from(!pass);
+    }
+    if failed > 0 {
+        eprintln!("{failed} scenario(s) failed");
+        std::process::exit(1);
+    }
+}
