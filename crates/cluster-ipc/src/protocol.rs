@@ -99,4 +99,6 @@ pub struct LogRecord {
 pub struct ClientMeta {
     /// The listening address (as the worker asked for it) that accepted the connection.
     pub listener: ListenAddress,
+    /// The client's address, as `accept` returned it (saves the worker a `getpeername`).
+    pub peer: Option<std::net::SocketAddr>,
 }

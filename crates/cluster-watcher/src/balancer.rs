@@ -54,9 +54,7 @@ impl Balancer {
         route.targets.push(Target { id, pipe, ready });
         drop(routes);
         if first {
-            match fd.try_clone().and_then(|fd| {
-                fdpass::into_socket::<tokio::net::TcpListener>(fd).map_err(std::io::Error::other)
-            }) {
+            match fd.try_clone().and_then(fdpass::RawAcceptor::new) {
                 Ok(listener) => {
                     let this = self.clone();
                     let address = address.clone();
@@ -125,20 +123,14 @@ impl Balancer {
         None
     }
 
-    async fn accept_loop(
-        self: Arc<Self>,
-        listener: tokio::net::TcpListener,
-        address: ListenAddress,
-    ) {
-        let meta = ClientMeta {
-            listener: address.clone(),
-        };
+    async fn accept_loop(self: Arc<Self>, listener: fdpass::RawAcceptor, address: ListenAddress) {
         let mut backoff = Duration::from_millis(10);
         loop {
-            let mut socket = match listener.accept().await {
-                Ok((socket, _)) => {
+            // A bare descriptor: the worker sets TCP_NODELAY and registers it with its reactor.
+            let (mut socket, peer) = match listener.accept().await {
+                Ok(accepted) => {
                     backoff = Duration::from_millis(10);
-                    socket
+                    accepted
                 }
                 Err(e) => {
                     // Out of descriptors and the like: back off instead of spinning.
@@ -148,7 +140,10 @@ impl Balancer {
                     continue;
                 }
             };
-            let _ = socket.set_nodelay(true);
+            let meta = ClientMeta {
+                listener: address.clone(),
+                peer,
+            };
             // An accepted connection is never dropped: it waits for a ready worker, and a
             // failed transfer returns it to try the next one.
             loop {

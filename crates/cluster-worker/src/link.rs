@@ -24,9 +24,12 @@ pub(crate) enum WatcherState {
     Gone,
 }
 
+/// A client socket the watcher accepted, with the peer address it saw.
+pub(crate) type Transferred = (tokio::net::TcpStream, Option<std::net::SocketAddr>);
+
 /// Where transferred client sockets for one listening address go.
 pub(crate) type ClientRoutes =
-    Arc<Mutex<HashMap<ListenAddress, mpsc::UnboundedSender<tokio::net::TcpStream>>>>;
+    Arc<Mutex<HashMap<ListenAddress, mpsc::UnboundedSender<Transferred>>>>;
 
 #[derive(Debug)]
 pub(crate) struct Link {
@@ -121,7 +124,7 @@ fn connect(env: &'static WorkerEnv) -> Result<Link, WorkerError> {
                 match routes.get(&client.data.listener) {
                     Some(route) => {
                         pending.fetch_add(1, Ordering::SeqCst);
-                        if route.send(client.socket).is_err() {
+                        if route.send((client.socket, client.data.peer)).is_err() {
                             pending.fetch_sub(1, Ordering::SeqCst);
                         }
                     }

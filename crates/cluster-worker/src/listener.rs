@@ -12,14 +12,17 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, mpsc};
 
 use crate::WorkerError;
-use crate::link::link;
+use crate::link::{Transferred, link};
 
 #[derive(Debug)]
 enum Source {
     /// Accept on a listening socket (standalone, or a duplicate of the watcher's in `shared`).
     Accept(TcpListener),
     /// Sockets the watcher accepted and sent over (`round-robin`).
-    Transferred(Mutex<mpsc::UnboundedReceiver<TcpStream>>, Arc<AtomicUsize>),
+    Transferred(
+        Mutex<mpsc::UnboundedReceiver<Transferred>>,
+        Arc<AtomicUsize>,
+    ),
 }
 
 /// A source of TCP client connections. The same code serves standalone (it binds here), in
@@ -135,9 +138,12 @@ impl Listener {
             let accepted = match &self.source {
                 Source::Accept(listener) => listener.accept().await,
                 Source::Transferred(rx, pending) => match rx.lock().await.recv().await {
-                    Some(stream) => {
+                    Some((stream, peer)) => {
                         pending.fetch_sub(1, Ordering::SeqCst);
-                        stream.peer_addr().map(|peer| (stream, peer))
+                        match peer {
+                            Some(peer) => Ok((stream, peer)),
+                            None => stream.peer_addr().map(|peer| (stream, peer)),
+                        }
                     }
                     None => {
                         return Err(io::Error::new(

@@ -11,7 +11,8 @@
 //!   inherited from a parent. `send(data, fds)` sends one message; `recv()` returns the next
 //!   whole [`Message`] or `None` at end of file.
 //! * [`SeqpacketListener`] accepts such sockets on a filesystem path;
-//!   [`AsyncFdSocket::connect`] is the other side.
+//!   [`AsyncFdSocket::connect`] is the other side. [`RawAcceptor`] accepts TCP or Unix
+//!   connections as bare descriptors, for a process that only hands them on.
 //! * [`Limits`] bound what a peer may send: payload size (default 16 MiB) and descriptors per
 //!   message (default and ceiling [`MAX_FDS`] = 253, the kernel's `SCM_MAX_FD`).
 //! * [`into_socket`] turns a received descriptor into a `std` or `tokio` `TcpListener`,
@@ -80,7 +81,7 @@ pub use crate::{
     error::{Error, SocketKindError},
     frame::{DEFAULT_MAX_MESSAGE_LEN, Limits, MAX_CHUNK, MAX_FDS},
     inherit::{adopt_inherited_fd, inherit_fd},
-    listener::SeqpacketListener,
+    listener::{RawAcceptor, SeqpacketListener},
     raw::{RawPacket, recv_raw, send_raw},
     socket::{FdSocket, Message},
 };
