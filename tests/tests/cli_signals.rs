@@ -130,3 +130,55 @@ fn workers_exit_within_two_seconds_when_the_watcher_is_sigkilled() {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+#[test]
+fn a_slow_request_in_flight_completes_during_a_graceful_stop() {
+    let worker = workspace_bin("test-worker");
+    let mut cluster = ClusterProcess::start(&[
+        "-w",
+        "1",
+        "-t",
+        "5",
+        worker.to_str().unwrap(),
+        "serve-slow-requests",
+        "127.0.0.1:0",
+        "700",
+    ]);
+    cluster.wait_for("all workers ready", LIMIT);
+    let port = cluster.port();
+    let request = std::thread::spawn(move || support::http_get(port));
+    std::thread::sleep(Duration::from_millis(200));
+    cluster.signal(Signal::TERM);
+    let answered = request.join().unwrap();
+    assert!(answered.is_ok(), "{answered:?}");
+    assert_eq!(cluster.wait(LIMIT).code(), Some(0), "{}", cluster.output());
+    assert!(cluster.output().contains("cluster stopped cleanly"));
+}
+
+#[test]
+fn workers_past_the_shutdown_timeout_are_killed_and_the_exit_status_says_so() {
+    let worker = workspace_bin("test-worker");
+    let mut cluster = ClusterProcess::start(&[
+        "-w",
+        "2",
+        "-t",
+        "0.3",
+        worker.to_str().unwrap(),
+        "serve-slow-stop",
+        "127.0.0.1:0",
+        "30000",
+    ]);
+    cluster.wait_for("all workers ready", LIMIT);
+    let workers = cluster.worker_pids();
+    let stopping = Instant::now();
+    cluster.signal(Signal::TERM);
+    assert_eq!(cluster.wait(LIMIT).code(), Some(1));
+    assert!(stopping.elapsed() < Duration::from_secs(5));
+    let output = cluster.output();
+    assert!(output.contains("shutdown timeout"), "{output}");
+    assert!(
+        output.contains("2 of 2 workers had to be killed"),
+        "{output}"
+    );
+    assert!(workers.iter().all(|&p| !process_exists(p)));
+}

@@ -4,6 +4,7 @@
 //! * `serve ADDR`: answer each connection with `worker <id> pid <pid> gen <generation>` and
 //!   close it; on termination finish the connections in flight, then exit 0.
 //! * `serve-until-gen ADDR N`: like `serve`, but generation N and later exit 1 at once.
+//! * `serve-slow-requests ADDR MS`: like `serve`, each answer taking MS milliseconds.
 //! * `serve-slow-stop ADDR MS`: like `serve`, but take MS milliseconds to stop.
 //! * `crash-after MS CODE`: report ready, exit with CODE after MS milliseconds.
 //! * `exit-before-ready CODE`, `never-ready`, `panic-after MS`.
@@ -28,15 +29,18 @@ async fn main() {
     let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
     let num = |i: usize| arg(i).parse::<u64>().unwrap_or(0);
     match arg(0).as_str() {
-        "serve" => serve(&arg(1), Duration::ZERO).await,
+        "serve" => serve(&arg(1), Duration::ZERO, Duration::ZERO).await,
+        "serve-slow-requests" => {
+            serve(&arg(1), Duration::ZERO, Duration::from_millis(num(2))).await
+        }
         "serve-until-gen" => {
             // Generations from N on fail to start: a broken deploy.
             if u64::from(cluster_worker::generation().unwrap_or(1)) >= num(2) {
                 std::process::exit(1);
             }
-            serve(&arg(1), Duration::ZERO).await
+            serve(&arg(1), Duration::ZERO, Duration::ZERO).await
         }
-        "serve-slow-stop" => serve(&arg(1), Duration::from_millis(num(2))).await,
+        "serve-slow-stop" => serve(&arg(1), Duration::from_millis(num(2)), Duration::ZERO).await,
         "crash-after" => {
             cluster_worker::ready().await.unwrap();
             tokio::time::sleep(Duration::from_millis(num(1))).await;
@@ -74,7 +78,7 @@ async fn main() {
     }
 }
 
-async fn serve(address: &str, stop_delay: Duration) {
+async fn serve(address: &str, stop_delay: Duration, request_delay: Duration) {
     let listener = cluster_worker::listen(address).await.expect("listen");
     tracing::info!("listening on {}", listener.local_addr());
     let me = format!(
@@ -99,6 +103,7 @@ async fn serve(address: &str, stop_delay: Duration) {
                             Ok(n) => request.extend_from_slice(&buf[..n]),
                         }
                     }
+                    tokio::time::sleep(request_delay).await;
                     let response = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{me}", me.len());
                     let _ = stream.write_all(response.as_bytes()).await;
                 });
