@@ -39,12 +39,15 @@ pub struct WatcherConfig {
     /// Silence after which a ready worker is considered hung, killed and replaced
     /// (default 10 s).
     pub heartbeat_timeout: Duration,
-    /// Delay before the second respawn of a slot that keeps crashing (the first is
-    /// immediate); doubles with each further crash (default 100 ms).
+    /// Delay before the second respawn of a slot whose workers keep ending themselves within a
+    /// second of starting (the first respawn is immediate); doubles with each further such
+    /// crash (default 100 ms). Workers that ran longer, or were `SIGKILL`ed from outside, are
+    /// replaced at once.
     pub backoff_initial: Duration,
     /// Ceiling of the respawn delay (default 10 s).
     pub backoff_max: Duration,
-    /// A worker that ran this long counts as healthy: its slot's delay resets (default 30 s).
+    /// A worker that ran this long counts as healthy and resets its slot's delay even if it
+    /// crashed (default 30 s).
     pub backoff_reset: Duration,
     /// Slots replaced at once during a rolling restart (default 1).
     pub restart_parallelism: usize,

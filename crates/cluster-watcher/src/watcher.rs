@@ -679,6 +679,9 @@ async fn supervise(
     }
 }
 
+/// A worker that ran at least this long did not crash at start-up.
+const MIN_UPTIME: Duration = Duration::from_secs(1);
+
 /// Decides whether and when the slot gets a new process.
 fn after_exit(shared: &Arc<Shared>, exit: WorkerExit, uptime: Duration) {
     let config = &shared.config;
@@ -694,13 +697,16 @@ fn after_exit(shared: &Arc<Shared>, exit: WorkerExit, uptime: Duration) {
             return; // replaced, scaled down or stopping
         }
         slot.current = None;
-        if uptime >= config.backoff_reset {
-            // A healthy worker died: replace it at once and forget earlier crashes.
-            slot.backoff = config.backoff_initial;
+        // Only a worker that ends itself soon after starting looks like a crash loop. One that
+        // ran a while, or was killed from outside (SIGKILL: an operator, the OOM killer, a
+        // test), is replaced at once and clears the slot's record.
+        let killed_from_outside = exit.status == ExitKind::Signal(9) && exit.killed.is_none();
+        if uptime >= config.backoff_reset || uptime >= MIN_UPTIME || killed_from_outside {
+            slot.backoff = Duration::ZERO;
             Duration::ZERO
         } else {
-            // The first crash of a fresh slot is replaced at once too; each further crash
-            // within the reset window waits twice as long as the last.
+            // The first early crash is replaced at once too; each further one in a row waits
+            // twice as long as the last.
             let delay = slot.backoff;
             slot.backoff = (delay * 2).clamp(config.backoff_initial, config.backoff_max);
             delay
