@@ -10,15 +10,8 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::thread;
 
-use cluster_bench::{Samples, interleaved, print_ratio, print_table};
+use cluster_bench::{Samples, env_or, interleaved, print_ratio, print_table};
 use fdpass::{AsyncFdSocket, FdSocket};
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn main() {
     let messages = env_or("FDPASS_BENCH_MESSAGES", 50_000);

@@ -5,11 +5,10 @@
 //! `cargo bench -p cluster-bench --bench ipc` (`IPC_BENCH_OPS`, `IPC_BENCH_CONNECTIONS`, `BENCH_ROUNDS` override).
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::Command;
 use std::time::Instant;
 
-use cluster_bench::{interleaved, print_ratio, print_table};
+use cluster_bench::{env_or, interleaved, print_ratio, print_table};
 use cluster_ipc::{Channel, ClientSocketReceivePipe, ClientSocketSendPipe};
 use fdpass::{AsyncFdSocket, FdSocket};
 use serde::{Deserialize, Serialize};
@@ -23,13 +22,6 @@ struct Small {
     text: String,
 }
 
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -37,9 +29,7 @@ fn main() {
         .unwrap();
     if let Ok(fd) = std::env::var(CHILD) {
         // Child: receive client sockets and close them, until end of file.
-        #[allow(unsafe_code)]
-        // SAFETY: inherited on purpose from the parent; nothing else owns it.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd.parse().unwrap()) };
+        let fd = fdpass::adopt_inherited_fd(fd.parse().unwrap()).unwrap();
         rt.block_on(async {
             let pipe = ClientSocketReceivePipe::<u32>::new(AsyncFdSocket::from_fd(fd).unwrap());
             while let Some(t) = pipe.receive().await.unwrap() {

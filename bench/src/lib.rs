@@ -62,6 +62,14 @@ pub fn interleaved(
     samples
 }
 
+/// A numeric knob from the environment, or its default.
+pub fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Times one call.
 pub fn time(f: impl FnOnce()) -> Duration {
     let started = Instant::now();

@@ -10,7 +10,6 @@
 //! The parent owns the listening socket and never reads from clients; the child receives each
 //! connection with the client's address attached, through `cluster-ipc`'s client-socket pipe.
 
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::Command;
 
 use cluster_ipc::{ClientSocketReceivePipe, ClientSocketSendPipe};
@@ -68,9 +67,7 @@ async fn parent() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 async fn child(fd: i32) -> Result<(), Box<dyn std::error::Error>> {
-    // SAFETY: the parent handed us this descriptor on purpose; nothing else owns it.
-    #[allow(unsafe_code)]
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = fdpass::adopt_inherited_fd(fd)?;
     let pipe = ClientSocketReceivePipe::<String>::new(AsyncFdSocket::from_fd(fd)?);
     while let Some(transferred) = pipe.receive().await? {
         let mut client = transferred.socket;

@@ -7,7 +7,6 @@
 //! curl http://127.0.0.1:PORT/
 //! ```
 
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::Command;
 
 use cluster_ipc::{
@@ -53,9 +52,7 @@ async fn parent() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 async fn child(fd: i32) -> Result<(), Box<dyn std::error::Error>> {
-    // SAFETY: the parent handed us this descriptor on purpose; nothing else owns it.
-    #[allow(unsafe_code)]
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = fdpass::adopt_inherited_fd(fd)?;
     let factory = ServerSocketPipeFactory::new(AsyncFdSocket::from_fd(fd)?);
     let address = std::env::args()
         .nth(1)

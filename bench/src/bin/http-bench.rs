@@ -22,7 +22,7 @@ struct Config {
     env: Vec<(String, String)>,
 }
 
-fn env_or(name: &str, default: &str) -> String {
+fn env_text(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
 }
 
@@ -75,13 +75,13 @@ fn main() {
         .join("bench/node/cluster.js")
         .to_string_lossy()
         .into_owned();
-    let workers: Vec<usize> = env_or("BENCH_WORKERS", "2 4")
+    let workers: Vec<usize> = env_text("BENCH_WORKERS", "2 4")
         .split_whitespace()
         .filter_map(|w| w.parse().ok())
         .collect();
-    let seconds: u64 = env_or("BENCH_DURATION", "5").parse().unwrap_or(5);
-    let rounds: usize = env_or("BENCH_ROUNDS", "3").parse().unwrap_or(3);
-    let out = PathBuf::from(env_or(
+    let seconds: u64 = env_text("BENCH_DURATION", "5").parse().unwrap_or(5);
+    let rounds: usize = env_text("BENCH_ROUNDS", "3").parse().unwrap_or(3);
+    let out = PathBuf::from(env_text(
         "BENCH_OUT",
         &root.join("bench/results/http.svg").to_string_lossy(),
     ));

@@ -13,15 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use cluster_bench::{Server, children_of, free_port, http_ok, rss_kib};
+use cluster_bench::{Server, children_of, env_or, free_port, http_ok, rss_kib};
 use rustix::process::{Pid, Signal, kill_process};
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 struct Paths {
     cluster: String,

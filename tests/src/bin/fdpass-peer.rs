@@ -7,7 +7,7 @@
 //! * `list-fds`: print this process's open descriptor numbers, one a line.
 
 use std::io::Write;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::AsFd;
 
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd")
@@ -20,9 +20,7 @@ fn socket_from_env() -> fdpass::FdSocket {
         .expect("FDPASS_FD")
         .parse()
         .expect("number");
-    // SAFETY: the parent handed us this descriptor on purpose and nothing else owns it.
-    #[allow(unsafe_code)]
-    let fd = unsafe { OwnedFd::from_raw_fd(number) };
+    let fd = fdpass::adopt_inherited_fd(number).expect("an inherited descriptor");
     fdpass::FdSocket::from_fd(fd).expect("a seqpacket socket")
 }
 

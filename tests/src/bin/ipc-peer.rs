@@ -9,8 +9,6 @@
 //! * `listen ADDR...`: ask the provider on `FDPASS_FD` for each address and print `ok ADDR` or
 //!   `err OS_ERROR MESSAGE`; then accept one client on the first listener and greet it.
 
-use std::os::fd::{FromRawFd, OwnedFd};
-
 use cluster_ipc::{
     Channel, ClientSocketReceivePipe, Key, ListenOptions, Listener, ServerSocketFactory,
     ServerSocketPipeFactory, connect,
@@ -23,9 +21,7 @@ fn inherited() -> AsyncFdSocket {
         .expect("FDPASS_FD")
         .parse()
         .expect("number");
-    // SAFETY: the parent handed us this descriptor on purpose and nothing else owns it.
-    #[allow(unsafe_code)]
-    let fd = unsafe { OwnedFd::from_raw_fd(number) };
+    let fd = fdpass::adopt_inherited_fd(number).expect("an inherited descriptor");
     AsyncFdSocket::from_fd(fd).expect("a seqpacket socket")
 }
 
