@@ -39,16 +39,17 @@ pub struct WatcherConfig {
     /// Silence after which a ready worker is considered hung, killed and replaced
     /// (default 10 s).
     pub heartbeat_timeout: Duration,
-    /// Delay before the second respawn of a slot whose workers keep ending themselves within a
-    /// second of starting (the first respawn is immediate); doubles with each further such
-    /// crash (default 100 ms). Workers that ran longer, or were `SIGKILL`ed from outside, are
-    /// replaced at once.
+    /// Delay before the second respawn of a slot whose workers keep ending themselves within
+    /// [`min_uptime`](Self::min_uptime) of starting (the first respawn is immediate); doubles
+    /// with each further such crash (default 100 ms). Workers that ran longer, or were
+    /// `SIGKILL`ed from outside, are replaced at once.
     pub backoff_initial: Duration,
     /// Ceiling of the respawn delay (default 10 s).
     pub backoff_max: Duration,
-    /// A worker that ran this long counts as healthy and resets its slot's delay even if it
-    /// crashed (default 30 s).
-    pub backoff_reset: Duration,
+    /// A worker that ran at least this long did not crash at start-up: when it ends, it is
+    /// replaced at once and its slot's backoff starts over (default 1 s, as PM2's
+    /// `min_uptime`).
+    pub min_uptime: Duration,
     /// Slots replaced at once during a rolling restart (default 1).
     pub restart_parallelism: usize,
 }
@@ -68,7 +69,7 @@ impl WatcherConfig {
             heartbeat_timeout: Duration::from_secs(10),
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
-            backoff_reset: Duration::from_secs(30),
+            min_uptime: Duration::from_secs(1),
             restart_parallelism: 1,
         }
     }

@@ -23,9 +23,9 @@
 //! # Supervision rules
 //!
 //! * A worker that exits while the cluster runs is respawned at once. A slot whose workers
-//!   keep ending themselves within a second of starting waits `backoff_initial` before the
-//!   second respawn, then twice that for each further one, up to `backoff_max`; the other
-//!   slots keep serving. There is never a hot respawn loop. Workers killed from outside
+//!   keep ending themselves within [`WatcherConfig::min_uptime`] (1 s) of starting waits
+//!   `backoff_initial` before the second respawn, then twice that for each further one, up
+//!   to `backoff_max`; the other slots keep serving. There is never a hot respawn loop. Workers killed from outside
 //!   (`SIGKILL`) or that ran longer are replaced at once.
 //! * A ready worker silent for `heartbeat_timeout` is killed and replaced; so is a new one
 //!   not ready within `ready_timeout`.

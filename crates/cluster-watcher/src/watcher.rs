@@ -679,9 +679,6 @@ async fn supervise(
     }
 }
 
-/// A worker that ran at least this long did not crash at start-up.
-const MIN_UPTIME: Duration = Duration::from_secs(1);
-
 /// Decides whether and when the slot gets a new process.
 fn after_exit(shared: &Arc<Shared>, exit: WorkerExit, uptime: Duration) {
     let config = &shared.config;
@@ -701,7 +698,7 @@ fn after_exit(shared: &Arc<Shared>, exit: WorkerExit, uptime: Duration) {
         // ran a while, or was killed from outside (SIGKILL: an operator, the OOM killer, a
         // test), is replaced at once and clears the slot's record.
         let killed_from_outside = exit.status == ExitKind::Signal(9) && exit.killed.is_none();
-        if uptime >= config.backoff_reset || uptime >= MIN_UPTIME || killed_from_outside {
+        if uptime >= config.min_uptime || killed_from_outside {
             slot.backoff = Duration::ZERO;
             Duration::ZERO
         } else {
