@@ -42,7 +42,11 @@ async fn hostile_worker_on(endpoint: &str) {
         "{exit:?}"
     );
     drop(hostile);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The watcher's tasks close their sockets as they wind down; give them a moment.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while open_fds() != before && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(open_fds(), before, "no descriptor leaked in the watcher");
     let text = log_text(&logs);
     let expected = match endpoint {

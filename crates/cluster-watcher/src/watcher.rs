@@ -527,6 +527,13 @@ fn spawn(shared: &Arc<Shared>, slot: u32, current: bool) -> Result<Spawned, Star
     let (status_tx, status) = watch::channel(Status::Starting);
     {
         let mut state = shared.state();
+        if !state.running {
+            // `stop` ran while this worker was being spawned (a respawn racing with it) and
+            // cannot have seen it: it must not outlive the cluster. `kill_on_drop` ends it.
+            drop(state);
+            drop(child);
+            return Err(StartError::NotRunning);
+        }
         state.workers.insert(
             id,
             WorkerHandle {

@@ -250,6 +250,7 @@ pub fn log_text(logs: &std::sync::Mutex<Vec<u8>>) -> String {
 pub struct ClusterProcess {
     pub child: std::process::Child,
     output: std::sync::Arc<std::sync::Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl ClusterProcess {
@@ -268,6 +269,7 @@ impl ClusterProcess {
             .spawn()
             .expect("spawn cluster");
         let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut readers = Vec::new();
         for stream in [
             child
                 .stdout
@@ -282,7 +284,7 @@ impl ClusterProcess {
         .flatten()
         {
             let output = output.clone();
-            std::thread::spawn(move || {
+            readers.push(std::thread::spawn(move || {
                 use std::io::BufRead;
                 for line in std::io::BufReader::new(stream)
                     .lines()
@@ -292,9 +294,13 @@ impl ClusterProcess {
                     out.push_str(&line);
                     out.push('\n');
                 }
-            });
+            }));
         }
-        Self { child, output }
+        Self {
+            child,
+            output,
+            readers,
+        }
     }
 
     /// Everything printed so far.
@@ -351,9 +357,15 @@ impl ClusterProcess {
         .unwrap();
     }
 
-    /// Waits for exit, at most `limit`.
+    /// Waits for exit, at most `limit`, then (at most 2 s more) for the last of its output.
     pub fn wait(&mut self, limit: std::time::Duration) -> std::process::ExitStatus {
-        wait_for(&mut self.child, limit)
+        let status = wait_for(&mut self.child, limit);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while self.readers.iter().any(|r| !r.is_finished()) && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        status
     }
 }
 
