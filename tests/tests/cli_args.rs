@@ -102,26 +102,20 @@ fn pid_file_is_written_removed_and_guards_against_a_second_start() {
     std::fs::create_dir_all(&dir).unwrap();
     let pid_file = dir.join("cluster.pid");
     let hello = workspace_bin("hello-http");
-    let mut first = ClusterProcess::start(&[
+    let args = [
         "-w",
         "1",
         "-p",
         pid_file.to_str().unwrap(),
         hello.to_str().unwrap(),
         "127.0.0.1:0",
-    ]);
+    ];
+    let mut first = ClusterProcess::start(&args);
     first.wait_for("all workers ready", LIMIT);
     let recorded = std::fs::read_to_string(&pid_file).unwrap();
     assert_eq!(recorded.trim(), first.child.id().to_string());
 
-    let second = cluster(&[
-        "-w",
-        "1",
-        "-p",
-        pid_file.to_str().unwrap(),
-        hello.to_str().unwrap(),
-        "127.0.0.1:0",
-    ]);
+    let second = cluster(&args);
     assert_eq!(second.status.code(), Some(1));
     assert!(
         String::from_utf8(second.stderr)
@@ -135,14 +129,7 @@ fn pid_file_is_written_removed_and_guards_against_a_second_start() {
 
     // A stale pid file (no such process) is replaced.
     std::fs::write(&pid_file, "999999999\n").unwrap();
-    let mut third = ClusterProcess::start(&[
-        "-w",
-        "1",
-        "-p",
-        pid_file.to_str().unwrap(),
-        hello.to_str().unwrap(),
-        "127.0.0.1:0",
-    ]);
+    let mut third = ClusterProcess::start(&args);
     third.wait_for("all workers ready", LIMIT);
     third.signal(Signal::INT);
     assert!(third.wait(LIMIT).success());
