@@ -29,13 +29,20 @@ struct Route {
 /// Which workers listen on which address, and the accept loops feeding them.
 #[derive(Debug, Default)]
 pub(crate) struct Balancer {
-    routes: Mutex<HashMap<ListenAddress, Route>>,
+    // Each accept loop holds its own route, so the per-connection pick hashes nothing.
+    routes: Mutex<HashMap<ListenAddress, Arc<Mutex<Route>>>>,
     loops: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Balancer {
-    fn routes(&self) -> std::sync::MutexGuard<'_, HashMap<ListenAddress, Route>> {
+    fn routes(&self) -> std::sync::MutexGuard<'_, HashMap<ListenAddress, Arc<Mutex<Route>>>> {
         self.routes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn each_route(&self, mut f: impl FnMut(&mut Route)) {
+        for route in self.routes().values() {
+            f(&mut lock(route));
+        }
     }
 
     /// Worker `id` listens on `address` (bound as `fd`); starts the accept loop on first use.
@@ -49,17 +56,22 @@ impl Balancer {
     ) {
         let mut routes = self.routes();
         let first = !routes.contains_key(address);
-        let route = routes.entry(address.clone()).or_default();
-        route.targets.retain(|t| t.id != id);
-        route.targets.push(Target { id, pipe, ready });
+        let route = routes.entry(address.clone()).or_default().clone();
         drop(routes);
+        {
+            let mut route = lock(&route);
+            route.targets.retain(|t| t.id != id);
+            route.targets.push(Target { id, pipe, ready });
+        }
         if first {
             match fd.try_clone().and_then(fdpass::RawAcceptor::new) {
                 Ok(listener) => {
                     let this = self.clone();
                     let address = address.clone();
                     let task =
-                        tokio::spawn(async move { this.accept_loop(listener, address).await });
+                        tokio::spawn(
+                            async move { this.accept_loop(listener, address, route).await },
+                        );
                     self.loops
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
@@ -73,20 +85,18 @@ impl Balancer {
     }
 
     pub(crate) fn set_ready(&self, id: WorkerId) {
-        for route in self.routes().values_mut() {
+        self.each_route(|route| {
             route
                 .targets
                 .iter_mut()
                 .filter(|t| t.id == id)
                 .for_each(|t| t.ready = true);
-        }
+        });
     }
 
     /// No more connections for `id` (it is stopping or gone).
     pub(crate) fn remove(&self, id: WorkerId) {
-        for route in self.routes().values_mut() {
-            route.targets.retain(|t| t.id != id);
-        }
+        self.each_route(|route| route.targets.retain(|t| t.id != id));
     }
 
     /// Closes the sending side of `pipe`: the worker reads every connection already sent,
@@ -108,9 +118,8 @@ impl Balancer {
         }
     }
 
-    fn pick(&self, address: &ListenAddress) -> Option<(WorkerId, ClientPipe)> {
-        let mut routes = self.routes();
-        let route = routes.get_mut(address)?;
+    fn pick(route: &Mutex<Route>) -> Option<(WorkerId, ClientPipe)> {
+        let mut route = lock(route);
         let n = route.targets.len();
         for i in 0..n {
             let index = (route.next + i) % n;
@@ -123,7 +132,12 @@ impl Balancer {
         None
     }
 
-    async fn accept_loop(self: Arc<Self>, listener: fdpass::RawAcceptor, address: ListenAddress) {
+    async fn accept_loop(
+        self: Arc<Self>,
+        listener: fdpass::RawAcceptor,
+        address: ListenAddress,
+        route: Arc<Mutex<Route>>,
+    ) {
         let mut backoff = Duration::from_millis(10);
         loop {
             // A bare descriptor: the worker sets TCP_NODELAY and registers it with its reactor.
@@ -147,7 +161,7 @@ impl Balancer {
             // An accepted connection is never dropped: it waits for a ready worker, and a
             // failed transfer returns it to try the next one.
             loop {
-                let Some((id, pipe)) = self.pick(&address) else {
+                let Some((id, pipe)) = Self::pick(&route) else {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                     continue;
                 };
@@ -162,4 +176,8 @@ impl Balancer {
             }
         }
     }
+}
+
+fn lock(route: &Mutex<Route>) -> std::sync::MutexGuard<'_, Route> {
+    route.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -145,8 +145,14 @@ impl AsyncFdSocket {
     pub async fn send(&self, data: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), Error> {
         let header = frame::first_header(data.len(), fds.len(), &self.limits)?;
         let (first, rest) = frame::split_first(data);
-        let mut state = self.send.lock().await;
-        self.flush_pending(&mut state).await?;
+        // Uncontended (the usual case) the lock is taken without building an acquire future.
+        let mut state = match self.send.try_lock() {
+            Ok(state) => state,
+            Err(_) => self.send.lock().await,
+        };
+        if !state.pending.is_empty() {
+            self.flush_pending(&mut state).await?;
+        }
         self.send_packet(&[IoSlice::new(&header), IoSlice::new(first)], fds)
             .await?;
         if !rest.is_empty() {
