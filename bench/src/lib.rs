@@ -70,13 +70,6 @@ pub fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// Times one call.
-pub fn time(f: impl FnOnce()) -> Duration {
-    let started = Instant::now();
-    f();
-    started.elapsed()
-}
-
 /// Prints a table of medians and min–max ranges.
 pub fn print_table(title: &str, unit: &str, samples: &[Samples]) {
     println!("\n## {title}\n");

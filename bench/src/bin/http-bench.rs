@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cluster_bench::{Samples, Server, children_of, free_port, http_ok, rss_kib};
+use cluster_bench::{Samples, Server, children_of, free_port, http_ok, print_ratio, rss_kib};
 
 struct Config {
     name: String,
@@ -256,14 +256,12 @@ fn main() {
             ),
         ];
         for (label, ratio, bound) in checks {
-            let verdict = if bound == 0.0 {
-                "reported".to_owned()
-            } else if ratio >= bound {
-                format!(">= {bound}x: met")
+            let label = format!("{n} workers, {label}");
+            if bound == 0.0 {
+                println!("- {label}: {ratio:.2}x (reported)");
             } else {
-                format!(">= {bound}x: MISSED")
-            };
-            println!("- {n} workers, {label}: {ratio:.2}x ({verdict})");
+                print_ratio(&label, ratio, &format!(">= {bound}x"), ratio >= bound);
+            }
         }
     }
 
