@@ -112,6 +112,31 @@ async fn a_send_cancelled_midway_is_finished_by_flush() {
 }
 
 #[tokio::test]
+async fn senders_blocked_on_a_full_queue_resume_as_the_reader_drains_it() {
+    let (a, b) = AsyncFdSocket::pair().unwrap();
+    const COUNT: u32 = 2_000; // the kernel queues about ten packets per socket
+    let sender = tokio::spawn(async move {
+        for i in 0..COUNT {
+            a.send(&i.to_le_bytes(), &[]).await.unwrap();
+        }
+    });
+    sleep(Duration::from_millis(100)).await;
+    assert!(
+        !sender.is_finished(),
+        "the sender must be blocked on the full queue"
+    );
+    for i in 0..COUNT {
+        let message = timeout(LIMIT, b.recv()).await.unwrap().unwrap().unwrap();
+        assert_eq!(message.data, i.to_le_bytes());
+        if i % 100 == 0 {
+            // Let the sender find the queue full again and wait for room.
+            sleep(Duration::from_millis(2)).await;
+        }
+    }
+    timeout(LIMIT, sender).await.unwrap().unwrap();
+}
+
+#[tokio::test]
 async fn adopting_a_wrong_descriptor_is_an_error() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let err = AsyncFdSocket::from_fd(listener.into()).unwrap_err();

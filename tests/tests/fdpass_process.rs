@@ -12,10 +12,14 @@ use fdpass::FdSocket;
 use support::{link_of, refs_to, workspace_bin};
 
 fn peer(mode: &str) -> (FdSocket, std::process::Child) {
+    peer_with_args(&[mode])
+}
+
+fn peer_with_args(args: &[&str]) -> (FdSocket, std::process::Child) {
     let (ours, theirs) = FdSocket::pair().unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_fdpass-peer"));
     let number = fdpass::inherit_fd(&mut command, theirs.into());
-    command.arg(mode).env("FDPASS_FD", number.to_string());
+    command.args(args).env("FDPASS_FD", number.to_string());
     let child = command.spawn().unwrap();
     drop(command); // closes our copy of the child's end, so EOF is seen when the child exits
     (ours, child)
@@ -96,4 +100,33 @@ fn received_descriptors_are_close_on_exec_and_inherited_ones_are_not() {
 
     // The same descriptor handed over on purpose does reach the child.
     assert!(child_fds(Some(received)).contains(&number));
+}
+
+/// A hand-off pipe's sender (the watcher in round-robin mode) must not be woken each time its
+/// peer takes a message off the queue: on a busy pipe that was a wake-up per connection.
+#[test]
+fn an_idle_async_sender_is_not_woken_by_its_peer_reading() {
+    const QUEUED: u8 = 8; // below the kernel's default queue length for datagram sockets (10)
+    let (socket, mut child) = peer_with_args(&["async-send-idle", &QUEUED.to_string()]);
+    socket
+        .set_recv_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // Wait until everything is queued, then read it slowly, one message per 20 ms.
+    let first = socket.recv().unwrap().expect("a message");
+    assert_eq!(first.data, [0]);
+    for i in 1..QUEUED {
+        std::thread::sleep(Duration::from_millis(20));
+        let message = socket.recv().unwrap().expect("a message");
+        assert_eq!(message.data, [i]);
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    socket.send(b"report", &[]).unwrap();
+    let report = socket.recv().unwrap().expect("the report");
+    let woken: u64 = String::from_utf8(report.data).unwrap().parse().unwrap();
+    assert!(child.wait().unwrap().success());
+    // Waking for the report itself takes one or two; one per message read would be 8 or more.
+    assert!(
+        woken <= 3,
+        "the sender was woken {woken} times while its peer read {QUEUED} messages"
+    );
 }

@@ -73,7 +73,7 @@ impl AsyncFdSocket {
 
     pub(crate) fn from_parts(fd: OwnedFd, limits: Limits) -> io::Result<Self> {
         Ok(Self {
-            fd: register(fd)?,
+            fd: register(fd, Interest::READABLE)?,
             limits,
             send: Mutex::new(SendState::default()),
             recv: Mutex::new(RecvState::new(&limits)),
@@ -115,20 +115,46 @@ impl AsyncFdSocket {
         self.limits
     }
 
-    async fn send_packet(&self, iov: &[IoSlice<'_>], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
-        self.fd
+    /// Sends one packet, waiting for room when the peer's queue is full.
+    ///
+    /// The socket is registered for readability only: registered for writability too, every
+    /// packet the peer takes off its queue would wake this process's reactor (the kernel
+    /// signals "room to write" on each one), which on a busy hand-off pipe costs a wake-up per
+    /// message. So a send first just tries, and only when the queue is full is a duplicate of
+    /// the descriptor registered for writability, kept in `waiter` until the caller's send is
+    /// done. Registration reports current readiness, so room made in between is not missed.
+    async fn send_packet(
+        &self,
+        waiter: &mut Option<AsyncFd<OwnedFd>>,
+        iov: &[IoSlice<'_>],
+        fds: &[BorrowedFd<'_>],
+    ) -> io::Result<usize> {
+        if waiter.is_none() {
+            match raw::send_packet(self.as_fd(), iov, fds) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                done => return done,
+            }
+            let duplicate = rustix::io::fcntl_dupfd_cloexec(self.as_fd(), 0)?;
+            *waiter = Some(register(duplicate, Interest::WRITABLE)?);
+        }
+        let waiter = waiter.as_ref().expect("registered above");
+        waiter
             .async_io(Interest::WRITABLE, |fd| {
                 raw::send_packet(fd.as_fd(), iov, fds)
             })
             .await
     }
 
-    async fn flush_pending(&self, state: &mut SendState) -> Result<(), Error> {
+    async fn flush_pending(
+        &self,
+        state: &mut SendState,
+        waiter: &mut Option<AsyncFd<OwnedFd>>,
+    ) -> Result<(), Error> {
         while state.sent < state.pending.len() {
             let end = state.pending.len().min(state.sent + MAX_CHUNK);
             let packet = continuations(&state.pending[state.sent..end]).next();
             if let Some(packet) = packet {
-                self.send_packet(&packet, &[]).await?;
+                self.send_packet(waiter, &packet, &[]).await?;
             }
             state.sent = end;
         }
@@ -150,14 +176,19 @@ impl AsyncFdSocket {
             Ok(state) => state,
             Err(_) => self.send.lock().await,
         };
+        let mut waiter = None;
         if !state.pending.is_empty() {
-            self.flush_pending(&mut state).await?;
+            self.flush_pending(&mut state, &mut waiter).await?;
         }
-        self.send_packet(&[IoSlice::new(&header), IoSlice::new(first)], fds)
-            .await?;
+        self.send_packet(
+            &mut waiter,
+            &[IoSlice::new(&header), IoSlice::new(first)],
+            fds,
+        )
+        .await?;
         if !rest.is_empty() {
             state.pending.extend_from_slice(rest);
-            self.flush_pending(&mut state).await?;
+            self.flush_pending(&mut state, &mut waiter).await?;
         }
         Ok(())
     }
@@ -168,7 +199,7 @@ impl AsyncFdSocket {
     /// [`Error::Io`] when the socket fails.
     pub async fn flush(&self) -> Result<(), Error> {
         let mut state = self.send.lock().await;
-        self.flush_pending(&mut state).await
+        self.flush_pending(&mut state, &mut None).await
     }
 
     /// Receives the next whole message, or `None` when the peer closed between messages.
@@ -194,12 +225,12 @@ impl AsyncFdSocket {
     }
 }
 
-/// Registers a descriptor with the current tokio reactor.
-pub(crate) fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+/// Registers a descriptor with the current tokio reactor for `interest`.
+pub(crate) fn register(fd: OwnedFd, interest: Interest) -> io::Result<AsyncFd<OwnedFd>> {
     // SAFETY: an `OwnedFd` is a valid, open descriptor that only this `AsyncFd` can close,
     // and its `as_raw_fd` never changes: exactly the contract `register` asks for.
     #[allow(unsafe_code)]
-    let registered = unsafe { AsyncFd::register(fd) };
+    let registered = unsafe { AsyncFd::register_with_interest(fd, interest) };
     Ok(registered?)
 }
 

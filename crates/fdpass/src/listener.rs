@@ -39,7 +39,9 @@ impl SeqpacketListener {
         let fd = new_socket()?;
         rustix::net::bind(&fd, &SocketAddrUnix::new(path)?)?;
         rustix::net::listen(&fd, backlog)?;
-        Ok(Self { fd: register(fd)? })
+        Ok(Self {
+            fd: register(fd, Interest::READABLE)?,
+        })
     }
 
     /// Accepts the next connection (close-on-exec, non-blocking).
@@ -80,7 +82,7 @@ impl RawAcceptor {
     pub fn new(listener: OwnedFd) -> io::Result<Self> {
         rustix::io::ioctl_fionbio(&listener, true)?;
         Ok(Self {
-            fd: register(listener)?,
+            fd: register(listener, Interest::READABLE)?,
         })
     }
 

@@ -5,6 +5,9 @@
 //! * `echo`: send every message back with the same descriptors until end of file, then send
 //!   one last message holding this process's open descriptor count.
 //! * `list-fds`: print this process's open descriptor numbers, one a line.
+//! * `async-send-idle N`: on a single-threaded tokio runtime, send `N` one-byte messages with an
+//!   `AsyncFdSocket`, then wait for a message; answer it with how many times this thread was
+//!   put to sleep and woken (voluntary context switches) while it waited, then exit.
 
 use std::io::Write;
 use std::os::fd::AsFd;
@@ -13,6 +16,16 @@ fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd")
         .map(|d| d.count())
         .unwrap_or(0)
+}
+
+/// How many times this thread gave up the CPU to wait (it is the runtime's only thread).
+fn voluntary_switches() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/status")
+        .expect("procfs")
+        .lines()
+        .find_map(|line| line.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("voluntary_ctxt_switches")
 }
 
 fn socket_from_env() -> fdpass::FdSocket {
@@ -52,6 +65,30 @@ fn main() {
             {
                 println!("{}", entry.file_name().to_string_lossy());
             }
+        }
+        Some("async-send-idle") => {
+            let n: u8 = std::env::args()
+                .nth(2)
+                .and_then(|n| n.parse().ok())
+                .expect("a count");
+            let fd = socket_from_env();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let socket = fdpass::AsyncFdSocket::from_fd(fd.into()).expect("adopt");
+                for i in 0..n {
+                    socket.send(&[i], &[]).await.expect("send");
+                }
+                let before = voluntary_switches();
+                socket.recv().await.expect("recv").expect("a message");
+                let woken = voluntary_switches() - before;
+                socket
+                    .send(woken.to_string().as_bytes(), &[])
+                    .await
+                    .expect("send");
+            });
         }
         other => {
             eprintln!("fdpass-peer: unknown mode {other:?}");
