@@ -114,7 +114,7 @@ async fn a_send_cancelled_midway_is_finished_by_flush() {
 #[tokio::test]
 async fn senders_blocked_on_a_full_queue_resume_as_the_reader_drains_it() {
     let (a, b) = AsyncFdSocket::pair().unwrap();
-    const COUNT: u32 = 2_000; // the kernel queues about ten packets per socket
+    const COUNT: u32 = 2_000; // the default send buffer holds about 280 small packets
     let sender = tokio::spawn(async move {
         for i in 0..COUNT {
             a.send(&i.to_le_bytes(), &[]).await.unwrap();
@@ -134,6 +134,35 @@ async fn senders_blocked_on_a_full_queue_resume_as_the_reader_drains_it() {
         }
     }
     timeout(LIMIT, sender).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn try_send_reports_a_full_queue_and_sends_nothing() {
+    let (a, b) = AsyncFdSocket::pair().unwrap();
+    let (r, _w) = rustix::pipe::pipe().unwrap();
+    let mut sent = 0u32;
+    let full = loop {
+        match a.try_send(&sent.to_le_bytes(), &[r.as_fd()]) {
+            Ok(()) => sent += 1,
+            Err(e) => break e,
+        }
+        assert!(sent < 100_000, "the queue never filled");
+    };
+    assert!(
+        matches!(&full, fdpass::Error::Io(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "{full:?}"
+    );
+    // Everything reported sent arrives, nothing else does, and there is room again.
+    for i in 0..sent {
+        let message = timeout(LIMIT, b.recv()).await.unwrap().unwrap().unwrap();
+        assert_eq!(
+            (message.data.as_slice(), message.fds.len()),
+            (&i.to_le_bytes()[..], 1)
+        );
+    }
+    a.try_send(b"again", &[]).unwrap();
+    let message = timeout(LIMIT, b.recv()).await.unwrap().unwrap().unwrap();
+    assert_eq!(message.data, b"again");
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use cluster_watcher::{ClusterWatcher, Event, ExitKind, KillReason, StopCause};
+use cluster_watcher::{Balance, ClusterWatcher, Event, ExitKind, KillReason, StopCause};
 use support::{http_get, next_event, test_worker, watcher_port};
 
 const LIMIT: Duration = Duration::from_secs(10);
@@ -124,4 +124,54 @@ async fn a_worker_asking_to_stop_is_stopped_gracefully_not_counted_as_a_crash() 
     assert_eq!(exit.stopped, Some(StopCause::Requested));
     assert_eq!(exit.status, ExitKind::Code(0));
     watcher.stop().await;
+}
+
+/// In round-robin mode a worker that stops reading (here SIGSTOPped, well inside its heartbeat
+/// timeout) fills its hand-off queue, which the watcher bounds at about 20 connections; every
+/// further connection must go to the workers that still read, not wait behind the stuck one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_passes_over_a_worker_that_stopped_reading() {
+    let mut config = test_worker(&["serve", "127.0.0.1:0"]);
+    config.balance = Balance::RoundRobin;
+    config.heartbeat_timeout = Duration::from_secs(30);
+    let watcher = ClusterWatcher::new(config);
+    watcher.start(2).await.unwrap();
+    let port = watcher_port(&watcher);
+    let stuck = rustix::process::Pid::from_raw(watcher.workers()[0].pid as i32).unwrap();
+    rustix::process::kill_process(stuck, rustix::process::Signal::STOP).unwrap();
+    const CLIENTS: usize = 120;
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| std::thread::spawn(move || get_within(port, Duration::from_secs(3))))
+        .collect();
+    let answered = clients
+        .into_iter()
+        .map(|client| client.join().unwrap())
+        .filter(|ok| *ok)
+        .count();
+    rustix::process::kill_process(stuck, rustix::process::Signal::CONT).unwrap();
+    watcher.stop().await;
+    // At most the stuck worker's queue goes unanswered. With the kernel's default buffer it
+    // would hold about 280, so half the clients (every other one) would time out; waiting
+    // behind it, so would every client after its queue filled.
+    assert!(
+        answered >= CLIENTS - 30,
+        "{answered} of {CLIENTS} clients answered while one worker was stopped"
+    );
+}
+
+/// One request on a new connection; whether it was answered within `limit`.
+fn get_within(port: u16, limit: Duration) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(limit));
+    if stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut response = String::new();
+    stream.read_to_string(&mut response).is_ok() && response.starts_with("HTTP/1.1 200")
 }

@@ -56,6 +56,15 @@ pub struct PipeSendError<S> {
     pub error: ChannelError,
 }
 
+impl<S> PipeSendError<S> {
+    /// Whether the transfer failed only because the receiver's queue was full (from
+    /// [`ClientSocketSendPipe::try_send`]); the receiver may still be fine.
+    pub fn is_full(&self) -> bool {
+        matches!(&self.error, ChannelError::Transport(fdpass::Error::Io(e))
+            if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+}
+
 impl<T: Serialize> ClientSocketSendPipe<T> {
     /// Wraps a connected message socket.
     pub fn new(socket: AsyncFdSocket) -> Self {
@@ -72,6 +81,24 @@ impl<T: Serialize> ClientSocketSendPipe<T> {
     /// [`PipeSendError`], which returns `client`.
     pub async fn send<S: AsFd>(&self, client: S, data: &T) -> Result<(), PipeSendError<S>> {
         self.send_with_prefix(client, data, &[]).await
+    }
+
+    /// Transfers `client` with `data` if the receiver's queue has room now, without waiting:
+    /// a balancer tries the next receiver instead of queueing behind a busy one.
+    ///
+    /// # Errors
+    /// [`PipeSendError`], which returns `client`; [`PipeSendError::is_full`] tells a full
+    /// queue (nothing was sent, try elsewhere or [`send`](Self::send)) from a failure.
+    pub fn try_send<S: AsFd>(&self, client: S, data: &T) -> Result<(), PipeSendError<S>> {
+        let result = encode(&(data, &[] as &[u8]))
+            .and_then(|frame| Ok(self.socket.try_send(&frame, &[client.as_fd()])?));
+        match result {
+            Ok(()) => Ok(()),
+            Err(error) => Err(PipeSendError {
+                socket: client,
+                error,
+            }),
+        }
     }
 
     /// Transfers `client` with `data` and bytes already read from it (see the type's docs).

@@ -11,6 +11,25 @@ use tokio::task::JoinHandle;
 
 use crate::WorkerId;
 
+/// How long the accept loop waits on one full worker before looking at the others again.
+const FULL_WAIT: Duration = Duration::from_millis(2);
+
+/// The send buffer of the watcher's end of each worker's hand-off pipe (the kernel doubles
+/// it), which bounds the connections waiting for that worker: about 20 instead of the
+/// default buffer's 280. A worker that falls behind, or stops without missing its heartbeat
+/// yet, then holds few connections hostage, and the rest wait in the listen backlog where
+/// any worker can take them. Hand-off messages are about 50 bytes, far below the buffer.
+const HANDOFF_SEND_BUFFER: usize = 8 * 1024;
+
+/// Bounds the connections queued for one worker on its hand-off pipe (see
+/// [`HANDOFF_SEND_BUFFER`]).
+pub(crate) fn bound_handoff_queue(pipe: &impl std::os::fd::AsFd) -> std::io::Result<()> {
+    Ok(rustix::net::sockopt::set_socket_send_buffer_size(
+        pipe,
+        HANDOFF_SEND_BUFFER,
+    )?)
+}
+
 pub(crate) type ClientPipe = Arc<ClientSocketSendPipe<ClientMeta>>;
 
 #[derive(Debug)]
@@ -118,15 +137,17 @@ impl Balancer {
         }
     }
 
-    fn pick(route: &Mutex<Route>) -> Option<(WorkerId, ClientPipe)> {
+    /// The next ready worker in turn, and how many are ready.
+    fn pick(route: &Mutex<Route>) -> Option<(WorkerId, ClientPipe, usize)> {
         let mut route = lock(route);
         let n = route.targets.len();
+        let ready = route.targets.iter().filter(|t| t.ready).count();
         for i in 0..n {
             let index = (route.next + i) % n;
             if route.targets[index].ready {
                 route.next = index + 1;
                 let target = &route.targets[index];
-                return Some((target.id, target.pipe.clone()));
+                return Some((target.id, target.pipe.clone(), ready));
             }
         }
         None
@@ -141,7 +162,7 @@ impl Balancer {
         let mut backoff = Duration::from_millis(10);
         loop {
             // A bare descriptor: the worker sets TCP_NODELAY and registers it with its reactor.
-            let (mut socket, peer) = match listener.accept().await {
+            let (socket, peer) = match listener.accept().await {
                 Ok(accepted) => {
                     backoff = Duration::from_millis(10);
                     accepted
@@ -159,18 +180,32 @@ impl Balancer {
                 peer,
             };
             // An accepted connection is never dropped: it waits for a ready worker, and a
-            // failed transfer returns it to try the next one.
+            // failed transfer moves on to the next one. A worker whose queue is full (busy, or
+            // stopped and not yet past its heartbeat timeout) is skipped; only when every
+            // ready worker is full does the loop wait, briefly, on the next one in turn, and
+            // then look again, so one stuck worker never holds up the others.
+            let mut full = 0;
             loop {
-                let Some((id, pipe)) = Self::pick(&route) else {
+                let Some((id, pipe, ready)) = Self::pick(&route) else {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                     continue;
                 };
-                match pipe.send(socket, &meta).await {
+                let sent = if full < ready {
+                    pipe.try_send(&socket, &meta)
+                } else {
+                    full = 0;
+                    // Cancelling a one-packet send leaves nothing sent and the socket ours.
+                    match tokio::time::timeout(FULL_WAIT, pipe.send(&socket, &meta)).await {
+                        Ok(sent) => sent,
+                        Err(_) => continue,
+                    }
+                };
+                match sent {
                     Ok(()) => break,
+                    Err(failed) if failed.is_full() => full += 1,
                     Err(failed) => {
                         tracing::debug!(worker = %id, error = %failed.error, "transfer failed; trying the next worker");
                         self.remove(id);
-                        socket = failed.socket;
                     }
                 }
             }

@@ -16,7 +16,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{broadcast, mpsc, watch};
 
-use crate::balancer::{Balancer, ClientPipe};
+use crate::balancer::{Balancer, ClientPipe, bound_handoff_queue};
 use crate::{
     Event, ExitKind, KillReason, SendError, StartError, StopCause, WatcherConfig, WorkerExit,
     WorkerId,
@@ -480,6 +480,7 @@ fn spawn(shared: &Arc<Shared>, slot: u32, current: bool) -> Result<Spawned, Star
     let (log, log_child) = FdSocket::pair()?;
     let (listen, listen_child) = FdSocket::pair()?;
     let (clients, clients_child) = FdSocket::pair()?;
+    bound_handoff_queue(&clients)?;
     let mut command = tokio::process::Command::new(&config.program);
     command
         .args(&config.args)

@@ -193,6 +193,51 @@ impl AsyncFdSocket {
         Ok(())
     }
 
+    /// Sends one message if that can be done without waiting, as a balancer needs to pass a
+    /// connection to the next peer instead of queueing behind a busy one.
+    ///
+    /// A message of one packet (up to [`MAX_CHUNK`](crate::MAX_CHUNK) bytes) is sent whole
+    /// or not at all. Of a longer message, once the first packet has left, the rest that does
+    /// not fit is kept, as for a cancelled [`send`](Self::send), and goes out ahead of the next
+    /// `send` or on [`flush`](Self::flush).
+    ///
+    /// # Errors
+    /// [`Error::Io`] of kind [`WouldBlock`](io::ErrorKind::WouldBlock) when nothing was sent
+    /// because the peer's queue is full, another send is in progress, or an earlier message's
+    /// tail is still pending; otherwise as [`send`](Self::send).
+    pub fn try_send(&self, data: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), Error> {
+        let header = frame::first_header(data.len(), fds.len(), &self.limits)?;
+        let (first, rest) = frame::split_first(data);
+        let would_block = || Error::Io(io::ErrorKind::WouldBlock.into());
+        let Ok(mut state) = self.send.try_lock() else {
+            return Err(would_block());
+        };
+        if !state.pending.is_empty() {
+            return Err(would_block());
+        }
+        raw::send_packet(
+            self.as_fd(),
+            &[IoSlice::new(&header), IoSlice::new(first)],
+            fds,
+        )?;
+        state.pending.extend_from_slice(rest);
+        while state.sent < state.pending.len() {
+            let end = state.pending.len().min(state.sent + MAX_CHUNK);
+            let Some(packet) = continuations(&state.pending[state.sent..end]).next() else {
+                break;
+            };
+            match raw::send_packet(self.as_fd(), &packet, &[]) {
+                Ok(_) => state.sent = end,
+                // The message has started: its tail waits for the next send or flush.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        state.pending.clear();
+        state.sent = 0;
+        Ok(())
+    }
+
     /// Finishes sending a message whose `send` was cancelled midway.
     ///
     /// # Errors
