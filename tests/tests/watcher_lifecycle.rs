@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use cluster_watcher::{Balance, ClusterWatcher, KillReason, StartError, StopCause, WatcherConfig};
-use support::{http_get, process_exists, test_worker, watcher_port};
+use support::{http_get, http_get_at, process_exists, test_worker, watcher_port};
 
 async fn serve_in(balance: Balance) {
     let watcher = ClusterWatcher::new(test_worker(&["serve", "127.0.0.1:0"]).balance(balance));
@@ -113,4 +113,40 @@ async fn start_errors_say_which_worker_failed_and_why() {
         ClusterWatcher::new(test_worker(&["serve"])).start(0).await,
         Err(StartError::ZeroWorkers)
     ));
+}
+
+/// In round-robin mode one pipe carries a worker's connections for every address it listens
+/// on; whichever listener reads a connection meant for another passes it on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_serves_two_addresses_through_one_pipe() {
+    let config = test_worker(&["serve", "127.0.0.1:0,127.0.0.2:0"]).balance(Balance::RoundRobin);
+    let watcher = ClusterWatcher::new(config);
+    watcher.start(2).await.unwrap();
+    let ports: Vec<(std::net::IpAddr, u16)> = watcher
+        .server_sockets()
+        .sockets()
+        .into_iter()
+        .filter_map(|(_, fd)| {
+            // A duplicate: dropping the std listener must not close the watcher's socket.
+            let listener = std::net::TcpListener::from(fd.try_clone().ok()?);
+            let address = listener.local_addr().ok()?;
+            Some((address.ip(), address.port()))
+        })
+        .collect();
+    assert_eq!(ports.len(), 2, "{ports:?}");
+    let answers = tokio::task::spawn_blocking(move || {
+        let mut answers = Vec::new();
+        for _ in 0..20 {
+            for &(ip, port) in &ports {
+                answers.push((ip, http_get_at(ip, port)));
+            }
+        }
+        answers
+    })
+    .await
+    .unwrap();
+    watcher.stop().await;
+    for (ip, answer) in &answers {
+        assert!(answer.is_ok(), "{ip}: {answer:?}");
+    }
 }

@@ -7,7 +7,9 @@
 //!   [`generation`] (how many times the slot was started), [`pid`].
 //! * **Serving.** [`listen`] returns a [`Listener`] of TCP connections. In `shared` mode it
 //!   accepts on a duplicate of the watcher's listening socket; in `round-robin` mode the
-//!   watcher accepts and sends connections over; standalone it binds here. Connections get
+//!   watcher accepts and sends connections over, and `accept` reads them straight off the
+//!   pipe, so a worker that stops accepting stops taking connections and the watcher passes
+//!   it over once a few are queued; standalone it binds here. Connections get
 //!   `TCP_NODELAY`. With the `axum` feature, [`Listener`] implements `axum::serve::Listener`,
 //!   so `axum::serve(cluster_worker::listen(addr).await?, router)` is the whole change.
 //!   [`server_socket_factory`] gives raw listeners (TCP or Unix) for other servers.

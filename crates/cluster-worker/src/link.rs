@@ -9,6 +9,7 @@ use std::time::Duration;
 use cluster_ipc::protocol::{ClientMeta, WatcherToWorker, WorkerToWatcher};
 use cluster_ipc::{
     Channel, ChannelSender, ClientSocketReceivePipe, ListenAddress, ServerSocketPipeFactory,
+    TransferredSocket,
 };
 use fdpass::AsyncFdSocket;
 use tokio::sync::{mpsc, watch};
@@ -27,9 +28,8 @@ pub(crate) enum WatcherState {
 /// A client socket the watcher accepted, with the peer address it saw.
 pub(crate) type Transferred = (tokio::net::TcpStream, Option<std::net::SocketAddr>);
 
-/// Where transferred client sockets for one listening address go.
-pub(crate) type ClientRoutes =
-    Arc<Mutex<HashMap<ListenAddress, mpsc::UnboundedSender<Transferred>>>>;
+/// A client socket as the watcher sent it.
+pub(crate) type Client = TransferredSocket<ClientMeta, tokio::net::TcpStream>;
 
 #[derive(Debug)]
 pub(crate) struct Link {
@@ -38,11 +38,15 @@ pub(crate) struct Link {
     pub(crate) state: watch::Receiver<WatcherState>,
     pub(crate) inbox: tokio::sync::Mutex<mpsc::UnboundedReceiver<Vec<u8>>>,
     pub(crate) listen: Option<ServerSocketPipeFactory>,
-    pub(crate) routes: ClientRoutes,
-    /// Connections received from the watcher but not yet taken by `accept` (round-robin).
-    pub(crate) pending: Arc<AtomicUsize>,
+    /// Client sockets from the watcher, for every address (round-robin). Each `accept`
+    /// reads it directly and passes on what belongs to another listener.
+    pub(crate) clients: Option<ClientSocketReceivePipe<ClientMeta>>,
+    /// Where a connection for another listener is passed on to.
+    routes: Mutex<HashMap<ListenAddress, mpsc::UnboundedSender<Transferred>>>,
+    /// Connections passed on to another listener but not yet taken by its `accept`.
+    pending: AtomicUsize,
     /// Set once the watcher closed the client pipe: nothing more will come.
-    pub(crate) clients_closed: Arc<AtomicBool>,
+    clients_closed: AtomicBool,
     ready_sent: AtomicBool,
     pub(crate) defer_ready: AtomicBool,
 }
@@ -110,44 +114,21 @@ fn connect(env: &'static WorkerEnv) -> Result<Link, WorkerError> {
         .take(Endpoint::Listen)
         .and_then(|fd| AsyncFdSocket::from_fd(fd).ok())
         .map(ServerSocketPipeFactory::new);
-    let routes: ClientRoutes = Arc::default();
-    let pending = Arc::new(AtomicUsize::new(0));
-    let clients_closed = Arc::new(AtomicBool::new(false));
-    if let Some(fd) = env.take(Endpoint::Clients) {
-        let pipe = ClientSocketReceivePipe::<ClientMeta>::new(
-            AsyncFdSocket::from_fd(fd).map_err(std::io::Error::other)?,
-        );
-        let (routes, pending, closed) = (routes.clone(), pending.clone(), clients_closed.clone());
-        tokio::spawn(async move {
-            while let Ok(Some(client)) = pipe.receive().await {
-                let routes = routes.lock().unwrap_or_else(PoisonError::into_inner);
-                match routes.get(&client.data.listener) {
-                    Some(route) => {
-                        pending.fetch_add(1, Ordering::SeqCst);
-                        if route.send((client.socket, client.data.peer)).is_err() {
-                            pending.fetch_sub(1, Ordering::SeqCst);
-                        }
-                    }
-                    None => tracing::warn!(
-                        listener = %client.data.listener,
-                        "client for an address this worker does not listen on; closed"
-                    ),
-                }
-            }
-            closed.store(true, Ordering::SeqCst);
-        });
-    } else {
-        clients_closed.store(true, Ordering::SeqCst);
-    }
+    let clients = env
+        .take(Endpoint::Clients)
+        .map(|fd| AsyncFdSocket::from_fd(fd).map(ClientSocketReceivePipe::new))
+        .transpose()
+        .map_err(std::io::Error::other)?;
     Ok(Link {
         env,
         control,
         state,
         inbox: tokio::sync::Mutex::new(inbox),
         listen,
-        routes,
-        pending,
-        clients_closed,
+        clients_closed: AtomicBool::new(clients.is_none()),
+        clients,
+        routes: Mutex::default(),
+        pending: AtomicUsize::new(0),
         ready_sent: AtomicBool::new(false),
         defer_ready: AtomicBool::new(false),
     })
@@ -155,15 +136,74 @@ fn connect(env: &'static WorkerEnv) -> Result<Link, WorkerError> {
 
 impl Link {
     /// Waits (at most 2 s) until every connection the watcher already sent was accepted, so a
-    /// worker stopping in round-robin mode serves them instead of dropping them.
+    /// worker stopping in round-robin mode serves them instead of dropping them. The
+    /// program's `accept` loop reads them, so it must keep running until then.
     pub(crate) async fn drain_transferred(&self) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        while tokio::time::Instant::now() < deadline
-            && !(self.clients_closed.load(Ordering::SeqCst)
-                && self.pending.load(Ordering::SeqCst) == 0)
-        {
+        while tokio::time::Instant::now() < deadline && !self.all_transferred_taken() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    /// Registers a round-robin listener for `address`; connections for it that another
+    /// listener's `accept` reads come through the returned queue.
+    pub(crate) fn add_route(&self, address: ListenAddress) -> mpsc::UnboundedReceiver<Transferred> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.routes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(address, tx);
+        rx
+    }
+
+    /// Passes a connection read by one listener on to the listener of its address.
+    pub(crate) fn pass_on(&self, client: Client) {
+        let routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
+        match routes.get(&client.data.listener) {
+            Some(route) => {
+                self.pending.fetch_add(1, Ordering::SeqCst);
+                if route.send((client.socket, client.data.peer)).is_err() {
+                    self.pending.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+            None => tracing::warn!(
+                listener = %client.data.listener,
+                "client for an address this worker does not listen on; closed"
+            ),
+        }
+    }
+
+    /// No round-robin listener is open, or the pipe is at its end and every connection read
+    /// from it was taken.
+    fn all_transferred_taken(&self) -> bool {
+        let no_listener = self
+            .routes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty();
+        no_listener || (self.clients_closed() && self.pending.load(Ordering::SeqCst) == 0)
+    }
+
+    /// The round-robin listener for `address` is gone.
+    pub(crate) fn remove_route(&self, address: &ListenAddress) {
+        self.routes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(address);
+    }
+
+    /// A passed-on connection was taken.
+    pub(crate) fn taken(&self) {
+        self.pending.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// The watcher closed the client pipe (or it failed): nothing more will come.
+    pub(crate) fn set_clients_closed(&self) {
+        self.clients_closed.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn clients_closed(&self) -> bool {
+        self.clients_closed.load(Ordering::SeqCst)
     }
 
     pub(crate) async fn ready(&self) -> Result<(), WorkerError> {

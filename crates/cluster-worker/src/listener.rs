@@ -2,27 +2,92 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use cluster_ipc::protocol::Balance;
-use cluster_ipc::{ListenAddress, ListenOptions, LocalServerSocketFactory, ServerSocketFactory};
+use cluster_ipc::{
+    ChannelError, ListenAddress, ListenOptions, LocalServerSocketFactory, ServerSocketFactory,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, mpsc};
 
 use crate::WorkerError;
-use crate::link::{Transferred, link};
+use crate::link::{Link, Transferred, link};
 
 #[derive(Debug)]
 enum Source {
     /// Accept on a listening socket (standalone, or a duplicate of the watcher's in `shared`).
     Accept(TcpListener),
     /// Sockets the watcher accepted and sent over (`round-robin`).
-    Transferred(
-        Mutex<mpsc::UnboundedReceiver<Transferred>>,
-        Arc<AtomicUsize>,
-    ),
+    Transferred(TransferredSource),
+}
+
+/// The round-robin side of a [`Listener`]: reads the worker's client pipe directly (no task
+/// in between), keeping what is for its address and passing the rest on.
+#[derive(Debug)]
+struct TransferredSource {
+    address: ListenAddress,
+    link: Arc<Link>,
+    /// Connections for this address that another listener read off the pipe.
+    passed_on: Mutex<mpsc::UnboundedReceiver<Transferred>>,
+}
+
+impl TransferredSource {
+    async fn next(&self) -> io::Result<Transferred> {
+        let mut passed_on = match self.passed_on.try_lock() {
+            Ok(queue) => queue,
+            Err(_) => self.passed_on.lock().await,
+        };
+        let link = &*self.link;
+        loop {
+            if let Ok(client) = passed_on.try_recv() {
+                link.taken();
+                return Ok(client);
+            }
+            let pipe = match &link.clients {
+                Some(pipe) if !link.clients_closed() => pipe,
+                // Nothing more will come from the watcher; another listener may still pass
+                // on what it read.
+                _ => {
+                    let client = passed_on.recv().await.ok_or_else(watcher_gone)?;
+                    link.taken();
+                    return Ok(client);
+                }
+            };
+            tokio::select! {
+                client = passed_on.recv() => {
+                    let client = client.ok_or_else(watcher_gone)?;
+                    link.taken();
+                    return Ok(client);
+                }
+                received = pipe.receive() => match received {
+                    Ok(Some(client)) if client.data.listener == self.address => {
+                        return Ok((client.socket, client.data.peer));
+                    }
+                    Ok(Some(client)) => link.pass_on(client),
+                    Ok(None) => link.set_clients_closed(),
+                    Err(ChannelError::Transport(fdpass::Error::Io(e))) => {
+                        tracing::warn!(error = %e, "client pipe failed; no more connections");
+                        link.set_clients_closed();
+                    }
+                    // One bad message (a descriptor of the wrong kind, say) costs only itself.
+                    Err(e) => tracing::warn!(error = %e, "bad client transfer; skipped"),
+                },
+            }
+        }
+    }
+}
+
+impl Drop for TransferredSource {
+    fn drop(&mut self) {
+        self.link.remove_route(&self.address);
+    }
+}
+
+fn watcher_gone() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "the watcher is gone")
 }
 
 /// A source of TCP client connections. The same code serves standalone (it binds here), in
@@ -76,13 +141,13 @@ pub async fn listen_with(
             // The descriptor tells us the real address; the watcher does the accepting.
             let local_addr = tcp_addr(&listener)?;
             drop(listener);
-            let (tx, rx) = mpsc::unbounded_channel();
-            link.routes
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(address.clone(), tx);
+            let passed_on = Mutex::new(link.add_route(address.clone()));
             Listener {
-                source: Source::Transferred(Mutex::new(rx), link.pending.clone()),
+                source: Source::Transferred(TransferredSource {
+                    address: address.clone(),
+                    link: link.clone(),
+                    passed_on,
+                }),
                 local_addr,
                 nodelay: true,
             }
@@ -137,20 +202,9 @@ impl Listener {
         loop {
             let accepted = match &self.source {
                 Source::Accept(listener) => listener.accept().await,
-                Source::Transferred(rx, pending) => match rx.lock().await.recv().await {
-                    Some((stream, peer)) => {
-                        pending.fetch_sub(1, Ordering::SeqCst);
-                        match peer {
-                            Some(peer) => Ok((stream, peer)),
-                            None => stream.peer_addr().map(|peer| (stream, peer)),
-                        }
-                    }
-                    None => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::BrokenPipe,
-                            "the watcher is gone",
-                        ));
-                    }
+                Source::Transferred(source) => match source.next().await? {
+                    (stream, Some(peer)) => Ok((stream, peer)),
+                    (stream, None) => stream.peer_addr().map(|peer| (stream, peer)),
                 },
             };
             match accepted {

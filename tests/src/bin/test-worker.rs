@@ -1,8 +1,9 @@
 //! Worker program for the `watcher_*` and `cli_*` tests: one behaviour per mode.
 //!
 //! `test-worker <mode> [params]`:
-//! * `serve ADDR`: answer each connection with `worker <id> pid <pid> gen <generation>` and
-//!   close it; on termination finish the connections in flight, then exit 0.
+//! * `serve ADDR[,ADDR2]`: answer each connection with `worker <id> pid <pid> gen <generation>`
+//!   and close it; on termination finish the connections in flight, then exit 0. With two
+//!   addresses it listens and serves on both.
 //! * `serve-until-gen ADDR N`: like `serve`, but generation N and later exit 1 at once.
 //! * `serve-slow-requests ADDR MS`: like `serve`, each answer taking MS milliseconds.
 //! * `serve-slow-stop ADDR MS`: like `serve`, but take MS milliseconds to stop.
@@ -78,9 +79,21 @@ async fn main() {
     }
 }
 
-async fn serve(address: &str, stop_delay: Duration, request_delay: Duration) {
+async fn serve(addresses: &str, stop_delay: Duration, request_delay: Duration) {
+    let (address, second) = match addresses.split_once(',') {
+        Some((first, second)) => (first, Some(second)),
+        None => (addresses, None),
+    };
     let listener = cluster_worker::listen(address).await.expect("listen");
     tracing::info!("listening on {}", listener.local_addr());
+    let second = match second {
+        Some(address) => Some(cluster_worker::listen(address).await.expect("listen")),
+        None => None,
+    };
+    let accept_second = async || match &second {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    };
     let me = format!(
         "worker {} pid {} gen {}",
         cluster_worker::id().unwrap_or(0),
@@ -90,7 +103,10 @@ async fn serve(address: &str, stop_delay: Duration, request_delay: Duration) {
     let mut connections = tokio::task::JoinSet::new();
     let why = loop {
         tokio::select! {
-            accepted = listener.accept() => {
+            accepted = async { tokio::select! {
+                accepted = listener.accept() => accepted,
+                accepted = accept_second() => accepted,
+            } } => {
                 let Ok((mut stream, _)) = accepted else { continue };
                 let me = me.clone();
                 connections.spawn(async move {
@@ -112,7 +128,7 @@ async fn serve(address: &str, stop_delay: Duration, request_delay: Duration) {
         }
     };
     tracing::info!(?why, "stopping");
-    drop(listener);
+    drop((listener, second));
     tokio::time::sleep(stop_delay).await;
     while connections.join_next().await.is_some() {}
 }

@@ -86,9 +86,14 @@ pub fn wait_for(
 
 /// One HTTP/1.1 request on a new connection to 127.0.0.1:`port`; the body, or why it failed.
 pub fn http_get(port: u16) -> Result<String, String> {
+    http_get_at(std::net::Ipv4Addr::LOCALHOST.into(), port)
+}
+
+/// [`http_get`] to another local address (`127.0.0.2`, say).
+pub fn http_get_at(ip: std::net::IpAddr, port: u16) -> Result<String, String> {
     use std::io::{Read, Write};
     let mut stream =
-        std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+        std::net::TcpStream::connect((ip, port)).map_err(|e| format!("connect: {e}"))?;
     stream
         .set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
