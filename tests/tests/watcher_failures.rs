@@ -175,3 +175,44 @@ fn get_within(port: u16, limit: Duration) -> bool {
     let mut response = String::new();
     stream.read_to_string(&mut response).is_ok() && response.starts_with("HTTP/1.1 200")
 }
+
+/// Connections the watcher had queued for a round-robin worker that is then killed are not
+/// lost with it: the watcher reads them back and passes them to the other workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_passes_a_killed_workers_queued_connections_to_the_others() {
+    let mut config = test_worker(&["serve", "127.0.0.1:0"]);
+    config.balance = Balance::RoundRobin;
+    config.heartbeat_timeout = Duration::from_secs(30);
+    let watcher = ClusterWatcher::new(config);
+    let mut events = watcher.events();
+    watcher.start(2).await.unwrap();
+    let port = watcher_port(&watcher);
+    let victim = watcher.workers()[0];
+    let pid = rustix::process::Pid::from_raw(victim.pid as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    const CLIENTS: usize = 10; // about half are queued for the stopped worker
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| std::thread::spawn(move || get_within(port, Duration::from_secs(8))))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+    next_event(&mut events, LIMIT, |e| match e {
+        Event::Exited(exit) if exit.pid == victim.pid => Some(()),
+        _ => None,
+    })
+    .await;
+    let answered = tokio::task::spawn_blocking(move || {
+        clients
+            .into_iter()
+            .map(|client| client.join().unwrap())
+            .filter(|ok| *ok)
+            .count()
+    })
+    .await
+    .unwrap();
+    watcher.stop().await;
+    assert_eq!(
+        answered, CLIENTS,
+        "connections queued for the killed worker were lost"
+    );
+}

@@ -2,11 +2,12 @@
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use cluster_ipc::protocol::ClientMeta;
-use cluster_ipc::{ClientSocketSendPipe, ListenAddress};
+use cluster_ipc::{ClientSocketReceivePipe, ClientSocketSendPipe, ListenAddress};
 use tokio::task::JoinHandle;
 
 use crate::WorkerId;
@@ -50,7 +51,10 @@ struct Route {
 pub(crate) struct Balancer {
     // Each accept loop holds its own route, so the per-connection pick hashes nothing.
     routes: Mutex<HashMap<ListenAddress, Arc<Mutex<Route>>>>,
-    loops: Mutex<Vec<JoinHandle<()>>>,
+    /// Accept loops and reclaiming tasks, aborted at shutdown.
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Set at shutdown: a connection with no ready worker left is closed, not kept waiting.
+    closed: AtomicBool,
 }
 
 impl Balancer {
@@ -91,10 +95,7 @@ impl Balancer {
                         tokio::spawn(
                             async move { this.accept_loop(listener, address, route).await },
                         );
-                    self.loops
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .push(task);
+                    self.track(task);
                 }
                 Err(e) => {
                     tracing::error!(%address, error = %e, "round-robin: cannot accept on listener")
@@ -127,14 +128,61 @@ impl Balancer {
 
     /// Stops accepting (the listening sockets stay open in the provider).
     pub(crate) fn shutdown(&self) {
+        self.closed.store(true, Ordering::SeqCst);
         for task in self
-            .loops
+            .tasks
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .drain(..)
         {
             task.abort();
         }
+    }
+
+    fn track(&self, task: JoinHandle<()>) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(PoisonError::into_inner);
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
+    }
+
+    /// Connections still queued for a worker that has exited go to the other workers, so a
+    /// crash or a kill loses only the connections the worker had taken. `worker_end` is the
+    /// watcher's duplicate of the worker's end of its hand-off pipe, kept for this: the
+    /// queue lives as long as any descriptor of that end.
+    pub(crate) fn reclaim(self: &Arc<Self>, pipe: &ClientPipe, worker_end: OwnedFd) {
+        // With our end shut for writing, reading the worker's end stops at end of file.
+        Self::close_pipe(pipe);
+        let queued = match fdpass::AsyncFdSocket::from_fd(worker_end) {
+            Ok(socket) => ClientSocketReceivePipe::<ClientMeta, OwnedFd>::new(socket),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read an exited worker's queued connections");
+                return;
+            }
+        };
+        let this = self.clone();
+        self.track(tokio::spawn(async move {
+            let mut reclaimed = 0usize;
+            // The queue holds a few dozen connections at most (HANDOFF_SEND_BUFFER); the cap
+            // and the timeout only guard against the unexpected.
+            while reclaimed < 4096 {
+                let Ok(Ok(Some(client))) =
+                    tokio::time::timeout(Duration::from_secs(1), queued.receive()).await
+                else {
+                    break;
+                };
+                let route = this.routes().get(&client.data.listener).cloned();
+                if let Some(route) = route {
+                    this.hand_off(&route, client.socket, &client.data).await;
+                    reclaimed += 1;
+                }
+            }
+            if reclaimed > 0 {
+                tracing::info!(
+                    reclaimed,
+                    "connections queued for an exited worker were passed to others"
+                );
+            }
+        }));
     }
 
     /// The next ready worker in turn, and how many are ready.
@@ -179,34 +227,42 @@ impl Balancer {
                 listener: address.clone(),
                 peer,
             };
-            // An accepted connection is never dropped: it waits for a ready worker, and a
-            // failed transfer moves on to the next one. A worker whose queue is full (busy, or
-            // stopped and not yet past its heartbeat timeout) is skipped; only when every
-            // ready worker is full does the loop wait, briefly, on the next one in turn, and
-            // then look again, so one stuck worker never holds up the others.
-            let mut full = 0;
-            loop {
-                let Some((id, pipe, ready)) = Self::pick(&route) else {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                    continue;
-                };
-                let sent = if full < ready {
-                    pipe.try_send(&socket, &meta)
-                } else {
-                    full = 0;
-                    // Cancelling a one-packet send leaves nothing sent and the socket ours.
-                    match tokio::time::timeout(FULL_WAIT, pipe.send(&socket, &meta)).await {
-                        Ok(sent) => sent,
-                        Err(_) => continue,
-                    }
-                };
-                match sent {
-                    Ok(()) => break,
-                    Err(failed) if failed.is_full() => full += 1,
-                    Err(failed) => {
-                        tracing::debug!(worker = %id, error = %failed.error, "transfer failed; trying the next worker");
-                        self.remove(id);
-                    }
+            self.hand_off(&route, socket, &meta).await;
+        }
+    }
+
+    /// Hands `socket` to the next ready worker on `route`. An accepted connection is never
+    /// dropped: it waits for a ready worker, and a failed transfer moves on to the next one;
+    /// only after shutdown, with no worker left, is it closed. A worker whose queue is full
+    /// (busy, or stopped and not yet past its heartbeat timeout) is skipped; only when every
+    /// ready worker is full does the loop wait, briefly, on the next one in turn, and then
+    /// look again, so one stuck worker never holds up the others.
+    async fn hand_off(&self, route: &Mutex<Route>, socket: OwnedFd, meta: &ClientMeta) {
+        let mut full = 0;
+        loop {
+            let Some((id, pipe, ready)) = Self::pick(route) else {
+                if self.closed.load(Ordering::SeqCst) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            };
+            let sent = if full < ready {
+                pipe.try_send(&socket, meta)
+            } else {
+                full = 0;
+                // Cancelling a one-packet send leaves nothing sent and the socket ours.
+                match tokio::time::timeout(FULL_WAIT, pipe.send(&socket, meta)).await {
+                    Ok(sent) => sent,
+                    Err(_) => continue,
+                }
+            };
+            match sent {
+                Ok(()) => return,
+                Err(failed) if failed.is_full() => full += 1,
+                Err(failed) => {
+                    tracing::debug!(worker = %id, error = %failed.error, "transfer failed; trying the next worker");
+                    self.remove(id);
                 }
             }
         }

@@ -25,14 +25,18 @@
 //! * A worker that exits while the cluster runs is respawned at once. A slot whose workers
 //!   keep ending themselves within [`WatcherConfig::min_uptime`] (1 s) of starting waits
 //!   `backoff_initial` before the second respawn, then twice that for each further one, up
-//!   to `backoff_max`; the other slots keep serving. There is never a hot respawn loop. Workers killed from outside
-//!   (`SIGKILL`) or that ran longer are replaced at once.
+//!   to `backoff_max`; the other slots keep serving. There is never a hot respawn loop.
+//!   Workers killed from outside (`SIGKILL`) or that ran longer are replaced at once.
 //! * A ready worker silent for `heartbeat_timeout` is killed and replaced; so is a new one
 //!   not ready within `ready_timeout`.
 //! * Messages and log events a worker sent before exiting are read before its exit is
 //!   reported.
 //! * In [`Balance::RoundRobin`] the watcher accepts and transfers each connection to the next
-//!   ready worker; a failed transfer goes to the next worker, never dropped.
+//!   ready worker; a failed transfer goes to the next worker, never dropped. A worker with
+//!   about 20 connections queued (it fell behind, or stopped inside its heartbeat timeout)
+//!   is passed over until it catches up, and the connections still queued for a worker
+//!   that exits (a crash, a kill) go to the other workers: only the connections a worker
+//!   had taken are lost with it.
 
 #![forbid(unsafe_code)]
 

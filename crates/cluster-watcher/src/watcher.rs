@@ -1,6 +1,7 @@
 //! [`ClusterWatcher`]: spawning, watching, respawning, stopping and restarting workers.
 
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -481,6 +482,14 @@ fn spawn(shared: &Arc<Shared>, slot: u32, current: bool) -> Result<Spawned, Star
     let (listen, listen_child) = FdSocket::pair()?;
     let (clients, clients_child) = FdSocket::pair()?;
     bound_handoff_queue(&clients)?;
+    // In round-robin mode the watcher keeps a duplicate of the worker's end, so connections
+    // still queued when the worker exits can be read back and passed to other workers.
+    let worker_end = match config.balance {
+        Balance::RoundRobin => {
+            Some(rustix::io::fcntl_dupfd_cloexec(&clients_child, 0).map_err(std::io::Error::from)?)
+        }
+        Balance::Shared => None,
+    };
     let mut command = tokio::process::Command::new(&config.program);
     command
         .args(&config.args)
@@ -557,7 +566,7 @@ fn spawn(shared: &Arc<Shared>, slot: u32, current: bool) -> Result<Spawned, Star
     tokio::spawn(async move {
         let started = Instant::now();
         let exit = supervise(
-            &shared, id, pid, child, control_rx, log, listen, clients, &status_tx,
+            &shared, id, pid, child, control_rx, log, listen, clients, worker_end, &status_tx,
         )
         .await;
         let _ = status_tx.send(Status::Exited(exit));
@@ -578,11 +587,13 @@ async fn supervise(
     log: AsyncFdSocket,
     listen: AsyncFdSocket,
     clients: ClientPipe,
+    worker_end: Option<OwnedFd>,
     status: &watch::Sender<Status>,
 ) -> WorkerExit {
     let logs = tokio::spawn(forward_logs(log, id, pid));
     let listens = {
         let shared = shared.clone();
+        let clients = clients.clone();
         tokio::spawn(async move {
             let balancer = shared.balancer.clone();
             let round_robin = shared.config.balance == Balance::RoundRobin;
@@ -672,6 +683,9 @@ async fn supervise(
     let _ = tokio::time::timeout(Duration::from_secs(2), logs).await;
     listens.abort();
     shared.balancer.remove(id);
+    if let Some(worker_end) = worker_end {
+        shared.balancer.reclaim(&clients, worker_end);
+    }
     let mut state = shared.state();
     let handle = state.workers.remove(&id);
     let exit_status = match status {

@@ -60,7 +60,8 @@ impl fmt::Display for SocketKind {
 
 /// A socket type that can be built from a received descriptor once its kind is checked.
 ///
-/// Implemented for the `std` and `tokio` TCP, Unix and UDP socket types. Use it through
+/// Implemented for the `std` and `tokio` TCP, Unix and UDP socket types, and for `OwnedFd`
+/// (any socket, for a process that only passes descriptors on). Use it through
 /// [`into_socket`]. The tokio types must be built inside a runtime.
 pub trait FromSocketFd: Sized {
     /// What the descriptor must be, in words, for error messages.
@@ -141,6 +142,16 @@ macro_rules! from_socket_fd {
             }
         }
     )*};
+}
+
+impl FromSocketFd for OwnedFd {
+    const EXPECTED: &'static str = "a socket";
+    fn accepts(_: &SocketKind) -> bool {
+        true
+    }
+    fn wrap(fd: OwnedFd) -> io::Result<Self> {
+        Ok(fd)
+    }
 }
 
 from_socket_fd! {
