@@ -232,36 +232,48 @@ fn main() {
     };
     println!("\n## Ratios against the targets\n");
     for &n in workers.iter().filter(|_| !configs.is_empty()) {
-        let m = |prefix: &str, load: &str| rps[&(find(prefix, n), load)].median();
+        let samples =
+            |prefix: &str, load: &'static str| -> &Samples { &rps[&(find(prefix, n), load)] };
         let checks = [
             (
                 "shared keep-alive / ref (b)",
-                m("cluster shared", "keep-alive") / m("ref (b)", "keep-alive"),
+                ("cluster shared", "ref (b)", "keep-alive"),
                 0.97,
             ),
             (
                 "round-robin close / ref (c)",
-                m("cluster round-robin", "close") / m("ref (c)", "close"),
+                ("cluster round-robin", "ref (c)", "close"),
                 0.9,
             ),
             (
                 "round-robin close / node SCHED_RR",
-                m("cluster round-robin", "close") / m("node cluster SCHED_RR", "close"),
+                ("cluster round-robin", "node cluster SCHED_RR", "close"),
                 2.3,
             ),
             (
                 "shared keep-alive / node SCHED_NONE",
-                m("cluster shared", "keep-alive") / m("node cluster SCHED_NONE", "keep-alive"),
+                ("cluster shared", "node cluster SCHED_NONE", "keep-alive"),
                 0.0,
             ),
         ];
-        for (label, ratio, bound) in checks {
+        for (label, (ours, reference, load), bound) in checks {
+            let (ours, reference) = (samples(ours, load), samples(reference, load));
+            let ratio = ours.median() / reference.median();
             let label = format!("{n} workers, {label}");
             if bound == 0.0 {
                 println!("- {label}: {ratio:.2}x (reported)");
             } else {
                 print_ratio(&label, ratio, &format!(">= {bound}x"), ratio >= bound);
             }
+            // The same ratio round by round: both runs of a pair were made minutes apart at
+            // most, so this shows how much of a miss or a margin is the machine's drift.
+            let per_round: Vec<String> = ours
+                .rates
+                .iter()
+                .zip(&reference.rates)
+                .map(|(a, b)| format!("{:.2}", a / b))
+                .collect();
+            println!("  - round by round: {}", per_round.join(", "));
         }
     }
 
