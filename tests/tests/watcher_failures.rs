@@ -5,7 +5,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use cluster_watcher::{Balance, ClusterWatcher, Event, ExitKind, KillReason, StopCause};
+use cluster_watcher::{
+    Balance, ClusterWatcher, Event, ExitKind, KillReason, StopCause, WorkerInfo,
+};
 use support::{http_get, next_event, test_worker, watcher_port};
 
 const LIMIT: Duration = Duration::from_secs(10);
@@ -126,37 +128,44 @@ async fn a_worker_asking_to_stop_is_stopped_gracefully_not_counted_as_a_crash() 
     watcher.stop().await;
 }
 
-/// In round-robin mode a worker that stops reading (here SIGSTOPped, well inside its heartbeat
-/// timeout) fills its hand-off queue, which the watcher bounds at about 20 connections; every
-/// further connection must go to the workers that still read, not wait behind the stuck one.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn round_robin_passes_over_a_worker_that_stopped_reading() {
+/// Two round-robin workers, the first SIGSTOPped well inside a 30 s heartbeat timeout: the
+/// watcher, the port and the stopped worker.
+async fn round_robin_pair_with_one_stopped() -> (ClusterWatcher, u16, WorkerInfo) {
     let mut config = test_worker(&["serve", "127.0.0.1:0"]);
     config.balance = Balance::RoundRobin;
     config.heartbeat_timeout = Duration::from_secs(30);
     let watcher = ClusterWatcher::new(config);
     watcher.start(2).await.unwrap();
     let port = watcher_port(&watcher);
-    let stuck = rustix::process::Pid::from_raw(watcher.workers()[0].pid as i32).unwrap();
-    rustix::process::kill_process(stuck, rustix::process::Signal::STOP).unwrap();
-    const CLIENTS: usize = 120;
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|_| std::thread::spawn(move || get_within(port, Duration::from_secs(3))))
-        .collect();
-    let answered = clients
-        .into_iter()
-        .map(|client| client.join().unwrap())
-        .filter(|ok| *ok)
-        .count();
-    rustix::process::kill_process(stuck, rustix::process::Signal::CONT).unwrap();
-    watcher.stop().await;
-    // At most the stuck worker's queue goes unanswered. With the kernel's default buffer it
-    // would hold about 280, so half the clients (every other one) would time out; waiting
-    // behind it, so would every client after its queue filled.
-    assert!(
-        answered >= CLIENTS - 30,
-        "{answered} of {CLIENTS} clients answered while one worker was stopped"
-    );
+    let stopped = watcher.workers()[0];
+    signal(&stopped, rustix::process::Signal::STOP);
+    (watcher, port, stopped)
+}
+
+fn signal(worker: &WorkerInfo, signal: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(worker.pid as i32).unwrap();
+    rustix::process::kill_process(pid, signal).unwrap();
+}
+
+/// `n` clients at once, each making one request on a new connection and waiting at most
+/// `limit` for the answer.
+fn start_clients(port: u16, n: usize, limit: Duration) -> Vec<std::thread::JoinHandle<bool>> {
+    (0..n)
+        .map(|_| std::thread::spawn(move || get_within(port, limit)))
+        .collect()
+}
+
+/// How many of the clients were answered.
+async fn answered(clients: Vec<std::thread::JoinHandle<bool>>) -> usize {
+    tokio::task::spawn_blocking(move || {
+        clients
+            .into_iter()
+            .map(|client| client.join().unwrap())
+            .filter(|ok| *ok)
+            .count()
+    })
+    .await
+    .unwrap()
 }
 
 /// One request on a new connection; whether it was answered within `limit`.
@@ -176,40 +185,41 @@ fn get_within(port: u16, limit: Duration) -> bool {
     stream.read_to_string(&mut response).is_ok() && response.starts_with("HTTP/1.1 200")
 }
 
+/// In round-robin mode a worker that stops reading (here SIGSTOPped) fills its hand-off
+/// queue, which the watcher bounds at about 20 connections; every further connection must go
+/// to the workers that still read, not wait behind the stuck one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_passes_over_a_worker_that_stopped_reading() {
+    let (watcher, port, stopped) = round_robin_pair_with_one_stopped().await;
+    const CLIENTS: usize = 120;
+    let answered = answered(start_clients(port, CLIENTS, Duration::from_secs(3))).await;
+    signal(&stopped, rustix::process::Signal::CONT);
+    watcher.stop().await;
+    // At most the stuck worker's queue goes unanswered. With the kernel's default buffer it
+    // would hold about 280, so half the clients (every other one) would time out; waiting
+    // behind it, so would every client after its queue filled.
+    assert!(
+        answered >= CLIENTS - 30,
+        "{answered} of {CLIENTS} clients answered while one worker was stopped"
+    );
+}
+
 /// Connections the watcher had queued for a round-robin worker that is then killed are not
 /// lost with it: the watcher reads them back and passes them to the other workers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_passes_a_killed_workers_queued_connections_to_the_others() {
-    let mut config = test_worker(&["serve", "127.0.0.1:0"]);
-    config.balance = Balance::RoundRobin;
-    config.heartbeat_timeout = Duration::from_secs(30);
-    let watcher = ClusterWatcher::new(config);
+    let (watcher, port, victim) = round_robin_pair_with_one_stopped().await;
     let mut events = watcher.events();
-    watcher.start(2).await.unwrap();
-    let port = watcher_port(&watcher);
-    let victim = watcher.workers()[0];
-    let pid = rustix::process::Pid::from_raw(victim.pid as i32).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
     const CLIENTS: usize = 10; // about half are queued for the stopped worker
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|_| std::thread::spawn(move || get_within(port, Duration::from_secs(8))))
-        .collect();
+    let clients = start_clients(port, CLIENTS, Duration::from_secs(8));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+    signal(&victim, rustix::process::Signal::KILL);
     next_event(&mut events, LIMIT, |e| match e {
         Event::Exited(exit) if exit.pid == victim.pid => Some(()),
         _ => None,
     })
     .await;
-    let answered = tokio::task::spawn_blocking(move || {
-        clients
-            .into_iter()
-            .map(|client| client.join().unwrap())
-            .filter(|ok| *ok)
-            .count()
-    })
-    .await
-    .unwrap();
+    let answered = answered(clients).await;
     watcher.stop().await;
     assert_eq!(
         answered, CLIENTS,
