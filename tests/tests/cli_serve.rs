@@ -154,3 +154,35 @@ fn axum_hello_serves_in_round_robin_mode() {
 fn axum_hello_serves_standalone() {
     serve_axum(None);
 }
+
+/// `--name` tags every line: the CLI's own, the watcher's tasks' (worker started, exited)
+/// and the workers' forwarded logs.
+#[test]
+fn every_log_line_carries_the_cluster_name() {
+    let hello = workspace_bin("hello-http");
+    let mut cluster = ClusterProcess::start(&[
+        "--name",
+        "shop-api",
+        "-w",
+        "2",
+        hello.to_str().unwrap(),
+        "127.0.0.1:0",
+    ]);
+    cluster.wait_for("all workers ready", LIMIT);
+    let port = cluster.port();
+    get(port, "/");
+    cluster.signal(Signal::TERM);
+    assert!(cluster.wait(LIMIT).success(), "{}", cluster.output());
+    let output = cluster.output();
+    let lines: Vec<&str> = output.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(
+        lines.iter().any(|l| l.contains("listening on")),
+        "worker logs are forwarded:\n{output}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("worker stopped")),
+        "worker exits are logged:\n{output}"
+    );
+    let untagged: Vec<&&str> = lines.iter().filter(|l| !l.contains("shop-api")).collect();
+    assert!(untagged.is_empty(), "lines without the name: {untagged:#?}");
+}

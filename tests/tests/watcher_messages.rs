@@ -131,3 +131,30 @@ async fn a_panicking_worker_exits_promptly_and_its_panic_is_logged() {
     assert!(text.contains("exit status 101"), "{text}");
     watcher.stop().await;
 }
+
+/// A program embedding the watcher creates it inside its own span; every line the watcher's
+/// tasks log (a worker's forwarded logs, its exit) carries that span, wherever `start` is
+/// called from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watchers_log_lines_carry_the_span_it_was_created_in() {
+    let logs = captured_logs();
+    let span = tracing::info_span!("embedder", app = "tagged-watcher");
+    let watcher = span.in_scope(|| ClusterWatcher::new(test_worker(&["panic-after", "100"])));
+    let mut events = watcher.events();
+    watcher.start(1).await.unwrap();
+    next_event(&mut events, LIMIT, |e| match e {
+        Event::Exited(exit) => Some(*exit),
+        _ => None,
+    })
+    .await;
+    watcher.stop().await;
+    let text = log_text(&logs);
+    // From the caller's task, a forwarded worker log, the supervising task.
+    for needle in ["worker started", "panicked at", "exit status 101"] {
+        let line = text
+            .lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no line with {needle:?}:\n{text}"));
+        assert!(line.contains("tagged-watcher"), "{line}");
+    }
+}

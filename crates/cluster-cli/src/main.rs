@@ -13,6 +13,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 use cluster_watcher::{Balance, ClusterWatcher, WatcherConfig};
 use tokio::signal::unix::{SignalKind, signal};
+use tracing::Instrument;
 
 /// Run PROGRAM as a supervised cluster of worker processes.
 ///
@@ -118,7 +119,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args)) {
+    if let Err(e) = init_logging(&args) {
+        eprintln!("cluster: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    // Every line the cluster logs, its own and the watcher's tasks' (which run in the span
+    // current when the watcher is created), carries the name.
+    let span = tracing::info_span!("cluster", name = %args.name);
+    match runtime.block_on(run(args).instrument(span)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cluster: {e:#}");
@@ -132,7 +140,6 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
     if args.args.first().is_some_and(|a| a == "--") {
         args.args.remove(0);
     }
-    init_logging(&args)?;
     let program = resolve_program(Path::new(&args.program))?;
     let _pid_file = args.pid_file.as_deref().map(PidFile::create).transpose()?;
     let workers = args.workers.map_or_else(
@@ -149,8 +156,6 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
         .shutdown_timeout(Duration::from_secs_f64(args.shutdown_timeout));
     let watcher = ClusterWatcher::new(config);
 
-    let span = tracing::info_span!("cluster", name = %args.name);
-    let _entered = span.enter();
     // Signals are registered before the first worker exists, so none is missed.
     let on = |kind: SignalKind| signal(kind).context("cannot register signal handlers");
     let (mut int, mut term, mut quit) = (
@@ -205,14 +210,17 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
         }
         tracing::info!(signal = restart, "rolling restart");
         let watcher = watcher.clone();
-        restarting = Some(tokio::spawn(async move {
-            match watcher.restart().await {
-                Ok(()) => tracing::info!("rolling restart complete"),
-                Err(e) => {
-                    tracing::error!(error = %e, "rolling restart incomplete; old workers kept where replacements failed")
+        restarting = Some(tokio::spawn(
+            async move {
+                match watcher.restart().await {
+                    Ok(()) => tracing::info!("rolling restart complete"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "rolling restart incomplete; old workers kept where replacements failed")
+                    }
                 }
             }
-        }));
+            .in_current_span(),
+        ));
     };
     tracing::info!(signal = cause, "stopping cluster");
     if let Some(task) = restarting {

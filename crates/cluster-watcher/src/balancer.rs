@@ -11,6 +11,7 @@ use cluster_ipc::{ClientSocketReceivePipe, ClientSocketSendPipe, ListenAddress};
 use tokio::task::JoinHandle;
 
 use crate::WorkerId;
+use crate::watcher::spawn_in;
 
 /// How long the accept loop waits on one full worker before looking at the others again.
 const FULL_WAIT: Duration = Duration::from_millis(2);
@@ -47,7 +48,7 @@ struct Route {
 }
 
 /// Which workers listen on which address, and the accept loops feeding them.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Balancer {
     // Each accept loop holds its own route, so the per-connection pick hashes nothing.
     routes: Mutex<HashMap<ListenAddress, Arc<Mutex<Route>>>>,
@@ -55,9 +56,20 @@ pub(crate) struct Balancer {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Set at shutdown: a connection with no ready worker left is closed, not kept waiting.
     closed: AtomicBool,
+    /// The watcher's span, for the tasks spawned here.
+    span: tracing::Span,
 }
 
 impl Balancer {
+    pub(crate) fn new(span: tracing::Span) -> Self {
+        Self {
+            routes: Mutex::default(),
+            tasks: Mutex::default(),
+            closed: AtomicBool::new(false),
+            span,
+        }
+    }
+
     fn routes(&self) -> std::sync::MutexGuard<'_, HashMap<ListenAddress, Arc<Mutex<Route>>>> {
         self.routes.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -91,10 +103,9 @@ impl Balancer {
                 Ok(listener) => {
                     let this = self.clone();
                     let address = address.clone();
-                    let task =
-                        tokio::spawn(
-                            async move { this.accept_loop(listener, address, route).await },
-                        );
+                    let task = spawn_in(self.span.clone(), async move {
+                        this.accept_loop(listener, address, route).await
+                    });
                     self.track(task);
                 }
                 Err(e) => {
@@ -160,7 +171,7 @@ impl Balancer {
             }
         };
         let this = self.clone();
-        self.track(tokio::spawn(async move {
+        self.track(spawn_in(self.span.clone(), async move {
             let mut reclaimed = 0usize;
             // The queue holds a few dozen connections at most (HANDOFF_SEND_BUFFER); the cap
             // and the timeout only guard against the unexpected.

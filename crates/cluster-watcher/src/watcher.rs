@@ -64,6 +64,8 @@ struct Shared {
     messages: Mutex<Option<mpsc::UnboundedSender<WorkerMessage>>>,
     provider: ServerSocketProvider,
     balancer: Arc<Balancer>,
+    /// The span current when the watcher was created; every task of the watcher runs in it.
+    span: tracing::Span,
 }
 
 impl Shared {
@@ -72,7 +74,8 @@ impl Shared {
     }
 
     fn emit(&self, event: Event) {
-        log_event(&event);
+        // Emitted from the caller's task too (`start`, `stop`): log in the watcher's span.
+        self.span.in_scope(|| log_event(&event));
         let _ = self.events.send(event);
     }
 }
@@ -147,6 +150,10 @@ pub struct ClusterWatcher {
 
 impl ClusterWatcher {
     /// A watcher for `config`; nothing runs until [`start`](Self::start).
+    ///
+    /// The tracing span current here is the one every task of the watcher logs in, so
+    /// creating the watcher inside a span (`span.in_scope(|| ClusterWatcher::new(config))`)
+    /// tags all of its lines, including the workers' forwarded logs.
     pub fn new(config: WatcherConfig) -> Self {
         let (events, _) = broadcast::channel(1024);
         Self {
@@ -156,7 +163,8 @@ impl ClusterWatcher {
                 events,
                 messages: Mutex::new(None),
                 provider: ServerSocketProvider::new(),
-                balancer: Arc::default(),
+                balancer: Arc::new(Balancer::new(tracing::Span::current())),
+                span: tracing::Span::current(),
             }),
         }
     }
@@ -563,7 +571,7 @@ fn spawn(shared: &Arc<Shared>, slot: u32, current: bool) -> Result<Spawned, Star
     let log = log.into_async()?;
     let listen = listen.into_async()?;
     let shared = shared.clone();
-    tokio::spawn(async move {
+    spawn_in(shared.span.clone(), async move {
         let started = Instant::now();
         let exit = supervise(
             &shared, id, pid, child, control_rx, log, listen, clients, worker_end, &status_tx,
@@ -574,6 +582,16 @@ fn spawn(shared: &Arc<Shared>, slot: u32, current: bool) -> Result<Spawned, Star
         after_exit(&shared, exit, started.elapsed());
     });
     Ok(Spawned { id, pid, status })
+}
+
+/// Spawns a task of the watcher, inside `span` so its log lines carry the embedding
+/// program's context (the `cluster` binary's `--name`, say).
+pub(crate) fn spawn_in<F>(span: tracing::Span, task: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tokio::spawn(tracing::Instrument::instrument(task, span))
 }
 
 /// Watches one worker until it has exited and all it sent was read; returns how it ended.
@@ -590,11 +608,11 @@ async fn supervise(
     worker_end: Option<OwnedFd>,
     status: &watch::Sender<Status>,
 ) -> WorkerExit {
-    let logs = tokio::spawn(forward_logs(log, id, pid));
+    let logs = spawn_in(shared.span.clone(), forward_logs(log, id, pid));
     let listens = {
         let shared = shared.clone();
         let clients = clients.clone();
-        tokio::spawn(async move {
+        spawn_in(shared.span.clone(), async move {
             let balancer = shared.balancer.clone();
             let round_robin = shared.config.balance == Balance::RoundRobin;
             let result = shared
@@ -645,7 +663,7 @@ async fn supervise(
                 }
                 Ok(Some(WorkerToWatcher::Shutdown)) => {
                     let shared = shared.clone();
-                    tokio::spawn(async move { stop_worker(&shared, id, StopCause::Requested).await });
+                    spawn_in(shared.span.clone(), async move { stop_worker(&shared, id, StopCause::Requested).await });
                 }
                 Ok(Some(WorkerToWatcher::Message(payload))) => {
                     let sender = shared.messages.lock().unwrap_or_else(PoisonError::into_inner).clone();
@@ -737,7 +755,7 @@ fn after_exit(shared: &Arc<Shared>, exit: WorkerExit, uptime: Duration) {
     };
     shared.emit(Event::Respawning { id: next, delay });
     let shared = shared.clone();
-    tokio::spawn(async move {
+    spawn_in(shared.span.clone(), async move {
         tokio::time::sleep(delay).await;
         let still_wanted = {
             let state = shared.state();
@@ -776,7 +794,9 @@ async fn replace_slot(shared: &Arc<Shared>, slot: u32) -> Result<(), StartError>
         shared.balancer.remove(old);
         let shared = shared.clone();
         // The old worker drains in the background; the next slot does not wait for it.
-        tokio::spawn(async move { stop_worker(&shared, old, StopCause::Replaced).await });
+        spawn_in(shared.span.clone(), async move {
+            stop_worker(&shared, old, StopCause::Replaced).await
+        });
     }
     Ok(())
 }
