@@ -17,7 +17,8 @@
 //!   stalls another.
 //! * **Handing over clients.** [`ClientSocketSendPipe`] sends an accepted connection plus a
 //!   value (and bytes already read) to a [`ClientSocketReceivePipe`], which yields a
-//!   [`TransferredSocket`]. A failed send returns the socket in [`PipeSendError`].
+//!   [`TransferredSocket`]. A failed send returns the socket in [`PipeSendError`];
+//!   `try_send` does not wait for a full receiver ([`PipeSendError::is_full`]).
 //! * **Sharing listeners.** [`ServerSocketFactory`] is the "give me a listener" trait:
 //!   [`LocalServerSocketFactory`] binds here, [`ServerSocketPipeFactory`] asks a
 //!   [`ServerSocketProvider`] in another process, which binds each

@@ -9,7 +9,8 @@
 //! * [`FdSocket`] (blocking) and [`AsyncFdSocket`] (tokio) are message sockets over
 //!   `AF_UNIX` `SOCK_SEQPACKET` pairs. [`FdSocket::pair`] makes a pair; `from_fd` adopts one
 //!   inherited from a parent. `send(data, fds)` sends one message; `recv()` returns the next
-//!   whole [`Message`] or `None` at end of file.
+//!   whole [`Message`] or `None` at end of file. [`AsyncFdSocket::try_send`] sends only if
+//!   the peer's queue has room now, for a balancer that would rather try another peer.
 //! * [`SeqpacketListener`] accepts such sockets on a filesystem path;
 //!   [`AsyncFdSocket::connect`] is the other side. [`RawAcceptor`] accepts TCP or Unix
 //!   connections as bare descriptors, for a process that only hands them on.
@@ -37,6 +38,10 @@
 //! * Descriptors and the bytes they belong to never cross: they ride on the same packet.
 //! * [`AsyncFdSocket::recv`] is cancel-safe and has no lost wake-ups: readiness is handled by
 //!   tokio's `AsyncFd::async_io`, which retries after `WouldBlock` clears stale readiness.
+//! * An [`AsyncFdSocket`] is registered with tokio for readability only, so a sender is not
+//!   woken each time its peer takes a message off the queue (the kernel reports room to
+//!   write on every one); a send that finds the queue full waits on a duplicate descriptor
+//!   registered for writability until it completes.
 //!
 //! # Wire format
 //!
