@@ -161,6 +161,11 @@ async fn try_send_reports_a_full_queue_and_sends_nothing() {
         );
     }
     a.try_send(b"again", &[]).unwrap();
+    let long = vec![0u8; MAX_CHUNK + 1];
+    assert!(
+        matches!(a.try_send(&long, &[]), Err(fdpass::Error::Io(e)) if e.kind() == std::io::ErrorKind::InvalidInput),
+        "a message of more than one packet is refused, not half sent"
+    );
     let message = timeout(LIMIT, b.recv()).await.unwrap().unwrap().unwrap();
     assert_eq!(message.data, b"again");
 }

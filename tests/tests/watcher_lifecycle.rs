@@ -150,3 +150,20 @@ async fn round_robin_serves_two_addresses_through_one_pipe() {
         assert!(answer.is_ok(), "{ip}: {answer:?}");
     }
 }
+
+/// A watcher stopped and started again serves again, in round-robin mode too (its accept
+/// loops end at stop and start afresh).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_round_robin_watcher_serves_again_when_restarted() {
+    let watcher =
+        ClusterWatcher::new(test_worker(&["serve", "127.0.0.1:0"]).balance(Balance::RoundRobin));
+    for _ in 0..2 {
+        watcher.start(2).await.unwrap();
+        let port = watcher_port(&watcher);
+        let answer = tokio::task::spawn_blocking(move || http_get(port))
+            .await
+            .unwrap();
+        assert!(answer.is_ok(), "{answer:?}");
+        watcher.stop().await;
+    }
+}

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use cluster_ipc::protocol::ClientMeta;
-use cluster_ipc::{ClientSocketReceivePipe, ClientSocketSendPipe, ListenAddress};
+use cluster_ipc::{ChannelError, ClientSocketReceivePipe, ClientSocketSendPipe, ListenAddress};
 use tokio::task::JoinHandle;
 
 use crate::WorkerId;
@@ -20,7 +20,8 @@ const FULL_WAIT: Duration = Duration::from_millis(2);
 /// it), which bounds the connections waiting for that worker: about 20 instead of the
 /// default buffer's 280. A worker that falls behind, or stops without missing its heartbeat
 /// yet, then holds few connections hostage, and the rest wait in the listen backlog where
-/// any worker can take them. Hand-off messages are about 50 bytes, far below the buffer.
+/// any worker can take them. A packet must fit in the buffer (the kernel refuses larger ones
+/// with `EMSGSIZE`): hand-off messages are about 50 bytes, far below it.
 const HANDOFF_SEND_BUFFER: usize = 8 * 1024;
 
 /// Bounds the connections queued for one worker on its hand-off pipe (see
@@ -89,10 +90,14 @@ impl Balancer {
         pipe: ClientPipe,
         ready: bool,
     ) {
+        // Under the routes lock, which `shutdown` takes too: a loop started here is either
+        // seen and aborted by `shutdown`, or not started at all.
         let mut routes = self.routes();
+        if self.closed.load(Ordering::SeqCst) {
+            return; // stopping: no new accept loop may outlive the cluster
+        }
         let first = !routes.contains_key(address);
         let route = routes.entry(address.clone()).or_default().clone();
-        drop(routes);
         {
             let mut route = lock(&route);
             route.targets.retain(|t| t.id != id);
@@ -113,6 +118,7 @@ impl Balancer {
                 }
             }
         }
+        drop(routes);
     }
 
     pub(crate) fn set_ready(&self, id: WorkerId) {
@@ -139,7 +145,11 @@ impl Balancer {
 
     /// Stops accepting (the listening sockets stay open in the provider).
     pub(crate) fn shutdown(&self) {
+        let mut routes = self.routes();
         self.closed.store(true, Ordering::SeqCst);
+        // A later start registers its workers afresh and starts new accept loops.
+        routes.clear();
+        drop(routes);
         for task in self
             .tasks
             .lock()
@@ -150,6 +160,11 @@ impl Balancer {
         }
     }
 
+    /// Accepts again after a [`shutdown`](Self::shutdown) (the watcher started anew).
+    pub(crate) fn reopen(&self) {
+        self.closed.store(false, Ordering::SeqCst);
+    }
+
     fn track(&self, task: JoinHandle<()>) {
         let mut tasks = self.tasks.lock().unwrap_or_else(PoisonError::into_inner);
         tasks.retain(|t| !t.is_finished());
@@ -157,7 +172,8 @@ impl Balancer {
     }
 
     /// Connections still queued for a worker that has exited go to the other workers, so a
-    /// crash or a kill loses only the connections the worker had taken. `worker_end` is the
+    /// crash or a kill loses only the connections the worker had taken (and, during a
+    /// shutdown, those no worker is left to take). `worker_end` is the
     /// watcher's duplicate of the worker's end of its hand-off pipe, kept for this: the
     /// queue lives as long as any descriptor of that end.
     pub(crate) fn reclaim(self: &Arc<Self>, pipe: &ClientPipe, worker_end: OwnedFd) {
@@ -175,16 +191,32 @@ impl Balancer {
             let mut reclaimed = 0usize;
             // The queue holds a few dozen connections at most (HANDOFF_SEND_BUFFER); the cap
             // and the timeout only guard against the unexpected.
-            while reclaimed < 4096 {
-                let Ok(Ok(Some(client))) =
-                    tokio::time::timeout(Duration::from_secs(1), queued.receive()).await
-                else {
-                    break;
-                };
+            for _ in 0..4096 {
+                let client =
+                    match tokio::time::timeout(Duration::from_secs(1), queued.receive()).await {
+                        Ok(Ok(Some(client))) => client,
+                        // End of file: everything queued was read.
+                        Ok(Ok(None)) | Err(_) => break,
+                        Ok(Err(ChannelError::Transport(fdpass::Error::Io(e)))) => {
+                            tracing::warn!(error = %e, "reading back an exited worker's queue failed");
+                            break;
+                        }
+                        // One bad message costs only itself.
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "unreadable hand-off in an exited worker's queue");
+                            continue;
+                        }
+                    };
                 let route = this.routes().get(&client.data.listener).cloned();
-                if let Some(route) = route {
-                    this.hand_off(&route, client.socket, &client.data).await;
-                    reclaimed += 1;
+                match route {
+                    Some(route) => {
+                        this.hand_off(&route, client.socket, &client.data).await;
+                        reclaimed += 1;
+                    }
+                    None => tracing::warn!(
+                        listener = %client.data.listener,
+                        "no worker listens there any more; a connection queued for an exited worker was closed"
+                    ),
                 }
             }
             if reclaimed > 0 {
@@ -271,13 +303,30 @@ impl Balancer {
             match sent {
                 Ok(()) => return,
                 Err(failed) if failed.is_full() => full += 1,
-                Err(failed) => {
+                Err(failed) if is_gone(&failed.error) => {
                     tracing::debug!(worker = %id, error = %failed.error, "transfer failed; trying the next worker");
                     self.remove(id);
+                }
+                // Anything else (out of descriptors, say) says nothing about the worker: it
+                // stays, and the loop looks again shortly instead of spinning.
+                Err(failed) => {
+                    tracing::warn!(worker = %id, error = %failed.error, "transfer failed; retrying");
+                    full += 1;
+                    tokio::time::sleep(FULL_WAIT).await;
                 }
             }
         }
     }
+}
+
+/// Whether a failed transfer means the worker's end of the pipe is gone.
+fn is_gone(error: &ChannelError) -> bool {
+    matches!(error, ChannelError::Transport(fdpass::Error::Io(e)) if matches!(
+        e.kind(),
+        std::io::ErrorKind::BrokenPipe
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::NotConnected
+    ))
 }
 
 fn lock(route: &Mutex<Route>) -> std::sync::MutexGuard<'_, Route> {

@@ -35,8 +35,8 @@
 //!   ready worker; a failed transfer goes to the next worker, never dropped. A worker with
 //!   about 20 connections queued (it fell behind, or stopped inside its heartbeat timeout)
 //!   is passed over until it catches up, and the connections still queued for a worker
-//!   that exits (a crash, a kill) go to the other workers: only the connections a worker
-//!   had taken are lost with it.
+//!   that exits (a crash, a kill) go to the other workers: while the cluster runs, only the
+//!   connections a worker had taken are lost with it.
 
 #![forbid(unsafe_code)]
 

@@ -217,6 +217,7 @@ impl ClusterWatcher {
                 return Err(StartError::AlreadyStarted);
             }
             state.running = true;
+            self.shared.balancer.reopen();
             state.slots = (0..workers)
                 .map(|_| Slot {
                     wanted: true,

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use cluster_ipc::protocol::{ClientMeta, WatcherToWorker, WorkerToWatcher};
 use cluster_ipc::{
-    Channel, ChannelSender, ClientSocketReceivePipe, ListenAddress, ServerSocketPipeFactory,
-    TransferredSocket,
+    Channel, ChannelError, ChannelSender, ClientSocketReceivePipe, ListenAddress,
+    ServerSocketPipeFactory, TransferredSocket,
 };
 use fdpass::AsyncFdSocket;
 use tokio::sync::{mpsc, watch};
@@ -43,6 +43,8 @@ pub(crate) struct Link {
     pub(crate) clients: Option<ClientSocketReceivePipe<ClientMeta>>,
     /// Where a connection for another listener is passed on to.
     routes: Mutex<HashMap<ListenAddress, mpsc::UnboundedSender<Transferred>>>,
+    /// Held while a listener reads the client pipe and routes what it read.
+    reading: tokio::sync::Mutex<()>,
     /// Connections passed on to another listener but not yet taken by its `accept`.
     pending: AtomicUsize,
     /// Set once the watcher closed the client pipe: nothing more will come.
@@ -128,6 +130,7 @@ fn connect(env: &'static WorkerEnv) -> Result<Link, WorkerError> {
         clients_closed: AtomicBool::new(clients.is_none()),
         clients,
         routes: Mutex::default(),
+        reading: tokio::sync::Mutex::new(()),
         pending: AtomicUsize::new(0),
         ready_sent: AtomicBool::new(false),
         defer_ready: AtomicBool::new(false),
@@ -156,8 +159,41 @@ impl Link {
         rx
     }
 
+    /// Reads the next connection off the client pipe: returns it if it is for `own`, passes
+    /// it on to its listener otherwise (then `None`), and notes the end of the pipe.
+    ///
+    /// Reading and routing happen under one lock, so a listener that sees the end of the
+    /// pipe knows every connection read before it is already counted in `pending`: the
+    /// drain at stop cannot finish between another listener's read and its pass-on.
+    /// Cancel-safe: it waits only for the lock and inside the cancel-safe `receive`.
+    pub(crate) async fn read_clients(&self, own: &ListenAddress) -> Option<Transferred> {
+        let pipe = self.clients.as_ref()?;
+        // Uncontended (one listener, the usual case) without building an acquire future.
+        let _reading = match self.reading.try_lock() {
+            Ok(guard) => guard,
+            Err(_) => self.reading.lock().await,
+        };
+        if self.clients_closed() {
+            return None;
+        }
+        match pipe.receive().await {
+            Ok(Some(client)) if client.data.listener == *own => {
+                return Some((client.socket, client.data.peer));
+            }
+            Ok(Some(client)) => self.pass_on(client),
+            Ok(None) => self.set_clients_closed(),
+            Err(ChannelError::Transport(fdpass::Error::Io(e))) => {
+                tracing::warn!(error = %e, "client pipe failed; no more connections");
+                self.set_clients_closed();
+            }
+            // One bad message (a descriptor of the wrong kind, say) costs only itself.
+            Err(e) => tracing::warn!(error = %e, "bad client transfer; skipped"),
+        }
+        None
+    }
+
     /// Passes a connection read by one listener on to the listener of its address.
-    pub(crate) fn pass_on(&self, client: Client) {
+    fn pass_on(&self, client: Client) {
         let routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
         match routes.get(&client.data.listener) {
             Some(route) => {
@@ -198,7 +234,7 @@ impl Link {
     }
 
     /// The watcher closed the client pipe (or it failed): nothing more will come.
-    pub(crate) fn set_clients_closed(&self) {
+    fn set_clients_closed(&self) {
         self.clients_closed.store(true, Ordering::SeqCst);
     }
 

@@ -7,9 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use cluster_ipc::protocol::Balance;
-use cluster_ipc::{
-    ChannelError, ListenAddress, ListenOptions, LocalServerSocketFactory, ServerSocketFactory,
-};
+use cluster_ipc::{ListenAddress, ListenOptions, LocalServerSocketFactory, ServerSocketFactory};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, mpsc};
 
@@ -46,35 +44,24 @@ impl TransferredSource {
                 link.taken();
                 return Ok(client);
             }
-            let pipe = match &link.clients {
-                Some(pipe) if !link.clients_closed() => pipe,
-                // Nothing more will come from the watcher; another listener may still pass
-                // on what it read.
-                _ => {
-                    let client = passed_on.recv().await.ok_or_else(watcher_gone)?;
-                    link.taken();
-                    return Ok(client);
-                }
-            };
+            if link.clients.is_none() || link.clients_closed() {
+                // Nothing more will come from the watcher, and whatever another listener
+                // read for this one is already in the queue.
+                let client = passed_on.recv().await.ok_or_else(watcher_gone)?;
+                link.taken();
+                return Ok(client);
+            }
             tokio::select! {
                 client = passed_on.recv() => {
                     let client = client.ok_or_else(watcher_gone)?;
                     link.taken();
                     return Ok(client);
                 }
-                received = pipe.receive() => match received {
-                    Ok(Some(client)) if client.data.listener == self.address => {
-                        return Ok((client.socket, client.data.peer));
+                ours = link.read_clients(&self.address) => {
+                    if let Some(client) = ours {
+                        return Ok(client);
                     }
-                    Ok(Some(client)) => link.pass_on(client),
-                    Ok(None) => link.set_clients_closed(),
-                    Err(ChannelError::Transport(fdpass::Error::Io(e))) => {
-                        tracing::warn!(error = %e, "client pipe failed; no more connections");
-                        link.set_clients_closed();
-                    }
-                    // One bad message (a descriptor of the wrong kind, say) costs only itself.
-                    Err(e) => tracing::warn!(error = %e, "bad client transfer; skipped"),
-                },
+                }
             }
         }
     }
@@ -194,9 +181,13 @@ impl Listener {
 
     /// The next client connection and its address.
     ///
+    /// In `round-robin` mode, once the watcher has closed this worker's pipe (it is stopping
+    /// it, or is gone) and every connection sent was taken, this waits for ever:
+    /// [`await_termination`](crate::await_termination) resolves instead and says why, so a
+    /// `select!` over both never sees a spurious error while it drains.
+    ///
     /// # Errors
-    /// When the watcher is gone in `round-robin` mode (no more connections will come), or an
-    /// accept error that is not about one connection or a lack of resources.
+    /// An accept error that is not about one connection or a lack of resources.
     pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
         let mut backoff = Duration::from_millis(100);
         loop {

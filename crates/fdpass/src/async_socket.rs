@@ -130,12 +130,24 @@ impl AsyncFdSocket {
         fds: &[BorrowedFd<'_>],
     ) -> io::Result<usize> {
         if waiter.is_none() {
-            match raw::send_packet(self.as_fd(), iov, fds) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                done => return done,
+            loop {
+                match raw::send_packet(self.as_fd(), iov, fds) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    done => return done,
+                }
+                let registered = rustix::io::fcntl_dupfd_cloexec(self.as_fd(), 0)
+                    .map_err(io::Error::from)
+                    .and_then(|duplicate| register(duplicate, Interest::WRITABLE));
+                match registered {
+                    Ok(registered) => {
+                        *waiter = Some(registered);
+                        break;
+                    }
+                    // Out of descriptors or reactor space: the peer is fine, so poll for
+                    // room instead of failing the send.
+                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(1)).await,
+                }
             }
-            let duplicate = rustix::io::fcntl_dupfd_cloexec(self.as_fd(), 0)?;
-            *waiter = Some(register(duplicate, Interest::WRITABLE)?);
         }
         let waiter = waiter.as_ref().expect("registered above");
         waiter
@@ -194,22 +206,26 @@ impl AsyncFdSocket {
     }
 
     /// Sends one message if that can be done without waiting, as a balancer needs to pass a
-    /// connection to the next peer instead of queueing behind a busy one.
-    ///
-    /// A message of one packet (up to [`MAX_CHUNK`](crate::MAX_CHUNK) bytes) is sent whole
-    /// or not at all. Of a longer message, once the first packet has left, the rest that does
-    /// not fit is kept, as for a cancelled [`send`](Self::send), and goes out ahead of the next
-    /// `send` or on [`flush`](Self::flush).
+    /// connection to the next peer instead of queueing behind a busy one. Only messages of
+    /// one packet (up to [`MAX_CHUNK`](crate::MAX_CHUNK) bytes), which go whole or not at
+    /// all; a longer one would have to wait for its tail.
     ///
     /// # Errors
     /// [`Error::Io`] of kind [`WouldBlock`](io::ErrorKind::WouldBlock) when nothing was sent
     /// because the peer's queue is full, another send is in progress, or an earlier message's
-    /// tail is still pending; otherwise as [`send`](Self::send).
+    /// tail is still pending; of kind [`InvalidInput`](io::ErrorKind::InvalidInput) for a
+    /// message longer than one packet; otherwise as [`send`](Self::send).
     pub fn try_send(&self, data: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), Error> {
         let header = frame::first_header(data.len(), fds.len(), &self.limits)?;
         let (first, rest) = frame::split_first(data);
+        if !rest.is_empty() {
+            return Err(Error::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "try_send sends messages of one packet; use send",
+            )));
+        }
         let would_block = || Error::Io(io::ErrorKind::WouldBlock.into());
-        let Ok(mut state) = self.send.try_lock() else {
+        let Ok(state) = self.send.try_lock() else {
             return Err(would_block());
         };
         if !state.pending.is_empty() {
@@ -220,21 +236,6 @@ impl AsyncFdSocket {
             &[IoSlice::new(&header), IoSlice::new(first)],
             fds,
         )?;
-        state.pending.extend_from_slice(rest);
-        while state.sent < state.pending.len() {
-            let end = state.pending.len().min(state.sent + MAX_CHUNK);
-            let Some(packet) = continuations(&state.pending[state.sent..end]).next() else {
-                break;
-            };
-            match raw::send_packet(self.as_fd(), &packet, &[]) {
-                Ok(_) => state.sent = end,
-                // The message has started: its tail waits for the next send or flush.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) => return Err(e.into()),
-            }
-        }
-        state.pending.clear();
-        state.sent = 0;
         Ok(())
     }
 
