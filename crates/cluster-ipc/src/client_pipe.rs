@@ -60,8 +60,9 @@ impl<S> PipeSendError<S> {
     /// Whether the transfer failed only because the receiver's queue was full (from
     /// [`ClientSocketSendPipe::try_send`]); the receiver may still be fine.
     pub fn is_full(&self) -> bool {
-        matches!(&self.error, ChannelError::Transport(fdpass::Error::Io(e))
-            if e.kind() == std::io::ErrorKind::WouldBlock)
+        self.error
+            .io_error()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::WouldBlock)
     }
 }
 

@@ -28,6 +28,18 @@ pub enum ChannelError {
     SocketKind(#[from] fdpass::SocketKindError),
 }
 
+impl ChannelError {
+    /// The socket's own I/O error, when that is what failed (a peer gone, a full queue, ...),
+    /// as opposed to a bad frame or value: lets a caller tell a broken pipe from bad traffic
+    /// without knowing how the transport nests its errors.
+    pub fn io_error(&self) -> Option<&io::Error> {
+        match self {
+            Self::Transport(fdpass::Error::Io(e)) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 /// Why the hub could not hand over a connection, or a client could not connect.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -87,4 +99,25 @@ pub enum ServerSocketError {
     /// Registering the socket with the tokio runtime failed.
     #[error("cannot register the listener with the runtime")]
     Register(#[source] io::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_error_is_only_the_sockets_own() {
+        let broken = ChannelError::Transport(fdpass::Error::Io(io::ErrorKind::BrokenPipe.into()));
+        assert_eq!(
+            broken.io_error().map(io::Error::kind),
+            Some(io::ErrorKind::BrokenPipe)
+        );
+        let framing = ChannelError::Transport(fdpass::Error::ControlTruncated);
+        assert!(framing.io_error().is_none());
+        let kind = ChannelError::UnexpectedFds {
+            expected: 1,
+            received: 0,
+        };
+        assert!(kind.io_error().is_none());
+    }
 }

@@ -197,15 +197,17 @@ impl Balancer {
                         Ok(Ok(Some(client))) => client,
                         // End of file: everything queued was read.
                         Ok(Ok(None)) | Err(_) => break,
-                        Ok(Err(ChannelError::Transport(fdpass::Error::Io(e)))) => {
-                            tracing::warn!(error = %e, "reading back an exited worker's queue failed");
-                            break;
-                        }
-                        // One bad message costs only itself.
-                        Ok(Err(e)) => {
-                            tracing::warn!(error = %e, "unreadable hand-off in an exited worker's queue");
-                            continue;
-                        }
+                        Ok(Err(e)) => match e.io_error() {
+                            Some(io) => {
+                                tracing::warn!(error = %io, "reading back an exited worker's queue failed");
+                                break;
+                            }
+                            // One bad message costs only itself.
+                            None => {
+                                tracing::warn!(error = %e, "unreadable hand-off in an exited worker's queue");
+                                continue;
+                            }
+                        },
                     };
                 let route = this.routes().get(&client.data.listener).cloned();
                 match route {
@@ -321,12 +323,14 @@ impl Balancer {
 
 /// Whether a failed transfer means the worker's end of the pipe is gone.
 fn is_gone(error: &ChannelError) -> bool {
-    matches!(error, ChannelError::Transport(fdpass::Error::Io(e)) if matches!(
-        e.kind(),
-        std::io::ErrorKind::BrokenPipe
-            | std::io::ErrorKind::ConnectionReset
-            | std::io::ErrorKind::NotConnected
-    ))
+    error.io_error().is_some_and(|e| {
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::BrokenPipe
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::NotConnected
+        )
+    })
 }
 
 fn lock(route: &Mutex<Route>) -> std::sync::MutexGuard<'_, Route> {

@@ -675,8 +675,7 @@ async fn supervise(
                 }
                 Ok(None) => break,
                 // Closed with our last message unread: a peer that went away, not bad traffic.
-                Err(cluster_ipc::ChannelError::Transport(fdpass::Error::Io(e)))
-                    if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                Err(e) if e.io_error().is_some_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset) => break,
                 Err(e) => {
                     tracing::warn!(worker = %id, pid, error = %e, "bad control traffic from worker; killing it");
                     let _ = child.start_kill();

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use cluster_ipc::protocol::{ClientMeta, WatcherToWorker, WorkerToWatcher};
 use cluster_ipc::{
-    Channel, ChannelError, ChannelSender, ClientSocketReceivePipe, ListenAddress,
-    ServerSocketPipeFactory, TransferredSocket,
+    Channel, ChannelSender, ClientSocketReceivePipe, ListenAddress, ServerSocketPipeFactory,
+    TransferredSocket,
 };
 use fdpass::AsyncFdSocket;
 use tokio::sync::{mpsc, watch};
@@ -182,12 +182,14 @@ impl Link {
             }
             Ok(Some(client)) => self.pass_on(client),
             Ok(None) => self.set_clients_closed(),
-            Err(ChannelError::Transport(fdpass::Error::Io(e))) => {
-                tracing::warn!(error = %e, "client pipe failed; no more connections");
-                self.set_clients_closed();
-            }
-            // One bad message (a descriptor of the wrong kind, say) costs only itself.
-            Err(e) => tracing::warn!(error = %e, "bad client transfer; skipped"),
+            Err(e) => match e.io_error() {
+                Some(io) => {
+                    tracing::warn!(error = %io, "client pipe failed; no more connections");
+                    self.set_clients_closed();
+                }
+                // One bad message (a descriptor of the wrong kind, say) costs only itself.
+                None => tracing::warn!(error = %e, "bad client transfer; skipped"),
+            },
         }
         None
     }
