@@ -156,6 +156,7 @@ impl ClusterWatcher {
     /// tags all of its lines, including the workers' forwarded logs.
     pub fn new(config: WatcherConfig) -> Self {
         let (events, _) = broadcast::channel(1024);
+        let span = tracing::Span::current();
         Self {
             shared: Arc::new(Shared {
                 config,
@@ -163,8 +164,8 @@ impl ClusterWatcher {
                 events,
                 messages: Mutex::new(None),
                 provider: ServerSocketProvider::new(),
-                balancer: Arc::new(Balancer::new(tracing::Span::current())),
-                span: tracing::Span::current(),
+                balancer: Arc::new(Balancer::new(span.clone())),
+                span,
             }),
         }
     }

@@ -39,31 +39,28 @@ impl TransferredSource {
             Err(_) => self.passed_on.lock().await,
         };
         let link = &*self.link;
-        loop {
+        let client = loop {
             if let Ok(client) = passed_on.try_recv() {
-                link.taken();
-                return Ok(client);
+                break Some(client);
             }
             if link.clients.is_none() || link.clients_closed() {
                 // Nothing more will come from the watcher, and whatever another listener
                 // read for this one is already in the queue.
-                let client = passed_on.recv().await.ok_or_else(watcher_gone)?;
-                link.taken();
-                return Ok(client);
+                break passed_on.recv().await;
             }
             tokio::select! {
-                client = passed_on.recv() => {
-                    let client = client.ok_or_else(watcher_gone)?;
-                    link.taken();
-                    return Ok(client);
-                }
+                client = passed_on.recv() => break client,
                 ours = link.read_clients(&self.address) => {
                     if let Some(client) = ours {
                         return Ok(client);
                     }
                 }
             }
-        }
+        };
+        // Only what another listener passed on gets here.
+        let client = client.ok_or_else(watcher_gone)?;
+        link.taken();
+        Ok(client)
     }
 }
 
