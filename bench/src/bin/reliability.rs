@@ -118,16 +118,22 @@ fn verdict(pass: bool) -> &'static str {
     if pass { "PASS" } else { "FAIL" }
 }
 
-fn chaos(p: &Paths, balance: &str) -> bool {
-    let secs = env_or("CHAOS_SECS", 60);
+/// `cluster` running `hello-http` with `workers` workers on a free port, answering.
+fn serve_hello(p: &Paths, workers: u32, balance: &str) -> (Server, u16) {
     let port = free_port();
     let server = Server::start(
-        &cluster_cmd(p, 4, balance, &p.hello),
+        &cluster_cmd(p, workers, balance, &p.hello),
         &[],
         port,
         Stdio::null(),
     );
     server.wait_ready(port);
+    (server, port)
+}
+
+fn chaos(p: &Paths, balance: &str) -> bool {
+    let secs = env_or("CHAOS_SECS", 60);
+    let (server, port) = serve_hello(p, 4, balance);
     let stop = Arc::new(AtomicBool::new(false));
     const CLIENTS: usize = 2;
     let clients = load(port, CLIENTS, stop.clone());
@@ -177,14 +183,7 @@ fn chaos(p: &Paths, balance: &str) -> bool {
 }
 
 fn sigstop(p: &Paths) -> bool {
-    let port = free_port();
-    let server = Server::start(
-        &cluster_cmd(p, 2, "shared", &p.hello),
-        &[],
-        port,
-        Stdio::null(),
-    );
-    server.wait_ready(port);
+    let (server, port) = serve_hello(p, 2, "shared");
     let workers = children_of(server.pid());
     let victim = workers[0];
     kill(victim, Signal::STOP);
@@ -316,14 +315,7 @@ fn fd_exhaustion(p: &Paths) -> bool {
 
 fn soak(p: &Paths) -> bool {
     let total = env_or("SOAK_CONNECTIONS", 100_000);
-    let port = free_port();
-    let server = Server::start(
-        &cluster_cmd(p, 2, "round-robin", &p.hello),
-        &[],
-        port,
-        Stdio::null(),
-    );
-    server.wait_ready(port);
+    let (server, port) = serve_hello(p, 2, "round-robin");
     let run = |n: u64| {
         let threads: Vec<_> = (0..2)
             .map(|_| {
