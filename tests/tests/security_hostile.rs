@@ -8,7 +8,7 @@ use std::time::Duration;
 use cluster_ipc::{HubError, IpcHub, connect};
 use cluster_watcher::{ClusterWatcher, Event, ExitKind};
 use support::{
-    captured_logs, http_get, log_text, next_event, test_worker, watcher_port, workspace_bin,
+    captured_logs, http_get_async, log_text, next_event, test_worker, watcher_port, workspace_bin,
 };
 
 const LIMIT: Duration = Duration::from_secs(10);
@@ -58,10 +58,7 @@ async fn hostile_worker_on(endpoint: &str) {
         text.contains(expected),
         "the watcher logs why ({expected}):\n{text}"
     );
-    tokio::task::spawn_blocking(move || http_get(port))
-        .await
-        .unwrap()
-        .unwrap();
+    http_get_async(port).await.unwrap();
     healthy.stop().await;
 }
 

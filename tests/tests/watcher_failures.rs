@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use cluster_watcher::{
     Balance, ClusterWatcher, Event, ExitKind, KillReason, StopCause, WorkerInfo,
 };
-use support::{http_get, next_event, test_worker, watcher_port};
+use support::{http_get_async, next_event, test_worker, watcher_port};
 
 const LIMIT: Duration = Duration::from_secs(10);
 
@@ -39,10 +39,7 @@ async fn a_sigkilled_worker_is_replaced_and_the_port_keeps_answering() {
     assert_eq!(replacement.0.generation, 2);
     assert_ne!(replacement.1, victim.pid);
     for _ in 0..20 {
-        tokio::task::spawn_blocking(move || http_get(port))
-            .await
-            .unwrap()
-            .unwrap();
+        http_get_async(port).await.unwrap();
     }
     watcher.stop().await;
 }
@@ -69,9 +66,8 @@ async fn a_crash_looping_slot_backs_off_while_the_other_keeps_serving() {
             Ok(Ok(Event::Respawning { delay, .. })) => delays.push(delay),
             _ => {}
         }
-        tokio::task::spawn_blocking(move || http_get(port))
+        http_get_async(port)
             .await
-            .unwrap()
             .expect("the healthy cluster serves");
     }
     // 100 + 200 + 400 + 800 + 1600 ms of backoff (plus start-up) fit about 5 restarts in 3 s;

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use cluster_watcher::{Balance, ClusterWatcher, KillReason, StartError, StopCause, WatcherConfig};
-use support::{http_get, http_get_at, process_exists, test_worker, watcher_port};
+use support::{http_get_async, http_get_at, process_exists, test_worker, watcher_port};
 
 async fn serve_in(balance: Balance) {
     let watcher = ClusterWatcher::new(test_worker(&["serve", "127.0.0.1:0"]).balance(balance));
@@ -17,10 +17,7 @@ async fn serve_in(balance: Balance) {
     let port = watcher_port(&watcher);
     let mut seen = HashSet::new();
     for _ in 0..40 {
-        let body = tokio::task::spawn_blocking(move || http_get(port))
-            .await
-            .unwrap()
-            .unwrap();
+        let body = http_get_async(port).await.unwrap();
         seen.insert(body.split(" pid").next().unwrap().to_owned());
     }
     if balance == Balance::RoundRobin {
@@ -160,9 +157,7 @@ async fn a_stopped_round_robin_watcher_serves_again_when_restarted() {
     for _ in 0..2 {
         watcher.start(2).await.unwrap();
         let port = watcher_port(&watcher);
-        let answer = tokio::task::spawn_blocking(move || http_get(port))
-            .await
-            .unwrap();
+        let answer = http_get_async(port).await;
         assert!(answer.is_ok(), "{answer:?}");
         watcher.stop().await;
     }

@@ -89,6 +89,13 @@ pub fn http_get(port: u16) -> Result<String, String> {
     http_get_at(std::net::Ipv4Addr::LOCALHOST.into(), port)
 }
 
+/// [`http_get`] from async test code, on a blocking thread so the runtime keeps running.
+pub async fn http_get_async(port: u16) -> Result<String, String> {
+    tokio::task::spawn_blocking(move || http_get(port))
+        .await
+        .expect("the request thread panicked")
+}
+
 /// [`http_get`] to another local address (`127.0.0.2`, say).
 pub fn http_get_at(ip: std::net::IpAddr, port: u16) -> Result<String, String> {
     use std::io::{Read, Write};
