@@ -491,11 +491,12 @@ fn spawn(shared: &Arc<Shared>, slot: u32, current: bool) -> Result<Spawned, Star
     let (log, log_child) = FdSocket::pair()?;
     let (listen, listen_child) = FdSocket::pair()?;
     let (clients, clients_child) = FdSocket::pair()?;
-    bound_handoff_queue(&clients)?;
-    // In round-robin mode the watcher keeps a duplicate of the worker's end, so connections
-    // still queued when the worker exits can be read back and passed to other workers.
+    // Round-robin only (in shared mode the pipe carries nothing): bound the worker's queue,
+    // and keep a duplicate of the worker's end, so connections still queued when the worker
+    // exits can be read back and passed to other workers.
     let worker_end = match config.balance {
         Balance::RoundRobin => {
+            bound_handoff_queue(&clients)?;
             Some(rustix::io::fcntl_dupfd_cloexec(&clients_child, 0).map_err(std::io::Error::from)?)
         }
         Balance::Shared => None,
