@@ -51,7 +51,7 @@ async fn hostile_worker_on(endpoint: &str) {
     let text = log_text(&logs);
     let expected = match endpoint {
         "control" => "bad control traffic",
-        "log" => "bad log traffic",
+        "log" => "unreadable log record",
         _ => "bad server-socket request",
     };
     assert!(

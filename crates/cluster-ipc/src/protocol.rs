@@ -11,7 +11,10 @@
 //! | clients | watcher → worker | accepted client sockets with [`ClientMeta`] (round-robin mode) |
 //!
 //! Their descriptor numbers and the worker's identity travel in the environment variables
-//! named here.
+//! named here, written and read only through [`WorkerBootstrap`].
+
+use std::os::fd::RawFd;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +30,166 @@ pub const ENV_WORKER_FDS: &str = "CLUSTER_WORKER_FDS";
 pub const ENV_HEARTBEAT_MS: &str = "CLUSTER_HEARTBEAT_MS";
 /// `shared` or `round-robin`.
 pub const ENV_BALANCE: &str = "CLUSTER_BALANCE";
+
+/// How often a worker sends a heartbeat unless told otherwise.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The descriptor numbers of a worker's four inherited sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerFds {
+    /// [`WatcherToWorker`] / [`WorkerToWatcher`].
+    pub control: RawFd,
+    /// [`LogRecord`]s.
+    pub log: RawFd,
+    /// Server-socket requests.
+    pub listen: RawFd,
+    /// Client sockets with [`ClientMeta`].
+    pub clients: RawFd,
+}
+
+/// Everything a watcher tells a worker at spawn, through its environment: the worker's
+/// bootstrap contract, written by [`to_env`](Self::to_env) on one side and read by
+/// [`from_env`](Self::from_env) on the other, so both always agree.
+///
+/// ```
+/// use std::time::Duration;
+/// use cluster_ipc::protocol::{Balance, WorkerBootstrap, WorkerFds};
+/// let sent = WorkerBootstrap {
+///     id: 2,
+///     generation: 5,
+///     fds: WorkerFds { control: 3, log: 4, listen: 5, clients: 6 },
+///     heartbeat: Duration::from_millis(500),
+///     balance: Balance::RoundRobin,
+/// };
+/// let env = sent.to_env();
+/// let read = WorkerBootstrap::from_vars(|name| {
+///     env.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone())
+/// });
+/// assert_eq!(read?, Some(sent));
+/// # Ok::<(), cluster_ipc::protocol::BootstrapError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerBootstrap {
+    /// Slot number, from 1 ([`ENV_WORKER_ID`]).
+    pub id: u32,
+    /// Start count of the slot, from 1 ([`ENV_WORKER_GENERATION`]).
+    pub generation: u32,
+    /// The inherited sockets ([`ENV_WORKER_FDS`]).
+    pub fds: WorkerFds,
+    /// Heartbeat interval ([`ENV_HEARTBEAT_MS`]; default [`DEFAULT_HEARTBEAT_INTERVAL`]).
+    pub heartbeat: Duration,
+    /// Balance mode ([`ENV_BALANCE`]; default [`Balance::Shared`]).
+    pub balance: Balance,
+}
+
+/// Why a worker's environment is not a valid [`WorkerBootstrap`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BootstrapError {
+    /// A variable the contract requires is not set.
+    #[error("{0} is not set")]
+    Missing(&'static str),
+    /// A variable holds a value outside the contract.
+    #[error("{name} has an invalid value {value:?}")]
+    Invalid {
+        /// The variable.
+        name: &'static str,
+        /// What it holds.
+        value: String,
+    },
+}
+
+impl WorkerBootstrap {
+    /// The environment variables to set on the worker's command.
+    pub fn to_env(&self) -> Vec<(&'static str, String)> {
+        let WorkerFds {
+            control,
+            log,
+            listen,
+            clients,
+        } = self.fds;
+        vec![
+            (ENV_WORKER_ID, self.id.to_string()),
+            (ENV_WORKER_GENERATION, self.generation.to_string()),
+            (
+                ENV_WORKER_FDS,
+                format!("{control},{log},{listen},{clients}"),
+            ),
+            (ENV_HEARTBEAT_MS, self.heartbeat.as_millis().to_string()),
+            (ENV_BALANCE, self.balance.as_str().to_owned()),
+        ]
+    }
+
+    /// Reads this process's environment: `Ok(None)` when it was not started by a watcher
+    /// ([`ENV_WORKER_ID`] unset).
+    ///
+    /// # Errors
+    /// [`BootstrapError`] when a variable is missing or invalid: a worker never guesses.
+    pub fn from_env() -> Result<Option<Self>, BootstrapError> {
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// [`from_env`](Self::from_env) over any source of variables.
+    ///
+    /// # Errors
+    /// As [`from_env`](Self::from_env).
+    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Option<Self>, BootstrapError> {
+        let Some(id) = get(ENV_WORKER_ID) else {
+            return Ok(None);
+        };
+        let invalid = |name: &'static str, value: &str| BootstrapError::Invalid {
+            name,
+            value: value.to_owned(),
+        };
+        let id = id
+            .parse()
+            .ok()
+            .filter(|id| *id > 0)
+            .ok_or_else(|| invalid(ENV_WORKER_ID, &id))?;
+        let generation = match get(ENV_WORKER_GENERATION) {
+            Some(g) => g
+                .parse()
+                .ok()
+                .filter(|g| *g > 0)
+                .ok_or_else(|| invalid(ENV_WORKER_GENERATION, &g))?,
+            None => 1,
+        };
+        let fds_text = get(ENV_WORKER_FDS).ok_or(BootstrapError::Missing(ENV_WORKER_FDS))?;
+        let numbers: Vec<RawFd> = fds_text
+            .split(',')
+            .map(|n| n.parse().ok().filter(|n: &RawFd| *n >= 0))
+            .collect::<Option<_>>()
+            .ok_or_else(|| invalid(ENV_WORKER_FDS, &fds_text))?;
+        let [control, log, listen, clients] = numbers[..] else {
+            return Err(invalid(ENV_WORKER_FDS, &fds_text));
+        };
+        let heartbeat = match get(ENV_HEARTBEAT_MS) {
+            Some(ms) => ms
+                .parse()
+                .ok()
+                .filter(|ms| *ms > 0)
+                .map(Duration::from_millis)
+                .ok_or_else(|| invalid(ENV_HEARTBEAT_MS, &ms))?,
+            None => DEFAULT_HEARTBEAT_INTERVAL,
+        };
+        let balance = match get(ENV_BALANCE) {
+            Some(b) => Balance::parse(&b).ok_or_else(|| invalid(ENV_BALANCE, &b))?,
+            None => Balance::default(),
+        };
+        Ok(Some(Self {
+            id,
+            generation,
+            fds: WorkerFds {
+                control,
+                log,
+                listen,
+                clients,
+            },
+            heartbeat,
+            balance,
+        }))
+    }
+}
 
 /// How client connections reach workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]

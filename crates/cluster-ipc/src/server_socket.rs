@@ -254,10 +254,12 @@ struct ListenRequest {
     options: ListenOptions,
 }
 
-/// The provider's answer; `Bound` comes with the descriptor.
+/// The provider's answer; `Bound` comes with the descriptor, `BoundHere` (a provider that
+/// accepts itself, as a round-robin watcher) says only which address was bound.
 #[derive(Debug, Serialize, Deserialize)]
 enum ListenReply {
     Bound,
+    BoundHere(ListenAddress),
     Failed {
         os_error: Option<i32>,
         message: String,
@@ -273,15 +275,72 @@ type SocketTable = HashMap<(ListenAddress, ListenOptions), Arc<OwnedFd>>;
 /// The provider owns the sockets for its whole life, so workers come and go without the
 /// listening socket ever closing: connections wait in the kernel's backlog meanwhile. Port 0
 /// is bound once, so every worker shares the same ephemeral port.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct ServerSocketProvider {
     sockets: Arc<Mutex<SocketTable>>,
+    max_sockets: usize,
+    descriptors: bool,
+}
+
+impl Default for ServerSocketProvider {
+    fn default() -> Self {
+        Self {
+            sockets: Arc::default(),
+            max_sockets: Self::DEFAULT_MAX_SOCKETS,
+            descriptors: true,
+        }
+    }
 }
 
 impl ServerSocketProvider {
+    /// How many distinct listening sockets a provider binds at most by default: requesters
+    /// cannot make it hold descriptors and ports without bound.
+    pub const DEFAULT_MAX_SOCKETS: usize = 64;
+
     /// An empty provider.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Binds at most `max` distinct sockets; further requests fail (default
+    /// [`DEFAULT_MAX_SOCKETS`](Self::DEFAULT_MAX_SOCKETS)).
+    #[must_use]
+    pub fn with_max_sockets(mut self, max: usize) -> Self {
+        self.max_sockets = max;
+        self
+    }
+
+    /// Answers requests with the bound address only, never a descriptor: for a provider
+    /// that accepts on the sockets itself and hands connections over, so no requester can
+    /// change the socket it accepts on (clear `O_NONBLOCK`, `shutdown` it).
+    #[must_use]
+    pub fn without_descriptors(mut self) -> Self {
+        self.descriptors = false;
+        self
+    }
+
+    /// Forgets (and closes, once nobody else holds it) every socket bound for `address`.
+    pub fn release(&self, address: &ListenAddress) -> bool {
+        let mut sockets = self.sockets.lock().unwrap_or_else(PoisonError::into_inner);
+        let before = sockets.len();
+        sockets.retain(|(a, _), _| a != address);
+        sockets.len() != before
+    }
+
+    /// Binds `address` anew, replacing the socket held for it (one that a requester broke,
+    /// say); requests from then on get the new socket.
+    ///
+    /// # Errors
+    /// [`ServerSocketError::Bind`]; the old socket stays.
+    pub fn rebind(
+        &self,
+        address: &ListenAddress,
+        options: &ListenOptions,
+    ) -> Result<Arc<OwnedFd>, ServerSocketError> {
+        let fd = Arc::new(bind_listener(address, options)?);
+        let mut sockets = self.sockets.lock().unwrap_or_else(PoisonError::into_inner);
+        sockets.insert((address.clone(), options.clone()), fd.clone());
+        Ok(fd)
     }
 
     /// The listening socket for `address` and `options`, bound on first use.
@@ -298,6 +357,15 @@ impl ServerSocketProvider {
         if let Some(fd) = sockets.get(&key) {
             return Ok(fd.clone());
         }
+        if sockets.len() >= self.max_sockets {
+            return Err(ServerSocketError::Bind {
+                address: address.to_string(),
+                source: io::Error::other(format!(
+                    "this provider binds at most {} sockets",
+                    self.max_sockets
+                )),
+            });
+        }
         let fd = Arc::new(bind_listener(address, options)?);
         sockets.insert(key, fd.clone());
         Ok(fd)
@@ -305,10 +373,18 @@ impl ServerSocketProvider {
 
     /// Every socket bound so far, with its address as asked for.
     pub fn sockets(&self) -> Vec<(ListenAddress, Arc<OwnedFd>)> {
+        self.sockets_with_options()
+            .into_iter()
+            .map(|(address, _, fd)| (address, fd))
+            .collect()
+    }
+
+    /// Every socket bound so far, with its address and options as asked for.
+    pub fn sockets_with_options(&self) -> Vec<(ListenAddress, ListenOptions, Arc<OwnedFd>)> {
         let sockets = self.sockets.lock().unwrap_or_else(PoisonError::into_inner);
         sockets
             .iter()
-            .map(|((address, _), fd)| (address.clone(), fd.clone()))
+            .map(|((address, options), fd)| (address.clone(), options.clone(), fd.clone()))
             .collect()
     }
 
@@ -341,10 +417,17 @@ impl ServerSocketProvider {
             }
             let request: ListenRequest = decode(&message.data)?;
             match self.socket(&request.address, &request.options) {
-                Ok(fd) => {
+                Ok(fd) if self.descriptors => {
                     on_bound(&request.address, &fd);
                     socket
                         .send(&encode(&ListenReply::Bound)?, &[fd.as_fd()])
+                        .await?;
+                }
+                Ok(fd) => {
+                    on_bound(&request.address, &fd);
+                    let local = local_address(&fd).unwrap_or_else(|_| request.address.clone());
+                    socket
+                        .send(&encode(&ListenReply::BoundHere(local))?, &[])
                         .await?;
                 }
                 Err(error) => {
@@ -383,11 +466,30 @@ impl ServerSocketPipeFactory {
         }
     }
 
+    /// The address a listener for `address` is bound to (the real port for port 0), whether
+    /// the provider hands out descriptors or accepts itself.
+    ///
+    /// # Errors
+    /// As [`listen`](ServerSocketFactory::listen).
+    pub async fn bound_address(
+        &self,
+        address: &ListenAddress,
+        options: &ListenOptions,
+    ) -> Result<ListenAddress, ServerSocketError> {
+        match tokio::time::timeout(self.timeout, self.request(address, options))
+            .await
+            .map_err(|_| ServerSocketError::Timeout(self.timeout))??
+        {
+            Granted::Socket(fd) => Ok(local_address(&fd).map_err(ServerSocketError::Register)?),
+            Granted::Address(local) => Ok(local),
+        }
+    }
+
     async fn request(
         &self,
         address: &ListenAddress,
         options: &ListenOptions,
-    ) -> Result<OwnedFd, ServerSocketError> {
+    ) -> Result<Granted, ServerSocketError> {
         let socket = self.socket.lock().await;
         let request = ListenRequest {
             address: address.clone(),
@@ -403,7 +505,15 @@ impl ServerSocketPipeFactory {
             .map_err(ChannelError::from)?
             .ok_or(ServerSocketError::ProviderGone)?;
         match decode::<ListenReply>(&reply.data)? {
-            ListenReply::Bound if reply.fds.len() == 1 => Ok(reply.fds.pop().expect("checked")),
+            ListenReply::Bound if reply.fds.len() == 1 => {
+                Ok(Granted::Socket(reply.fds.pop().expect("checked")))
+            }
+            ListenReply::BoundHere(local) if reply.fds.is_empty() => Ok(Granted::Address(local)),
+            ListenReply::BoundHere(_) => Err(ChannelError::UnexpectedFds {
+                expected: 0,
+                received: reply.fds.len(),
+            }
+            .into()),
             ListenReply::Bound => Err(ChannelError::UnexpectedFds {
                 expected: 1,
                 received: reply.fds.len(),
@@ -426,9 +536,39 @@ impl ServerSocketFactory for ServerSocketPipeFactory {
         address: &ListenAddress,
         options: &ListenOptions,
     ) -> Result<Listener, ServerSocketError> {
-        let fd = tokio::time::timeout(self.timeout, self.request(address, options))
+        match tokio::time::timeout(self.timeout, self.request(address, options))
             .await
-            .map_err(|_| ServerSocketError::Timeout(self.timeout))??;
-        Listener::from_fd(fd)
+            .map_err(|_| ServerSocketError::Timeout(self.timeout))??
+        {
+            Granted::Socket(fd) => Listener::from_fd(fd),
+            Granted::Address(_) => Err(ServerSocketError::Bind {
+                address: address.to_string(),
+                source: io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "the provider accepts on this socket itself and hands out no descriptor",
+                ),
+            }),
+        }
     }
+}
+
+/// What a provider granted: the listening socket, or only the address it bound.
+enum Granted {
+    Socket(OwnedFd),
+    Address(ListenAddress),
+}
+
+/// The local address of a listening socket, as a [`ListenAddress`].
+fn local_address(fd: &impl AsFd) -> io::Result<ListenAddress> {
+    let addr = rustix::net::getsockname(fd)?;
+    if let Ok(unix) = SocketAddrUnix::try_from(addr.clone()) {
+        return Ok(ListenAddress::Unix(
+            unix.path()
+                .map(|p| PathBuf::from(p.to_string_lossy().into_owned()))
+                .unwrap_or_default(),
+        ));
+    }
+    SocketAddr::try_from(addr)
+        .map(ListenAddress::Tcp)
+        .map_err(|_| io::Error::other("not an IP or Unix socket"))
 }

@@ -1,6 +1,6 @@
 //! Round-robin mode: the watcher accepts and hands each connection to the next ready worker.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use cluster_ipc::protocol::ClientMeta;
 use cluster_ipc::{ChannelError, ClientSocketReceivePipe, ClientSocketSendPipe, ListenAddress};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::WorkerId;
-use crate::watcher::spawn_in;
+use crate::driver::spawn_in;
 
 /// How long the accept loop waits on one full worker before looking at the others again.
 const FULL_WAIT: Duration = Duration::from_millis(2);
@@ -53,6 +54,11 @@ struct Route {
 pub(crate) struct Balancer {
     // Each accept loop holds its own route, so the per-connection pick hashes nothing.
     routes: Mutex<HashMap<ListenAddress, Arc<Mutex<Route>>>>,
+    /// Workers that reported ready and are not stopping (kept under the routes lock).
+    ready: Mutex<HashSet<WorkerId>>,
+    /// Woken when a worker becomes ready or the balancer shuts down: a connection waiting
+    /// for a ready worker waits on this, not on a timer.
+    changed: Notify,
     /// Accept loops and reclaiming tasks, aborted at shutdown.
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Set at shutdown: a connection with no ready worker left is closed, not kept waiting.
@@ -65,6 +71,8 @@ impl Balancer {
     pub(crate) fn new(span: tracing::Span) -> Self {
         Self {
             routes: Mutex::default(),
+            ready: Mutex::default(),
+            changed: Notify::new(),
             tasks: Mutex::default(),
             closed: AtomicBool::new(false),
             span,
@@ -75,8 +83,17 @@ impl Balancer {
         self.routes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn each_route(&self, mut f: impl FnMut(&mut Route)) {
-        for route in self.routes().values() {
+    fn each_route(&self, f: impl FnMut(&mut Route)) {
+        let routes = self.routes();
+        self.each_route_locked(&routes, f);
+    }
+
+    fn each_route_locked(
+        &self,
+        routes: &HashMap<ListenAddress, Arc<Mutex<Route>>>,
+        mut f: impl FnMut(&mut Route),
+    ) {
+        for route in routes.values() {
             f(&mut lock(route));
         }
     }
@@ -88,7 +105,6 @@ impl Balancer {
         fd: &OwnedFd,
         id: WorkerId,
         pipe: ClientPipe,
-        ready: bool,
     ) {
         // Under the routes lock, which `shutdown` takes too: a loop started here is either
         // seen and aborted by `shutdown`, or not started at all.
@@ -96,6 +112,7 @@ impl Balancer {
         if self.closed.load(Ordering::SeqCst) {
             return; // stopping: no new accept loop may outlive the cluster
         }
+        let ready = self.ready_set().contains(&id);
         let first = !routes.contains_key(address);
         let route = routes.entry(address.clone()).or_default().clone();
         {
@@ -121,8 +138,15 @@ impl Balancer {
         drop(routes);
     }
 
+    fn ready_set(&self) -> std::sync::MutexGuard<'_, HashSet<WorkerId>> {
+        self.ready.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     pub(crate) fn set_ready(&self, id: WorkerId) {
-        self.each_route(|route| {
+        let routes = self.routes();
+        self.ready_set().insert(id);
+        self.changed.notify_waiters();
+        self.each_route_locked(&routes, |route| {
             route
                 .targets
                 .iter_mut()
@@ -133,6 +157,7 @@ impl Balancer {
 
     /// No more connections for `id` (it is stopping or gone).
     pub(crate) fn remove(&self, id: WorkerId) {
+        self.ready_set().remove(&id);
         self.each_route(|route| route.targets.retain(|t| t.id != id));
     }
 
@@ -149,7 +174,9 @@ impl Balancer {
         self.closed.store(true, Ordering::SeqCst);
         // A later start registers its workers afresh and starts new accept loops.
         routes.clear();
+        self.ready_set().clear();
         drop(routes);
+        self.changed.notify_waiters();
         for task in self
             .tasks
             .lock()
@@ -285,11 +312,14 @@ impl Balancer {
     async fn hand_off(&self, route: &Mutex<Route>, socket: OwnedFd, meta: &ClientMeta) {
         let mut full = 0;
         loop {
+            // Registered before looking, so a worker becoming ready in between is not missed.
+            let changed = self.changed.notified();
             let Some((id, pipe, ready)) = Self::pick(route) else {
                 if self.closed.load(Ordering::SeqCst) {
                     return;
                 }
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                // No ready worker: wait until one is (the timeout only guards the unexpected).
+                let _ = tokio::time::timeout(Duration::from_secs(1), changed).await;
                 continue;
             };
             let sent = if full < ready {

@@ -108,4 +108,79 @@ impl WatcherConfig {
         self.shutdown_timeout = timeout;
         self
     }
+
+    /// Sets the ready timeout.
+    #[must_use]
+    pub fn ready_timeout(mut self, timeout: Duration) -> Self {
+        self.ready_timeout = timeout;
+        self
+    }
+
+    /// Sets the heartbeat interval and timeout.
+    #[must_use]
+    pub fn heartbeat(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.heartbeat_interval = interval;
+        self.heartbeat_timeout = timeout;
+        self
+    }
+
+    /// Sets the respawn backoff's first delay and ceiling.
+    #[must_use]
+    pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.backoff_initial = initial;
+        self.backoff_max = max;
+        self
+    }
+
+    /// Sets [`min_uptime`](Self::min_uptime).
+    #[must_use]
+    pub fn min_uptime(mut self, uptime: Duration) -> Self {
+        self.min_uptime = uptime;
+        self
+    }
+
+    /// Sets how many slots a rolling restart replaces at once.
+    #[must_use]
+    pub fn restart_parallelism(mut self, slots: usize) -> Self {
+        self.restart_parallelism = slots;
+        self
+    }
+
+    /// Checks the knobs against each other.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the knob: a heartbeat timeout not above its interval (every
+    /// worker would be killed), a zero interval or parallelism, a backoff ceiling below its
+    /// first delay.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.heartbeat_interval.is_zero() {
+            return Err(ConfigError("the heartbeat interval must be above 0".into()));
+        }
+        if self.heartbeat_timeout <= self.heartbeat_interval {
+            return Err(ConfigError(format!(
+                "the heartbeat timeout ({:?}) must be above the heartbeat interval ({:?})",
+                self.heartbeat_timeout, self.heartbeat_interval
+            )));
+        }
+        if self.ready_timeout.is_zero() {
+            return Err(ConfigError("the ready timeout must be above 0".into()));
+        }
+        if self.restart_parallelism == 0 {
+            return Err(ConfigError(
+                "the restart parallelism must be at least 1".into(),
+            ));
+        }
+        if self.backoff_max < self.backoff_initial {
+            return Err(ConfigError(format!(
+                "the backoff ceiling ({:?}) must not be below its first delay ({:?})",
+                self.backoff_max, self.backoff_initial
+            )));
+        }
+        Ok(())
+    }
 }
+
+/// A [`WatcherConfig`] whose knobs contradict each other.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);

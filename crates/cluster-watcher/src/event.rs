@@ -5,7 +5,7 @@ use std::process::ExitStatus;
 use std::time::Duration;
 
 /// A worker process: its slot (stable across restarts), generation and pid.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WorkerId {
     /// Slot number, from 1.
     pub slot: u32,
@@ -52,13 +52,17 @@ impl fmt::Display for ExitKind {
 
 /// Why the watcher killed a worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum KillReason {
     /// No heartbeat within the heartbeat timeout: its runtime is blocked or it hangs.
     HeartbeatTimeout,
     /// It did not report ready within the ready timeout.
     ReadyTimeout,
-    /// It did not finish within the shutdown timeout after being asked to stop.
+    /// It did not finish within the shutdown timeout after being asked to stop (or after it
+    /// closed its control socket).
     ShutdownTimeout,
+    /// It broke the protocol on its control socket.
+    BadTraffic,
 }
 
 impl fmt::Display for KillReason {
@@ -67,12 +71,14 @@ impl fmt::Display for KillReason {
             Self::HeartbeatTimeout => "heartbeat timeout",
             Self::ReadyTimeout => "ready timeout",
             Self::ShutdownTimeout => "shutdown timeout",
+            Self::BadTraffic => "bad control traffic",
         })
     }
 }
 
 /// Why a worker was stopped, if the watcher asked it to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum StopCause {
     /// The cluster is stopping.
     Stop,
@@ -142,5 +148,29 @@ pub enum Event {
         id: WorkerId,
         /// The error, as text.
         error: String,
+    },
+    /// The watcher itself did not run for `duration` (stopped, paused, starved): deadlines
+    /// were moved by that much, so no worker is blamed for the watcher's silence.
+    WatcherStalled {
+        /// The gap between two turns of the supervision loop.
+        duration: Duration,
+    },
+    /// A rolling restart began.
+    RestartStarted {
+        /// Workers it will replace.
+        workers: usize,
+    },
+    /// A rolling restart ended.
+    RestartFinished {
+        /// Workers replaced.
+        replaced: usize,
+        /// Replacements that failed (their old workers kept serving).
+        failed: usize,
+    },
+    /// A stop gave up waiting for processes that did not end after `SIGKILL` (stuck in the
+    /// kernel); they are reaped whenever they end.
+    Abandoned {
+        /// Their pids.
+        pids: Vec<u32>,
     },
 }

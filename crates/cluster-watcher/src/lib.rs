@@ -3,54 +3,85 @@
 //!
 //! # A guided tour
 //!
+//! The crate is split as quinn is: a policy without I/O, and one driver that does the I/O.
+//!
 //! * [`WatcherConfig`] says what to run (program, arguments, environment, working directory)
 //!   and sets the knobs, each with a documented default: shutdown timeout, ready timeout,
-//!   heartbeat interval and timeout, respawn backoff, [`Balance`] mode.
-//! * [`ClusterWatcher`] runs it: [`start`](ClusterWatcher::start) (returns once all are
+//!   heartbeat interval and timeout, respawn backoff, `min_uptime`, restart parallelism,
+//!   [`Balance`] mode. [`WatcherConfig::validate`] checks them against each other.
+//! * [`ClusterWatcher`] is the handle: [`start`](ClusterWatcher::start) (returns once all are
 //!   ready, or a [`StartError`] naming the worker and the cause),
-//!   [`restart`](ClusterWatcher::restart) (rolling, readiness-gated),
-//!   [`stop`](ClusterWatcher::stop) (graceful, then `SIGKILL`, every child reaped),
-//!   [`add_worker`](ClusterWatcher::add_worker) / [`remove_worker`](ClusterWatcher::remove_worker).
+//!   [`restart`](ClusterWatcher::restart) (rolling, readiness-gated, coalesced),
+//!   [`scale`](ClusterWatcher::scale), [`add_worker`](ClusterWatcher::add_worker) /
+//!   [`remove_worker`](ClusterWatcher::remove_worker), [`stop`](ClusterWatcher::stop)
+//!   (graceful, then `SIGKILL`, every child reaped), [`status`](ClusterWatcher::status)
+//!   (a [`ClusterStatus`] per slot: pids, phases, restarts by cause, last exit).
+//! * Inside, the handle sends commands to **one driver task** (`driver.rs`) that owns every
+//!   worker process. The driver feeds the **supervisor core** (`core/`: slots, generations,
+//!   phases, deadlines, backoff, rolling restarts, scaling, stop; no tokio, no processes,
+//!   no clock) its inputs with `now`, and applies the actions the core returns: spawn
+//!   (`process.rs`), ask to stop, kill (`SIGKILL` to the worker's process group, the only
+//!   kill path), report an event, answer a caller. The core's rules are unit-tested with a
+//!   fake clock.
 //! * [`events`](ClusterWatcher::events) reports every [`Event`]: started, ready, killed (and
-//!   why), exited ([`WorkerExit`]: status, stop cause, kill reason), respawning.
-//! * [`messages`](ClusterWatcher::messages) yields [`WorkerMessage`]s, each able to
-//!   [`reply`](WorkerMessage::reply) to its sender;
+//!   why), exited ([`WorkerExit`]: status, stop cause, kill reason), respawning, rolling
+//!   restarts, a stall of the watcher itself.
+//! * [`messages`](ClusterWatcher::messages) yields [`WorkerMessage`]s (bounded; the stream
+//!   ends after `stop`), each able to [`reply`](WorkerMessage::reply) to its sender;
 //!   [`send_to`](ClusterWatcher::send_to) and [`broadcast`](ClusterWatcher::broadcast) go the
 //!   other way.
 //! * Worker `tracing` events are re-emitted through this process's subscriber with target
-//!   `worker` and fields `worker` (slot) and `pid`; worker stdout and stderr are inherited.
+//!   `worker` and fields `worker` (slot) and `pid`, line breaks escaped and length capped;
+//!   worker stdout and stderr are inherited.
+//! * In [`Balance::RoundRobin`] the balancer (`balancer.rs`) accepts and hands connections
+//!   to workers directly, never through the driver.
 //!
 //! # Supervision rules
 //!
 //! * A worker that exits while the cluster runs is respawned at once. A slot whose workers
-//!   keep ending themselves within [`WatcherConfig::min_uptime`] (1 s) of starting waits
-//!   `backoff_initial` before the second respawn, then twice that for each further one, up
-//!   to `backoff_max`; the other slots keep serving. There is never a hot respawn loop.
-//!   Workers killed from outside (`SIGKILL`) or that ran longer are replaced at once.
+//!   keep ending within [`WatcherConfig::min_uptime`] (1 s) of starting, for whatever reason
+//!   (a crash, `SIGKILL` from outside such as the OOM killer, a kill by the watcher, their
+//!   own request) waits `backoff_initial` before the second respawn, then twice that for
+//!   each further one, up to `backoff_max`; the other slots keep serving. Only stops the
+//!   watcher itself asked for (stop, restart, scale-down) never count.
 //! * A ready worker silent for `heartbeat_timeout` is killed and replaced; so is a new one
-//!   not ready within `ready_timeout`.
+//!   not ready within `ready_timeout`. Liveness is judged on what workers sent: when the
+//!   watcher itself did not run for a while (`SIGSTOP`, a paused VM, a starved thread), its
+//!   deadlines move by that gap ([`Event::WatcherStalled`]) instead of expiring.
 //! * Messages and log events a worker sent before exiting are read before its exit is
-//!   reported.
+//!   reported. Everything a worker can send is bounded before it reaches the driver.
 //! * In [`Balance::RoundRobin`] the watcher accepts and transfers each connection to the next
 //!   ready worker; a failed transfer goes to the next worker, never dropped. A worker with
 //!   about 20 connections queued (it fell behind, or stopped inside its heartbeat timeout)
 //!   is passed over until it catches up, and the connections still queued for a worker
 //!   that exits (a crash, a kill) go to the other workers: while the cluster runs, only the
-//!   connections a worker had taken are lost with it.
+//!   connections a worker had taken are lost with it. Workers get the listening address,
+//!   never the listening socket, so none can break the socket the watcher accepts on.
+//! * In [`Balance::Shared`] every worker accepts on a duplicate of the watcher's socket (one
+//!   open file description): a worker that calls `shutdown` on its copy, or clears
+//!   `O_NONBLOCK`, changes it for every holder. The watcher checks its sockets every few
+//!   seconds, restores `O_NONBLOCK`, and rebinds a socket that stopped listening.
 
 #![forbid(unsafe_code)]
 
 mod balancer;
 mod config;
+mod core;
+mod driver;
 mod error;
 mod event;
-mod watcher;
+mod handle;
+mod listeners;
+mod logs;
+mod process;
+mod status;
 
 pub use crate::{
-    config::WatcherConfig,
+    config::{ConfigError, WatcherConfig},
     error::{SendError, StartError},
     event::{Event, ExitKind, KillReason, StopCause, WorkerExit, WorkerId},
-    watcher::{ClusterWatcher, WorkerInfo, WorkerMessage},
+    handle::{ClusterWatcher, WorkerInfo, WorkerMessage},
+    status::{ClusterStatus, RestartCounts, SlotStatus, WorkerPhase, WorkerStatus},
 };
 
 pub use cluster_ipc::protocol::Balance;

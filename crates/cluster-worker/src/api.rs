@@ -15,12 +15,12 @@ use serde::de::DeserializeOwned;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::WorkerError;
-use crate::env::worker_env;
+use crate::env::{bootstrap_error, worker_env};
 use crate::link::{Link, WatcherState, link};
 
 /// Whether this process runs under a cluster watcher.
 pub fn is_worker() -> bool {
-    worker_env().is_some()
+    worker_env().is_some() || bootstrap_error().is_some()
 }
 
 /// This worker's slot number, from 1, stable across restarts of the slot; `None` standalone.
@@ -166,12 +166,31 @@ impl<S: Serialize, R: DeserializeOwned> WorkerChannel<S, R> {
             .await?)
     }
 
-    /// The next message from the watcher; `None` once the watcher is gone.
+    /// The next message from the watcher; `None` once the watcher asked this worker to stop
+    /// (at once, as amphp's `receive()`), or is gone.
     ///
     /// # Errors
     /// When a message does not decode as `R`.
     pub async fn recv(&self) -> Result<Option<R>, WorkerError> {
-        let Some(bytes) = self.link.inbox.lock().await.recv().await else {
+        let mut state = self.link.state.clone();
+        let stopped = async move {
+            loop {
+                if *state.borrow_and_update() != WatcherState::Running {
+                    return;
+                }
+                if state.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        let mut inbox = self.link.inbox.lock().await;
+        let bytes = tokio::select! {
+            // A stop ends the stream even when messages keep coming.
+            biased;
+            () = stopped => None,
+            bytes = inbox.recv() => bytes,
+        };
+        let Some(bytes) = bytes else {
             return Ok(None);
         };
         let value = postcard::from_bytes(&bytes).map_err(cluster_ipc::ChannelError::Decode)?;

@@ -1,13 +1,11 @@
-//! What the watcher put in this process's environment: identity, settings and the four
-//! inherited sockets, each taken exactly once.
+//! What the watcher put in this process's environment (the [`WorkerBootstrap`] contract):
+//! identity, settings and the four inherited sockets, each taken exactly once.
 
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
-use cluster_ipc::protocol::{
-    Balance, ENV_BALANCE, ENV_HEARTBEAT_MS, ENV_WORKER_FDS, ENV_WORKER_GENERATION, ENV_WORKER_ID,
-};
+use cluster_ipc::protocol::{Balance, BootstrapError, WorkerBootstrap};
 
 /// Which inherited socket.
 #[derive(Debug, Clone, Copy)]
@@ -34,44 +32,44 @@ impl WorkerEnv {
     }
 }
 
-static ENV: OnceLock<Option<WorkerEnv>> = OnceLock::new();
+static ENV: OnceLock<Result<Option<WorkerEnv>, BootstrapError>> = OnceLock::new();
 
-/// The worker environment, or `None` when this program runs standalone.
-pub(crate) fn worker_env() -> Option<&'static WorkerEnv> {
-    ENV.get_or_init(read).as_ref()
+fn env() -> &'static Result<Option<WorkerEnv>, BootstrapError> {
+    ENV.get_or_init(read)
 }
 
-fn read() -> Option<WorkerEnv> {
-    let id = std::env::var(ENV_WORKER_ID).ok()?.parse().ok()?;
-    let generation = std::env::var(ENV_WORKER_GENERATION)
-        .ok()
-        .and_then(|g| g.parse().ok())
-        .unwrap_or(1);
-    let balance = std::env::var(ENV_BALANCE)
-        .ok()
-        .and_then(|b| Balance::parse(&b))
-        .unwrap_or_default();
-    let heartbeat = std::env::var(ENV_HEARTBEAT_MS)
-        .ok()
-        .and_then(|h| h.parse().ok())
-        .unwrap_or(1000);
-    let numbers: Vec<RawFd> = std::env::var(ENV_WORKER_FDS)
-        .ok()?
-        .split(',')
-        .filter_map(|n| n.parse().ok())
-        .collect();
-    let [control, log, listen, clients] = numbers.as_slice() else {
-        return None;
+/// The worker environment, or `None` when this program runs standalone (or the
+/// environment is broken: see [`bootstrap_error`]).
+pub(crate) fn worker_env() -> Option<&'static WorkerEnv> {
+    env().as_ref().ok().and_then(Option::as_ref)
+}
+
+/// Why a watcher's environment could not be read: a worker never guesses (say, falls back to
+/// binding its own port) when the contract is broken.
+pub(crate) fn bootstrap_error() -> Option<&'static BootstrapError> {
+    env().as_ref().err()
+}
+
+fn read() -> Result<Option<WorkerEnv>, BootstrapError> {
+    let Some(bootstrap) = WorkerBootstrap::from_env()? else {
+        return Ok(None);
     };
-    let fds = [*control, *log, *listen, *clients].map(|n| fdpass::adopt_inherited_fd(n).ok());
+    let numbers = bootstrap.fds;
+    let fds = [
+        numbers.control,
+        numbers.log,
+        numbers.listen,
+        numbers.clients,
+    ]
+    .map(|n| fdpass::adopt_inherited_fd(n).ok());
     // If the watcher dies, the kernel sends SIGTERM: a backstop to the end of file on the
     // control socket.
     let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM));
-    Some(WorkerEnv {
-        id,
-        generation,
-        balance,
-        heartbeat: Duration::from_millis(heartbeat),
+    Ok(Some(WorkerEnv {
+        id: bootstrap.id,
+        generation: bootstrap.generation,
+        balance: bootstrap.balance,
+        heartbeat: bootstrap.heartbeat,
         fds: Mutex::new(fds),
-    })
+    }))
 }

@@ -14,6 +14,10 @@ pub enum WorkerError {
     /// Getting a listening socket failed.
     #[error("cannot listen")]
     Listen(#[from] cluster_ipc::ServerSocketError),
+    /// The watcher's environment breaks the bootstrap contract (a variable missing or
+    /// invalid): the worker refuses to guess.
+    #[error("invalid worker environment: {0}")]
+    Bootstrap(#[from] cluster_ipc::protocol::BootstrapError),
     /// A socket could not be set up.
     #[error("socket setup failed")]
     Io(#[from] std::io::Error),

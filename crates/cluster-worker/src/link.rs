@@ -15,7 +15,7 @@ use fdpass::AsyncFdSocket;
 use tokio::sync::{mpsc, watch};
 
 use crate::WorkerError;
-use crate::env::{Endpoint, WorkerEnv, worker_env};
+use crate::env::{Endpoint, WorkerEnv, bootstrap_error, worker_env};
 
 /// Why the watcher side ended, as seen by the control reader.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +49,12 @@ pub(crate) struct Link {
     pending: AtomicUsize,
     /// Set once the watcher closed the client pipe: nothing more will come.
     clients_closed: AtomicBool,
+    /// Woken whenever a transferred connection is taken or the pipe ends (the stop drain
+    /// waits on it).
+    progress: tokio::sync::Notify,
+    /// A spare descriptor: while one more descriptor can be opened, there is room to
+    /// receive a transferred connection (see [`Link::has_descriptor_room`]).
+    spare: Option<std::os::fd::OwnedFd>,
     ready_sent: AtomicBool,
     pub(crate) defer_ready: AtomicBool,
 }
@@ -57,6 +63,9 @@ static LINK: OnceLock<Result<Arc<Link>, String>> = OnceLock::new();
 
 /// The link to the watcher, set up on first use (inside a tokio runtime).
 pub(crate) fn link() -> Result<Arc<Link>, WorkerError> {
+    if let Some(error) = bootstrap_error() {
+        return Err(WorkerError::Bootstrap(error.clone()));
+    }
     let env = worker_env().ok_or(WorkerError::NotAWorker)?;
     LINK.get_or_init(|| connect(env).map(Arc::new).map_err(|e| e.to_string()))
         .clone()
@@ -132,6 +141,8 @@ fn connect(env: &'static WorkerEnv) -> Result<Link, WorkerError> {
         routes: Mutex::default(),
         reading: tokio::sync::Mutex::new(()),
         pending: AtomicUsize::new(0),
+        progress: tokio::sync::Notify::new(),
+        spare: rustix::io::fcntl_dupfd_cloexec(std::io::stdin(), 0).ok(),
         ready_sent: AtomicBool::new(false),
         defer_ready: AtomicBool::new(false),
     })
@@ -142,10 +153,17 @@ impl Link {
     /// worker stopping in round-robin mode serves them instead of dropping them. The
     /// program's `accept` loop reads them, so it must keep running until then.
     pub(crate) async fn drain_transferred(&self) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        while tokio::time::Instant::now() < deadline && !self.all_transferred_taken() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            loop {
+                // Registered before looking, so a change in between is not missed.
+                let progress = self.progress.notified();
+                if self.all_transferred_taken() {
+                    return;
+                }
+                progress.await;
+            }
+        })
+        .await;
     }
 
     /// Registers a round-robin listener for `address`; connections for it that another
@@ -175,6 +193,12 @@ impl Link {
         };
         if self.clients_closed() {
             return None;
+        }
+        // Near the descriptor limit, a received descriptor would be discarded by the kernel
+        // (MSG_CTRUNC) and its client lost: leave it queued instead. The watcher passes a
+        // worker with a full queue over, so the connection goes to another worker.
+        while !self.has_descriptor_room() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         match pipe.receive().await {
             Ok(Some(client)) if client.data.listener == *own => {
@@ -233,11 +257,28 @@ impl Link {
     /// A passed-on connection was taken.
     pub(crate) fn taken(&self) {
         self.pending.fetch_sub(1, Ordering::SeqCst);
+        self.progress.notify_waiters();
     }
 
     /// The watcher closed the client pipe (or it failed): nothing more will come.
     fn set_clients_closed(&self) {
         self.clients_closed.store(true, Ordering::SeqCst);
+        self.progress.notify_waiters();
+    }
+
+    /// Whether this process can open one more descriptor, for the next connection: probed
+    /// by duplicating the spare, which costs one `fcntl` and one `close`.
+    fn has_descriptor_room(&self) -> bool {
+        let Some(spare) = &self.spare else {
+            return true;
+        };
+        match rustix::io::fcntl_dupfd_cloexec(spare, 0) {
+            Ok(probe) => {
+                drop(probe);
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     pub(crate) fn clients_closed(&self) -> bool {

@@ -110,21 +110,27 @@ pub async fn listen_with(
     address: &ListenAddress,
     options: &ListenOptions,
 ) -> Result<Listener, WorkerError> {
-    let Ok(link) = link() else {
-        let listener = LocalServerSocketFactory.listen(address, options).await?;
-        return Listener::from_accepting(listener);
+    let link = match link() {
+        Ok(link) => link,
+        Err(WorkerError::NotAWorker) => {
+            let listener = LocalServerSocketFactory.listen(address, options).await?;
+            return Listener::from_accepting(listener);
+        }
+        Err(e) => return Err(e),
     };
     let factory = link
         .listen
         .as_ref()
         .ok_or(WorkerError::MissingSocket("listen"))?;
-    let listener = factory.listen(address, options).await?;
     let result = match link.env.balance {
-        Balance::Shared => Listener::from_accepting(listener)?,
+        Balance::Shared => Listener::from_accepting(factory.listen(address, options).await?)?,
         Balance::RoundRobin => {
-            // The descriptor tells us the real address; the watcher does the accepting.
-            let local_addr = tcp_addr(&listener)?;
-            drop(listener);
+            // The watcher does the accepting and gives us only the address it bound: no
+            // copy of its socket that this process could break for the whole cluster.
+            let local_addr = match factory.bound_address(address, options).await? {
+                ListenAddress::Tcp(addr) => addr,
+                ListenAddress::Unix(_) => return Err(unix_unsupported()),
+            };
             let passed_on = Mutex::new(link.add_route(address.clone()));
             Listener {
                 source: Source::Transferred(TransferredSource {
@@ -146,11 +152,15 @@ pub async fn listen_with(
 fn tcp_addr(listener: &cluster_ipc::Listener) -> Result<SocketAddr, WorkerError> {
     match listener.local_addr()? {
         ListenAddress::Tcp(addr) => Ok(addr),
-        ListenAddress::Unix(_) => Err(WorkerError::Io(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "listen() serves TCP; use server_socket_factory() for Unix sockets",
-        ))),
+        ListenAddress::Unix(_) => Err(unix_unsupported()),
     }
+}
+
+fn unix_unsupported() -> WorkerError {
+    WorkerError::Io(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "listen() serves TCP; use server_socket_factory() for Unix sockets",
+    ))
 }
 
 impl Listener {

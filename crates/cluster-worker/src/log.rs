@@ -1,7 +1,7 @@
 //! Forwarding `tracing` events to the watcher.
 
 use std::fmt::Write as _;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use cluster_ipc::protocol::LogRecord;
 use fdpass::FdSocket;
@@ -19,17 +19,28 @@ use crate::env::{Endpoint, worker_env};
 /// Sending is synchronous on a socket of its own: an event logged just before the process
 /// exits has already left when `exit` runs, and log traffic never waits behind control
 /// messages.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ForwardingLayer {
-    socket: Mutex<FdSocket>,
+    socket: Arc<Mutex<FdSocket>>,
 }
 
+/// The log socket, adopted once and shared by every layer made.
+static LOG_SOCKET: OnceLock<Option<Arc<Mutex<FdSocket>>>> = OnceLock::new();
+
+/// Records are cut to this many bytes of message before they are sent (the watcher skips
+/// larger records).
+const MAX_MESSAGE: usize = 64 * 1024;
+
 impl ForwardingLayer {
-    /// The layer, when running as a worker whose log socket is still free.
+    /// The layer, when running as a worker; `None` standalone. Can be called any number of
+    /// times: every layer sends on the same socket.
     pub fn new() -> Option<Self> {
-        let fd = worker_env()?.take(Endpoint::Log)?;
+        let socket = LOG_SOCKET.get_or_init(|| {
+            let fd = worker_env()?.take(Endpoint::Log)?;
+            Some(Arc::new(Mutex::new(FdSocket::from_fd(fd).ok()?)))
+        });
         Some(Self {
-            socket: Mutex::new(FdSocket::from_fd(fd).ok()?),
+            socket: socket.clone()?,
         })
     }
 }
@@ -74,10 +85,19 @@ impl<S: Subscriber> Layer<S> for ForwardingLayer {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
         let mut fields = Fields::default();
         event.record(&mut fields);
+        let mut message = fields.message;
+        if message.len() > MAX_MESSAGE {
+            let mut cut = MAX_MESSAGE;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push_str("… (cut)");
+        }
         let record = LogRecord {
             level: level_number(event.metadata().level()),
             target: event.metadata().target().to_owned(),
-            message: fields.message,
+            message,
             fields: fields.others,
         };
         // A watcher that is gone cannot be told; the event is dropped, not retried.

@@ -148,7 +148,8 @@ async fn chat(last: u64) {
                         channel.send(&format!("pong {x} from {}", cluster_worker::id().unwrap())).await.unwrap();
                     }
                 }
-                None => return,
+                // The stream ends once the watcher asked this worker to stop.
+                None => break,
             },
             _ = cluster_worker::await_termination() => break,
         }

@@ -1,0 +1,667 @@
+//! The policy with a fake clock: no process, no socket, no sleep.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+
+/// Plays the driver: answers `Spawn` with a pid at once and records everything else.
+struct Harness {
+    core: Supervisor,
+    now: Instant,
+    next_pid: u32,
+    next_ticket: Ticket,
+    log: Vec<Action>,
+}
+
+fn config() -> WatcherConfig {
+    WatcherConfig::new("test")
+}
+
+impl Harness {
+    fn new(config: WatcherConfig) -> Self {
+        Self {
+            core: Supervisor::new(config),
+            now: Instant::now(),
+            next_pid: 100,
+            next_ticket: 1,
+            log: Vec::new(),
+        }
+    }
+
+    /// Starts `n` workers, makes them all ready, and returns their ids.
+    fn running(n: usize) -> Self {
+        let mut h = Self::new(config());
+        let t = h.ticket();
+        h.core.start(t, n, h.now);
+        h.drain();
+        for id in h.live() {
+            h.core.ready(id, h.now);
+        }
+        h.drain();
+        assert_eq!(h.outcome(t), Some(Outcome::Started(Ok(()))));
+        h.log.clear();
+        h
+    }
+
+    fn ticket(&mut self) -> Ticket {
+        self.next_ticket += 1;
+        self.next_ticket
+    }
+
+    fn drain(&mut self) {
+        while let Some(action) = self.core.poll_action() {
+            if let Action::Spawn(id) = action {
+                self.next_pid += 1;
+                self.core.spawned(id, self.next_pid, self.now);
+            }
+            self.log.push(action);
+        }
+    }
+
+    /// Lets `duration` pass in steps no longer than the driver's tick.
+    fn run_for(&mut self, duration: Duration) {
+        let end = self.now + duration;
+        while self.now < end {
+            self.now = (self.now + TICK).min(end);
+            self.core.handle_timeout(self.now);
+            self.drain();
+        }
+    }
+
+    fn outcome(&self, ticket: Ticket) -> Option<Outcome> {
+        self.log.iter().find_map(|a| match a {
+            Action::Complete(t, outcome) if *t == ticket => Some(outcome.clone()),
+            _ => None,
+        })
+    }
+
+    fn live(&self) -> Vec<WorkerId> {
+        self.core.workers.keys().copied().collect()
+    }
+
+    fn current(&self, slot: u32) -> Option<WorkerId> {
+        self.core.slots[slot as usize - 1].current
+    }
+
+    fn pid(&self, id: WorkerId) -> u32 {
+        self.core.workers[&id].pid
+    }
+
+    fn spawns(&self) -> Vec<WorkerId> {
+        self.log
+            .iter()
+            .filter_map(|a| match a {
+                Action::Spawn(id) => Some(*id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn kills(&self) -> Vec<(WorkerId, KillReason)> {
+        self.log
+            .iter()
+            .filter_map(|a| match a {
+                Action::Emit(Event::Killed { id, reason, .. }) => Some((*id, *reason)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn stops(&self) -> Vec<WorkerId> {
+        self.log
+            .iter()
+            .filter_map(|a| match a {
+                Action::Stop(id) => Some(*id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn respawn_delays(&self) -> Vec<Duration> {
+        self.log
+            .iter()
+            .filter_map(|a| match a {
+                Action::Emit(Event::Respawning { delay, .. }) => Some(*delay),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn exit(&mut self, id: WorkerId, status: ExitKind) {
+        self.core.exited(id, status, self.now);
+        self.drain();
+    }
+
+    fn ready(&mut self, id: WorkerId) {
+        self.core.ready(id, self.now);
+        self.drain();
+    }
+
+    fn heartbeat_all(&mut self) {
+        for id in self.live() {
+            self.core.heartbeat(id, self.now);
+        }
+        self.drain();
+    }
+
+    /// Heartbeats every second for `duration`.
+    fn serve_for(&mut self, duration: Duration) {
+        let end = self.now + duration;
+        while self.now < end {
+            self.heartbeat_all();
+            self.run_for(Duration::from_secs(1).min(end - self.now));
+        }
+    }
+}
+
+fn id(slot: u32, generation: u32) -> WorkerId {
+    WorkerId { slot, generation }
+}
+
+#[test]
+fn start_completes_once_every_worker_is_ready() {
+    let mut h = Harness::new(config());
+    let t = h.ticket();
+    h.core.start(t, 3, h.now);
+    h.drain();
+    assert_eq!(h.spawns(), vec![id(1, 1), id(2, 1), id(3, 1)]);
+    h.ready(id(1, 1));
+    h.ready(id(3, 1));
+    assert_eq!(h.outcome(t), None);
+    h.ready(id(2, 1));
+    assert_eq!(h.outcome(t), Some(Outcome::Started(Ok(()))));
+}
+
+#[test]
+fn start_fails_when_a_worker_exits_before_ready() {
+    let mut h = Harness::new(config());
+    let t = h.ticket();
+    h.core.start(t, 2, h.now);
+    h.drain();
+    let pid = h.pid(id(2, 1));
+    h.exit(id(2, 1), ExitKind::Code(3));
+    assert_eq!(
+        h.outcome(t),
+        Some(Outcome::Started(Err(Failure::ExitedBeforeReady {
+            id: id(2, 1),
+            pid,
+            status: ExitKind::Code(3)
+        })))
+    );
+}
+
+#[test]
+fn zero_workers_and_double_start_are_refused() {
+    let mut h = Harness::running(1);
+    let (a, b) = (h.ticket(), h.ticket());
+    h.core.start(a, 0, h.now);
+    h.core.start(b, 2, h.now);
+    h.drain();
+    assert_eq!(
+        h.outcome(a),
+        Some(Outcome::Started(Err(Failure::ZeroWorkers)))
+    );
+    assert_eq!(
+        h.outcome(b),
+        Some(Outcome::Started(Err(Failure::AlreadyStarted)))
+    );
+}
+
+#[test]
+fn a_worker_not_ready_in_time_is_killed_for_it() {
+    let mut h = Harness::new(config().ready_timeout(Duration::from_secs(5)));
+    let t = h.ticket();
+    h.core.start(t, 1, h.now);
+    h.drain();
+    h.run_for(Duration::from_millis(4900));
+    assert!(h.kills().is_empty());
+    h.run_for(Duration::from_millis(200));
+    assert_eq!(h.kills(), vec![(id(1, 1), KillReason::ReadyTimeout)]);
+    let pid = h.pid(id(1, 1));
+    h.exit(id(1, 1), ExitKind::Signal(9));
+    assert_eq!(
+        h.outcome(t),
+        Some(Outcome::Started(Err(Failure::NotReady {
+            id: id(1, 1),
+            pid,
+            timeout: Duration::from_secs(5)
+        })))
+    );
+}
+
+#[test]
+fn a_silent_worker_is_killed_at_the_heartbeat_timeout() {
+    let mut h = Harness::running(2);
+    // Slot 1 keeps sending heartbeats, slot 2 falls silent.
+    for _ in 0..12 {
+        h.core.heartbeat(id(1, 1), h.now);
+        h.run_for(Duration::from_secs(1));
+    }
+    assert_eq!(h.kills(), vec![(id(2, 1), KillReason::HeartbeatTimeout)]);
+    assert!(h.log.contains(&Action::Kill {
+        id: id(2, 1),
+        pid: 102
+    }));
+}
+
+#[test]
+fn heartbeats_keep_workers_alive() {
+    let mut h = Harness::running(3);
+    h.serve_for(Duration::from_secs(60));
+    assert!(h.kills().is_empty());
+}
+
+#[test]
+fn a_stalled_watcher_blames_no_worker() {
+    let mut h = Harness::running(4);
+    h.serve_for(Duration::from_secs(3));
+    // The watcher is SIGSTOPped for 12 s: nothing is read, no timer runs.
+    h.now += Duration::from_secs(12);
+    // On resume the timer may fire before the queued heartbeats are read.
+    h.core.handle_timeout(h.now);
+    h.drain();
+    h.heartbeat_all();
+    h.serve_for(Duration::from_secs(20));
+    assert!(h.kills().is_empty(), "{:?}", h.kills());
+    assert!(
+        h.log
+            .iter()
+            .any(|a| matches!(a, Action::Emit(Event::WatcherStalled { .. })))
+    );
+}
+
+#[test]
+fn a_hung_worker_is_still_caught_after_a_stall() {
+    let mut h = Harness::running(1);
+    h.now += Duration::from_secs(12);
+    h.core.handle_timeout(h.now);
+    h.drain();
+    assert!(h.kills().is_empty());
+    h.run_for(Duration::from_secs(11));
+    assert_eq!(h.kills(), vec![(id(1, 1), KillReason::HeartbeatTimeout)]);
+}
+
+#[test]
+fn early_ends_back_off_doubling_up_to_the_ceiling() {
+    let mut h = Harness::new(
+        config()
+            .backoff(Duration::from_millis(100), Duration::from_millis(700))
+            .min_uptime(Duration::from_secs(1)),
+    );
+    let t = h.ticket();
+    h.core.start(t, 1, h.now);
+    h.drain();
+    h.ready(id(1, 1));
+    for _ in 0..6 {
+        let current = h.current(1).expect("a worker");
+        h.exit(current, ExitKind::Code(1));
+        // Let the respawn happen, then end the next one early too.
+        h.run_for(Duration::from_millis(800));
+        let next = h.current(1).expect("respawned");
+        h.ready(next);
+    }
+    let ms = |n| Duration::from_millis(n);
+    assert_eq!(
+        h.respawn_delays(),
+        vec![ms(0), ms(100), ms(200), ms(400), ms(700), ms(700)]
+    );
+}
+
+#[test]
+fn backoff_starts_over_after_min_uptime() {
+    let mut h = Harness::new(config().backoff(Duration::from_millis(100), Duration::from_secs(10)));
+    let t = h.ticket();
+    h.core.start(t, 1, h.now);
+    h.drain();
+    for _ in 0..3 {
+        let current = h.current(1).unwrap();
+        h.exit(current, ExitKind::Code(1));
+        h.run_for(Duration::from_millis(500));
+    }
+    // This one runs longer than min_uptime (1 s).
+    h.ready(h.current(1).unwrap());
+    h.serve_for(Duration::from_secs(2));
+    h.exit(h.current(1).unwrap(), ExitKind::Code(1));
+    let delays = h.respawn_delays();
+    assert_eq!(delays.len(), 4);
+    assert_eq!(delays[3], Duration::ZERO);
+}
+
+#[test]
+fn a_sigkill_at_start_up_backs_off_like_any_crash() {
+    let mut h = Harness::new(config());
+    let t = h.ticket();
+    h.core.start(t, 1, h.now);
+    h.drain();
+    for _ in 0..5 {
+        h.run_for(Duration::from_millis(10));
+        let current = h.current(1).unwrap();
+        // The OOM killer, say: SIGKILL right after start, not asked for by the watcher.
+        h.exit(current, ExitKind::Signal(9));
+        while h.current(1).is_none() {
+            h.run_for(Duration::from_millis(10));
+        }
+    }
+    let delays = h.respawn_delays();
+    assert_eq!(delays[0], Duration::ZERO);
+    assert!(delays[1..].iter().all(|d| !d.is_zero()), "{delays:?}");
+}
+
+#[test]
+fn a_worker_killed_for_bad_traffic_backs_off() {
+    let mut h = Harness::running(1);
+    for _ in 0..4 {
+        let current = h.current(1).unwrap();
+        h.ready(current);
+        h.core.bad_traffic(current, h.now);
+        h.drain();
+        h.exit(current, ExitKind::Signal(9));
+        h.run_for(Duration::from_millis(500));
+    }
+    assert!(
+        h.kills()
+            .iter()
+            .all(|(_, reason)| *reason == KillReason::BadTraffic)
+    );
+    let delays = h.respawn_delays();
+    assert!(delays[1..].iter().all(|d| !d.is_zero()), "{delays:?}");
+    assert_eq!(h.core.slots[0].restarts.crashed, 4);
+}
+
+#[test]
+fn a_worker_that_ran_a_while_is_replaced_at_once() {
+    let mut h = Harness::running(2);
+    h.serve_for(Duration::from_secs(5));
+    h.exit(id(2, 1), ExitKind::Signal(9));
+    assert_eq!(h.respawn_delays(), vec![Duration::ZERO]);
+    assert_eq!(h.current(2), Some(id(2, 2)));
+    assert_eq!(h.core.slots[1].restarts.crashed, 1);
+}
+
+#[test]
+fn rolling_restart_replaces_slots_in_order_one_at_a_time() {
+    let mut h = Harness::running(3);
+    let t = h.ticket();
+    h.core.restart(t, h.now);
+    h.drain();
+    assert_eq!(h.spawns(), vec![id(1, 2)]);
+    h.ready(id(1, 2));
+    assert_eq!(h.stops(), vec![id(1, 1)]);
+    assert_eq!(h.spawns(), vec![id(1, 2), id(2, 2)]);
+    h.ready(id(2, 2));
+    h.ready(id(3, 2));
+    assert_eq!(h.stops(), vec![id(1, 1), id(2, 1), id(3, 1)]);
+    assert_eq!(h.outcome(t), Some(Outcome::Restarted(Ok(()))));
+    assert_eq!(h.core.slots[2].restarts.rolling, 1);
+}
+
+#[test]
+fn rolling_restart_parallelism_replaces_two_at_once() {
+    let mut h = Harness::new(config().restart_parallelism(2));
+    let t = h.ticket();
+    h.core.start(t, 4, h.now);
+    h.drain();
+    for id in h.live() {
+        h.ready(id);
+    }
+    h.log.clear();
+    let t = h.ticket();
+    h.core.restart(t, h.now);
+    h.drain();
+    assert_eq!(h.spawns(), vec![id(1, 2), id(2, 2)]);
+    h.ready(id(2, 2));
+    assert_eq!(h.spawns(), vec![id(1, 2), id(2, 2), id(3, 2)]);
+}
+
+#[test]
+fn a_failed_replacement_keeps_the_old_worker() {
+    let mut h = Harness::running(2);
+    let t = h.ticket();
+    h.core.restart(t, h.now);
+    h.drain();
+    let pid = h.pid(id(1, 2));
+    h.exit(id(1, 2), ExitKind::Code(1));
+    // Slot 1 keeps its old worker; slot 2 is tried all the same.
+    assert_eq!(h.current(1), Some(id(1, 1)));
+    assert!(h.stops().is_empty());
+    assert_eq!(h.spawns(), vec![id(1, 2), id(2, 2)]);
+    h.ready(id(2, 2));
+    assert_eq!(
+        h.outcome(t),
+        Some(Outcome::Restarted(Err(Failure::ExitedBeforeReady {
+            id: id(1, 2),
+            pid,
+            status: ExitKind::Code(1)
+        })))
+    );
+    assert_eq!(h.core.rolling_done, (0, 1));
+}
+
+#[test]
+fn restart_requests_during_a_restart_coalesce_into_one_more() {
+    let mut h = Harness::running(2);
+    let first = h.ticket();
+    h.core.restart(first, h.now);
+    let later: Vec<Ticket> = (0..5).map(|_| h.ticket()).collect();
+    for t in &later {
+        h.core.restart(*t, h.now);
+    }
+    h.drain();
+    h.ready(id(1, 2));
+    h.ready(id(2, 2));
+    assert_eq!(h.outcome(first), Some(Outcome::Restarted(Ok(()))));
+    assert_eq!(h.outcome(later[0]), None);
+    // One more round, not five.
+    h.ready(id(1, 3));
+    h.ready(id(2, 3));
+    for t in &later {
+        assert_eq!(h.outcome(*t), Some(Outcome::Restarted(Ok(()))));
+    }
+    assert_eq!(h.spawns().len(), 4);
+}
+
+#[test]
+fn scaling_up_during_a_restart_starts_new_slots_at_once() {
+    let mut h = Harness::running(2);
+    let t = h.ticket();
+    h.core.restart(t, h.now);
+    let s = h.ticket();
+    h.core.scale(s, 4, h.now);
+    h.drain();
+    assert_eq!(h.spawns(), vec![id(1, 2), id(3, 1), id(4, 1)]);
+    assert_eq!(h.outcome(s), Some(Outcome::Scaled(Ok(()))));
+    h.ready(id(1, 2));
+    h.ready(id(2, 2));
+    // The new slots started with the new program: the round does not replace them.
+    assert_eq!(h.outcome(t), Some(Outcome::Restarted(Ok(()))));
+}
+
+#[test]
+fn scaling_down_during_a_restart_stops_the_slot_and_its_replacement() {
+    let mut h = Harness::running(3);
+    let t = h.ticket();
+    h.core.restart(t, h.now);
+    h.drain();
+    h.ready(id(1, 2));
+    h.ready(id(2, 2));
+    // Slot 3's replacement is starting.
+    assert!(h.live().contains(&id(3, 2)));
+    let s = h.ticket();
+    h.core.scale(s, 2, h.now);
+    h.drain();
+    let stops = h.stops();
+    assert!(
+        stops.contains(&id(3, 1)) && stops.contains(&id(3, 2)),
+        "{stops:?}"
+    );
+    assert_eq!(h.outcome(t), Some(Outcome::Restarted(Ok(()))));
+}
+
+#[test]
+fn remove_worker_never_removes_the_last_one() {
+    let mut h = Harness::running(2);
+    let t = h.ticket();
+    h.core.remove_worker(t, h.now);
+    h.drain();
+    assert_eq!(h.stops(), vec![id(2, 1)]);
+    let pid = h.pid(id(2, 1));
+    h.exit(id(2, 1), ExitKind::Code(0));
+    match h.outcome(t) {
+        Some(Outcome::Removed(Some(exit))) => {
+            assert_eq!((exit.pid, exit.stopped), (pid, Some(StopCause::ScaledDown)))
+        }
+        other => panic!("{other:?}"),
+    }
+    let t = h.ticket();
+    h.core.remove_worker(t, h.now);
+    h.drain();
+    assert_eq!(h.outcome(t), Some(Outcome::Removed(None)));
+    // No respawn for a scaled-down slot.
+    assert!(h.spawns().is_empty());
+}
+
+#[test]
+fn added_workers_reuse_freed_slot_numbers() {
+    let mut h = Harness::running(3);
+    let s = h.ticket();
+    h.core.scale(s, 1, h.now);
+    h.drain();
+    h.exit(id(2, 1), ExitKind::Code(0));
+    h.exit(id(3, 1), ExitKind::Code(0));
+    let t = h.ticket();
+    h.core.add_worker(t, h.now);
+    h.drain();
+    assert_eq!(h.spawns(), vec![id(2, 2)]);
+    h.ready(id(2, 2));
+    assert_eq!(h.outcome(t), Some(Outcome::Added(Ok(id(2, 2)))));
+}
+
+#[test]
+fn stop_during_a_backoff_wait_starts_nothing() {
+    let mut h = Harness::new(config().backoff(Duration::from_secs(5), Duration::from_secs(5)));
+    let t = h.ticket();
+    h.core.start(t, 1, h.now);
+    h.drain();
+    h.ready(id(1, 1));
+    h.exit(id(1, 1), ExitKind::Code(1));
+    h.ready(id(1, 2));
+    h.exit(id(1, 2), ExitKind::Code(1));
+    assert!(h.core.slots[0].respawn_at.is_some());
+    h.log.clear();
+    let stop = h.ticket();
+    h.core.stop(Some(stop), h.now);
+    h.drain();
+    assert_eq!(h.outcome(stop), Some(Outcome::Stopped(Vec::new())));
+    h.run_for(Duration::from_secs(10));
+    assert!(h.spawns().is_empty());
+}
+
+#[test]
+fn stop_kills_what_outlives_the_shutdown_timeout() {
+    let mut h = Harness::new(config().shutdown_timeout(Duration::from_secs(3)));
+    let t = h.ticket();
+    h.core.start(t, 2, h.now);
+    h.drain();
+    h.ready(id(1, 1));
+    h.ready(id(2, 1));
+    let stop = h.ticket();
+    h.core.stop(Some(stop), h.now);
+    h.drain();
+    assert_eq!(h.stops(), vec![id(1, 1), id(2, 1)]);
+    h.exit(id(1, 1), ExitKind::Code(0));
+    h.run_for(Duration::from_secs(4));
+    assert_eq!(h.kills(), vec![(id(2, 1), KillReason::ShutdownTimeout)]);
+    h.exit(id(2, 1), ExitKind::Signal(9));
+    match h.outcome(stop) {
+        Some(Outcome::Stopped(exits)) => {
+            assert_eq!(exits.len(), 2);
+            assert_eq!(exits[1].killed, Some(KillReason::ShutdownTimeout));
+            assert_eq!(exits[0].stopped, Some(StopCause::Stop));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(h.core.is_idle());
+}
+
+#[test]
+fn stop_gives_up_on_a_process_that_ignores_sigkill() {
+    let mut h = Harness::new(config().shutdown_timeout(Duration::from_secs(1)));
+    let t = h.ticket();
+    h.core.start(t, 1, h.now);
+    h.drain();
+    let stop = h.ticket();
+    h.core.stop(Some(stop), h.now);
+    h.drain();
+    h.run_for(Duration::from_secs(1) + KILL_GRACE + Duration::from_secs(1));
+    assert_eq!(h.outcome(stop), Some(Outcome::Stopped(Vec::new())));
+    assert!(
+        h.log
+            .iter()
+            .any(|a| matches!(a, Action::Emit(Event::Abandoned { .. })))
+    );
+}
+
+#[test]
+fn repeated_stop_requests_from_a_worker_are_one_stop() {
+    let mut h = Harness::running(2);
+    for _ in 0..10_000 {
+        h.core.stop_requested(id(1, 1), h.now);
+    }
+    h.drain();
+    assert_eq!(h.stops(), vec![id(1, 1)]);
+    // Its own request is no crash: it is replaced at once when it goes.
+    h.serve_for(Duration::from_secs(2));
+    h.exit(id(1, 1), ExitKind::Code(0));
+    assert_eq!(h.current(1), Some(id(1, 2)));
+    assert_eq!(h.core.slots[0].restarts.requested, 1);
+}
+
+#[test]
+fn an_old_worker_dying_during_its_replacement_is_not_respawned_twice() {
+    let mut h = Harness::running(1);
+    let t = h.ticket();
+    h.core.restart(t, h.now);
+    h.drain();
+    h.serve_for(Duration::from_secs(2));
+    h.exit(id(1, 1), ExitKind::Signal(9));
+    assert_eq!(h.spawns(), vec![id(1, 2)], "no extra respawn");
+    h.ready(id(1, 2));
+    assert_eq!(h.current(1), Some(id(1, 2)));
+    assert_eq!(h.outcome(t), Some(Outcome::Restarted(Ok(()))));
+}
+
+#[test]
+fn a_failed_spawn_is_retried_with_backoff() {
+    let mut h = Harness::running(1);
+    h.serve_for(Duration::from_secs(2));
+    h.exit(id(1, 1), ExitKind::Code(1));
+    // Generation 2 cannot be spawned (the binary was deleted, say), nor the next ones.
+    for generation in 2..5 {
+        h.core
+            .spawn_failed(id(1, generation), Some(2), "No such file".into(), h.now);
+        h.drain();
+        h.run_for(Duration::from_secs(1));
+    }
+    let delays = h.respawn_delays();
+    assert!(delays.len() >= 3);
+    assert!(delays[2..].iter().all(|d| !d.is_zero()), "{delays:?}");
+}
+
+#[test]
+fn status_counts_restarts_by_cause() {
+    let mut h = Harness::running(2);
+    h.serve_for(Duration::from_secs(2));
+    h.exit(id(1, 1), ExitKind::Signal(9));
+    h.ready(id(1, 2));
+    let t = h.ticket();
+    h.core.restart(t, h.now);
+    h.drain();
+    h.ready(id(1, 3));
+    h.ready(id(2, 2));
+    let status = h.core.status(h.now);
+    assert_eq!(status.slots[0].restarts.crashed, 1);
+    assert_eq!(status.slots[0].restarts.rolling, 1);
+    assert_eq!(status.slots[0].generation, 3);
+    assert_eq!(status.rolling_restarts_completed, 1);
+    assert_eq!(status.ready_workers(), 2);
+}

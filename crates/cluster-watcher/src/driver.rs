@@ -1,0 +1,334 @@
+//! The one task that owns every worker process: it feeds the [`Supervisor`] its inputs
+//! with `now`, applies the actions it returns, and sleeps until the next deadline.
+//!
+//! Nothing else spawns, stops or kills a worker. The round-robin hand-off does not pass
+//! through here (the balancer's accept loops hand connections straight to workers), so the
+//! driver adds no hop to the request path.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use cluster_ipc::protocol::{Balance, WatcherToWorker};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::WorkerId;
+use crate::balancer::Balancer;
+use crate::core::{Action, Outcome, Supervisor, TICK, Ticket};
+use crate::handle::{Published, Shared, WorkerInfo};
+use crate::listeners;
+use crate::logs::log_event;
+use crate::process::{Input, MessageSink, Process, kill_group, kill_leftovers, spawn_worker};
+use crate::status::ClusterStatus;
+
+/// Worker inputs waiting for the driver; a worker that sends faster waits (its own socket
+/// fills), never the watcher's memory.
+const INPUT_QUEUE: usize = 1024;
+
+/// Messages waiting for `messages()`, by count and by payload bytes.
+pub(crate) const MESSAGE_QUEUE: usize = 1024;
+pub(crate) const MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// How long the stop request to one worker may take to be written.
+const STOP_SEND_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What the handle asks of the driver.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Start(usize, oneshot::Sender<Outcome>),
+    AddWorker(oneshot::Sender<Outcome>),
+    RemoveWorker(oneshot::Sender<Outcome>),
+    Scale(usize, oneshot::Sender<Outcome>),
+    Restart(oneshot::Sender<Outcome>),
+    Stop(oneshot::Sender<Outcome>),
+    Status(oneshot::Sender<ClusterStatus>),
+}
+
+pub(crate) struct Driver {
+    shared: Arc<Shared>,
+    core: Supervisor,
+    commands: mpsc::UnboundedReceiver<Command>,
+    handle_gone: bool,
+    inputs_tx: mpsc::Sender<Input>,
+    inputs: mpsc::Receiver<Input>,
+    processes: HashMap<WorkerId, Process>,
+    /// Each worker's watch task; dropping the driver aborts them (and `kill_on_drop`).
+    tasks: JoinSet<()>,
+    waiters: HashMap<Ticket, oneshot::Sender<Outcome>>,
+    next_ticket: Ticket,
+    /// Set by a stop: once idle, the message stream ends.
+    stopping: bool,
+    /// When the shared listening sockets are checked next.
+    next_listener_check: Instant,
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver")
+            .field("processes", &self.processes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Spawns a task of the watcher, inside `span` so its log lines carry the embedding
+/// program's context (the `cluster` binary's `--name`, say).
+pub(crate) fn spawn_in<F>(span: tracing::Span, task: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tokio::spawn(task.instrument(span))
+}
+
+impl Driver {
+    pub(crate) fn new(shared: Arc<Shared>, commands: mpsc::UnboundedReceiver<Command>) -> Self {
+        let (inputs_tx, inputs) = mpsc::channel(INPUT_QUEUE);
+        Self {
+            core: Supervisor::new(shared.config.clone()),
+            shared,
+            commands,
+            handle_gone: false,
+            inputs_tx,
+            inputs,
+            processes: HashMap::new(),
+            tasks: JoinSet::new(),
+            waiters: HashMap::new(),
+            next_ticket: 0,
+            stopping: false,
+            next_listener_check: Instant::now() + listeners::CHECK_EVERY,
+        }
+    }
+
+    /// Runs until the handle is gone and every worker has exited.
+    pub(crate) async fn run(mut self) {
+        loop {
+            self.apply_actions();
+            if self.handle_gone && self.core.is_idle() {
+                break;
+            }
+            let now = Instant::now();
+            let wake = self
+                .core
+                .next_deadline()
+                .map_or(now + TICK, |d| d.min(now + TICK));
+            tokio::select! {
+                // Inputs first: after a stall, what workers sent is read before any timer.
+                biased;
+                Some(input) = self.inputs.recv() => self.handle_input(input),
+                command = self.commands.recv(), if !self.handle_gone => match command {
+                    Some(command) => self.handle_command(command),
+                    None => {
+                        // The handle was dropped: stop gracefully, then end.
+                        self.handle_gone = true;
+                        self.stopping = true;
+                        self.core.stop(None, Instant::now());
+                    }
+                },
+                // Reap finished watch tasks so the set does not grow.
+                Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
+                () = tokio::time::sleep_until(wake.into()) => self.core.handle_timeout(Instant::now()),
+            }
+            self.check_listeners();
+        }
+        self.shared.balancer.shutdown();
+    }
+
+    fn check_listeners(&mut self) {
+        let now = Instant::now();
+        if now < self.next_listener_check || self.shared.config.balance != Balance::Shared {
+            return;
+        }
+        self.next_listener_check = now + listeners::CHECK_EVERY;
+        if listeners::check(&self.shared.provider) && self.core.is_running() {
+            // Nobody waits on this restart: its ticket has no waiter.
+            self.next_ticket += 1;
+            self.core.restart(self.next_ticket, now);
+        }
+    }
+
+    fn ticket(&mut self, reply: oneshot::Sender<Outcome>) -> Ticket {
+        self.next_ticket += 1;
+        self.waiters.insert(self.next_ticket, reply);
+        self.next_ticket
+    }
+
+    fn handle_command(&mut self, command: Command) {
+        let now = Instant::now();
+        match command {
+            Command::Start(count, reply) => {
+                if !self.core.is_running() {
+                    self.stopping = false;
+                    self.shared.balancer.reopen();
+                    self.shared.open_messages();
+                }
+                let ticket = self.ticket(reply);
+                self.core.start(ticket, count, now);
+            }
+            Command::AddWorker(reply) => {
+                let ticket = self.ticket(reply);
+                self.core.add_worker(ticket, now);
+            }
+            Command::RemoveWorker(reply) => {
+                let ticket = self.ticket(reply);
+                self.core.remove_worker(ticket, now);
+            }
+            Command::Scale(count, reply) => {
+                let ticket = self.ticket(reply);
+                self.core.scale(ticket, count, now);
+            }
+            Command::Restart(reply) => {
+                let ticket = self.ticket(reply);
+                self.core.restart(ticket, now);
+            }
+            Command::Stop(reply) => {
+                self.stopping = true;
+                let ticket = self.ticket(reply);
+                self.core.stop(Some(ticket), now);
+            }
+            Command::Status(reply) => {
+                let _ = reply.send(self.core.status(now));
+            }
+        }
+    }
+
+    fn handle_input(&mut self, input: Input) {
+        let now = Instant::now();
+        match input {
+            Input::Ready(id) => self.core.ready(id, now),
+            Input::Heartbeat(id) => self.core.heartbeat(id, now),
+            Input::StopRequested(id) => self.core.stop_requested(id, now),
+            Input::BadTraffic(id) => self.core.bad_traffic(id, now),
+            Input::ControlClosed(id) => self.core.control_closed(id, now),
+            Input::Exited(id, status) => {
+                if let Some(process) = self.processes.remove(&id) {
+                    // Children it forked go with it.
+                    kill_leftovers(process.pid);
+                    self.shared.balancer.remove(id);
+                    if let Some(worker_end) = process.worker_end {
+                        self.shared.balancer.reclaim(&process.clients, worker_end);
+                    }
+                }
+                self.core.exited(id, status, now);
+            }
+        }
+    }
+
+    fn apply_actions(&mut self) {
+        while let Some(action) = self.core.poll_action() {
+            match action {
+                Action::Spawn(id) => self.spawn(id),
+                Action::Admit(id) => self.shared.balancer.set_ready(id),
+                Action::Stop(id) => self.stop(id),
+                Action::Kill { pid, .. } => kill_group(pid),
+                Action::Emit(event) => {
+                    self.shared.span.in_scope(|| log_event(&event));
+                    let _ = self.shared.events.send(event);
+                }
+                Action::Complete(ticket, outcome) => {
+                    if let Some(waiter) = self.waiters.remove(&ticket) {
+                        let _ = waiter.send(outcome);
+                    }
+                }
+            }
+        }
+        if self.core.take_changed() {
+            self.publish();
+        }
+        if self.stopping && self.core.is_idle() {
+            // Stopped: the message stream ends once every reader is gone.
+            self.shared.close_messages();
+        }
+    }
+
+    fn spawn(&mut self, id: WorkerId) {
+        let now = Instant::now();
+        let messages = self.shared.message_sink();
+        match spawn_worker(&self.shared, id, &self.inputs_tx, messages, &mut self.tasks) {
+            Ok(process) => {
+                let pid = process.pid;
+                self.processes.insert(id, process);
+                self.core.spawned(id, pid, now);
+            }
+            Err(error) => {
+                let message = format!(
+                    "cannot run {}: {error}",
+                    self.shared.config.program.display()
+                );
+                self.core
+                    .spawn_failed(id, error.raw_os_error(), message, now);
+            }
+        }
+    }
+
+    /// No new connections for the worker; the stop request goes out without holding up the
+    /// driver (a worker that does not read its control socket cannot block it).
+    fn stop(&mut self, id: WorkerId) {
+        let Some(process) = self.processes.get(&id) else {
+            return;
+        };
+        self.shared.balancer.remove(id);
+        Balancer::close_pipe(&process.clients);
+        let control = process.control.clone();
+        spawn_in(self.shared.span.clone(), async move {
+            let _ =
+                tokio::time::timeout(STOP_SEND_TIMEOUT, control.send(&WatcherToWorker::Stop)).await;
+        });
+    }
+
+    fn publish(&self) {
+        let status = self.core.status(Instant::now());
+        let mut published = Published::default();
+        for slot in &status.slots {
+            for worker in &slot.workers {
+                published.workers.push(WorkerInfo {
+                    id: worker.id,
+                    pid: worker.pid,
+                    ready: worker.phase == crate::WorkerPhase::Ready,
+                    stopping: matches!(
+                        worker.phase,
+                        crate::WorkerPhase::Stopping | crate::WorkerPhase::Killed
+                    ),
+                });
+                if worker.current
+                    && let Some(process) = self.processes.get(&worker.id)
+                {
+                    published
+                        .current
+                        .insert(worker.id.slot, process.control.clone());
+                }
+                if let Some(process) = self.processes.get(&worker.id) {
+                    published.controls.push(process.control.clone());
+                }
+            }
+        }
+        *self.shared.published() = published;
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // The runtime is going away with workers still alive (or the task was aborted):
+        // there is no time for a graceful stop, so nothing may outlive the watcher.
+        for process in self.processes.values() {
+            kill_group(process.pid);
+        }
+    }
+}
+
+/// A fresh message queue for `messages()`, counting what it drops in `dropped`.
+pub(crate) fn message_queue(
+    dropped: Arc<AtomicU64>,
+) -> (MessageSink, mpsc::Receiver<crate::WorkerMessage>) {
+    let (queue, receiver) = mpsc::channel(MESSAGE_QUEUE);
+    (
+        MessageSink {
+            queue,
+            budget: Arc::new(Semaphore::new(MESSAGE_BYTES)),
+            dropped,
+        },
+        receiver,
+    )
+}

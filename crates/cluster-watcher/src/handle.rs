@@ -1,0 +1,456 @@
+//! [`ClusterWatcher`]: a thin handle that sends commands to the driver task and awaits their
+//! outcome, plus what the driver publishes for synchronous readers.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use cluster_ipc::protocol::{Balance, WatcherToWorker};
+use cluster_ipc::{ChannelSender, ServerSocketProvider};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::{OwnedSemaphorePermit, broadcast, mpsc, oneshot};
+
+use crate::balancer::Balancer;
+use crate::core::{Failure, Outcome};
+use crate::driver::{Command, Driver, message_queue, spawn_in};
+use crate::process::MessageSink;
+use crate::{ClusterStatus, Event, SendError, StartError, WatcherConfig, WorkerExit, WorkerId};
+
+/// What the handle and the driver share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: WatcherConfig,
+    pub(crate) events: broadcast::Sender<Event>,
+    pub(crate) provider: ServerSocketProvider,
+    pub(crate) balancer: Arc<Balancer>,
+    /// The span current when the watcher was created; every task of the watcher runs in it.
+    pub(crate) span: tracing::Span,
+    messages: Mutex<Messages>,
+    dropped_messages: Arc<AtomicU64>,
+    published: Mutex<Published>,
+}
+
+#[derive(Debug, Default)]
+struct Messages {
+    receiver: Option<mpsc::Receiver<WorkerMessage>>,
+    sink: Option<MessageSink>,
+}
+
+/// What the driver publishes whenever workers come, go or change phase.
+#[derive(Debug, Default)]
+pub(crate) struct Published {
+    pub(crate) workers: Vec<WorkerInfo>,
+    /// Each slot's current worker's control channel.
+    pub(crate) current: HashMap<u32, ChannelSender<WatcherToWorker>>,
+    /// Every live worker's control channel.
+    pub(crate) controls: Vec<ChannelSender<WatcherToWorker>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    pub(crate) fn published(&self) -> MutexGuard<'_, Published> {
+        lock(&self.published)
+    }
+
+    /// The sink workers' messages go to, while the cluster runs.
+    pub(crate) fn message_sink(&self) -> Option<MessageSink> {
+        lock(&self.messages).sink.clone()
+    }
+
+    /// A new message stream for a new start, if the last one ended.
+    pub(crate) fn open_messages(&self) {
+        let mut messages = lock(&self.messages);
+        if messages.sink.is_none() {
+            let (sink, receiver) = message_queue(self.dropped_messages.clone());
+            *messages = Messages {
+                receiver: Some(receiver),
+                sink: Some(sink),
+            };
+        }
+    }
+
+    /// Ends the message stream (the cluster stopped; the readers are gone).
+    pub(crate) fn close_messages(&self) {
+        lock(&self.messages).sink = None;
+    }
+}
+
+/// A message from a worker, with a handle to answer that worker only.
+#[derive(Debug)]
+pub struct WorkerMessage {
+    /// Who sent it.
+    pub id: WorkerId,
+    /// Its pid.
+    pub pid: u32,
+    /// The postcard-encoded payload; see [`decode`](Self::decode).
+    pub payload: Vec<u8>,
+    reply: ChannelSender<WatcherToWorker>,
+    /// Its share of the queue's byte budget, returned when the message is dropped.
+    _budget: OwnedSemaphorePermit,
+}
+
+impl WorkerMessage {
+    pub(crate) fn new(
+        id: WorkerId,
+        pid: u32,
+        payload: Vec<u8>,
+        reply: ChannelSender<WatcherToWorker>,
+        budget: OwnedSemaphorePermit,
+    ) -> Self {
+        Self {
+            id,
+            pid,
+            payload,
+            reply,
+            _budget: budget,
+        }
+    }
+
+    /// Decodes the payload as `T` (the type the worker sent).
+    ///
+    /// # Errors
+    /// When the payload is not a `T`.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, postcard::Error> {
+        postcard::from_bytes(&self.payload)
+    }
+
+    /// Answers the sender (and only it).
+    ///
+    /// # Errors
+    /// When the worker is gone.
+    pub async fn reply<T: Serialize>(&self, message: &T) -> Result<(), SendError> {
+        let bytes = postcard::to_stdvec(message).map_err(SendError::Encode)?;
+        Ok(self.reply.send(&WatcherToWorker::Message(bytes)).await?)
+    }
+}
+
+/// A snapshot of one live worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerInfo {
+    /// Which worker.
+    pub id: WorkerId,
+    /// Its pid.
+    pub pid: u32,
+    /// Whether it reported ready.
+    pub ready: bool,
+    /// Whether it is being stopped.
+    pub stopping: bool,
+}
+
+/// Supervises a cluster of worker processes running one program.
+///
+/// Embeddable in any tokio program; the `cluster` binary is a thin shell around it. The
+/// handle sends commands to one driver task, which owns every worker process and applies
+/// the supervision policy; the methods that change the cluster send their command when
+/// called and return a future for the outcome, so dropping that future never cancels the
+/// command. Workers are spawned with their four sockets inherited (no socket on the
+/// filesystem), their bootstrap contract in the environment, and in a process group of
+/// their own (so a terminal's Ctrl-C reaches only the watcher, and a kill takes whatever
+/// the worker forked too). Listening sockets are owned here for the watcher's whole life,
+/// so restarts never refuse a connection.
+///
+/// Dropping a running watcher stops its workers: gracefully while the runtime runs (the
+/// driver goes on until they are gone), with `SIGKILL` to their process groups if the
+/// runtime itself is shutting down. A dropped watcher never respawns anything.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use cluster_watcher::{ClusterWatcher, WatcherConfig};
+/// let watcher = ClusterWatcher::new(WatcherConfig::new("./my-server").arg("127.0.0.1:8080"));
+/// watcher.start(4).await?;           // returns once all four are ready
+/// watcher.restart().await?;          // rolling, readiness-gated
+/// for exit in watcher.stop().await { // graceful, then SIGKILL at the timeout
+///     println!("worker {} ended: {}", exit.id, exit.status);
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct ClusterWatcher {
+    shared: Arc<Shared>,
+    commands: mpsc::UnboundedSender<Command>,
+    /// The driver's end, until the first `start` spawns the driver.
+    driver: Mutex<Option<mpsc::UnboundedReceiver<Command>>>,
+}
+
+impl ClusterWatcher {
+    /// A watcher for `config`; nothing runs until [`start`](Self::start).
+    ///
+    /// The tracing span current here is the one every task of the watcher logs in, so
+    /// creating the watcher inside a span (`span.in_scope(|| ClusterWatcher::new(config))`)
+    /// tags all of its lines, including the workers' forwarded logs.
+    pub fn new(config: WatcherConfig) -> Self {
+        let (events, _) = broadcast::channel(1024);
+        let span = tracing::Span::current();
+        let provider = match config.balance {
+            // The watcher accepts: workers get the address, never the socket.
+            Balance::RoundRobin => ServerSocketProvider::new().without_descriptors(),
+            Balance::Shared => ServerSocketProvider::new(),
+        };
+        let dropped_messages = Arc::new(AtomicU64::new(0));
+        let (sink, receiver) = message_queue(dropped_messages.clone());
+        let (commands, driver) = mpsc::unbounded_channel();
+        Self {
+            shared: Arc::new(Shared {
+                config,
+                events,
+                provider,
+                balancer: Arc::new(Balancer::new(span.clone())),
+                span,
+                messages: Mutex::new(Messages {
+                    receiver: Some(receiver),
+                    sink: Some(sink),
+                }),
+                dropped_messages,
+                published: Mutex::default(),
+            }),
+            commands,
+            driver: Mutex::new(Some(driver)),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &WatcherConfig {
+        &self.shared.config
+    }
+
+    /// The provider that owns the cluster's listening sockets: bind here ahead of time to
+    /// fail early on a busy port, or to inspect what workers listen on.
+    pub fn server_sockets(&self) -> &ServerSocketProvider {
+        &self.shared.provider
+    }
+
+    /// Worker events from now on. A subscriber that falls more than 1,024 events behind
+    /// misses the oldest.
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.shared.events.subscribe()
+    }
+
+    /// The stream of worker messages, once per start; `None` if already taken.
+    ///
+    /// Messages are kept from the start on, whether or not anyone took the stream yet: up
+    /// to 1,024 messages or 16 MiB of payload waiting to be read; past that, messages are
+    /// dropped and counted ([`dropped_messages`](Self::dropped_messages)). The stream ends
+    /// (`recv` gives `None`) once [`stop`](Self::stop) has finished; a later `start` opens
+    /// a new one.
+    pub fn messages(&self) -> Option<mpsc::Receiver<WorkerMessage>> {
+        lock(&self.shared.messages).receiver.take()
+    }
+
+    /// Messages dropped because the queue of [`messages`](Self::messages) was full.
+    pub fn dropped_messages(&self) -> u64 {
+        self.shared.dropped_messages.load(Ordering::Relaxed)
+    }
+
+    fn send(&self, command: Command) {
+        // The driver lives as long as this handle: the send cannot fail while we exist.
+        let _ = self.commands.send(command);
+    }
+
+    fn driver_started(&self) -> bool {
+        lock(&self.driver).is_none()
+    }
+
+    /// Sends a command whose answer is an [`Outcome`]; `None` if the driver never started.
+    fn ask(&self, make: impl FnOnce(oneshot::Sender<Outcome>) -> Command) -> Pending {
+        if !self.driver_started() {
+            return Pending(None);
+        }
+        let (reply, outcome) = oneshot::channel();
+        self.send(make(reply));
+        Pending(Some(outcome))
+    }
+
+    /// Starts `workers` workers and returns once all are ready.
+    ///
+    /// # Errors
+    /// [`StartError`] naming the worker that failed and why; every worker started by this
+    /// call is stopped again.
+    pub async fn start(&self, workers: usize) -> Result<(), StartError> {
+        if let Some(commands) = lock(&self.driver).take() {
+            let driver = Driver::new(self.shared.clone(), commands);
+            spawn_in(self.shared.span.clone(), driver.run());
+        }
+        match self.ask(|reply| Command::Start(workers, reply)).await {
+            Some(Outcome::Started(Ok(()))) => Ok(()),
+            Some(Outcome::Started(Err(failure))) => {
+                if !matches!(failure, Failure::AlreadyStarted | Failure::ZeroWorkers) {
+                    self.stop().await;
+                }
+                Err(self.error(failure))
+            }
+            _ => Err(StartError::NotRunning),
+        }
+    }
+
+    /// Adds one worker (a new slot, or the lowest freed one) and waits until it is ready.
+    ///
+    /// # Errors
+    /// [`StartError`] if it fails to start (the slot stays and is respawned as usual).
+    pub async fn add_worker(&self) -> Result<WorkerId, StartError> {
+        match self.ask(Command::AddWorker).await {
+            Some(Outcome::Added(Ok(id))) => Ok(id),
+            Some(Outcome::Added(Err(failure))) => Err(self.error(failure)),
+            _ => Err(StartError::NotRunning),
+        }
+    }
+
+    /// Stops the worker in the highest slot gracefully; never the last one. Returns how it
+    /// ended.
+    pub async fn remove_worker(&self) -> Option<WorkerExit> {
+        match self.ask(Command::RemoveWorker).await {
+            Some(Outcome::Removed(exit)) => exit,
+            _ => None,
+        }
+    }
+
+    /// Runs exactly `workers` slots from now on: new slots start (without waiting for them
+    /// to be ready), surplus slots stop gracefully, highest first. The command takes effect
+    /// when this is called; the future only reports it.
+    ///
+    /// # Errors
+    /// [`StartError::NotRunning`] or [`StartError::ZeroWorkers`].
+    pub fn scale(&self, workers: usize) -> impl Future<Output = Result<(), StartError>> + use<> {
+        let pending = self.ask(|reply| Command::Scale(workers, reply));
+        let config = self.shared.config.clone();
+        async move {
+            match pending.await {
+                Some(Outcome::Scaled(Ok(()))) => Ok(()),
+                Some(Outcome::Scaled(Err(failure))) => Err(error(&config, failure)),
+                _ => Err(StartError::NotRunning),
+            }
+        }
+    }
+
+    /// Rolling restart, one slot at a time (see [`WatcherConfig::restart_parallelism`]):
+    /// start the replacement, wait until it is ready, then stop the old worker gracefully.
+    /// The listening sockets stay open throughout, so no connection is refused. A
+    /// replacement that fails leaves the old worker serving; the first such failure is
+    /// returned after every slot was tried.
+    ///
+    /// Requests made while a restart runs are coalesced: they share one more restart that
+    /// begins when the running one ends, so every caller gets a restart that began after
+    /// its request. The command takes effect when this is called.
+    ///
+    /// # Errors
+    /// The first [`StartError`] of a replacement; [`StartError::NotRunning`].
+    pub fn restart(&self) -> impl Future<Output = Result<(), StartError>> + use<> {
+        let pending = self.ask(Command::Restart);
+        let config = self.shared.config.clone();
+        async move {
+            match pending.await {
+                Some(Outcome::Restarted(Ok(()))) => Ok(()),
+                Some(Outcome::Restarted(Err(failure))) => Err(error(&config, failure)),
+                _ => Err(StartError::NotRunning),
+            }
+        }
+    }
+
+    /// Stops every worker: asks each to finish in-flight work, `SIGKILL`s those still running
+    /// after the shutdown timeout, reaps them all, and says how each ended. No worker is
+    /// respawned afterwards; the message stream ends. The command takes effect when this is
+    /// called.
+    pub fn stop(&self) -> impl Future<Output = Vec<WorkerExit>> + use<> {
+        let pending = self.ask(Command::Stop);
+        async move {
+            match pending.await {
+                Some(Outcome::Stopped(exits)) => exits,
+                _ => Vec::new(),
+            }
+        }
+    }
+
+    /// A snapshot of every slot: processes, phases, counters, last exits.
+    pub async fn status(&self) -> ClusterStatus {
+        if !self.driver_started() {
+            return ClusterStatus::default();
+        }
+        let (reply, status) = oneshot::channel();
+        self.send(Command::Status(reply));
+        status.await.unwrap_or_default()
+    }
+
+    /// The live workers.
+    pub fn workers(&self) -> Vec<WorkerInfo> {
+        self.shared.published().workers.clone()
+    }
+
+    /// Sends a message to the current worker of `slot`.
+    ///
+    /// # Errors
+    /// [`SendError::NoSuchWorker`], or when the worker is gone.
+    pub async fn send_to<T: Serialize>(&self, slot: u32, message: &T) -> Result<(), SendError> {
+        let control = self
+            .shared
+            .published()
+            .current
+            .get(&slot)
+            .cloned()
+            .ok_or(SendError::NoSuchWorker(slot))?;
+        let bytes = postcard::to_stdvec(message).map_err(SendError::Encode)?;
+        Ok(control.send(&WatcherToWorker::Message(bytes)).await?)
+    }
+
+    /// Sends a message to every live worker; returns how many received it.
+    ///
+    /// # Errors
+    /// When the message cannot be encoded.
+    pub async fn broadcast<T: Serialize>(&self, message: &T) -> Result<usize, SendError> {
+        let bytes = postcard::to_stdvec(message).map_err(SendError::Encode)?;
+        let controls = self.shared.published().controls.clone();
+        let mut delivered = 0;
+        for control in controls {
+            if control
+                .send(&WatcherToWorker::Message(bytes.clone()))
+                .await
+                .is_ok()
+            {
+                delivered += 1;
+            }
+        }
+        Ok(delivered)
+    }
+
+    fn error(&self, failure: Failure) -> StartError {
+        error(&self.shared.config, failure)
+    }
+}
+
+/// The answer to a command, or `None` when there is no driver to ask.
+struct Pending(Option<oneshot::Receiver<Outcome>>);
+
+impl IntoFuture for Pending {
+    type Output = Option<Outcome>;
+    type IntoFuture = std::pin::Pin<Box<dyn Future<Output = Option<Outcome>> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            match self.0 {
+                Some(outcome) => outcome.await.ok(),
+                None => None,
+            }
+        })
+    }
+}
+
+fn error(config: &WatcherConfig, failure: Failure) -> StartError {
+    match failure {
+        Failure::Spawn { os_error, message } => StartError::Spawn {
+            program: config.program.clone(),
+            source: match os_error {
+                Some(code) => std::io::Error::from_raw_os_error(code),
+                None => std::io::Error::other(message),
+            },
+        },
+        Failure::ExitedBeforeReady { id, pid, status } => {
+            StartError::ExitedBeforeReady { id, pid, status }
+        }
+        Failure::NotReady { id, pid, timeout } => StartError::NotReady { id, pid, timeout },
+        Failure::ZeroWorkers => StartError::ZeroWorkers,
+        Failure::AlreadyStarted => StartError::AlreadyStarted,
+        Failure::NotRunning => StartError::NotRunning,
+    }
+}

@@ -1,0 +1,131 @@
+//! The watcher's log lines: one per [`Event`], and the workers' forwarded records, made safe
+//! to print (no forged lines, no unbounded lines).
+
+use std::borrow::Cow;
+
+use cluster_ipc::protocol::LogRecord;
+
+use crate::{Event, WorkerId};
+
+/// The longest line a forwarded log record becomes; the rest is cut and counted.
+pub(crate) const MAX_LINE: usize = 16 * 1024;
+
+/// `text` with line breaks and other control characters escaped (a record cannot forge a
+/// whole log line of the watcher's), cut to `max` bytes.
+pub(crate) fn sanitize(text: &str, max: usize) -> Cow<'_, str> {
+    let clean = text.len() <= max && !text.chars().any(char::is_control);
+    if clean {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len().min(max) + 32);
+    for (index, c) in text.char_indices() {
+        if out.len() >= max {
+            out.push_str(&format!("… ({} more bytes)", text.len() - index));
+            break;
+        }
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push('\t'),
+            c if c.is_control() => out.push_str(&c.escape_unicode().to_string()),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Re-emits a worker's record through this process's subscriber.
+pub(crate) fn emit_record(record: &LogRecord, id: WorkerId, pid: u32) {
+    let mut message = String::from(sanitize(&record.message, MAX_LINE));
+    for (key, value) in &record.fields {
+        if message.len() >= MAX_LINE {
+            break;
+        }
+        message.push(' ');
+        message.push_str(&sanitize(key, 256));
+        message.push('=');
+        message.push_str(&sanitize(value, MAX_LINE - message.len().min(MAX_LINE)));
+    }
+    let origin = sanitize(&record.target, 256);
+    let origin = origin.as_ref();
+    match record.level {
+        0 => tracing::trace!(target: "worker", worker = id.slot, pid, origin, "{message}"),
+        1 => tracing::debug!(target: "worker", worker = id.slot, pid, origin, "{message}"),
+        2 => tracing::info!(target: "worker", worker = id.slot, pid, origin, "{message}"),
+        3 => tracing::warn!(target: "worker", worker = id.slot, pid, origin, "{message}"),
+        _ => tracing::error!(target: "worker", worker = id.slot, pid, origin, "{message}"),
+    }
+}
+
+/// The log line for an event.
+pub(crate) fn log_event(event: &Event) {
+    match event {
+        Event::Started { id, pid } => {
+            tracing::info!(
+                worker = id.slot,
+                pid,
+                generation = id.generation,
+                "worker started"
+            )
+        }
+        Event::Ready { id, pid } => tracing::info!(worker = id.slot, pid, "worker ready"),
+        Event::Killed { id, pid, reason } => {
+            tracing::warn!(worker = id.slot, pid, %reason, "watcher kills worker (SIGKILL to its process group)")
+        }
+        Event::Exited(exit) => match (exit.stopped, exit.killed) {
+            (_, Some(reason)) => {
+                tracing::warn!(worker = exit.id.slot, pid = exit.pid, status = %exit.status, %reason, "worker killed by the watcher and reaped")
+            }
+            (Some(cause), None) => {
+                tracing::info!(worker = exit.id.slot, pid = exit.pid, status = %exit.status, ?cause, "worker stopped")
+            }
+            (None, None) => {
+                tracing::error!(worker = exit.id.slot, pid = exit.pid, status = %exit.status, "worker exited unexpectedly")
+            }
+        },
+        Event::Respawning { id, delay } => {
+            tracing::info!(worker = id.slot, ?delay, "respawning worker")
+        }
+        Event::SpawnFailed { id, error } => {
+            tracing::error!(worker = id.slot, %error, "cannot start worker")
+        }
+        Event::WatcherStalled { duration } => tracing::warn!(
+            ?duration,
+            "the watcher did not run for a while (stopped, paused or starved); deadlines moved, no worker blamed"
+        ),
+        Event::RestartStarted { workers } => tracing::info!(workers, "rolling restart started"),
+        Event::RestartFinished { replaced, failed } => match failed {
+            0 => tracing::info!(replaced, "rolling restart complete"),
+            _ => tracing::error!(
+                replaced,
+                failed,
+                "rolling restart incomplete; old workers kept where replacements failed"
+            ),
+        },
+        Event::Abandoned { pids } => tracing::error!(
+            ?pids,
+            "processes still alive after SIGKILL; the stop does not wait for them"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sanitize;
+
+    #[test]
+    fn line_breaks_cannot_forge_lines() {
+        assert_eq!(
+            sanitize("ok\n2026-01-01 INFO forged", 100),
+            "ok\\n2026-01-01 INFO forged"
+        );
+        assert_eq!(sanitize("plain", 100), "plain");
+    }
+
+    #[test]
+    fn long_text_is_cut_and_counted() {
+        let text = "x".repeat(1000);
+        let cut = sanitize(&text, 10);
+        assert!(cut.starts_with("xxxxxxxxxx… (990 more bytes)"), "{cut}");
+    }
+}

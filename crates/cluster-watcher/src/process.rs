@@ -1,0 +1,361 @@
+//! One worker process: spawning it with its bootstrap contract, the tasks that read what it
+//! sends, and the one way it is killed (its whole process group).
+//!
+//! Everything a worker can send is bounded here before it reaches the driver: heartbeats
+//! are forwarded at most twice per interval, `Ready` and `Shutdown` once, application
+//! messages go to a bounded queue with a byte budget (the rest is counted and dropped), log
+//! records are size-capped and sanitized.
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use cluster_ipc::protocol::{
+    Balance, ClientMeta, LogRecord, WatcherToWorker, WorkerBootstrap, WorkerFds, WorkerToWatcher,
+};
+use cluster_ipc::{Channel, ChannelReceiver, ChannelSender, ClientSocketSendPipe};
+use fdpass::{AsyncFdSocket, FdSocket, Limits};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::balancer::{ClientPipe, bound_handoff_queue};
+use crate::handle::{Shared, WorkerMessage};
+use crate::logs::emit_record;
+use crate::{ExitKind, WorkerId};
+
+/// How long the readers may take, after the process ended, to deliver what it sent.
+const READ_AFTER_EXIT: Duration = Duration::from_secs(2);
+
+/// The largest log record accepted from a worker; a larger one is skipped.
+const MAX_LOG_RECORD: usize = 256 * 1024;
+
+/// What the per-worker tasks tell the driver.
+#[derive(Debug)]
+pub(crate) enum Input {
+    Ready(WorkerId),
+    Heartbeat(WorkerId),
+    StopRequested(WorkerId),
+    BadTraffic(WorkerId),
+    ControlClosed(WorkerId),
+    /// The process ended and everything it sent was read.
+    Exited(WorkerId, ExitKind),
+}
+
+/// Where workers' application messages go: a bounded queue, and a byte budget so a few
+/// large messages cannot hold much memory either.
+#[derive(Debug, Clone)]
+pub(crate) struct MessageSink {
+    pub(crate) queue: mpsc::Sender<WorkerMessage>,
+    pub(crate) budget: Arc<Semaphore>,
+    pub(crate) dropped: Arc<AtomicU64>,
+}
+
+/// The driver's handle on a live worker process.
+#[derive(Debug)]
+pub(crate) struct Process {
+    pub(crate) pid: u32,
+    pub(crate) control: ChannelSender<WatcherToWorker>,
+    pub(crate) clients: ClientPipe,
+    /// Round-robin: a duplicate of the worker's end of its hand-off pipe, to read back the
+    /// connections still queued when it exits.
+    pub(crate) worker_end: Option<OwnedFd>,
+}
+
+/// `SIGKILL` to the worker's process group (it and whatever it forked), and to the worker
+/// itself in case it left the group: the only way the watcher kills.
+pub(crate) fn kill_group(pid: u32) {
+    let Some(pid) = rustix::process::Pid::from_raw(pid as i32) else {
+        return;
+    };
+    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+}
+
+/// `SIGKILL` to what is left of an exited worker's process group (children it forked).
+pub(crate) fn kill_leftovers(pid: u32) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    }
+}
+
+/// Starts the process for `id` and its watch task (in `tasks`, which the driver owns).
+pub(crate) fn spawn_worker(
+    shared: &Arc<Shared>,
+    id: WorkerId,
+    inputs: &mpsc::Sender<Input>,
+    messages: Option<MessageSink>,
+    tasks: &mut JoinSet<()>,
+) -> std::io::Result<Process> {
+    let config = &shared.config;
+    let (control, control_child) = FdSocket::pair()?;
+    let (log, log_child) = FdSocket::pair()?;
+    let (listen, listen_child) = FdSocket::pair()?;
+    let (clients, clients_child) = FdSocket::pair()?;
+    // Round-robin only (in shared mode the pipe carries nothing): bound the worker's queue,
+    // and keep a duplicate of the worker's end, so connections still queued when the worker
+    // exits can be read back and passed to other workers.
+    let worker_end = match config.balance {
+        Balance::RoundRobin => {
+            bound_handoff_queue(&clients)?;
+            Some(rustix::io::fcntl_dupfd_cloexec(&clients_child, 0)?)
+        }
+        Balance::Shared => None,
+    };
+    let mut command = tokio::process::Command::new(&config.program);
+    command
+        .args(&config.args)
+        .envs(config.env.iter().map(|(k, v)| (k, v)));
+    if let Some(cwd) = &config.cwd {
+        command.current_dir(cwd);
+    }
+    let mut inherit = |fd: FdSocket| fdpass::inherit_fd(command.as_std_mut(), fd.into());
+    let fds = WorkerFds {
+        control: inherit(control_child),
+        log: inherit(log_child),
+        listen: inherit(listen_child),
+        clients: inherit(clients_child),
+    };
+    let bootstrap = WorkerBootstrap {
+        id: id.slot,
+        generation: id.generation,
+        fds,
+        heartbeat: config.heartbeat_interval,
+        balance: config.balance,
+    };
+    command
+        .envs(bootstrap.to_env())
+        .stdin(std::process::Stdio::null())
+        // A group of its own: a terminal's Ctrl-C reaches only the watcher, and the watcher
+        // can kill the worker together with whatever it forked.
+        .process_group(0)
+        .kill_on_drop(true);
+    let child = command.spawn()?;
+    // Our copies of the children's ends close with the command.
+    drop(command);
+    let pid = child.id().unwrap_or(0);
+    let (control_tx, control_rx) =
+        Channel::<WatcherToWorker, WorkerToWatcher>::new(control.into_async()?).split();
+    let clients: ClientPipe = Arc::new(ClientSocketSendPipe::<ClientMeta>::new(
+        clients.into_async()?,
+    ));
+    let log = log
+        .into_async()?
+        .with_limits(Limits::default().max_message_len(MAX_LOG_RECORD).max_fds(0));
+    let listen = listen.into_async()?;
+    let watch = Watch {
+        shared: shared.clone(),
+        id,
+        pid,
+        inputs: inputs.clone(),
+    };
+    let reply = control_tx.clone();
+    let pipe = clients.clone();
+    tasks.spawn(
+        async move {
+            watch
+                .run(child, control_rx, reply, messages, log, listen, pipe)
+                .await
+        }
+        .instrument(shared.span.clone()),
+    );
+    Ok(Process {
+        pid,
+        control: control_tx,
+        clients,
+        worker_end,
+    })
+}
+
+/// The tasks of one worker.
+#[derive(Debug, Clone)]
+struct Watch {
+    shared: Arc<Shared>,
+    id: WorkerId,
+    pid: u32,
+    inputs: mpsc::Sender<Input>,
+}
+
+impl Watch {
+    /// Waits for the process to end, reads all it sent, then reports the exit.
+    #[allow(clippy::too_many_arguments)]
+    async fn run(
+        self,
+        mut child: tokio::process::Child,
+        control: ChannelReceiver<WorkerToWatcher>,
+        reply: ChannelSender<WatcherToWorker>,
+        messages: Option<MessageSink>,
+        log: AsyncFdSocket,
+        listen: AsyncFdSocket,
+        clients: ClientPipe,
+    ) {
+        let span = self.shared.span.clone();
+        let mut readers = JoinSet::new();
+        readers.spawn(
+            self.clone()
+                .read_control(control, reply, messages)
+                .instrument(span.clone()),
+        );
+        readers.spawn(forward_logs(log, self.id, self.pid).instrument(span.clone()));
+        // Answers listen requests for as long as the worker lives; aborted with `listens`.
+        let mut listens = JoinSet::new();
+        listens.spawn(self.clone().serve_listen(listen, clients).instrument(span));
+        let status = child
+            .wait()
+            .await
+            .map_or(ExitKind::Code(-1), ExitKind::from);
+        let _ = tokio::time::timeout(READ_AFTER_EXIT, async {
+            while readers.join_next().await.is_some() {}
+        })
+        .await;
+        drop(listens);
+        let _ = self.inputs.send(Input::Exited(self.id, status)).await;
+    }
+
+    async fn read_control(
+        self,
+        control: ChannelReceiver<WorkerToWatcher>,
+        reply: ChannelSender<WatcherToWorker>,
+        messages: Option<MessageSink>,
+    ) {
+        let id = self.id;
+        let pid = self.pid;
+        // A flood of heartbeats reaches the driver as at most two per interval.
+        let heartbeat_every = self.shared.config.heartbeat_interval / 2;
+        let mut last_heartbeat: Option<Instant> = None;
+        let (mut ready, mut shutdown) = (false, false);
+        let mut last_drop_warning: Option<Instant> = None;
+        loop {
+            let input = match control.recv().await {
+                Ok(Some(WorkerToWatcher::Heartbeat)) => {
+                    let now = Instant::now();
+                    if last_heartbeat.is_some_and(|t| now.duration_since(t) < heartbeat_every) {
+                        continue;
+                    }
+                    last_heartbeat = Some(now);
+                    Input::Heartbeat(id)
+                }
+                Ok(Some(WorkerToWatcher::Ready)) if !ready => {
+                    ready = true;
+                    Input::Ready(id)
+                }
+                Ok(Some(WorkerToWatcher::Shutdown)) if !shutdown => {
+                    shutdown = true;
+                    Input::StopRequested(id)
+                }
+                Ok(Some(WorkerToWatcher::Ready | WorkerToWatcher::Shutdown)) => continue,
+                Ok(Some(WorkerToWatcher::Message(payload))) => {
+                    if let Some(sink) = &messages
+                        && !deliver(sink, id, pid, payload, &reply)
+                    {
+                        let now = Instant::now();
+                        if last_drop_warning.is_none_or(|t| now.duration_since(t).as_secs() >= 1) {
+                            last_drop_warning = Some(now);
+                            tracing::warn!(
+                                worker = id.slot,
+                                pid,
+                                dropped = sink.dropped.load(Ordering::Relaxed),
+                                "message queue full (nobody reads `messages()` fast enough); messages dropped"
+                            );
+                        }
+                    }
+                    continue;
+                }
+                Ok(None) => Input::ControlClosed(id),
+                // Closed with our last message unread: a peer that went away, not bad traffic.
+                Err(e)
+                    if e.io_error()
+                        .is_some_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset) =>
+                {
+                    Input::ControlClosed(id)
+                }
+                Err(e) => {
+                    tracing::warn!(worker = id.slot, pid, error = %e, "bad control traffic from worker");
+                    Input::BadTraffic(id)
+                }
+            };
+            let last = matches!(input, Input::ControlClosed(_) | Input::BadTraffic(_));
+            if self.inputs.send(input).await.is_err() || last {
+                return;
+            }
+        }
+    }
+
+    async fn serve_listen(self, listen: AsyncFdSocket, clients: ClientPipe) {
+        let shared = &self.shared;
+        let round_robin = shared.config.balance == Balance::RoundRobin;
+        let span = tracing::info_span!("listen", worker = self.id.slot, pid = self.pid);
+        let result = shared
+            .provider
+            .serve_with(&listen, |address, fd| {
+                if round_robin {
+                    shared
+                        .balancer
+                        .register(address, fd, self.id, clients.clone());
+                }
+            })
+            .instrument(span)
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(worker = self.id.slot, pid = self.pid, error = %e, "bad server-socket request; closing that channel");
+        }
+    }
+}
+
+/// Queues one message for `messages()`; `false` (counted) when the queue or the byte
+/// budget is full.
+fn deliver(
+    sink: &MessageSink,
+    id: WorkerId,
+    pid: u32,
+    payload: Vec<u8>,
+    reply: &ChannelSender<WatcherToWorker>,
+) -> bool {
+    let bytes = u32::try_from(payload.len().max(1)).unwrap_or(u32::MAX);
+    let Ok(permit) = sink.budget.clone().try_acquire_many_owned(bytes) else {
+        sink.dropped.fetch_add(1, Ordering::Relaxed);
+        return false;
+    };
+    let message = WorkerMessage::new(id, pid, payload, reply.clone(), permit);
+    if sink.queue.try_send(message).is_err() {
+        sink.dropped.fetch_add(1, Ordering::Relaxed);
+        return false;
+    }
+    true
+}
+
+/// Re-emits a worker's log records until it closes its log socket.
+async fn forward_logs(log: AsyncFdSocket, id: WorkerId, pid: u32) {
+    let channel = Channel::<(), LogRecord>::new(log);
+    let mut skipped_in_a_row = 0u32;
+    loop {
+        match channel.recv().await {
+            Ok(Some(record)) => {
+                skipped_in_a_row = 0;
+                emit_record(&record, id, pid);
+            }
+            Ok(None) => return,
+            Err(e) if e.io_error().is_some() => {
+                tracing::warn!(worker = id.slot, pid, error = %e, "log socket failed; ignoring the worker's logs");
+                return;
+            }
+            Err(e) => {
+                // An oversize or malformed record costs only itself (and the packets that
+                // continue it); a worker that sends nothing else is ignored for good.
+                if skipped_in_a_row == 0 {
+                    tracing::warn!(worker = id.slot, pid, error = %e, "unreadable log record from worker; skipped");
+                }
+                skipped_in_a_row += 1;
+                if skipped_in_a_row > 10_000 {
+                    tracing::warn!(
+                        worker = id.slot,
+                        pid,
+                        "no readable log record in 10000; ignoring the worker's logs"
+                    );
+                    return;
+                }
+            }
+        }
+    }
+}
