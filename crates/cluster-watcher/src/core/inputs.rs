@@ -1,0 +1,178 @@
+//! What the driver reports: a process spawned or not, ready, heartbeats, exits.
+
+use std::time::{Duration, Instant};
+
+use super::{Action, Failure, Outcome, Phase, ReadyWaiter, Supervisor, Ticket};
+use crate::{Event, ExitKind, KillReason, StopCause, WorkerExit, WorkerId};
+
+impl Supervisor {
+    /// The process for `id` runs as `pid`.
+    pub(crate) fn spawned(&mut self, id: WorkerId, pid: u32, now: Instant) {
+        self.advance(now);
+        let Some(worker) = self.workers.get_mut(&id) else {
+            return;
+        };
+        worker.pid = pid;
+        worker.started = now;
+        worker.deadline = Some(now + self.config.ready_timeout);
+        let stop = worker.stop;
+        self.changed = true;
+        self.emit(Event::Started { id, pid });
+        // Stopped while it was being spawned: tell it now that it can be told.
+        if stop.is_some() {
+            self.actions.push_back(Action::Stop(id));
+            self.set_stopping_deadline(id, now);
+        }
+    }
+
+    /// Starting the process for `id` failed: like an exit at once, with the error.
+    pub(crate) fn spawn_failed(
+        &mut self,
+        id: WorkerId,
+        os_error: Option<i32>,
+        message: String,
+        now: Instant,
+    ) {
+        self.advance(now);
+        self.emit(Event::SpawnFailed {
+            id,
+            error: message.clone(),
+        });
+        let failure = Failure::Spawn { os_error, message };
+        self.fail_ready_waiters(id, &failure);
+        self.rolling_failed(id, failure, now);
+        if self.workers.remove(&id).is_some() {
+            self.changed = true;
+        }
+        let slot = &mut self.slots[id.slot as usize - 1];
+        if slot.current == Some(id) {
+            slot.current = None;
+            slot.restarts.crashed += 1;
+            // Counts as an end at start-up: a missing binary must not respawn hot.
+            self.respawn_after_exit(id, Duration::ZERO, now);
+        }
+        self.finish_stop_if_done();
+    }
+
+    /// The worker reported ready.
+    pub(crate) fn ready(&mut self, id: WorkerId, now: Instant) {
+        self.advance(now);
+        let heartbeat_timeout = self.config.heartbeat_timeout;
+        let Some(worker) = self.workers.get_mut(&id) else {
+            return;
+        };
+        if worker.phase != Phase::Starting {
+            return;
+        }
+        worker.phase = Phase::Ready;
+        worker.last_heartbeat = Some(now);
+        worker.deadline = Some(now + heartbeat_timeout);
+        let pid = worker.pid;
+        self.changed = true;
+        self.emit(Event::Ready { id, pid });
+        self.actions.push_back(Action::Admit(id));
+        let replacing = self.rolling.is_replacement(id);
+        for waiter in self.take_ready_waiters(id) {
+            match waiter {
+                ReadyWaiter::Start => self.initial_ready(id),
+                ReadyWaiter::Add(ticket) => self.complete(ticket, Outcome::Added(Ok(id))),
+            }
+        }
+        if replacing {
+            self.replacement_ready(id, now);
+        }
+    }
+
+    /// A heartbeat from the worker.
+    pub(crate) fn heartbeat(&mut self, id: WorkerId, now: Instant) {
+        self.advance(now);
+        let timeout = self.config.heartbeat_timeout;
+        if let Some(worker) = self.workers.get_mut(&id) {
+            worker.last_heartbeat = Some(now);
+            if worker.phase == Phase::Ready {
+                worker.deadline = Some(now + timeout);
+            }
+        }
+    }
+
+    /// The worker broke the protocol on its control socket: it is killed.
+    pub(crate) fn bad_traffic(&mut self, id: WorkerId, now: Instant) {
+        self.advance(now);
+        self.kill(id, KillReason::BadTraffic);
+    }
+
+    /// The worker closed its control socket: it is exiting, and gets the shutdown timeout
+    /// to finish doing so.
+    pub(crate) fn control_closed(&mut self, id: WorkerId, now: Instant) {
+        self.advance(now);
+        let limit = now + self.config.shutdown_timeout;
+        if let Some(worker) = self.workers.get_mut(&id)
+            && worker.phase != Phase::Killed
+        {
+            worker.phase = Phase::Stopping;
+            worker.deadline = Some(worker.deadline.map_or(limit, |d| d.min(limit)));
+        }
+    }
+
+    /// The process ended (and everything it sent was read).
+    pub(crate) fn exited(&mut self, id: WorkerId, status: ExitKind, now: Instant) {
+        self.advance(now);
+        let Some(worker) = self.workers.remove(&id) else {
+            return;
+        };
+        self.changed = true;
+        let exit = WorkerExit {
+            id,
+            pid: worker.pid,
+            status,
+            stopped: worker.stop,
+            killed: worker.kill,
+        };
+        self.emit(Event::Exited(exit));
+        if let Some(stopping) = &mut self.stopping {
+            stopping.exits.push(exit);
+        }
+        let failure = match worker.kill {
+            Some(KillReason::ReadyTimeout) => Failure::NotReady {
+                id,
+                pid: worker.pid,
+                timeout: self.config.ready_timeout,
+            },
+            _ => Failure::ExitedBeforeReady {
+                id,
+                pid: worker.pid,
+                status,
+            },
+        };
+        // Waiters for its readiness are still registered only if it never became ready.
+        self.fail_ready_waiters(id, &failure);
+        self.rolling_failed(id, failure, now);
+        let waiting: Vec<Ticket> = self
+            .exit_waiters
+            .iter()
+            .filter(|(w, _)| *w == id)
+            .map(|(_, t)| *t)
+            .collect();
+        self.exit_waiters.retain(|(w, _)| *w != id);
+        for ticket in waiting {
+            self.complete(ticket, Outcome::Removed(Some(exit)));
+        }
+        let slot = &mut self.slots[id.slot as usize - 1];
+        slot.last_exit = Some(exit);
+        if slot.current == Some(id) {
+            slot.current = None;
+            match (worker.stop, worker.kill) {
+                (Some(StopCause::Requested), _) => slot.restarts.requested += 1,
+                (_, Some(KillReason::HeartbeatTimeout | KillReason::ReadyTimeout)) => {
+                    slot.restarts.hung += 1
+                }
+                _ => slot.restarts.crashed += 1,
+            }
+            if self.running && slot.wanted && !self.rolling.replaces(id.slot) {
+                let uptime = now.saturating_duration_since(worker.started);
+                self.respawn_after_exit(id, uptime, now);
+            }
+        }
+        self.finish_stop_if_done();
+    }
+}
