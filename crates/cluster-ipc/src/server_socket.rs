@@ -328,7 +328,8 @@ impl ServerSocketProvider {
     }
 
     /// Binds `address` anew, replacing the socket held for it (one that a requester broke,
-    /// say); requests from then on get the new socket.
+    /// say); requests from then on get the new socket. The new socket takes the old one's
+    /// actual address, so port 0 keeps the port it was given.
     ///
     /// # Errors
     /// [`ServerSocketError::Bind`]; the old socket stays.
@@ -337,9 +338,14 @@ impl ServerSocketProvider {
         address: &ListenAddress,
         options: &ListenOptions,
     ) -> Result<Arc<OwnedFd>, ServerSocketError> {
-        let fd = Arc::new(bind_listener(address, options)?);
+        let key = (address.clone(), options.clone());
         let mut sockets = self.sockets.lock().unwrap_or_else(PoisonError::into_inner);
-        sockets.insert((address.clone(), options.clone()), fd.clone());
+        let actual = sockets
+            .get(&key)
+            .and_then(|old| local_address(&**old).ok())
+            .unwrap_or_else(|| address.clone());
+        let fd = Arc::new(bind_listener(&actual, options)?);
+        sockets.insert(key, fd.clone());
         Ok(fd)
     }
 
@@ -437,7 +443,7 @@ impl ServerSocketProvider {
                     };
                     let message = std::error::Error::source(&error)
                         .map_or_else(|| error.to_string(), ToString::to_string);
-                    tracing::debug!(address = %request.address, %message, "server socket request failed");
+                    tracing::warn!(address = %request.address, error = %message, "cannot listen");
                     socket
                         .send(&encode(&ListenReply::Failed { os_error, message })?, &[])
                         .await?;

@@ -61,6 +61,8 @@ pub(crate) struct Balancer {
     changed: Notify,
     /// Accept loops and reclaiming tasks, aborted at shutdown.
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Each address's accept loop, aborted when the address is released.
+    accepting: Mutex<HashMap<ListenAddress, tokio::task::AbortHandle>>,
     /// Set at shutdown: a connection with no ready worker left is closed, not kept waiting.
     closed: AtomicBool,
     /// The watcher's span, for the tasks spawned here.
@@ -74,6 +76,7 @@ impl Balancer {
             ready: Mutex::default(),
             changed: Notify::new(),
             tasks: Mutex::default(),
+            accepting: Mutex::default(),
             closed: AtomicBool::new(false),
             span,
         }
@@ -124,10 +127,14 @@ impl Balancer {
             match fd.try_clone().and_then(fdpass::RawAcceptor::new) {
                 Ok(listener) => {
                     let this = self.clone();
-                    let address = address.clone();
+                    let owned = address.clone();
                     let task = spawn_in(self.span.clone(), async move {
-                        this.accept_loop(listener, address, route).await
+                        this.accept_loop(listener, owned, route).await
                     });
+                    self.accepting
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(address.clone(), task.abort_handle());
                     self.track(task);
                 }
                 Err(e) => {
@@ -168,6 +175,21 @@ impl Balancer {
         let _ = rustix::net::shutdown(&**pipe, rustix::net::Shutdown::Write);
     }
 
+    /// Stops accepting on `address` (no worker listens there any more); its socket closes
+    /// once the provider lets go of it too.
+    pub(crate) fn release(&self, address: &ListenAddress) {
+        let mut routes = self.routes();
+        routes.remove(address);
+        if let Some(task) = self
+            .accepting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(address)
+        {
+            task.abort();
+        }
+    }
+
     /// Stops accepting (the listening sockets stay open in the provider).
     pub(crate) fn shutdown(&self) {
         let mut routes = self.routes();
@@ -175,6 +197,10 @@ impl Balancer {
         // A later start registers its workers afresh and starts new accept loops.
         routes.clear();
         self.ready_set().clear();
+        self.accepting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
         drop(routes);
         self.changed.notify_waiters();
         for task in self

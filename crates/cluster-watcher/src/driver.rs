@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
+use cluster_ipc::ListenAddress;
 use cluster_ipc::protocol::{Balance, WatcherToWorker};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::WorkerId;
 use crate::balancer::Balancer;
 use crate::core::{Action, Outcome, Supervisor, TICK, Ticket};
 use crate::handle::{Published, Shared, WorkerInfo};
@@ -23,6 +23,7 @@ use crate::listeners;
 use crate::logs::log_event;
 use crate::process::{Input, MessageSink, Process, kill_group, kill_leftovers, spawn_worker};
 use crate::status::ClusterStatus;
+use crate::{Event, WorkerId};
 
 /// Worker inputs waiting for the driver; a worker that sends faster waits (its own socket
 /// fills), never the watcher's memory.
@@ -203,6 +204,7 @@ impl Driver {
             Input::BadTraffic(id) => self.core.bad_traffic(id, now),
             Input::ControlClosed(id) => self.core.control_closed(id, now),
             Input::Exited(id, status) => {
+                self.shared.listens().remove(&id);
                 if let Some(process) = self.processes.remove(&id) {
                     // Children it forked go with it.
                     kill_leftovers(process.pid);
@@ -225,9 +227,16 @@ impl Driver {
                 Action::Kill { pid, .. } => kill_group(pid),
                 Action::Emit(event) => {
                     self.shared.span.in_scope(|| log_event(&event));
+                    if matches!(event, Event::RestartFinished { .. }) {
+                        self.release_unused_listeners();
+                    }
                     let _ = self.shared.events.send(event);
                 }
                 Action::Complete(ticket, outcome) => {
+                    // A caller woken by this sees the workers as they are now.
+                    if self.core.take_changed() {
+                        self.publish();
+                    }
                     if let Some(waiter) = self.waiters.remove(&ticket) {
                         let _ = waiter.send(outcome);
                     }
@@ -276,6 +285,36 @@ impl Driver {
             let _ =
                 tokio::time::timeout(STOP_SEND_TIMEOUT, control.send(&WatcherToWorker::Stop)).await;
         });
+    }
+
+    /// After a rolling restart, a listening socket that no current worker asked for (the
+    /// new generation listens elsewhere) is closed, so clients are refused instead of
+    /// waiting on a socket nobody will ever accept on.
+    fn release_unused_listeners(&self) {
+        let status = self.core.status(Instant::now());
+        let current: Vec<WorkerId> = status
+            .slots
+            .iter()
+            .flat_map(|s| s.workers.iter())
+            .filter(|w| w.current)
+            .map(|w| w.id)
+            .collect();
+        let held: std::collections::HashSet<ListenAddress> = {
+            let listens = self.shared.listens();
+            current
+                .iter()
+                .filter_map(|id| listens.get(id))
+                .flatten()
+                .cloned()
+                .collect()
+        };
+        for (address, _) in self.shared.provider.sockets() {
+            if !held.contains(&address) {
+                tracing::info!(%address, "no current worker listens here any more; closing the socket");
+                self.shared.balancer.release(&address);
+                self.shared.provider.release(&address);
+            }
+        }
     }
 
     fn publish(&self) {

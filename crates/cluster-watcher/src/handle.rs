@@ -1,12 +1,12 @@
 //! [`ClusterWatcher`]: a thin handle that sends commands to the driver task and awaits their
 //! outcome, plus what the driver publishes for synchronous readers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use cluster_ipc::protocol::{Balance, WatcherToWorker};
-use cluster_ipc::{ChannelSender, ServerSocketProvider};
+use cluster_ipc::{ChannelSender, ListenAddress, ServerSocketProvider};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{OwnedSemaphorePermit, broadcast, mpsc, oneshot};
@@ -29,6 +29,8 @@ pub(crate) struct Shared {
     messages: Mutex<Messages>,
     dropped_messages: Arc<AtomicU64>,
     published: Mutex<Published>,
+    /// Which addresses each live worker asked to listen on.
+    pub(crate) listens: Mutex<HashMap<WorkerId, HashSet<ListenAddress>>>,
 }
 
 #[derive(Debug, Default)]
@@ -52,6 +54,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
+    /// Which addresses each live worker asked to listen on.
+    pub(crate) fn listens(&self) -> MutexGuard<'_, HashMap<WorkerId, HashSet<ListenAddress>>> {
+        lock(&self.listens)
+    }
+
     pub(crate) fn published(&self) -> MutexGuard<'_, Published> {
         lock(&self.published)
     }
@@ -206,6 +213,7 @@ impl ClusterWatcher {
                 }),
                 dropped_messages,
                 published: Mutex::default(),
+                listens: Mutex::default(),
             }),
             commands,
             driver: Mutex::new(Some(driver)),

@@ -110,6 +110,9 @@ pub(crate) fn spawn_worker(
     if let Some(cwd) = &config.cwd {
         command.current_dir(cwd);
     }
+    // A watcher killed with SIGKILL must not leave workers behind, even ones that never got
+    // as far as connecting (a cluster-worker program then picks SIGTERM for itself).
+    fdpass::kill_with_parent(command.as_std_mut());
     let mut inherit = |fd: FdSocket| fdpass::inherit_fd(command.as_std_mut(), fd.into());
     let fds = WorkerFds {
         control: inherit(control_child),
@@ -289,6 +292,11 @@ impl Watch {
         let result = shared
             .provider
             .serve_with(&listen, |address, fd| {
+                shared
+                    .listens()
+                    .entry(self.id)
+                    .or_default()
+                    .insert(address.clone());
                 if round_robin {
                     shared
                         .balancer

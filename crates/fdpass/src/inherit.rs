@@ -83,3 +83,30 @@ pub fn adopt_inherited_fd(number: RawFd) -> std::io::Result<OwnedFd> {
     #[allow(unsafe_code)]
     Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(number) })
 }
+
+/// Makes the child that `command` spawns receive `SIGKILL` when this process dies
+/// (`PR_SET_PDEATHSIG`), from before it runs a single instruction of the program: a
+/// supervisor killed with `SIGKILL` leaves no orphan behind, even one that never got far
+/// enough to notice. A program can still choose a gentler signal for itself afterwards.
+///
+/// The signal follows the *thread* that spawned the child: spawn from a thread that lives as
+/// long as the supervisor (a tokio runtime's worker threads do; its blocking pool's do not).
+/// If this process is already gone when the child sets the flag, the child exits before
+/// `exec`.
+pub fn kill_with_parent(command: &mut Command) {
+    let parent = rustix::process::getpid();
+    let hook = move || -> std::io::Result<()> {
+        // Between fork and exec: two system calls, no allocation, no lock.
+        rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+        if rustix::process::getppid() != Some(parent) {
+            return Err(rustix::io::Errno::SRCH.into());
+        }
+        Ok(())
+    };
+    // SAFETY: the hook only makes two async-signal-safe system calls (`prctl`, `getppid`);
+    // it touches no lock and allocates no memory in the forked child.
+    #[allow(unsafe_code)]
+    unsafe {
+        command.pre_exec(hook);
+    }
+}

@@ -22,7 +22,8 @@
 //! * [`send_raw`] and [`recv_raw`] are single `sendmsg`/`recvmsg` calls without this crate's
 //!   framing, for talking to other implementations such as `passfd` or C programs.
 //! * [`inherit_fd`] hands a descriptor to a child process on purpose: it stays close-on-exec
-//!   here and is cleared only in the forked child; [`adopt_inherited_fd`] is the child's side.
+//!   here and is cleared only in the forked child; [`adopt_inherited_fd`] is the child's side;
+//!   [`kill_with_parent`] makes a child die with its supervisor from its first instruction.
 //! * [`Error`] is what can go wrong on the wire; [`SocketKindError`] what can go wrong when
 //!   adopting a descriptor.
 //!
@@ -85,7 +86,7 @@ pub use crate::{
     convert::{FromSocketFd, SocketKind, into_socket},
     error::{Error, SocketKindError},
     frame::{DEFAULT_MAX_MESSAGE_LEN, Limits, MAX_CHUNK, MAX_FDS},
-    inherit::{adopt_inherited_fd, inherit_fd},
+    inherit::{adopt_inherited_fd, inherit_fd, kill_with_parent},
     listener::{RawAcceptor, SeqpacketListener},
     raw::{RawPacket, recv_raw, send_raw},
     socket::{FdSocket, Message},

@@ -15,6 +15,12 @@
 //!   the inherited sockets (`control`, `log` or `listen`), then exit 9.
 //! * `chat N`: report ready; answer each watcher message `ping X` with `pong X`; on stop send
 //!   N messages `last X` and log N events `log X`, then exit 0.
+//! * `recv-loop`: report ready, loop on the message channel until it ends, exit 0.
+//! * `two-layers`: make two `ForwardingLayer`s, log through the second, report ready.
+//! * `flood-shutdown N`, `flood-messages BYTES`, `log-huge BYTES`: floods of stop requests,
+//!   messages, one huge log line.
+//! * `kill-self`: SIGKILL itself at once. `fork-grandchild ADDR`: fork a `sleep`, then serve.
+//! * `serve-address-file PATH`: serve on the address written in PATH.
 
 use std::time::Duration;
 
@@ -71,6 +77,68 @@ async fn main() {
             tracing::info!(?why, "stopping on request");
         }
         "chat" => chat(num(1)).await,
+        "recv-loop" => {
+            // Loops on the channel only: it must end when the watcher asks for a stop.
+            let channel = cluster_worker::channel::<String, String>().expect("a worker");
+            cluster_worker::ready().await.unwrap();
+            while let Ok(Some(_)) = channel.recv().await {}
+            tracing::info!("recv returned None: stopping");
+        }
+        "two-layers" => {
+            use tracing_subscriber::layer::SubscriberExt;
+            let first = cluster_worker::ForwardingLayer::new();
+            let second = cluster_worker::ForwardingLayer::new();
+            assert!(first.is_some() && second.is_some(), "a layer each time");
+            let subscriber = tracing_subscriber::registry().with(second.unwrap());
+            tracing::subscriber::with_default(subscriber, || {
+                tracing::info!("logged through the second layer");
+            });
+            cluster_worker::ready().await.unwrap();
+            cluster_worker::await_termination().await;
+        }
+        "flood-shutdown" => {
+            cluster_worker::ready().await.unwrap();
+            for _ in 0..num(1) {
+                if cluster_worker::shutdown().await.is_err() {
+                    break;
+                }
+            }
+            cluster_worker::await_termination().await;
+        }
+        "flood-messages" => {
+            // Messages of N bytes as fast as the watcher takes them, until stopped.
+            let channel = cluster_worker::channel::<Vec<u8>, String>().expect("a worker");
+            cluster_worker::ready().await.unwrap();
+            let payload = vec![7u8; num(1) as usize];
+            tokio::select! {
+                _ = async { loop { if channel.send(&payload).await.is_err() { break } } } => {}
+                _ = cluster_worker::await_termination() => {}
+            }
+        }
+        "log-huge" => {
+            tracing::info!("{}", "y".repeat(num(1) as usize));
+            tracing::info!("after the huge line\nforged line");
+            cluster_worker::ready().await.unwrap();
+            cluster_worker::await_termination().await;
+        }
+        "kill-self" => {
+            // What the OOM killer does to a start-up allocation.
+            let me = rustix::process::getpid();
+            let _ = rustix::process::kill_process(me, rustix::process::Signal::KILL);
+        }
+        "fork-grandchild" => {
+            // Leaves a child of its own behind in its process group, then serves.
+            let _child = std::process::Command::new("sleep")
+                .arg("300")
+                .spawn()
+                .unwrap();
+            serve(&arg(1), Duration::ZERO, Duration::ZERO).await
+        }
+        "serve-address-file" => {
+            // The address to listen on is read at start: a deploy may move the port.
+            let address = std::fs::read_to_string(arg(1)).unwrap();
+            serve(address.trim(), Duration::ZERO, Duration::ZERO).await
+        }
         "hostile" => hostile(&arg(1)),
         other => {
             eprintln!("test-worker: unknown mode {other:?}");

@@ -126,6 +126,16 @@ pub fn process_exists(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// Whether a process exists and is not a zombie (killed, but its parent, possibly an init
+/// that does not reap, has not reaped it).
+pub fn process_running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    })
+}
+
 /// Successful requests, failures (with their reasons), distinct response bodies.
 pub type LoadResult = (u64, Vec<String>, std::collections::HashSet<String>);
 
