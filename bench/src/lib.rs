@@ -4,10 +4,7 @@
 //! Absolute figures on a shared machine swing twofold, so every target is a ratio between
 //! configurations that were measured alternately, round after round.
 
-use std::io::{Read, Write};
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Rates (operations per second) of one configuration, one per round.
 #[derive(Debug, Clone, Default)]
@@ -106,121 +103,73 @@ pub async fn serve_hello(stream: tokio::net::TcpStream, worker: &'static str) {
         .await;
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+pub use cluster_testkit::{
+    ServerProcess, children_of, context_switches, cpu_ticks, fd_count, free_port, http_ok,
+    process_exists, rss_kib, signal,
+};
+
+/// What one `wrk` run measured.
+#[derive(Debug, Clone, Copy)]
+pub struct WrkRun {
+    /// Requests completed.
+    pub requests: u64,
+    /// Requests per second.
+    pub rate: f64,
+    /// 99th percentile latency, in milliseconds.
+    pub p99_ms: f64,
 }
 
-/// One GET on a new connection; whether it answered 200.
-pub fn http_ok(port: u16) -> bool {
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET / HTTP/1.1\r\nhost: b\r\nconnection: close\r\n\r\n")
-        .is_err()
-    {
-        return false;
+/// Runs `wrk -t1 -c64` against 127.0.0.1:`port` for `seconds`, with a new connection per
+/// request when `close`.
+///
+/// # Panics
+/// When wrk is not installed (`bench/run.sh` installs it).
+pub fn wrk(port: u16, seconds: u64, close: bool) -> WrkRun {
+    let mut command = std::process::Command::new("wrk");
+    command.args(["-t1", "-c64", &format!("-d{seconds}s"), "--latency"]);
+    if close {
+        command.args(["-H", "Connection: close"]);
     }
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out.starts_with("HTTP/1.1 200")
-}
-
-/// A server process in a process group of its own, stopped (group-wide) on drop.
-#[derive(Debug)]
-pub struct Server {
-    /// The process.
-    pub child: Child,
-}
-
-impl Server {
-    /// Starts `command` (with `{port}` replaced) in a new process group.
-    pub fn start(command: &[String], env: &[(String, String)], port: u16, stdout: Stdio) -> Self {
-        let args: Vec<String> = command
-            .iter()
-            .map(|a| a.replace("{port}", &port.to_string()))
-            .collect();
-        let child = Command::new(&args[0])
-            .args(&args[1..])
-            .envs(env.iter().cloned())
-            .stdout(stdout)
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", args[0]));
-        Self { child }
-    }
-
-    /// Waits until the server answers (at most 20 s); returns how long that took.
-    pub fn wait_ready(&self, port: u16) -> Duration {
-        let started = Instant::now();
-        while !http_ok(port) {
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "server on {port} never answered"
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        started.elapsed()
-    }
-
-    /// The process (and group) id.
-    pub fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let group = rustix::process::Pid::from_raw(self.pid()).unwrap();
-        let _ = rustix::process::kill_process_group(group, rustix::process::Signal::TERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
-        let _ = self.child.wait();
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// Resident memory of a process, in KiB (0 if gone).
-pub fn rss_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("VmRSS:")
-                    .map(|v| v.trim().trim_end_matches(" kB").parse().unwrap_or(0))
-            })
+    let out = command
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .output()
+        .expect("wrk (run bench/run.sh, which installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rate = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    let requests = text
+        .lines()
+        .find_map(|l| {
+            l.split_once(" requests in")
+                .map(|(n, _)| n.trim().to_owned())
         })
-        .unwrap_or(0)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let p99_ms = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%"))
+        .map(|v| parse_latency(v.trim()))
+        .unwrap_or(f64::NAN);
+    WrkRun {
+        requests,
+        rate,
+        p99_ms,
+    }
 }
 
-/// Pids whose parent is `parent`.
-pub fn children_of(parent: i32) -> Vec<i32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        if after
-            .split_whitespace()
-            .nth(1)
-            .and_then(|p| p.parse::<i32>().ok())
-            == Some(parent)
-        {
-            pids.push(pid);
-        }
+/// `12.34ms`, `567.00us`, `1.20s` in milliseconds.
+fn parse_latency(text: &str) -> f64 {
+    let (number, unit) = text.split_at(
+        text.find(|c: char| c.is_ascii_alphabetic())
+            .unwrap_or(text.len()),
+    );
+    let value: f64 = number.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => value / 1000.0,
+        "s" => value * 1000.0,
+        _ => value,
     }
-    pids
 }

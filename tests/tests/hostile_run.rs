@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use cluster_watcher::{Balance, ClusterWatcher, Event};
 use rustix::process::{Pid, Signal};
 use support::{
-    ClusterProcess, captured_logs, children_of, http_get, http_get_async, log_text,
+    ClusterProcess, captured_logs, children_of, free_port, http_get, http_get_async, log_text,
     process_running, test_worker, watcher_port, workspace_bin,
 };
 
@@ -27,15 +27,6 @@ fn rss() -> u64 {
         .parse::<u64>()
         .unwrap()
         * 1024
-}
-
-/// A free TCP port on 127.0.0.1 (bound, then released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Waits until `port` answers, at most `limit`.

@@ -10,10 +10,11 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cluster_bench::{Samples, Server, children_of, free_port, http_ok, print_ratio, rss_kib};
+use cluster_bench::{
+    Samples, ServerProcess, children_of, free_port, http_ok, print_ratio, rss_kib, wrk,
+};
 
 struct Config {
     name: String,
@@ -24,44 +25,6 @@ struct Config {
 
 fn env_text(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
-}
-
-/// Runs wrk; returns (requests/s, p99 latency in ms).
-fn wrk(port: u16, seconds: u64, close: bool) -> (f64, f64) {
-    let mut command = Command::new("wrk");
-    command.args(["-t1", "-c64", &format!("-d{seconds}s"), "--latency"]);
-    if close {
-        command.args(["-H", "Connection: close"]);
-    }
-    let out = command
-        .arg(format!("http://127.0.0.1:{port}/"))
-        .output()
-        .expect("wrk (run bench/run.sh, which installs it)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let rps = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0);
-    let p99 = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("99%"))
-        .map(|v| parse_latency(v.trim()))
-        .unwrap_or(f64::NAN);
-    (rps, p99)
-}
-
-fn parse_latency(text: &str) -> f64 {
-    let (number, unit) = text.split_at(
-        text.find(|c: char| c.is_ascii_alphabetic())
-            .unwrap_or(text.len()),
-    );
-    let value: f64 = number.parse().unwrap_or(f64::NAN);
-    match unit {
-        "us" => value / 1000.0,
-        "s" => value * 1000.0,
-        _ => value,
-    }
 }
 
 fn main() {
@@ -90,6 +53,35 @@ fn main() {
     let reference = bin("ref-server");
 
     let mut configs = Vec::new();
+    // One worker, keep-alive: the code's own cost, without the accept race deciding how
+    // the connections landed on two workers sharing two cores.
+    if env_text("BENCH_ONE_WORKER", "1") != "0" {
+        configs.push(Config {
+            name: "cluster shared, 1w".into(),
+            workers: 1,
+            command: vec![
+                cluster.clone(),
+                "-w".into(),
+                "1".into(),
+                "-l".into(),
+                "warn".into(),
+                hello.clone(),
+                "127.0.0.1:{port}".into(),
+            ],
+            env: vec![],
+        });
+        configs.push(Config {
+            name: "ref (b) shared socket, 1w".into(),
+            workers: 1,
+            command: vec![
+                reference.clone(),
+                "shared".into(),
+                "1".into(),
+                "127.0.0.1:{port}".into(),
+            ],
+            env: vec![],
+        });
+    }
     for &n in &workers {
         let w = n.to_string();
         let cluster_cmd = |balance: &str| {
@@ -169,10 +161,11 @@ fn main() {
     for round in 0..rounds {
         for (i, config) in configs.iter().enumerate() {
             let port = free_port();
-            let server = Server::start(&config.command, &config.env, port, Stdio::null());
+            let server = ServerProcess::command(&config.command, &config.env, port);
             server.wait_ready(port);
             for (load, close) in [("keep-alive", false), ("close", true)] {
-                let (r, p) = wrk(port, seconds, close);
+                let run = wrk(port, seconds, close);
+                let (r, p) = (run.rate, run.p99_ms);
                 rps.entry((i, load))
                     .or_insert_with(|| Samples {
                         name: config.name.clone(),
@@ -231,6 +224,19 @@ fn main() {
             .unwrap()
     };
     println!("\n## Ratios against the targets\n");
+    if configs.iter().any(|c| c.workers == 1) {
+        let (ours, reference) = (
+            &rps[&(find("cluster shared", 1), "keep-alive")],
+            &rps[&(find("ref (b)", 1), "keep-alive")],
+        );
+        let ratio = ours.median() / reference.median();
+        print_ratio(
+            "1 worker, shared keep-alive / ref (b)",
+            ratio,
+            ">= 0.97x",
+            ratio >= 0.97,
+        );
+    }
     for &n in workers.iter().filter(|_| !configs.is_empty()) {
         let samples =
             |prefix: &str, load: &'static str| -> &Samples { &rps[&(find(prefix, n), load)] };
@@ -343,7 +349,7 @@ fn main() {
     for _ in 0..rounds.max(3) {
         for (config, samples) in startup_configs.iter().zip(&mut startup) {
             let port = free_port();
-            let server = Server::start(&config.command, &config.env, port, Stdio::null());
+            let server = ServerProcess::command(&config.command, &config.env, port);
             samples
                 .rates
                 .push(server.wait_ready(port).as_secs_f64() * 1000.0);
@@ -368,7 +374,7 @@ fn main() {
     let mut verbose = four("cluster", startup_configs[0].command.clone(), vec![]);
     verbose.command.retain(|a| a != "-l" && a != "warn");
     let launched = Instant::now();
-    let mut server = Server::start(&verbose.command, &verbose.env, port, Stdio::piped());
+    let mut server = ServerProcess::command_with_stdout(&verbose.command, &verbose.env, port);
     let lines = BufReader::new(server.child.stdout.take().unwrap());
     let (tx, rx) = std::sync::mpsc::channel::<(Instant, String)>();
     std::thread::spawn(move || {
@@ -396,10 +402,7 @@ fn main() {
     for victim in worker_pids.iter().take(3) {
         while rx.try_recv().is_ok() {}
         let killed = Instant::now();
-        let _ = rustix::process::kill_process(
-            rustix::process::Pid::from_raw(*victim).unwrap(),
-            rustix::process::Signal::KILL,
-        );
+        cluster_bench::signal(*victim, rustix::process::Signal::KILL);
         loop {
             let (at, line) = rx
                 .recv_timeout(Duration::from_secs(10))
@@ -412,12 +415,8 @@ fn main() {
         std::thread::sleep(Duration::from_millis(500));
     }
     drop(server);
-    let standalone = Server::start(
-        &startup_configs[3].command,
-        &startup_configs[3].env,
-        port,
-        Stdio::null(),
-    );
+    let standalone =
+        ServerProcess::command(&startup_configs[3].command, &startup_configs[3].env, port);
     standalone.wait_ready(port);
     for _ in 0..200 {
         http_ok(port);

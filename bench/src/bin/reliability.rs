@@ -8,13 +8,16 @@
 //! `FUZZ_EXECS` (10000000).
 
 use std::path::PathBuf;
-use std::process::Stdio;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use cluster_bench::{Server, children_of, env_or, free_port, http_ok, rss_kib};
-use rustix::process::{Pid, Signal, kill_process};
+use cluster_bench::{
+    ServerProcess, children_of, cpu_ticks, env_or, fd_count, free_port, http_ok, process_exists,
+    rss_kib, signal,
+};
+use rustix::process::Signal;
 
 struct Paths {
     cluster: String,
@@ -50,37 +53,6 @@ fn cluster_cmd(p: &Paths, workers: u32, balance: &str, program: &str) -> Vec<Str
     .iter()
     .map(|s| s.to_string())
     .collect()
-}
-
-fn kill(pid: i32, signal: Signal) {
-    if let Some(pid) = Pid::from_raw(pid) {
-        let _ = kill_process(pid, signal);
-    }
-}
-
-fn alive(pid: i32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
-}
-
-fn cpu_ticks(pid: i32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the command name.
-    fields
-        .get(11)
-        .and_then(|u| u.parse::<u64>().ok())
-        .unwrap_or(0)
-        + fields
-            .get(12)
-            .and_then(|s| s.parse::<u64>().ok())
-            .unwrap_or(0)
-}
-
-fn fd_count(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
 }
 
 /// Client threads doing one request per new connection until stopped: (ok, failed).
@@ -119,14 +91,9 @@ fn verdict(pass: bool) -> &'static str {
 }
 
 /// `cluster` running `hello-http` with `workers` workers on a free port, answering.
-fn serve_hello(p: &Paths, workers: u32, balance: &str) -> (Server, u16) {
+fn serve_hello(p: &Paths, workers: u32, balance: &str) -> (ServerProcess, u16) {
     let port = free_port();
-    let server = Server::start(
-        &cluster_cmd(p, workers, balance, &p.hello),
-        &[],
-        port,
-        Stdio::null(),
-    );
+    let server = ServerProcess::command(&cluster_cmd(p, workers, balance, &p.hello), &[], port);
     server.wait_ready(port);
     (server, port)
 }
@@ -148,7 +115,7 @@ fn chaos(p: &Paths, balance: &str) -> bool {
         std::thread::sleep(Duration::from_millis(100 + random() % 400));
         let workers = children_of(server.pid());
         if let Some(&victim) = workers.get((random() % workers.len().max(1) as u64) as usize) {
-            kill(victim, Signal::KILL);
+            signal(victim, Signal::KILL);
             kills += 1;
             last_kill = Instant::now();
         }
@@ -169,7 +136,7 @@ fn chaos(p: &Paths, balance: &str) -> bool {
         .into_iter()
         .map(|c| c.join().unwrap())
         .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
-    let watcher_alive = alive(server.pid());
+    let watcher_alive = process_exists(server.pid());
     // Each client has at most one request in flight, so a kill can fail at most CLIENTS.
     let pass =
         watcher_alive && recovered < Duration::from_secs(1) && failed <= kills * CLIENTS as u64;
@@ -186,9 +153,9 @@ fn sigstop(p: &Paths) -> bool {
     let (server, port) = serve_hello(p, 2, "shared");
     let workers = children_of(server.pid());
     let victim = workers[0];
-    kill(victim, Signal::STOP);
+    signal(victim, Signal::STOP);
     let stopped = Instant::now();
-    while alive(victim) && stopped.elapsed() < Duration::from_secs(20) {
+    while process_exists(victim) && stopped.elapsed() < Duration::from_secs(20) {
         std::thread::sleep(Duration::from_millis(10));
     }
     let gone = stopped.elapsed();
@@ -222,7 +189,7 @@ fn crash_loop(p: &Paths) -> bool {
     let port = free_port();
     let mut command = cluster_cmd(p, 2, "shared", script.to_str().unwrap());
     command.retain(|a| a != "-l" && a != "warn");
-    let mut server = Server::start(&command, &[], port, Stdio::piped());
+    let mut server = ServerProcess::command_with_stdout(&command, &[], port);
     server.wait_ready(port);
     let stdout = server.child.stdout.take().unwrap();
     let starts = Arc::new(AtomicU64::new(0));
@@ -244,7 +211,7 @@ fn crash_loop(p: &Paths) -> bool {
     let slot2 = children_of(server.pid()).into_iter().max().unwrap();
     let cpu_before = cpu_ticks(server.pid());
     let counted_from = starts.load(Ordering::SeqCst);
-    kill(slot2, Signal::KILL);
+    signal(slot2, Signal::KILL);
     let started = Instant::now();
     let mut served = 0u64;
     let mut failed = 0u64;
@@ -280,7 +247,7 @@ fn fd_exhaustion(p: &Paths) -> bool {
         "sh".to_owned(),
     ];
     command.extend(cluster_cmd(p, 1, "shared", &p.hello).into_iter().skip(1));
-    let server = Server::start(&command, &[], port, Stdio::null());
+    let server = ServerProcess::command(&command, &[], port);
     server.wait_ready(port);
     let worker = children_of(server.pid())[0];
     // Hold many idle connections: the worker runs out of descriptors.

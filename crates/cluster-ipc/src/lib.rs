@@ -25,7 +25,14 @@
 //!   [`ListenAddress`] + [`ListenOptions`] once and hands out duplicates of the same socket.
 //!
 //! * **The cluster protocol.** [`protocol`] defines what a watcher and its workers say to
-//!   each other; `cluster-watcher` and `cluster-worker` both speak it.
+//!   each other, and the worker's bootstrap contract ([`protocol::WorkerBootstrap`]: the
+//!   environment variables, descriptor order and defaults, written with `to_env` and read
+//!   with `from_env`, an unknown value being an error); `cluster-watcher` and
+//!   `cluster-worker` both speak it.
+//! * **Bounded providers.** A [`ServerSocketProvider`] binds at most 64 distinct sockets by
+//!   default, can answer with the bound address only (for a provider that accepts itself),
+//!   and can [`release`](ServerSocketProvider::release) or
+//!   [`rebind`](ServerSocketProvider::rebind) a socket.
 //!
 //! Errors: [`HubError`] for connecting, [`ChannelError`] for traffic, [`ServerSocketError`]
 //! for listeners.

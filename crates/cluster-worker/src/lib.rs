@@ -9,7 +9,8 @@
 //!   accepts on a duplicate of the watcher's listening socket; in `round-robin` mode the
 //!   watcher accepts and sends connections over, and `accept` reads them straight off the
 //!   pipe, so a worker that stops accepting stops taking connections and the watcher passes
-//!   it over once a few are queued; standalone it binds here. Connections get
+//!   it over once a few are queued (as does a worker near its descriptor limit, which leaves
+//!   connections queued rather than lose them); standalone it binds here. Connections get
 //!   `TCP_NODELAY`. With the `axum` feature, [`Listener`] implements `axum::serve::Listener`,
 //!   so `axum::serve(cluster_worker::listen(addr).await?, router)` is the whole change.
 //!   [`server_socket_factory`] gives raw listeners (TCP or Unix) for other servers.
@@ -20,7 +21,11 @@
 //!   watcher's stop request, and says which ([`Termination`]); [`shutdown`] asks the watcher for
 //!   a graceful stop. If the watcher dies, the worker sees end of file (and `SIGTERM` from the
 //!   kernel as a backstop) and exits.
-//! * **Messages.** [`channel`] gives a typed [`WorkerChannel`] to the watcher.
+//! * **Messages.** [`channel`] gives a typed [`WorkerChannel`] to the watcher; its `recv`
+//!   returns `None` as soon as the watcher asks this worker to stop.
+//! * **The environment.** A worker reads the watcher's bootstrap contract
+//!   (`cluster_ipc::protocol::WorkerBootstrap`); a broken one is an error
+//!   ([`WorkerError::Bootstrap`]), never a silent fallback to binding its own port.
 //! * **Logs.** [`init_tracing`] forwards `tracing` events to the watcher in a cluster
 //!   ([`ForwardingLayer`]) and prints them standalone.
 //!

@@ -1,0 +1,59 @@
+//! HTTP/1.1 on 127.0.0.1, one request per connection.
+
+use std::io::{Read, Write};
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on 127.0.0.1")
+}
+
+/// One `GET /` on a new connection to 127.0.0.1:`port`; the body, or why it failed.
+pub fn http_get(port: u16) -> Result<String, String> {
+    http_get_at(std::net::Ipv4Addr::LOCALHOST.into(), port)
+}
+
+/// [`http_get`] to another local address (`127.0.0.2`, say); waits at most 10 s.
+pub fn http_get_at(ip: IpAddr, port: u16) -> Result<String, String> {
+    let mut stream =
+        std::net::TcpStream::connect((ip, port)).map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n")
+        .map_err(|e| format!("write: {e}"))?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| format!("read: {e}"))?;
+    if !response.starts_with("HTTP/1.1 200") {
+        return Err(format!("bad response {response:?}"));
+    }
+    Ok(response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned())
+}
+
+/// Whether one `GET /` on a new connection answers 200 (waits at most 2 s).
+pub fn http_ok(port: u16) -> bool {
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: b\r\nconnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response.starts_with("HTTP/1.1 200")
+}

@@ -1,0 +1,28 @@
+//! What the integration tests (`tests/`) and the benchmarks (`bench/`) both need, once:
+//! real processes, real sockets, nothing mocked.
+//!
+//! # A guided tour
+//!
+//! * [`ServerProcess`]: a server (the `cluster` binary or any other) in a process group of
+//!   its own, its output collected, signalled by pid, stopped group-wide on drop.
+//! * [`workspace_bin`]: the path of a binary or example this workspace built.
+//! * Process readings from `/proc`: [`children_of`], [`process_exists`],
+//!   [`process_running`], [`rss_kib`], [`fd_count`], [`cpu_ticks`], [`context_switches`].
+//! * HTTP on 127.0.0.1: [`free_port`], [`http_get`], [`http_get_at`], [`http_ok`].
+//! * Load: [`Load`] runs client threads (a new connection per request), bounded in time and
+//!   count, and says how many requests succeeded and why the others failed.
+
+mod http;
+mod load;
+mod process;
+mod server;
+
+pub use crate::{
+    http::{free_port, http_get, http_get_at, http_ok},
+    load::{Load, LoadResult},
+    process::{
+        children_of, context_switches, cpu_ticks, fd_count, process_exists, process_running,
+        rss_kib, signal,
+    },
+    server::{Output, ServerProcess, workspace_bin},
+};
