@@ -33,8 +33,60 @@ fn help_and_version_read_well() {
         "SIGUSR1",
         "SIGTTIN",
         "CLUSTER_WORKERS",
+        "Exit status",
+        "Examples:",
     ] {
         assert!(text.contains(needle), "--help lacks {needle}:\n{text}");
+    }
+    // Every option of the configuration, with its environment variable and default.
+    for (option, env, default) in [
+        (
+            "--shutdown-timeout",
+            "CLUSTER_SHUTDOWN_TIMEOUT",
+            Some("10s"),
+        ),
+        ("--ready-timeout", "CLUSTER_READY_TIMEOUT", Some("30s")),
+        (
+            "--heartbeat-interval",
+            "CLUSTER_HEARTBEAT_INTERVAL",
+            Some("1s"),
+        ),
+        (
+            "--heartbeat-timeout",
+            "CLUSTER_HEARTBEAT_TIMEOUT",
+            Some("10s"),
+        ),
+        (
+            "--backoff-initial",
+            "CLUSTER_BACKOFF_INITIAL",
+            Some("100ms"),
+        ),
+        ("--backoff-max", "CLUSTER_BACKOFF_MAX", Some("10s")),
+        ("--min-uptime", "CLUSTER_MIN_UPTIME", Some("1s")),
+        (
+            "--restart-parallelism",
+            "CLUSTER_RESTART_PARALLELISM",
+            Some("1"),
+        ),
+        ("--workers", "CLUSTER_WORKERS", None),
+        ("--balance", "CLUSTER_BALANCE", Some("shared")),
+        ("--pid-file", "CLUSTER_PID_FILE", None),
+        ("--name", "CLUSTER_NAME", Some("cluster")),
+        ("--log-level", "CLUSTER_LOG_LEVEL", Some("info")),
+        ("--log-format", "CLUSTER_LOG_FORMAT", Some("pretty")),
+        ("--log-file", "CLUSTER_LOG_FILE", None),
+    ] {
+        let entry = help_entry(&text, option);
+        assert!(
+            entry.contains(&format!("[env: {env}=")),
+            "{option} lacks its variable:\n{entry}"
+        );
+        if let Some(default) = default {
+            assert!(
+                entry.contains(&format!("[default: {default}]")),
+                "{option} lacks its default:\n{entry}"
+            );
+        }
     }
     let version = cluster(&["--version"]);
     assert!(version.status.success());
@@ -45,6 +97,24 @@ fn help_and_version_read_well() {
     );
 }
 
+/// The lines of `--help` that describe `option`, up to the next option.
+fn help_entry(help: &str, option: &str) -> String {
+    let mut entry = Vec::new();
+    let mut inside = false;
+    for line in help.lines() {
+        let trimmed = line.trim_start();
+        // Option lines are indented by at most 6 columns, their descriptions by 10.
+        if trimmed.starts_with('-') && line.len() - trimmed.len() <= 6 {
+            inside = trimmed.split([',', ' ']).any(|word| word == option);
+        }
+        if inside {
+            entry.push(line);
+        }
+    }
+    assert!(!entry.is_empty(), "no {option} in --help:\n{help}");
+    entry.join("\n")
+}
+
 #[test]
 fn bad_arguments_exit_2_with_a_reason() {
     for args in [
@@ -53,6 +123,11 @@ fn bad_arguments_exit_2_with_a_reason() {
         &["--workers", "-3", "true"],
         &["--balance", "random", "true"],
         &["-t", "soon", "true"],
+        &["-t", "-1", "true"],
+        &["--ready-timeout", "5 days", "true"],
+        &["--heartbeat-interval", "1e3", "true"],
+        &["--restart-parallelism", "0", "true"],
+        &["--log-level", "info,[", "true"],
         &["--no-such-option", "true"],
         &[],
     ] {
@@ -154,4 +229,112 @@ fn a_double_dash_after_the_program_is_dropped_and_environment_fallbacks_work() {
     cluster.port();
     cluster.signal(Signal::TERM);
     assert!(cluster.wait(LIMIT).success());
+}
+
+/// Knobs that contradict each other are bad arguments too: clap's form of error, status 2,
+/// from options and from environment variables alike.
+#[test]
+fn contradicting_options_exit_2_with_a_one_line_reason() {
+    /// Arguments, environment, and what the reason must name.
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case<'_>; 5] = [
+        (
+            &[
+                "--heartbeat-timeout",
+                "1s",
+                "--heartbeat-interval",
+                "2s",
+                "true",
+            ],
+            &[],
+            "heartbeat timeout",
+        ),
+        (
+            &["true"],
+            &[
+                ("CLUSTER_HEARTBEAT_TIMEOUT", "500ms"),
+                ("CLUSTER_HEARTBEAT_INTERVAL", "0.5"),
+            ],
+            "heartbeat timeout",
+        ),
+        (
+            &["--heartbeat-interval", "0s", "true"],
+            &[],
+            "heartbeat interval",
+        ),
+        (&["--ready-timeout", "0", "true"], &[], "ready timeout"),
+        (
+            &["--backoff-initial", "1m", "--backoff-max", "30s", "true"],
+            &[],
+            "backoff",
+        ),
+    ];
+    for (args, env, reason) in cases {
+        let out = Command::new(workspace_bin("cluster"))
+            .args(args)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        let first = stderr.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with("error: invalid configuration: ") && first.contains(reason),
+            "{args:?} {env:?}: {stderr}"
+        );
+    }
+}
+
+/// Durations in seconds (as `-t` always took) and with units both reach the watcher.
+#[test]
+fn durations_take_seconds_and_units() {
+    let worker = workspace_bin("cli-worker");
+    let worker = worker.to_str().unwrap();
+    // A worker that never reports ready, with a short ready timeout: the start fails with the
+    // timeout named, long before the default 30 s.
+    for (ready_timeout, shown) in [("0.5", "500ms"), ("700ms", "700ms")] {
+        let started = std::time::Instant::now();
+        let out = cluster(&[
+            "-w",
+            "1",
+            "--ready-timeout",
+            ready_timeout,
+            "-t",
+            "2",
+            worker,
+            "ready-up-to",
+            "0",
+            "127.0.0.1:0",
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(
+            stderr.contains(&format!("not ready within {shown}")),
+            "{stderr}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+}
+
+/// An error whose text already includes its cause is not followed by that cause again.
+#[test]
+fn a_failure_names_its_cause_once() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("cli-cause-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Executable, but `exec` fails: its interpreter does not exist.
+    let script = dir.join("no-interpreter");
+    std::fs::write(&script, "#!/nonexistent/interpreter\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = cluster(&["-w", "1", script.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr:?}");
+    assert!(stderr.contains("cannot run"), "{stderr}");
+    assert_eq!(
+        stderr.matches("No such file or directory").count(),
+        1,
+        "the cause is said once: {stderr}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

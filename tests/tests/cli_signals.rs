@@ -182,3 +182,110 @@ fn workers_past_the_shutdown_timeout_are_killed_and_the_exit_status_says_so() {
     );
     assert!(workers.iter().all(|&p| !process_exists(p)));
 }
+
+/// Waits until the cluster has `n` workers and keeps them for `stable`.
+fn settles_at(cluster: &ClusterProcess, n: usize, stable: Duration) {
+    let deadline = Instant::now() + LIMIT;
+    let mut since = Instant::now();
+    loop {
+        let now = cluster.worker_pids().len();
+        if now != n {
+            since = Instant::now();
+        } else if since.elapsed() >= stable {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expected {n} workers for {stable:?}, have {now}:\n{}",
+            cluster.output()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Defect 10: SIGTTIN used to wait inline for the new worker to be ready, so a SIGTERM sent
+/// meanwhile waited up to the ready timeout. Here the new worker is never ready (ready
+/// timeout 60 s): the stop must begin at once.
+#[test]
+fn sigterm_is_honoured_while_an_added_worker_is_not_ready() {
+    let worker = workspace_bin("cli-worker");
+    let mut cluster = ClusterProcess::start(&[
+        "-w",
+        "1",
+        "--ready-timeout",
+        "60s",
+        "-t",
+        "5",
+        worker.to_str().unwrap(),
+        "ready-up-to",
+        "1",
+        "127.0.0.1:0",
+    ]);
+    cluster.wait_for("all workers ready", LIMIT);
+    cluster.signal(Signal::TTIN);
+    cluster.wait_for("SIGTTIN: added a worker", LIMIT);
+    settles_at(&cluster, 2, Duration::from_millis(300));
+    let workers = cluster.worker_pids();
+    let stopping = Instant::now();
+    cluster.signal(Signal::TERM);
+    let status = cluster.wait(LIMIT);
+    let took = stopping.elapsed();
+    assert_eq!(status.code(), Some(0), "{}", cluster.output());
+    // About a second for the signal to be seen, plus a stop of two workers that exit as soon
+    // as they are asked.
+    assert!(
+        took < Duration::from_secs(3),
+        "took {took:?}:\n{}",
+        cluster.output()
+    );
+    assert!(cluster.output().contains("signal=\"SIGTERM\""));
+    assert!(workers.iter().all(|&p| !process_exists(p)));
+}
+
+/// Defect 10 too: 50 SIGTTIN/SIGTTOU pairs 20 ms apart left the wrong number of workers,
+/// because each signal waited for the previous one's worker to be ready or gone while the
+/// signals arriving meanwhile were merged. Each now moves a target by one, applied at once:
+/// the pairs net out to the 3 workers the cluster started with. The workers take 300 ms to
+/// be ready, as real ones do, so signals arrive while workers are starting.
+#[test]
+fn bursts_of_sigttin_and_sigttou_net_out() {
+    let worker = workspace_bin("cli-worker");
+    let mut cluster = ClusterProcess::start(&[
+        "-w",
+        "3",
+        worker.to_str().unwrap(),
+        "slow-ready",
+        "300",
+        "127.0.0.1:0",
+    ]);
+    cluster.wait_for("all workers ready", LIMIT);
+    assert_eq!(cluster.worker_pids().len(), 3);
+    for _ in 0..50 {
+        cluster.signal(Signal::TTIN);
+        cluster.signal(Signal::TTOU);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    settles_at(&cluster, 3, Duration::from_secs(1));
+    // And the cluster still answers, then stops cleanly.
+    let port = cluster.port();
+    assert!(support::http_get(port).is_ok());
+    cluster.signal(Signal::TERM);
+    assert_eq!(cluster.wait(LIMIT).code(), Some(0), "{}", cluster.output());
+}
+
+/// SIGTTIN and SIGTTOU bounds: never fewer than one worker, and a SIGTTIN after SIGTTOUs at
+/// the floor adds from the floor (the target does not go below 1).
+#[test]
+fn sigttou_at_one_worker_keeps_it_and_sigttin_counts_from_there() {
+    let mut cluster = hello_cluster("1", "shared");
+    for _ in 0..3 {
+        cluster.signal(Signal::TTOU);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cluster.wait_for("the last worker stays", LIMIT);
+    settles_at(&cluster, 1, Duration::from_millis(300));
+    cluster.signal(Signal::TTIN);
+    settles_at(&cluster, 2, Duration::from_millis(300));
+    cluster.signal(Signal::TERM);
+    assert_eq!(cluster.wait(LIMIT).code(), Some(0), "{}", cluster.output());
+}

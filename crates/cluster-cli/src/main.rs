@@ -1,112 +1,38 @@
 //! `cluster`: runs a program as a supervised cluster of worker processes.
 //!
-//! A thin shell around `cluster-watcher`: parses the command line, sets up logging, writes the
-//! pid file, and maps signals to stop, rolling restart and scaling.
+//! A thin shell around `cluster-watcher`: parses the command line into a validated
+//! configuration ([`args`]), sets up logging that cannot stall supervision ([`logging`]),
+//! writes the pid file ([`pid_file`]), and maps signals to stop, rolling restart and scaling
+//! ([`signals`]).
+//!
+//! Exit status: 0 after a clean stop, 1 with a one-line reason on standard error, 2 for bad
+//! arguments (clap's convention).
 
-use std::ffi::OsString;
-use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+mod args;
+mod fds;
+mod logging;
+mod pid_file;
+mod signals;
+
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::{Parser, ValueEnum};
-use cluster_watcher::{Balance, ClusterWatcher, WatcherConfig};
-use tokio::signal::unix::{SignalKind, signal};
+use cluster_watcher::{ClusterWatcher, WatcherConfig};
 use tracing::Instrument;
 
-/// Run PROGRAM as a supervised cluster of worker processes.
-///
-/// Workers that crash are replaced (with exponential backoff if they keep crashing), workers
-/// that hang are killed and replaced, and restarts are rolling: a new worker must be ready
-/// before the old one is stopped, and listening sockets stay open throughout.
-///
-/// Signals: SIGINT, SIGTERM, SIGQUIT stop gracefully; SIGUSR1 and SIGHUP (as in Gunicorn and
-/// nginx) restart all workers one by one; SIGTTIN adds a worker, SIGTTOU removes one.
-///
-/// Exit status: 0 after a clean stop; 1 with a one-line reason when PROGRAM cannot run, no
-/// worker becomes ready, or workers had to be killed at the shutdown timeout; 2 for bad
-/// arguments.
-#[derive(Debug, Parser)]
-#[command(name = "cluster", version, about, long_about, after_help = EXAMPLES)]
-struct Args {
-    /// Number of worker processes [default: number of CPUs]
-    #[arg(short, long, env = "CLUSTER_WORKERS", value_parser = clap::value_parser!(u32).range(1..=4096))]
-    workers: Option<u32>,
-
-    /// How connections reach workers: `shared` (every worker accepts on one shared socket) or
-    /// `round-robin` (the watcher accepts and hands each connection to the next worker)
-    #[arg(long, env = "CLUSTER_BALANCE", value_enum, default_value_t = BalanceArg::Shared)]
-    balance: BalanceArg,
-
-    /// Write the watcher's pid to this file (removed on exit); refuses to start if it names
-    /// a running process
-    #[arg(short, long, env = "CLUSTER_PID_FILE")]
-    pid_file: Option<PathBuf>,
-
-    /// Name shown in every log line
-    #[arg(short, long, env = "CLUSTER_NAME", default_value = "cluster")]
-    name: String,
-
-    /// Log level (error, warn, info, debug, trace) or a tracing filter
-    #[arg(
-        short,
-        long,
-        visible_alias = "log",
-        env = "CLUSTER_LOG_LEVEL",
-        default_value = "info"
-    )]
-    log_level: String,
-
-    /// Log format
-    #[arg(long, env = "CLUSTER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
-    log_format: LogFormat,
-
-    /// Append logs to this file instead of standard output
-    #[arg(short = 'f', long, visible_alias = "file", env = "CLUSTER_LOG_FILE")]
-    log_file: Option<PathBuf>,
-
-    /// Seconds a stopping worker may take to finish in-flight work before it is killed
-    #[arg(short = 't', long, env = "CLUSTER_SHUTDOWN_TIMEOUT", default_value_t = 10.0, value_parser = parse_seconds)]
-    shutdown_timeout: f64,
-
-    /// The worker program
-    #[arg(required = true)]
-    program: OsString,
-
-    /// Arguments passed to PROGRAM unchanged
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    args: Vec<OsString>,
-}
-
-const EXAMPLES: &str = "Examples:
-  cluster -w 4 target/release/examples/hello-http 127.0.0.1:1337
-  cluster --balance round-robin -p /run/app.pid ./server -- --port 8080
-  kill -USR1 $(cat /run/app.pid)      # rolling restart";
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum BalanceArg {
-    Shared,
-    RoundRobin,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Pretty,
-    Json,
-}
-
-fn parse_seconds(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(s) if s.is_finite() && (0.0..=86_400.0).contains(&s) => Ok(s),
-        _ => Err(format!(
-            "{text:?} is not a number of seconds between 0 and 86400"
-        )),
-    }
-}
+use crate::args::Args;
+use crate::pid_file::PidFile;
+use crate::signals::Signals;
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    fds::close_inherited_on_exec();
+    let (args, config) = Args::parse_valid();
+    // Declared before the runtime, so dropped after it: lines logged while the runtime shuts
+    // down are still written.
+    let logging = match logging::init(&args) {
+        Ok(logging) => logging,
+        Err(e) => return fail(&e),
+    };
     // One thread is plenty for supervising, and it keeps the round-robin hand-off free of
     // cross-thread wake-ups on the path of every connection.
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -114,58 +40,33 @@ fn main() -> ExitCode {
         .build()
     {
         Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("cluster: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return fail(&anyhow::Error::new(e).context("cannot start the runtime")),
     };
-    if let Err(e) = init_logging(&args) {
-        eprintln!("cluster: {e:#}");
-        return ExitCode::FAILURE;
-    }
     // Every line the cluster logs, its own and the watcher's tasks' (which run in the span
     // current when the watcher is created), carries the name.
     let span = tracing::info_span!("cluster", name = %args.name);
-    match runtime.block_on(run(args).instrument(span)) {
+    let outcome = runtime.block_on(run(args, config, &logging).instrument(span));
+    drop(runtime);
+    drop(logging);
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("cluster: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => fail(&e),
     }
 }
 
-async fn run(mut args: Args) -> anyhow::Result<()> {
-    // amphp's `cluster server -- --port 8080`: a `--` right after PROGRAM is not for it.
-    if args.args.first().is_some_and(|a| a == "--") {
-        args.args.remove(0);
-    }
-    let program = resolve_program(Path::new(&args.program))?;
+/// Runs the cluster until a stop signal; an error is the reason for exit status 1.
+async fn run(
+    args: Args,
+    mut config: WatcherConfig,
+    logging: &logging::Logging,
+) -> anyhow::Result<()> {
+    config.program = args::resolve_program(&config.program)?;
     let _pid_file = args.pid_file.as_deref().map(PidFile::create).transpose()?;
-    let workers = args.workers.map_or_else(
-        || std::thread::available_parallelism().map_or(1, |n| n.get()),
-        |n| n as usize,
-    );
-    let balance = match args.balance {
-        BalanceArg::Shared => Balance::Shared,
-        BalanceArg::RoundRobin => Balance::RoundRobin,
-    };
-    let config = WatcherConfig::new(program)
-        .args(args.args.iter().cloned())
-        .balance(balance)
-        .shutdown_timeout(Duration::from_secs_f64(args.shutdown_timeout));
+    let workers = args.worker_count();
+    let balance = config.balance;
     let watcher = ClusterWatcher::new(config);
-
-    // Signals are registered before the first worker exists, so none is missed.
-    let on = |kind: SignalKind| signal(kind).context("cannot register signal handlers");
-    let (mut int, mut term, mut quit) = (
-        on(SignalKind::interrupt())?,
-        on(SignalKind::terminate())?,
-        on(SignalKind::quit())?,
-    );
-    let (mut usr1, mut hup) = (on(SignalKind::user_defined1())?, on(SignalKind::hangup())?);
-    let mut more = on(SignalKind::from_raw(rustix::process::Signal::TTIN.as_raw()))?;
-    let mut fewer = on(SignalKind::from_raw(rustix::process::Signal::TTOU.as_raw()))?;
+    let mut signals = Signals::register()?;
+    tokio::spawn(logging.report_drops().in_current_span());
 
     tracing::info!(
         workers,
@@ -175,57 +76,16 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
     );
     tokio::select! {
         started = watcher.start(workers) => started.context("no cluster: a worker failed to start")?,
-        _ = int.recv() => { watcher.stop().await; return Ok(()) }
-        _ = term.recv() => { watcher.stop().await; return Ok(()) }
+        cause = signals.stop() => {
+            tracing::info!(signal = cause, "stopping cluster before it was ready");
+            watcher.stop().await;
+            return Ok(());
+        }
     }
     tracing::info!(workers, "all workers ready");
 
-    let watcher = std::sync::Arc::new(watcher);
-    let mut restarting: Option<tokio::task::JoinHandle<()>> = None;
-    let cause = loop {
-        let restart = tokio::select! {
-            _ = int.recv() => break "SIGINT",
-            _ = term.recv() => break "SIGTERM",
-            _ = quit.recv() => break "SIGQUIT",
-            _ = usr1.recv() => "SIGUSR1",
-            _ = hup.recv() => "SIGHUP",
-            _ = more.recv() => {
-                match watcher.add_worker().await {
-                    Ok(id) => tracing::info!(worker = id.slot, "SIGTTIN: added a worker"),
-                    Err(e) => tracing::error!(error = %e, "SIGTTIN: could not add a worker"),
-                }
-                continue;
-            }
-            _ = fewer.recv() => {
-                match watcher.remove_worker().await {
-                    Some(exit) => tracing::info!(worker = exit.id.slot, "SIGTTOU: removed a worker"),
-                    None => tracing::warn!("SIGTTOU: the last worker stays"),
-                }
-                continue;
-            }
-        };
-        if restarting.as_ref().is_some_and(|task| !task.is_finished()) {
-            tracing::info!(signal = restart, "restart already in progress");
-            continue;
-        }
-        tracing::info!(signal = restart, "rolling restart");
-        let watcher = watcher.clone();
-        restarting = Some(tokio::spawn(
-            async move {
-                match watcher.restart().await {
-                    Ok(()) => tracing::info!("rolling restart complete"),
-                    Err(e) => {
-                        tracing::error!(error = %e, "rolling restart incomplete; old workers kept where replacements failed")
-                    }
-                }
-            }
-            .in_current_span(),
-        ));
-    };
+    let cause = signals.supervise(&watcher, workers).await;
     tracing::info!(signal = cause, "stopping cluster");
-    if let Some(task) = restarting {
-        task.abort();
-    }
     let exits = watcher.stop().await;
     let killed = exits.iter().filter(|e| e.killed.is_some()).count();
     if killed > 0 {
@@ -238,88 +98,73 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_logging(args: &Args) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
-        .with_context(|| format!("invalid log level {:?}", args.log_level))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false);
-    match &args.log_file {
-        Some(path) => {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("cannot open log file {}", path.display()))?;
-            let builder = builder
-                .with_ansi(false)
-                .with_writer(std::sync::Mutex::new(file));
-            match args.log_format {
-                LogFormat::Pretty => builder.init(),
-                LogFormat::Json => builder.json().init(),
-            }
-        }
-        None => {
-            let builder = builder
-                .with_ansi(std::io::stdout().is_terminal())
-                .with_writer(std::io::stdout);
-            match args.log_format {
-                LogFormat::Pretty => builder.init(),
-                LogFormat::Json => builder.json().init(),
-            }
-        }
-    }
-    Ok(())
+/// Prints `error` as one line on standard error; exit status 1.
+fn fail(error: &anyhow::Error) -> ExitCode {
+    eprintln!("cluster: {}", one_line(error));
+    ExitCode::FAILURE
 }
 
-/// Checks PROGRAM up front so a typo gets a one-line answer, not a failed worker.
-fn resolve_program(program: &Path) -> anyhow::Result<PathBuf> {
-    let candidates: Vec<PathBuf> = if program.components().count() > 1 {
-        vec![program.to_owned()]
-    } else {
-        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-            .map(|dir| dir.join(program))
-            .collect()
-    };
-    let Some(found) = candidates.into_iter().find(|c| c.exists()) else {
-        bail!("program {} not found", program.display());
-    };
-    if found.is_dir() {
-        bail!("program {} is a directory", found.display());
-    }
-    if rustix::fs::access(&found, rustix::fs::Access::EXEC_OK).is_err() {
-        bail!("program {} is not executable", found.display());
-    }
-    Ok(found)
-}
-
-/// The pid file: written atomically, removed on drop.
-struct PidFile(PathBuf);
-
-impl PidFile {
-    fn create(path: &Path) -> anyhow::Result<Self> {
-        let recorded = std::fs::read_to_string(path).ok();
-        let pid = recorded
-            .as_deref()
-            .and_then(|t| t.trim().parse::<i32>().ok())
-            .and_then(rustix::process::Pid::from_raw);
-        if let Some(pid) = pid.filter(|pid| rustix::process::test_kill_process(*pid).is_ok()) {
-            bail!(
-                "pid file {} names a running process ({}); is the cluster already running?",
-                path.display(),
-                pid.as_raw_nonzero()
-            );
+/// The error and its causes, `: `-separated, on one line. Unlike anyhow's `{:#}`, a cause is
+/// left out when the message before it already contains its text: many errors (`thiserror`'s
+/// `"...: {source}"`) print their source themselves, which `{:#}` would print a second time
+/// ("Too many open files (os error 24): Too many open files (os error 24)").
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    let mut previous = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string().replace(['\n', '\r'], " ");
+        if previous.contains(&text) {
+            continue;
         }
-        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-        std::fs::write(&tmp, format!("{}\n", std::process::id()))
-            .and_then(|()| std::fs::rename(&tmp, path))
-            .with_context(|| format!("cannot write pid file {}", path.display()))?;
-        Ok(Self(path.to_owned()))
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+        previous = text;
     }
+    line
 }
 
-impl Drop for PidFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Wraps(std::io::Error);
+
+    impl std::fmt::Display for Wraps {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "cannot run ./server: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Wraps {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_cause_already_in_its_parents_text_is_not_repeated() {
+        let error = anyhow::Error::new(Wraps(std::io::Error::from_raw_os_error(24)))
+            .context("no cluster: a worker failed to start");
+        let line = one_line(&error);
+        assert_eq!(line.matches("Too many open files").count(), 1, "{line}");
+        assert!(
+            line.starts_with("no cluster: a worker failed to start: cannot run ./server: "),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn causes_not_yet_said_are_kept_on_one_line() {
+        let error = anyhow::Error::new(std::io::Error::from_raw_os_error(2))
+            .context("cannot write pid file /x/y.pid\n(second line)");
+        let line = one_line(&error);
+        assert!(!line.contains('\n'), "{line}");
+        assert!(
+            line.starts_with("cannot write pid file /x/y.pid (second line): No such file"),
+            "{line}"
+        );
     }
 }

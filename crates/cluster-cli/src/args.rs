@@ -1,0 +1,377 @@
+//! The command line: clap's [`Args`], and turning them into a validated [`WatcherConfig`].
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::{CommandFactory, Parser, ValueEnum};
+use cluster_watcher::{Balance, WatcherConfig};
+
+/// Run PROGRAM as a supervised cluster of worker processes.
+///
+/// Workers that crash are replaced (with exponential backoff if they keep crashing), workers
+/// that hang are killed and replaced, and restarts are rolling: a new worker must be ready
+/// before the old one is stopped, and listening sockets stay open throughout.
+///
+/// Durations are seconds (`10`, `0.5`) or a number with a unit: `ms`, `s`, `m` or `h`
+/// (`500ms`, `10s`, `2m`).
+///
+/// Signals: SIGINT, SIGTERM, SIGQUIT stop gracefully; SIGUSR1 and SIGHUP (as in Gunicorn and
+/// nginx) restart all workers one by one; SIGTTIN adds a worker, SIGTTOU removes one.
+///
+/// Exit status: 0 after a clean stop; 1 with a one-line reason when PROGRAM cannot run, no
+/// worker becomes ready, or workers had to be killed at the shutdown timeout; 2 for bad
+/// arguments.
+#[derive(Debug, Parser)]
+#[command(name = "cluster", version, about, long_about, after_help = EXAMPLES)]
+pub(crate) struct Args {
+    /// Number of worker processes [default: number of CPUs]
+    #[arg(short, long, env = "CLUSTER_WORKERS", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_WORKERS)))]
+    workers: Option<u32>,
+
+    /// How connections reach workers
+    #[arg(long, env = "CLUSTER_BALANCE", value_enum, default_value_t = BalanceArg::Shared)]
+    balance: BalanceArg,
+
+    /// Write the watcher's pid to this file (removed on exit); refuses to start if it names
+    /// a running process
+    #[arg(short, long, env = "CLUSTER_PID_FILE", value_name = "PATH")]
+    pub(crate) pid_file: Option<PathBuf>,
+
+    /// Name shown in every log line
+    #[arg(short, long, env = "CLUSTER_NAME", default_value = "cluster")]
+    pub(crate) name: String,
+
+    /// Log level (error, warn, info, debug, trace) or a tracing filter
+    #[arg(
+        short,
+        long,
+        visible_alias = "log",
+        env = "CLUSTER_LOG_LEVEL",
+        value_name = "FILTER",
+        default_value = "info",
+        value_parser = parse_log_filter
+    )]
+    pub(crate) log_level: String,
+
+    /// Log format
+    #[arg(long, env = "CLUSTER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    pub(crate) log_format: LogFormat,
+
+    /// Append logs to this file instead of standard output
+    #[arg(
+        short = 'f',
+        long,
+        visible_alias = "file",
+        env = "CLUSTER_LOG_FILE",
+        value_name = "PATH"
+    )]
+    pub(crate) log_file: Option<PathBuf>,
+
+    /// How long a stopping worker may take to finish in-flight work before it is killed
+    #[arg(short = 't', long, env = "CLUSTER_SHUTDOWN_TIMEOUT", default_value = "10s", value_name = "DURATION", value_parser = parse_duration)]
+    shutdown_timeout: Duration,
+
+    /// How long a new worker may take to report ready before it is killed
+    #[arg(long, env = "CLUSTER_READY_TIMEOUT", default_value = "30s", value_name = "DURATION", value_parser = parse_duration)]
+    ready_timeout: Duration,
+
+    /// How often workers send a heartbeat
+    #[arg(long, env = "CLUSTER_HEARTBEAT_INTERVAL", default_value = "1s", value_name = "DURATION", value_parser = parse_duration)]
+    heartbeat_interval: Duration,
+
+    /// Silence after which a ready worker counts as hung and is killed and replaced; must be
+    /// above the heartbeat interval
+    #[arg(long, env = "CLUSTER_HEARTBEAT_TIMEOUT", default_value = "10s", value_name = "DURATION", value_parser = parse_duration)]
+    heartbeat_timeout: Duration,
+
+    /// Delay before the second respawn of a worker that keeps crashing at start-up (the first
+    /// is immediate); doubles with each further crash
+    #[arg(long, env = "CLUSTER_BACKOFF_INITIAL", default_value = "100ms", value_name = "DURATION", value_parser = parse_duration)]
+    backoff_initial: Duration,
+
+    /// Ceiling of the respawn delay; not below --backoff-initial
+    #[arg(long, env = "CLUSTER_BACKOFF_MAX", default_value = "10s", value_name = "DURATION", value_parser = parse_duration)]
+    backoff_max: Duration,
+
+    /// A worker that ran this long did not crash at start-up: it is replaced at once when it
+    /// ends, and its backoff starts over
+    #[arg(long, env = "CLUSTER_MIN_UPTIME", default_value = "1s", value_name = "DURATION", value_parser = parse_duration)]
+    min_uptime: Duration,
+
+    /// Workers replaced at once during a rolling restart
+    #[arg(long, env = "CLUSTER_RESTART_PARALLELISM", default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_WORKERS)))]
+    restart_parallelism: u32,
+
+    /// The worker program
+    #[arg(required = true)]
+    program: OsString,
+
+    /// Arguments passed to PROGRAM unchanged
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<OsString>,
+}
+
+/// The most workers `--workers` and SIGTTIN may ask for: far beyond any machine's useful
+/// count, low enough that a typo or a signal storm cannot fork-bomb the host.
+pub(crate) const MAX_WORKERS: u32 = 4096;
+
+const EXAMPLES: &str = "Examples:
+  cluster -w 4 target/release/examples/hello-http 127.0.0.1:1337
+  cluster --balance round-robin -p /run/app.pid ./server -- --port 8080
+  cluster --ready-timeout 2m --heartbeat-timeout 30s ./slow-starting-server
+  kill -USR1 $(cat /run/app.pid)      # rolling restart";
+
+/// `--balance`'s values, clap's spelling of [`Balance`].
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum BalanceArg {
+    /// Every worker accepts on one shared socket
+    Shared,
+    /// The watcher accepts and hands each connection to the next worker
+    RoundRobin,
+}
+
+/// `--log-format`'s values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Args {
+    /// Parses the command line, exiting as clap does (status 2, a one-line reason) when the
+    /// arguments are bad, including when the knobs contradict each other; returns the
+    /// arguments and the configuration they make (PROGRAM not yet looked up).
+    pub(crate) fn parse_valid() -> (Self, WatcherConfig) {
+        let args = Self::parse();
+        match args.watcher_config() {
+            Ok(config) => (args, config),
+            // The same form, usage hint and status as clap's own errors: an impossible
+            // combination is a bad argument, not a failure of the cluster.
+            Err(error) => Self::command()
+                .error(clap::error::ErrorKind::ArgumentConflict, error)
+                .exit(),
+        }
+    }
+
+    /// The watcher configuration these arguments describe, checked with
+    /// [`WatcherConfig::validate`].
+    pub(crate) fn watcher_config(&self) -> Result<WatcherConfig, cluster_watcher::ConfigError> {
+        let mut args = self.args.as_slice();
+        // amphp's `cluster server -- --port 8080`: a `--` right after PROGRAM is not for it.
+        if args.first().is_some_and(|a| a == "--") {
+            args = &args[1..];
+        }
+        let balance = match self.balance {
+            BalanceArg::Shared => Balance::Shared,
+            BalanceArg::RoundRobin => Balance::RoundRobin,
+        };
+        let config = WatcherConfig::new(&self.program)
+            .args(args.iter().cloned())
+            .balance(balance)
+            .shutdown_timeout(self.shutdown_timeout)
+            .ready_timeout(self.ready_timeout)
+            .heartbeat(self.heartbeat_interval, self.heartbeat_timeout)
+            .backoff(self.backoff_initial, self.backoff_max)
+            .min_uptime(self.min_uptime)
+            .restart_parallelism(self.restart_parallelism as usize);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// How many workers to start: `--workers`, or one per CPU.
+    pub(crate) fn worker_count(&self) -> usize {
+        self.workers.map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+            |n| n as usize,
+        )
+    }
+}
+
+/// Looks PROGRAM up (in `PATH` when it is a bare name) and checks it can run, so a typo gets
+/// a one-line answer rather than a worker that fails to start.
+///
+/// # Errors
+/// When it is missing, a directory or not executable.
+pub(crate) fn resolve_program(program: &Path) -> anyhow::Result<PathBuf> {
+    let candidates: Vec<PathBuf> = if program.components().count() > 1 {
+        vec![program.to_owned()]
+    } else {
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .map(|dir| dir.join(program))
+            .collect()
+    };
+    let Some(found) = candidates.into_iter().find(|c| c.exists()) else {
+        bail!("program {} not found", program.display());
+    };
+    if found.is_dir() {
+        bail!("program {} is a directory", found.display());
+    }
+    if rustix::fs::access(&found, rustix::fs::Access::EXEC_OK).is_err() {
+        bail!("program {} is not executable", found.display());
+    }
+    Ok(found)
+}
+
+/// The longest duration any option takes: a day. Far beyond any sensible timeout, and it keeps
+/// every deadline the watcher computes from it clear of overflow.
+const MAX_DURATION: Duration = Duration::from_secs(86_400);
+
+/// Parses a duration: plain seconds (`10`, `0.5`, as `-t` always took) or a number with a
+/// unit, `ms`, `s`, `m` or `h` (`500ms`, `10s`, `2m`, `1.5h`).
+///
+/// Hand-written rather than a crate: it is a dozen lines, and it must keep accepting the bare
+/// seconds that `humantime` and friends reject.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let invalid = || {
+        format!(
+            "{text:?} is not a duration: use seconds (10, 0.5) or a number with ms, s, m or h \
+             (500ms, 2m), at most a day"
+        )
+    };
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let scale = match unit.trim_start() {
+        "" | "s" => 1.0,
+        "ms" => 0.001,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(invalid()),
+    };
+    // Digits with at most one point and at least one digit: `f64::from_str` alone would also
+    // take `inf`, `1e3` and `-0`.
+    if number.matches('.').count() > 1 || !number.contains(|c: char| c.is_ascii_digit()) {
+        return Err(invalid());
+    }
+    let seconds = number.parse::<f64>().map_err(|_| invalid())? * scale;
+    match Duration::try_from_secs_f64(seconds) {
+        Ok(duration) if duration <= MAX_DURATION => Ok(duration),
+        _ => Err(invalid()),
+    }
+}
+
+/// Checks a `--log-level` at parse time, so a bad filter is a bad argument (status 2).
+fn parse_log_filter(text: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(text)
+        .map(|_| text.to_owned())
+        .map_err(|e| format!("{text:?} is not a log level or tracing filter: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("cluster").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn durations_take_plain_seconds_and_units() {
+        let ok = |text: &str, expected: Duration| {
+            assert_eq!(parse_duration(text), Ok(expected), "{text}");
+        };
+        ok("10", Duration::from_secs(10));
+        ok("0.5", Duration::from_millis(500));
+        ok(".25", Duration::from_millis(250));
+        ok("0", Duration::ZERO);
+        ok("500ms", Duration::from_millis(500));
+        ok("10s", Duration::from_secs(10));
+        ok("2m", Duration::from_secs(120));
+        ok("1.5h", Duration::from_secs(5400));
+        ok(" 3 s ", Duration::from_secs(3));
+        ok("86400", MAX_DURATION);
+        for bad in [
+            "", "soon", "s", "-1", "1e3", "inf", "NaN", "1.2.3", "10 sec", "5d", "86401", "25h",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    /// The defaults shown by `--help` are the library's: a changed library default shows up
+    /// here rather than as a silently different cluster.
+    #[test]
+    fn defaults_are_the_libraries() {
+        let args = parse(&["prog"]).unwrap();
+        let ours = args.watcher_config().unwrap();
+        let library = WatcherConfig::new("prog");
+        assert_eq!(ours.shutdown_timeout, library.shutdown_timeout);
+        assert_eq!(ours.ready_timeout, library.ready_timeout);
+        assert_eq!(ours.heartbeat_interval, library.heartbeat_interval);
+        assert_eq!(ours.heartbeat_timeout, library.heartbeat_timeout);
+        assert_eq!(ours.backoff_initial, library.backoff_initial);
+        assert_eq!(ours.backoff_max, library.backoff_max);
+        assert_eq!(ours.min_uptime, library.min_uptime);
+        assert_eq!(ours.restart_parallelism, library.restart_parallelism);
+        assert_eq!(ours.balance, library.balance);
+    }
+
+    #[test]
+    fn every_knob_reaches_the_configuration() {
+        let args = parse(&[
+            "-t",
+            "3",
+            "--ready-timeout",
+            "2m",
+            "--heartbeat-interval",
+            "250ms",
+            "--heartbeat-timeout",
+            "2s",
+            "--backoff-initial",
+            "50ms",
+            "--backoff-max",
+            "1m",
+            "--min-uptime",
+            "5s",
+            "--restart-parallelism",
+            "3",
+            "--balance",
+            "round-robin",
+            "prog",
+            "--",
+            "--port",
+            "1",
+        ])
+        .unwrap();
+        let config = args.watcher_config().unwrap();
+        assert_eq!(config.shutdown_timeout, Duration::from_secs(3));
+        assert_eq!(config.ready_timeout, Duration::from_secs(120));
+        assert_eq!(config.heartbeat_interval, Duration::from_millis(250));
+        assert_eq!(config.heartbeat_timeout, Duration::from_secs(2));
+        assert_eq!(config.backoff_initial, Duration::from_millis(50));
+        assert_eq!(config.backoff_max, Duration::from_secs(60));
+        assert_eq!(config.min_uptime, Duration::from_secs(5));
+        assert_eq!(config.restart_parallelism, 3);
+        assert_eq!(config.balance, Balance::RoundRobin);
+        assert_eq!(config.args, ["--port", "1"]);
+    }
+
+    #[test]
+    fn contradicting_knobs_are_rejected() {
+        for args in [
+            &[
+                "--heartbeat-timeout",
+                "1s",
+                "--heartbeat-interval",
+                "2s",
+                "p",
+            ][..],
+            &["--heartbeat-interval", "0", "p"],
+            &["--ready-timeout", "0ms", "p"],
+            &["--backoff-initial", "20s", "p"],
+        ] {
+            let parsed = parse(args).unwrap();
+            assert!(parsed.watcher_config().is_err(), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn clap_accepts_the_definition() {
+        Args::command().debug_assert();
+    }
+}

@@ -1,0 +1,123 @@
+//! Logging that can never stall supervision.
+//!
+//! The cluster runs on one thread. If that thread wrote its log lines itself, a log reader
+//! that stops reading (a full pipe, a stuck terminal, a hung log shipper) would block it in
+//! `write`: no connection handed out, no worker respawned, no signal handled. So lines go
+//! through `tracing-appender`'s non-blocking writer: a bounded queue emptied by a thread of
+//! its own, which drops (and counts) lines when the queue is full instead of waiting.
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use anyhow::Context;
+use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
+
+use crate::args::{Args, LogFormat};
+
+/// Lines queued for the writer thread before new ones are dropped. Enough for any burst a
+/// reader that keeps up can see (start-up, a rolling restart of many workers), few enough
+/// that a reader that stopped costs a few megabytes, not the machine's memory.
+const BUFFERED_LINES: usize = 8192;
+
+/// How often the count of dropped lines is checked and, if it grew, reported.
+const REPORT_EVERY: Duration = Duration::from_secs(5);
+
+/// How long exiting waits for queued lines to be written. `WorkerGuard`'s own drop waits at
+/// most 1.1 s, except that when its queue is full it `println!`s a complaint, which blocks
+/// for ever on the very stdout that is not being read; so it is dropped on a thread of its
+/// own, and the process exits after this long whatever that thread is doing.
+const FLUSH_LIMIT: Duration = Duration::from_secs(2);
+
+/// The installed log pipeline: keeps the writer thread alive, counts dropped lines, and
+/// flushes what is queued when dropped (at exit).
+#[derive(Debug)]
+pub(crate) struct Logging {
+    guard: Option<WorkerGuard>,
+    dropped: ErrorCounter,
+}
+
+/// Installs the global subscriber as `args` say: level, format, standard output or a file.
+///
+/// # Errors
+/// When the log file cannot be opened.
+pub(crate) fn init(args: &Args) -> anyhow::Result<Logging> {
+    // The level was checked when the arguments were parsed.
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
+        .with_context(|| format!("invalid log level {:?}", args.log_level))?;
+    let (sink, ansi): (Box<dyn Write + Send>, bool) = match &args.log_file {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("cannot open log file {}", path.display()))?;
+            (Box::new(file), false)
+        }
+        None => (Box::new(std::io::stdout()), std::io::stdout().is_terminal()),
+    };
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(BUFFERED_LINES)
+        .thread_name("cluster-log")
+        .finish(sink);
+    let dropped = writer.error_counter();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(ansi)
+        .with_writer(writer);
+    match args.log_format {
+        LogFormat::Pretty => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(Logging {
+        guard: Some(guard),
+        dropped,
+    })
+}
+
+impl Logging {
+    /// A task that, every few seconds, logs one warning if lines were dropped since the last
+    /// look. Run it for as long as the cluster runs.
+    pub(crate) fn report_drops(&self) -> impl Future<Output = ()> + Send + 'static {
+        let counter = self.dropped.clone();
+        async move {
+            let mut seen = 0;
+            let mut ticks = tokio::time::interval(REPORT_EVERY);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let total = counter.dropped_lines();
+                if total > seen {
+                    // This warning may itself be dropped while nobody reads; the total keeps
+                    // the count exact for whichever warning gets through.
+                    tracing::warn!(
+                        total,
+                        "{} log lines dropped in the last {}s because the log output was not read",
+                        total - seen,
+                        REPORT_EVERY.as_secs()
+                    );
+                    seen = total;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Logging {
+    fn drop(&mut self) {
+        let Some(guard) = self.guard.take() else {
+            return;
+        };
+        let (done, flushed) = std::sync::mpsc::channel();
+        let flusher = std::thread::Builder::new()
+            .name("cluster-log-flush".into())
+            .spawn(move || {
+                drop(guard);
+                let _ = done.send(());
+            });
+        if flusher.is_ok() {
+            let _ = flushed.recv_timeout(FLUSH_LIMIT);
+        }
+    }
+}
