@@ -15,7 +15,6 @@ use std::net::SocketAddr;
 use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::routing::get;
-use axum::serve::ListenerExt;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -40,17 +39,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listener = cluster_worker::listen(&address).await?;
     tracing::info!("listening on {}", listener.local_addr());
 
-    // `tap_io` lets axum's own `ConnectInfo<SocketAddr>` work on any listener, so the
-    // router's extractors stay exactly as they were.
-    let listener = listener.tap_io(|_| ());
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async {
-        let why = cluster_worker::await_termination().await;
-        tracing::info!(?why, "stopping");
-    })
-    .await?;
+    // Like `axum::serve`, and at a restart idle keep-alive connections move to the next
+    // generation instead of being closed. `ConnectInfo<SocketAddr>` works as with axum's.
+    let why = cluster_worker::serve_axum(listener, app).await;
+    tracing::info!(?why, "stopped");
     Ok(())
 }

@@ -1,5 +1,6 @@
-//! The seed's simple HTTP server: answers every request with `Hello, World!` and a header
-//! `x-cluster-worker: <worker id>`. Runs standalone or under `cluster` unchanged.
+//! The seed's simple HTTP server: answers every request with `Hello, World!` and headers
+//! `x-cluster-worker: <worker id>` and `x-cluster-pid: <pid>`; `/sleep?ms=N` answers after N
+//! milliseconds. Runs standalone or under `cluster` unchanged.
 //!
 //! ```sh
 //! cargo run --example hello-http                      # standalone on 127.0.0.1:1337
@@ -8,15 +9,14 @@
 //!
 //! In a cluster each worker is one process with a single-threaded runtime (the cluster
 //! supplies the parallelism); standalone it uses a multi-threaded runtime. On termination it
-//! stops accepting and finishes the requests in flight.
+//! stops accepting, finishes the requests in flight and, in a cluster, hands its idle
+//! keep-alive connections to the next generation (`cluster_worker::serve_http`).
 
 use std::convert::Infallible;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let runtime = if cluster_worker::is_worker() {
@@ -41,35 +41,34 @@ async fn serve() -> Result<(), Box<dyn std::error::Error>> {
 
     let worker = cluster_worker::id().map_or_else(|| "standalone".to_owned(), |id| id.to_string());
     let worker = hyper::header::HeaderValue::from_str(&worker)?;
-    let graceful = GracefulShutdown::new();
-    let http = hyper::server::conn::http1::Builder::new();
-    let why = loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, _) = accepted?;
-                let worker = worker.clone();
-                let service = hyper::service::service_fn(move |_: Request<Incoming>| {
-                    let mut response = Response::new(Full::new(Bytes::from_static(b"Hello, World!")));
-                    response.headers_mut().insert("x-cluster-worker", worker.clone());
-                    async move { Ok::<_, Infallible>(response) }
-                });
-                let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                });
+    let pid = hyper::header::HeaderValue::from(std::process::id());
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let mut response = Response::new(Full::new(Bytes::from_static(b"Hello, World!")));
+        let headers = response.headers_mut();
+        headers.insert("x-cluster-worker", worker.clone());
+        headers.insert("x-cluster-pid", pid.clone());
+        // `/sleep?ms=N` answers after N milliseconds (at most 60 s): a slow request.
+        let delay = (request.uri().path() == "/sleep")
+            .then(|| {
+                request
+                    .uri()
+                    .query()?
+                    .strip_prefix("ms=")?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .flatten()
+            .map(|ms| std::time::Duration::from_millis(ms.min(60_000)));
+        async move {
+            if let Some(delay) = delay {
+                tokio::time::sleep(delay).await;
             }
-            why = cluster_worker::await_termination() => break why,
+            Ok::<_, Infallible>(response)
         }
-    };
-    tracing::info!(?why, "stopping: finishing requests in flight");
-    drop(listener);
-    if graceful.count() > 0 {
-        // hyper closes a connection that has not sent its first request yet at once; one
-        // accepted a moment ago usually has its request still on the way, so let it arrive.
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    graceful.shutdown().await;
+    });
+    // Serves until told to stop; then finishes the requests in flight and hands idle
+    // keep-alive connections to the next generation (closes them when standalone).
+    let why = cluster_worker::serve_http(listener, service).await;
+    tracing::info!(?why, "stopped");
     Ok(())
 }

@@ -9,8 +9,9 @@
 //! * Process readings from `/proc`: [`children_of`], [`process_exists`],
 //!   [`process_running`], [`rss_kib`], [`fd_count`], [`cpu_ticks`], [`context_switches`].
 //! * HTTP on 127.0.0.1: [`free_port`], [`http_get`], [`http_get_at`], [`http_ok`].
-//! * Load: [`Load`] runs client threads (a new connection per request), bounded in time and
-//!   count, and says how many requests succeeded and why the others failed.
+//! * Load: [`Load`] runs client threads (a new connection per request), [`KeepAliveLoad`]
+//!   clients that keep their connection open as a proxy's pool does; both bounded in time
+//!   and count, both say how many requests succeeded and why the others failed.
 
 mod http;
 mod load;
@@ -19,7 +20,7 @@ mod server;
 
 pub use crate::{
     http::{free_port, http_get, http_get_at, http_ok},
-    load::{Load, LoadResult},
+    load::{KeepAliveLoad, KeepAliveResult, Load, LoadResult},
     process::{
         children_of, context_switches, cpu_ticks, fd_count, process_exists, process_running,
         rss_kib, signal,

@@ -59,3 +59,148 @@ impl Load {
         total
     }
 }
+
+/// What a [`KeepAliveLoad`] saw.
+#[derive(Debug, Default, Clone)]
+pub struct KeepAliveResult {
+    /// Requests answered 200.
+    pub ok: u64,
+    /// Requests that failed, and why (end of file before the response, reset, timeout, a
+    /// status other than 200).
+    pub failed: Vec<String>,
+    /// Connections opened (one per client, plus one after each `Connection: close` or
+    /// failure).
+    pub connections: u64,
+    /// Distinct values of the `x-cluster-pid` response header (the workers that answered).
+    pub pids: HashSet<String>,
+}
+
+/// Client threads that each keep one HTTP/1.1 connection open and send requests on it one
+/// after the other, as a reverse proxy's keep-alive pool does; a connection the server ends
+/// with `Connection: close` is replaced without counting a failure. Bounded: 60 s or
+/// 500,000 requests per thread.
+#[derive(Debug)]
+pub struct KeepAliveLoad {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<KeepAliveResult>>,
+}
+
+impl KeepAliveLoad {
+    /// Starts `connections` client threads against 127.0.0.1:`port`, each requesting `path`.
+    pub fn start(port: u16, connections: usize, path: &str) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..connections)
+            .map(|_| {
+                let stop = stop.clone();
+                let path = path.to_owned();
+                std::thread::spawn(move || keep_alive_client(port, &path, &stop))
+            })
+            .collect();
+        Self { stop, threads }
+    }
+
+    /// Stops the clients (each finishes its request in flight) and adds up what they saw.
+    pub fn finish(self) -> KeepAliveResult {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut total = KeepAliveResult::default();
+        for thread in self.threads {
+            let result = thread.join().expect("client thread");
+            total.ok += result.ok;
+            total.failed.extend(result.failed);
+            total.connections += result.connections;
+            total.pids.extend(result.pids);
+        }
+        total
+    }
+}
+
+fn keep_alive_client(port: u16, path: &str, stop: &AtomicBool) -> KeepAliveResult {
+    let mut result = KeepAliveResult::default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut connection: Option<std::io::BufReader<std::net::TcpStream>> = None;
+    let request = format!("GET {path} HTTP/1.1\r\nhost: test\r\n\r\n");
+    while !stop.load(Ordering::SeqCst) && Instant::now() < deadline && result.ok < 500_000 {
+        let reader = match connection.as_mut() {
+            Some(reader) => reader,
+            None => match std::net::TcpStream::connect(("127.0.0.1", port)) {
+                Ok(stream) => {
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+                    let _ = stream.set_nodelay(true);
+                    result.connections += 1;
+                    connection.insert(std::io::BufReader::new(stream))
+                }
+                Err(e) => {
+                    result.failed.push(format!("connect: {e}"));
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+            },
+        };
+        match exchange(reader, request.as_bytes()) {
+            Ok(response) => {
+                result.ok += 1;
+                result.pids.extend(response.pid);
+                if response.close {
+                    connection = None;
+                }
+            }
+            Err(e) => {
+                result.failed.push(e);
+                connection = None;
+            }
+        }
+    }
+    result
+}
+
+struct Answer {
+    close: bool,
+    pid: Option<String>,
+}
+
+/// One request and its response on a kept-alive connection.
+fn exchange(
+    reader: &mut std::io::BufReader<std::net::TcpStream>,
+    request: &[u8],
+) -> Result<Answer, String> {
+    use std::io::{BufRead, Read, Write};
+    reader
+        .get_mut()
+        .write_all(request)
+        .map_err(|e| format!("write: {e}"))?;
+    let mut status = String::new();
+    match reader.read_line(&mut status) {
+        Ok(0) => return Err("end of file instead of a response".into()),
+        Ok(_) => {}
+        Err(e) => return Err(format!("read: {e}")),
+    }
+    if !status.starts_with("HTTP/1.1 200") {
+        return Err(format!("status {:?}", status.trim_end()));
+    }
+    let (mut length, mut close, mut pid) = (0usize, false, None);
+    loop {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) => return Err("end of file in the response head".into()),
+            Ok(_) => {}
+            Err(e) => return Err(format!("read: {e}")),
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        let (name, value) = line.split_once(':').unwrap_or((line, ""));
+        let (name, value) = (name.to_ascii_lowercase(), value.trim());
+        match name.as_str() {
+            "content-length" => length = value.parse().unwrap_or(0),
+            "connection" => close = value.eq_ignore_ascii_case("close"),
+            "x-cluster-pid" => pid = Some(value.to_owned()),
+            _ => {}
+        }
+    }
+    let mut body = vec![0; length];
+    reader
+        .read_exact(&mut body)
+        .map_err(|e| format!("read body: {e}"))?;
+    Ok(Answer { close, pid })
+}

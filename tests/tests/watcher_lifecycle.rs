@@ -119,6 +119,12 @@ async fn round_robin_serves_two_addresses_through_one_pipe() {
     let config = test_worker(&["serve", "127.0.0.1:0,127.0.0.2:0"]).balance(Balance::RoundRobin);
     let watcher = ClusterWatcher::new(config);
     watcher.start(2).await.unwrap();
+    // A worker is ready at its first listen; the second comes a moment later.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while watcher.server_sockets().sockets().len() < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let ports: Vec<(std::net::IpAddr, u16)> = watcher
         .server_sockets()
         .sockets()

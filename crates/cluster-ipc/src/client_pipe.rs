@@ -91,7 +91,21 @@ impl<T: Serialize> ClientSocketSendPipe<T> {
     /// [`PipeSendError`], which returns `client`; [`PipeSendError::is_full`] tells a full
     /// queue (nothing was sent, try elsewhere or [`send`](Self::send)) from a failure.
     pub fn try_send<S: AsFd>(&self, client: S, data: &T) -> Result<(), PipeSendError<S>> {
-        let result = encode(&(data, &[] as &[u8]))
+        self.try_send_with_prefix(client, data, &[])
+    }
+
+    /// [`try_send`](Self::try_send) with bytes already read from `client` (see the type's
+    /// docs).
+    ///
+    /// # Errors
+    /// As [`try_send`](Self::try_send).
+    pub fn try_send_with_prefix<S: AsFd>(
+        &self,
+        client: S,
+        data: &T,
+        prefix: &[u8],
+    ) -> Result<(), PipeSendError<S>> {
+        let result = encode(&(data, prefix))
             .and_then(|frame| Ok(self.socket.try_send(&frame, &[client.as_fd()])?));
         match result {
             Ok(()) => Ok(()),

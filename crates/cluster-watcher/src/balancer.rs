@@ -1,4 +1,5 @@
-//! Round-robin mode: the watcher accepts and hands each connection to the next ready worker.
+//! Handing connections to workers: in round-robin mode every connection the watcher accepts,
+//! in both modes the idle keep-alive connections that stopping workers hand back.
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;
@@ -65,12 +66,15 @@ pub(crate) struct Balancer {
     accepting: Mutex<HashMap<ListenAddress, tokio::task::AbortHandle>>,
     /// Set at shutdown: a connection with no ready worker left is closed, not kept waiting.
     closed: AtomicBool,
+    /// Round-robin: the watcher accepts on every registered address.
+    accepts: bool,
     /// The watcher's span, for the tasks spawned here.
     span: tracing::Span,
 }
 
 impl Balancer {
-    pub(crate) fn new(span: tracing::Span) -> Self {
+    /// A balancer; with `accepting` (round-robin) it accepts on every registered address.
+    pub(crate) fn new(span: tracing::Span, accepting: bool) -> Self {
         Self {
             routes: Mutex::default(),
             ready: Mutex::default(),
@@ -78,6 +82,7 @@ impl Balancer {
             tasks: Mutex::default(),
             accepting: Mutex::default(),
             closed: AtomicBool::new(false),
+            accepts: accepting,
             span,
         }
     }
@@ -123,7 +128,7 @@ impl Balancer {
             route.targets.retain(|t| t.id != id);
             route.targets.push(Target { id, pipe, ready });
         }
-        if first {
+        if first && self.accepts {
             match fd.try_clone().and_then(fdpass::RawAcceptor::new) {
                 Ok(listener) => {
                     let this = self.clone();
@@ -265,7 +270,8 @@ impl Balancer {
                 let route = this.routes().get(&client.data.listener).cloned();
                 match route {
                     Some(route) => {
-                        this.hand_off(&route, client.socket, &client.data).await;
+                        this.hand_off(&route, client.socket, &client.data, &client.prefix)
+                            .await;
                         reclaimed += 1;
                     }
                     None => tracing::warn!(
@@ -281,6 +287,20 @@ impl Balancer {
                 );
             }
         }));
+    }
+
+    /// A connection a stopping worker handed back (idle between requests, with the bytes it
+    /// had read) goes to another ready worker listening on the same address; closed only
+    /// when no worker listens there any more.
+    pub(crate) async fn hand_over(&self, socket: OwnedFd, meta: &ClientMeta, prefix: &[u8]) {
+        let route = self.routes().get(&meta.listener).cloned();
+        match route {
+            Some(route) => self.hand_off(&route, socket, meta, prefix).await,
+            None => tracing::debug!(
+                listener = %meta.listener,
+                "a handed-back connection has no worker to go to; closed"
+            ),
+        }
     }
 
     /// The next ready worker in turn, and how many are ready.
@@ -325,7 +345,7 @@ impl Balancer {
                 listener: address.clone(),
                 peer,
             };
-            self.hand_off(&route, socket, &meta).await;
+            self.hand_off(&route, socket, &meta, &[]).await;
         }
     }
 
@@ -335,7 +355,13 @@ impl Balancer {
     /// (busy, or stopped and not yet past its heartbeat timeout) is skipped; only when every
     /// ready worker is full does the loop wait, briefly, on the next one in turn, and then
     /// look again, so one stuck worker never holds up the others.
-    async fn hand_off(&self, route: &Mutex<Route>, socket: OwnedFd, meta: &ClientMeta) {
+    async fn hand_off(
+        &self,
+        route: &Mutex<Route>,
+        socket: OwnedFd,
+        meta: &ClientMeta,
+        prefix: &[u8],
+    ) {
         let mut full = 0;
         loop {
             // Registered before looking, so a worker becoming ready in between is not missed.
@@ -349,11 +375,12 @@ impl Balancer {
                 continue;
             };
             let sent = if full < ready {
-                pipe.try_send(&socket, meta)
+                pipe.try_send_with_prefix(&socket, meta, prefix)
             } else {
                 full = 0;
                 // Cancelling a one-packet send leaves nothing sent and the socket ours.
-                match tokio::time::timeout(FULL_WAIT, pipe.send(&socket, meta)).await {
+                let send = pipe.send_with_prefix(&socket, meta, prefix);
+                match tokio::time::timeout(FULL_WAIT, send).await {
                     Ok(sent) => sent,
                     Err(_) => continue,
                 }

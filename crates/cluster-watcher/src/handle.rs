@@ -200,12 +200,16 @@ impl ClusterWatcher {
         let dropped_messages = Arc::new(AtomicU64::new(0));
         let (sink, receiver) = message_queue(dropped_messages.clone());
         let (commands, driver) = mpsc::unbounded_channel();
+        let balancer = Arc::new(Balancer::new(
+            span.clone(),
+            config.balance == Balance::RoundRobin,
+        ));
         Self {
             shared: Arc::new(Shared {
                 config,
                 events,
                 provider,
-                balancer: Arc::new(Balancer::new(span.clone())),
+                balancer,
                 span,
                 messages: Mutex::new(Messages {
                     receiver: Some(receiver),

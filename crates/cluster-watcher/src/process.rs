@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use cluster_ipc::protocol::{
     Balance, ClientMeta, LogRecord, WatcherToWorker, WorkerBootstrap, WorkerFds, WorkerToWatcher,
 };
-use cluster_ipc::{Channel, ChannelReceiver, ChannelSender, ClientSocketSendPipe};
+use cluster_ipc::{
+    Channel, ChannelReceiver, ChannelSender, ClientSocketReceivePipe, ClientSocketSendPipe,
+};
 use fdpass::{AsyncFdSocket, FdSocket, Limits};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
@@ -153,6 +155,15 @@ pub(crate) fn spawn_worker(
         pid,
         inputs: inputs.clone(),
     };
+    // Idle connections the worker hands back when it stops come the other way on its
+    // hand-off pipe: a task of their own reads them until the worker's end is gone.
+    let hand_backs = rustix::io::fcntl_dupfd_cloexec(&*clients, 0)?;
+    let hand_backs = ClientSocketReceivePipe::<ClientMeta>::new(
+        AsyncFdSocket::from_fd(hand_backs).map_err(std::io::Error::other)?,
+    );
+    tasks.spawn(
+        read_hand_backs(shared.clone(), hand_backs, id, pid).instrument(shared.span.clone()),
+    );
     let reply = control_tx.clone();
     let pipe = clients.clone();
     tasks.spawn(
@@ -287,7 +298,6 @@ impl Watch {
 
     async fn serve_listen(self, listen: AsyncFdSocket, clients: ClientPipe) {
         let shared = &self.shared;
-        let round_robin = shared.config.balance == Balance::RoundRobin;
         let span = tracing::info_span!("listen", worker = self.id.slot, pid = self.pid);
         let result = shared
             .provider
@@ -297,17 +307,56 @@ impl Watch {
                     .entry(self.id)
                     .or_default()
                     .insert(address.clone());
-                if round_robin {
-                    shared
-                        .balancer
-                        .register(address, fd, self.id, clients.clone());
-                }
+                // Round-robin: the watcher accepts for it. Both modes: it can be given
+                // connections other workers hand back.
+                shared
+                    .balancer
+                    .register(address, fd, self.id, clients.clone());
             })
             .instrument(span)
             .await;
         if let Err(e) = result {
             tracing::warn!(worker = self.id.slot, pid = self.pid, error = %e, "bad server-socket request; closing that channel");
         }
+    }
+}
+
+/// Passes the connections a stopping worker hands back to the other workers. One at a time:
+/// a worker that floods hand-backs waits on its own pipe. Only TCP sockets are accepted (the
+/// receive checks the descriptor's kind), so a worker cannot pass anything else on.
+async fn read_hand_backs(
+    shared: Arc<Shared>,
+    pipe: ClientSocketReceivePipe<ClientMeta>,
+    id: WorkerId,
+    pid: u32,
+) {
+    let mut handed = 0u64;
+    loop {
+        match pipe.receive().await {
+            Ok(Some(client)) => {
+                let Ok(socket) = client.socket.into_std().map(OwnedFd::from) else {
+                    continue;
+                };
+                shared
+                    .balancer
+                    .hand_over(socket, &client.data, &client.prefix)
+                    .await;
+                handed += 1;
+            }
+            Ok(None) => break,
+            Err(e) if e.io_error().is_some() => break,
+            Err(e) => {
+                tracing::warn!(worker = id.slot, pid, error = %e, "bad hand-back from worker; skipped");
+            }
+        }
+    }
+    if handed > 0 {
+        tracing::info!(
+            worker = id.slot,
+            pid,
+            connections = handed,
+            "idle keep-alive connections handed to the next generation"
+        );
     }
 }
 

@@ -54,6 +54,9 @@ mod error;
 mod link;
 mod listener;
 mod log;
+#[cfg(feature = "http")]
+mod serve;
+mod stream;
 
 pub use crate::{
     api::{
@@ -63,6 +66,12 @@ pub use crate::{
     error::WorkerError,
     listener::{Listener, listen, listen_with},
     log::{ForwardingLayer, init_tracing},
+    stream::ClientStream,
 };
+
+#[cfg(all(feature = "http", feature = "axum"))]
+pub use crate::serve::serve_axum;
+#[cfg(feature = "http")]
+pub use crate::serve::serve_http;
 
 pub use cluster_ipc::{ListenAddress, ListenOptions};

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use cluster_ipc::protocol::{ClientMeta, WatcherToWorker, WorkerToWatcher};
 use cluster_ipc::{
-    Channel, ChannelSender, ClientSocketReceivePipe, ListenAddress, ServerSocketPipeFactory,
-    TransferredSocket,
+    Channel, ChannelSender, ClientSocketReceivePipe, ClientSocketSendPipe, ListenAddress,
+    ServerSocketPipeFactory, TransferredSocket,
 };
 use fdpass::AsyncFdSocket;
 use tokio::sync::{mpsc, watch};
@@ -25,8 +25,23 @@ pub(crate) enum WatcherState {
     Gone,
 }
 
-/// A client socket the watcher accepted, with the peer address it saw.
-pub(crate) type Transferred = (tokio::net::TcpStream, Option<std::net::SocketAddr>);
+/// A client socket from the watcher: accepted there (round-robin), or handed over by a
+/// stopping worker with the bytes it had read but not used.
+pub(crate) struct Transferred {
+    pub(crate) stream: tokio::net::TcpStream,
+    pub(crate) peer: Option<std::net::SocketAddr>,
+    pub(crate) prefix: Vec<u8>,
+}
+
+impl From<Client> for Transferred {
+    fn from(client: Client) -> Self {
+        Self {
+            stream: client.socket,
+            peer: client.data.peer,
+            prefix: client.prefix,
+        }
+    }
+}
 
 /// A client socket as the watcher sent it.
 pub(crate) type Client = TransferredSocket<ClientMeta, tokio::net::TcpStream>;
@@ -41,6 +56,9 @@ pub(crate) struct Link {
     /// Client sockets from the watcher, for every address (round-robin). Each `accept`
     /// reads it directly and passes on what belongs to another listener.
     pub(crate) clients: Option<ClientSocketReceivePipe<ClientMeta>>,
+    /// The same pipe the other way: idle connections handed back to the watcher when this
+    /// worker stops, for a worker of the next generation.
+    hand_back: Option<ClientSocketSendPipe<ClientMeta>>,
     /// Where a connection for another listener is passed on to.
     routes: Mutex<HashMap<ListenAddress, mpsc::UnboundedSender<Transferred>>>,
     /// Held while a listener reads the client pipe and routes what it read.
@@ -125,8 +143,13 @@ fn connect(env: &'static WorkerEnv) -> Result<Link, WorkerError> {
         .take(Endpoint::Listen)
         .and_then(|fd| AsyncFdSocket::from_fd(fd).ok())
         .map(ServerSocketPipeFactory::new);
-    let clients = env
-        .take(Endpoint::Clients)
+    let clients_fd = env.take(Endpoint::Clients);
+    let hand_back = clients_fd
+        .as_ref()
+        .and_then(|fd| rustix::io::fcntl_dupfd_cloexec(fd, 0).ok())
+        .and_then(|fd| AsyncFdSocket::from_fd(fd).ok())
+        .map(ClientSocketSendPipe::new);
+    let clients = clients_fd
         .map(|fd| AsyncFdSocket::from_fd(fd).map(ClientSocketReceivePipe::new))
         .transpose()
         .map_err(std::io::Error::other)?;
@@ -138,6 +161,7 @@ fn connect(env: &'static WorkerEnv) -> Result<Link, WorkerError> {
         listen,
         clients_closed: AtomicBool::new(clients.is_none()),
         clients,
+        hand_back,
         routes: Mutex::default(),
         reading: tokio::sync::Mutex::new(()),
         pending: AtomicUsize::new(0),
@@ -201,9 +225,7 @@ impl Link {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         match pipe.receive().await {
-            Ok(Some(client)) if client.data.listener == *own => {
-                return Some((client.socket, client.data.peer));
-            }
+            Ok(Some(client)) if client.data.listener == *own => return Some(client.into()),
             Ok(Some(client)) => self.pass_on(client),
             Ok(None) => self.set_clients_closed(),
             Err(e) => match e.io_error() {
@@ -224,7 +246,7 @@ impl Link {
         match routes.get(&client.data.listener) {
             Some(route) => {
                 self.pending.fetch_add(1, Ordering::SeqCst);
-                if route.send((client.socket, client.data.peer)).is_err() {
+                if route.send(client.into()).is_err() {
                     self.pending.fetch_sub(1, Ordering::SeqCst);
                 }
             }
@@ -283,6 +305,33 @@ impl Link {
 
     pub(crate) fn clients_closed(&self) -> bool {
         self.clients_closed.load(Ordering::SeqCst)
+    }
+
+    /// Hands an idle connection back to the watcher, with the bytes read from it but not
+    /// used, for a worker of the next generation to serve (the watcher asked this worker to
+    /// stop). On failure the stream comes back, to be closed.
+    pub(crate) async fn hand_back(
+        &self,
+        stream: tokio::net::TcpStream,
+        listener: ListenAddress,
+        prefix: &[u8],
+    ) -> Result<(), tokio::net::TcpStream> {
+        let Some(pipe) = &self.hand_back else {
+            return Err(stream);
+        };
+        let meta = ClientMeta {
+            listener,
+            peer: stream.peer_addr().ok(),
+        };
+        let sent = tokio::time::timeout(
+            Duration::from_secs(1),
+            pipe.send_with_prefix(&stream, &meta, prefix),
+        )
+        .await;
+        match sent {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(stream),
+        }
     }
 
     pub(crate) async fn ready(&self) -> Result<(), WorkerError> {

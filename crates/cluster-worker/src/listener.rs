@@ -8,17 +8,18 @@ use std::time::Duration;
 
 use cluster_ipc::protocol::Balance;
 use cluster_ipc::{ListenAddress, ListenOptions, LocalServerSocketFactory, ServerSocketFactory};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{Mutex, mpsc};
 
-use crate::WorkerError;
 use crate::link::{Link, Transferred, link};
+use crate::{ClientStream, WorkerError};
 
 #[derive(Debug)]
 enum Source {
-    /// Accept on a listening socket (standalone, or a duplicate of the watcher's in `shared`).
-    Accept(TcpListener),
-    /// Sockets the watcher accepted and sent over (`round-robin`).
+    /// Accept on a listening socket (standalone, or a duplicate of the watcher's in `shared`,
+    /// where connections handed over by stopping workers also arrive on the pipe).
+    Accept(TcpListener, Option<TransferredSource>),
+    /// Sockets the watcher accepted and sent over (`round-robin`), and handed-over ones.
     Transferred(TransferredSource),
 }
 
@@ -62,6 +63,15 @@ impl TransferredSource {
         link.taken();
         Ok(client)
     }
+
+    /// Like [`next`](Self::next), but never fails: in shared mode, when the pipe is done, the
+    /// listening socket is all that is left.
+    async fn next_or_pending(&self) -> Transferred {
+        match self.next().await {
+            Ok(client) => client,
+            Err(_) => std::future::pending().await,
+        }
+    }
 }
 
 impl Drop for TransferredSource {
@@ -86,6 +96,8 @@ pub struct Listener {
     source: Source,
     local_addr: SocketAddr,
     nodelay: bool,
+    /// The address as asked for, in a cluster: what a handed-back connection is for.
+    address: Option<ListenAddress>,
 }
 
 /// Listens on `address` (`127.0.0.1:8080`, `[::1]:0`, `localhost:3000`): in a cluster on the
@@ -123,7 +135,20 @@ pub async fn listen_with(
         .as_ref()
         .ok_or(WorkerError::MissingSocket("listen"))?;
     let result = match link.env.balance {
-        Balance::Shared => Listener::from_accepting(factory.listen(address, options).await?)?,
+        Balance::Shared => {
+            let mut listener = Listener::from_accepting(factory.listen(address, options).await?)?;
+            // Connections handed over by stopping workers come through the pipe.
+            let passed_on = Mutex::new(link.add_route(address.clone()));
+            if let Source::Accept(_, transferred) = &mut listener.source {
+                *transferred = Some(TransferredSource {
+                    address: address.clone(),
+                    link: link.clone(),
+                    passed_on,
+                });
+            }
+            listener.address = Some(address.clone());
+            listener
+        }
         Balance::RoundRobin => {
             // The watcher does the accepting and gives us only the address it bound: no
             // copy of its socket that this process could break for the whole cluster.
@@ -140,6 +165,7 @@ pub async fn listen_with(
                 }),
                 local_addr,
                 nodelay: true,
+                address: Some(address.clone()),
             }
         }
     };
@@ -170,10 +196,16 @@ impl Listener {
             unreachable!("checked by tcp_addr")
         };
         Ok(Self {
-            source: Source::Accept(tcp),
+            source: Source::Accept(tcp, None),
             local_addr,
             nodelay: true,
+            address: None,
         })
+    }
+
+    /// The address as asked for, in a cluster (`None` standalone).
+    pub(crate) fn cluster_address(&self) -> Option<&ListenAddress> {
+        self.address.as_ref()
     }
 
     /// The address actually bound (the real port when port 0 was asked for).
@@ -195,15 +227,18 @@ impl Listener {
     ///
     /// # Errors
     /// An accept error that is not about one connection or a lack of resources.
-    pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
+    pub async fn accept(&self) -> io::Result<(ClientStream, SocketAddr)> {
         let mut backoff = Duration::from_millis(100);
         loop {
             let accepted = match &self.source {
-                Source::Accept(listener) => listener.accept().await,
-                Source::Transferred(source) => match source.next().await? {
-                    (stream, Some(peer)) => Ok((stream, peer)),
-                    (stream, None) => stream.peer_addr().map(|peer| (stream, peer)),
+                Source::Accept(listener, None) => {
+                    listener.accept().await.map(|(s, peer)| (s.into(), peer))
+                }
+                Source::Accept(listener, Some(source)) => tokio::select! {
+                    accepted = listener.accept() => accepted.map(|(s, peer)| (s.into(), peer)),
+                    client = source.next_or_pending() => transferred(client),
                 },
+                Source::Transferred(source) => transferred(source.next().await?),
             };
             match accepted {
                 Ok((stream, peer)) => {
@@ -231,6 +266,14 @@ impl Listener {
     }
 }
 
+fn transferred(client: Transferred) -> io::Result<(ClientStream, SocketAddr)> {
+    let peer = match client.peer {
+        Some(peer) => peer,
+        None => client.stream.peer_addr()?,
+    };
+    Ok((ClientStream::new(client.stream, client.prefix), peer))
+}
+
 fn is_resource_error(e: &io::Error) -> bool {
     matches!(
         rustix::io::Errno::from_io_error(e),
@@ -245,7 +288,7 @@ fn is_resource_error(e: &io::Error) -> bool {
 
 #[cfg(feature = "axum")]
 impl axum::serve::Listener for Listener {
-    type Io = TcpStream;
+    type Io = ClientStream;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {

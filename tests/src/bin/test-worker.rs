@@ -127,7 +127,9 @@ async fn main() {
             let _ = rustix::process::kill_process(me, rustix::process::Signal::KILL);
         }
         "fork-grandchild" => {
-            // Leaves a child of its own behind in its process group, then serves.
+            // Leaves a child of its own behind in its process group, then serves. Never
+            // waited for, on purpose: the watcher must clean it up.
+            #[allow(clippy::zombie_processes)]
             let _child = std::process::Command::new("sleep")
                 .arg("300")
                 .spawn()
