@@ -1,5 +1,8 @@
 // The peer: Node.js's built-in cluster module serving the same response as hello-http.
 // NODE_CLUSTER_SCHED_POLICY=rr|none selects the scheduling policy; WORKERS the count.
+// SIGUSR2 replaces the workers one by one, as PM2's reload does: a new worker listening,
+// then the old one disconnected (its server closes, it exits when its connections end).
+// (SIGUSR1 is Node's debugger signal.)
 // Usage: node cluster.js PORT
 const cluster = require('node:cluster');
 const http = require('node:http');
@@ -8,9 +11,26 @@ const workers = parseInt(process.env.WORKERS || '2', 10);
 const port = parseInt(process.argv[2], 10);
 
 if (cluster.isPrimary) {
+  const retiring = new Set();
+  let stopping = false;
   for (let i = 0; i < workers; i++) cluster.fork();
-  cluster.on('exit', () => cluster.fork());
+  cluster.on('exit', (worker) => {
+    if (!stopping && !retiring.delete(worker.id)) cluster.fork();
+  });
+  let restarting = false;
+  process.on('SIGUSR2', async () => {
+    if (restarting) return;
+    restarting = true;
+    for (const old of Object.values(cluster.workers)) {
+      const fresh = cluster.fork();
+      await new Promise((ready) => fresh.once('listening', ready));
+      retiring.add(old.id);
+      old.disconnect();
+    }
+    restarting = false;
+  });
   const stop = () => {
+    stopping = true;
     for (const id in cluster.workers) cluster.workers[id].process.kill('SIGKILL');
     process.exit(0);
   };

@@ -3,9 +3,9 @@
 //! count; every process it signals is one it started (by pid or by its own process group).
 //!
 //! `target/release/reliability [SCENARIO...]` with scenarios `chaos-shared`,
-//! `chaos-round-robin`, `sigstop`, `crash-loop`, `fd-exhaustion`, `soak`, `fuzz` (default:
-//! all). Knobs: `CHAOS_SECS` (60), `CRASH_SECS` (30), `SOAK_CONNECTIONS` (100000),
-//! `FUZZ_EXECS` (10000000).
+//! `chaos-round-robin`, `sigstop`, `crash-loop`, `fd-exhaustion`, `soak`, `fuzz`,
+//! `keep-alive` (default: all). Knobs: `CHAOS_SECS` (60), `CRASH_SECS` (30),
+//! `SOAK_CONNECTIONS` (100000), `FUZZ_EXECS` (10000000), `KEEPALIVE_SECS` (16).
 
 use std::path::PathBuf;
 
@@ -22,6 +22,7 @@ use rustix::process::Signal;
 struct Paths {
     cluster: String,
     hello: String,
+    node_script: String,
 }
 
 fn paths() -> Paths {
@@ -33,6 +34,10 @@ fn paths() -> Paths {
         cluster: release.join("cluster").to_string_lossy().into_owned(),
         hello: release
             .join("examples/hello-http")
+            .to_string_lossy()
+            .into_owned(),
+        node_script: PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("node/cluster.js")
             .to_string_lossy()
             .into_owned(),
     }
@@ -96,6 +101,132 @@ fn serve_hello(p: &Paths, workers: u32, balance: &str) -> (ServerProcess, u16) {
     let server = ServerProcess::command(&cluster_cmd(p, workers, balance, &p.hello), &[], port);
     server.wait_ready(port);
     (server, port)
+}
+
+/// What wrk reported: requests completed, and failures (socket errors of every kind plus
+/// responses other than 2xx/3xx).
+fn wrk_failures(text: &str) -> (u64, u64) {
+    let number = |s: &str| s.trim().trim_end_matches(',').parse::<u64>().unwrap_or(0);
+    let requests = text
+        .lines()
+        .find_map(|l| l.split_once(" requests in").map(|(n, _)| number(n)))
+        .unwrap_or(0);
+    let mut failures = 0;
+    if let Some(line) = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("Socket errors:"))
+    {
+        // "Socket errors: connect 0, read 32, write 0, timeout 0"
+        let words: Vec<&str> = line.split_whitespace().collect();
+        failures += words
+            .windows(2)
+            .filter(|w| ["connect", "read", "write", "timeout"].contains(&w[0]))
+            .map(|w| number(w[1]))
+            .sum::<u64>();
+    }
+    if let Some(line) = text
+        .lines()
+        .find(|l| l.contains("Non-2xx or 3xx responses:"))
+    {
+        failures += line.rsplit(':').next().map_or(0, number);
+    }
+    (requests, failures)
+}
+
+/// 32 keep-alive connections (`wrk -t1 -c32`) through three rolling restarts, 12 s: ours in
+/// both modes, and Node's cluster module with a primary that replaces its workers one by one.
+fn keep_alive_restarts(p: &Paths) -> bool {
+    let seconds = env_or("KEEPALIVE_SECS", 16);
+    let node = |policy: &str| {
+        (
+            vec![
+                "node".to_owned(),
+                p.node_script.clone(),
+                "{port}".to_owned(),
+            ],
+            vec![
+                ("WORKERS".to_owned(), "2".to_owned()),
+                ("NODE_CLUSTER_SCHED_POLICY".to_owned(), policy.to_owned()),
+            ],
+            Signal::USR2,
+        )
+    };
+    let axum = p.hello.replace("hello-http", "axum-hello");
+    let peers = [
+        (
+            "cluster shared",
+            (cluster_cmd(p, 2, "shared", &p.hello), vec![], Signal::USR1),
+        ),
+        (
+            "cluster shared, axum-hello",
+            (cluster_cmd(p, 2, "shared", &axum), vec![], Signal::USR1),
+        ),
+        // Not restarts: two SIGTTOU then one SIGTTIN, 4 workers -> 3 -> 2 -> 3.
+        (
+            "cluster shared, scale-down 4 -> 2 -> 3",
+            (cluster_cmd(p, 4, "shared", &p.hello), vec![], Signal::TTOU),
+        ),
+        (
+            "cluster round-robin",
+            (
+                cluster_cmd(p, 2, "round-robin", &p.hello),
+                vec![],
+                Signal::USR1,
+            ),
+        ),
+        ("node cluster SCHED_NONE", node("none")),
+        ("node cluster SCHED_RR", node("rr")),
+    ];
+    let mut ours_failed = 0;
+    for (name, (command, env, restart)) in peers {
+        if name.starts_with("node") && which("node").is_none() {
+            continue;
+        }
+        let port = free_port();
+        let server = ServerProcess::command(&command, &env, port);
+        server.wait_ready(port);
+        let wrk = std::process::Command::new("wrk")
+            .args([
+                "-t1",
+                "-c32",
+                &format!("-d{seconds}s"),
+                &format!("http://127.0.0.1:{port}/"),
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("wrk (bench/run.sh installs it)");
+        for round in 0..3 {
+            std::thread::sleep(Duration::from_secs(seconds) / 4);
+            let scale_up = restart == Signal::TTOU && round == 2;
+            signal(server.pid(), if scale_up { Signal::TTIN } else { restart });
+        }
+        let out = wrk.wait_with_output().expect("wrk output");
+        let (requests, failures) = wrk_failures(&String::from_utf8_lossy(&out.stdout));
+        let pass = !name.starts_with("cluster") || failures == 0;
+        if name.starts_with("cluster") {
+            ours_failed += failures;
+        }
+        let what = if restart == Signal::TTOU {
+            "keep-alive through scaling"
+        } else {
+            "keep-alive through 3 rolling restarts"
+        };
+        println!(
+            "| {what}, {name}, wrk -t1 -c32 {seconds} s | {requests} requests, {failures} failed | {} |",
+            if name.starts_with("cluster") {
+                verdict(pass)
+            } else {
+                "peer (measured)"
+            }
+        );
+    }
+    ours_failed == 0
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|path| path.is_file())
 }
 
 fn chaos(p: &Paths, balance: &str) -> bool {
@@ -383,6 +514,7 @@ fn main() {
         "fd-exhaustion",
         "soak",
         "fuzz",
+        "keep-alive",
     ];
     let chosen: Vec<String> = std::env::args().skip(1).collect();
     let chosen: Vec<&str> = if chosen.is_empty() {
@@ -401,6 +533,7 @@ fn main() {
             "fd-exhaustion" => fd_exhaustion(&p),
             "soak" => soak(&p),
             "fuzz" => fuzz(),
+            "keep-alive" => keep_alive_restarts(&p),
             other => {
                 eprintln!("unknown scenario {other}; known: {all:?}");
                 false
