@@ -163,6 +163,7 @@ async fn round_robin_near_the_descriptor_limit_closes_no_client() {
             _ => closed += 1,
         }
     }
+    eprintln!("figure: ulimit -n 48, 120 idle clients: {closed} closed");
     assert_eq!(closed, 0, "clients closed by the cluster");
     drop(clients);
     assert!(answers_within(port, LIMIT).await);
@@ -171,13 +172,14 @@ async fn round_robin_near_the_descriptor_limit_closes_no_client() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_up_kill_loop_backs_off_like_any_crash_loop() {
-    let watcher = ClusterWatcher::new(test_worker(&["kill-self"]));
+    let watcher = ClusterWatcher::new(test_worker(&["kill-self-from-gen", "2", "127.0.0.1:0"]));
+    watcher.start(1).await.unwrap();
+    // From generation 2 on, every worker is SIGKILLed right after it starts: not asked for
+    // by the watcher, so it counts toward the backoff like any early end.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let first = watcher.workers()[0].pid;
     let mut events = watcher.events();
-    // Every worker is SIGKILLed right after it starts: start fails, the slot keeps trying.
-    let start = tokio::spawn(async move {
-        let result = watcher.start(1).await;
-        (watcher, result)
-    });
+    rustix::process::kill_process(Pid::from_raw(first as i32).unwrap(), Signal::KILL).unwrap();
     let mut starts = 0;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     while let Ok(Ok(event)) = tokio::time::timeout_at(deadline, events.recv()).await {
@@ -185,10 +187,9 @@ async fn a_start_up_kill_loop_backs_off_like_any_crash_loop() {
             starts += 1;
         }
     }
-    let (watcher, result) = start.await.unwrap();
-    assert!(result.is_err());
     // 266 a second without backoff; with it: 0, 100, 200, 400, 800 ms, ...
-    assert!(starts <= 2, "{starts} starts in 3 s");
+    eprintln!("figure: start-up SIGKILL loop: {starts} starts in 3 s");
+    assert!((3..=8).contains(&starts), "{starts} starts in 3 s");
     watcher.stop().await;
 }
 
@@ -210,6 +211,7 @@ async fn a_crash_loop_of_a_running_slot_backs_off() {
             starts += 1;
         }
     }
+    eprintln!("figure: crash loop of a running slot: {starts} starts in 3 s");
     assert!((3..=7).contains(&starts), "{starts} starts in 3 s");
     watcher.stop().await;
 }
@@ -227,6 +229,10 @@ async fn a_flood_of_stop_requests_is_one_stop() {
     .await;
     assert_eq!(exit.stopped, Some(cluster_watcher::StopCause::Requested));
     let grown = rss().saturating_sub(before);
+    eprintln!(
+        "figure: 200000 stop requests: watcher grew {} KiB",
+        grown >> 10
+    );
     assert!(grown < 64 << 20, "the watcher grew by {} MiB", grown >> 20);
     watcher.stop().await;
 }
@@ -247,6 +253,11 @@ async fn a_message_flood_nobody_reads_stays_bounded() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let grown = rss().saturating_sub(before);
+    eprintln!(
+        "figure: 64 KiB messages nobody reads: {} dropped, watcher grew {} KiB",
+        watcher.dropped_messages(),
+        grown >> 10
+    );
     assert!(grown < 64 << 20, "the watcher grew by {} MiB", grown >> 20);
     watcher.stop().await;
 }
@@ -263,6 +274,7 @@ async fn a_huge_log_line_is_cut_and_a_newline_cannot_forge_a_line() {
     }
     let text = log_text(&logs);
     let longest = text.lines().map(str::len).max().unwrap();
+    eprintln!("figure: a 16 MiB log line becomes at most {longest} bytes");
     assert!(longest < 20_000, "a line of {longest} bytes");
     assert!(text.contains("more bytes"));
     assert!(

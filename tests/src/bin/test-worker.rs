@@ -19,7 +19,8 @@
 //! * `two-layers`: make two `ForwardingLayer`s, log through the second, report ready.
 //! * `flood-shutdown N`, `flood-messages BYTES`, `log-huge BYTES`: floods of stop requests,
 //!   messages, one huge log line.
-//! * `kill-self`: SIGKILL itself at once. `fork-grandchild ADDR`: fork a `sleep`, then serve.
+//! * `kill-self-from-gen N ADDR`: generations from N SIGKILL themselves at once; earlier
+//!   ones serve. `fork-grandchild ADDR`: fork a `sleep`, then serve.
 //! * `serve-address-file PATH`: serve on the address written in PATH.
 
 use std::time::Duration;
@@ -121,10 +122,14 @@ async fn main() {
             cluster_worker::ready().await.unwrap();
             cluster_worker::await_termination().await;
         }
-        "kill-self" => {
-            // What the OOM killer does to a start-up allocation.
-            let me = rustix::process::getpid();
-            let _ = rustix::process::kill_process(me, rustix::process::Signal::KILL);
+        "kill-self-from-gen" => {
+            // Generations from N on are SIGKILLed at once (what the OOM killer does to a
+            // start-up allocation); earlier ones serve on ADDR.
+            if u64::from(cluster_worker::generation().unwrap_or(1)) >= num(1) {
+                let me = rustix::process::getpid();
+                let _ = rustix::process::kill_process(me, rustix::process::Signal::KILL);
+            }
+            serve(&arg(2), Duration::ZERO, Duration::ZERO).await
         }
         "fork-grandchild" => {
             // Leaves a child of its own behind in its process group, then serves. Never
