@@ -4,6 +4,8 @@
 # .config/nextest.toml.
 set -euo pipefail
 cd "$(dirname "$0")"
+# The real peer programs (uvicorn, gunicorn) into a virtual environment under target/.
+tests/peers/install.sh
 cargo build --workspace --all-targets --locked
 cargo test --workspace --doc --locked
 cargo nextest run --workspace --locked --no-fail-fast "$@"

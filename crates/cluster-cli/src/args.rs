@@ -104,13 +104,31 @@ pub(crate) struct Args {
     #[arg(long, env = "CLUSTER_RESTART_PARALLELISM", default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_WORKERS)))]
     restart_parallelism: u32,
 
-    /// The worker program
-    #[arg(required = true)]
-    program: OsString,
+    /// Hand PROGRAM this listening socket as systemd does: descriptors 3, 4, … in --listen
+    /// order, with LISTEN_FDS, LISTEN_FDNAMES and LISTEN_PID, so servers that take their
+    /// socket from systemd, listenfd or a `--fd 3` option run unmodified (readiness:
+    /// READY=1 on NOTIFY_SOCKET, or --ready-after). ADDR is HOST:PORT, [V6]:PORT or
+    /// unix:PATH (`,mode=0660` sets the file's mode); repeatable
+    #[arg(long, env = "CLUSTER_LISTEN", value_name = "[NAME=]ADDR", value_delimiter = ' ', value_parser = parse_listen)]
+    listen: Vec<cluster_watcher::InheritedListener>,
 
-    /// Arguments passed to PROGRAM unchanged
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    args: Vec<OsString>,
+    /// With --listen: the signal that asks a worker (its whole process group) to stop
+    #[arg(long, env = "CLUSTER_STOP_SIGNAL", default_value = "TERM", value_name = "SIGNAL", value_parser = parse_signal)]
+    stop_signal: i32,
+
+    /// With --listen: a worker still running this long after its start counts as ready
+    /// unless it sends READY=1 first; `off` waits for READY=1
+    #[arg(long, env = "CLUSTER_READY_AFTER", default_value = "1s", value_name = "DURATION|off", value_parser = parse_ready_after)]
+    ready_after: ReadyAfter,
+
+    /// The worker program, and the arguments passed to it unchanged (everything after
+    /// PROGRAM is its own, options included: `cluster -w 2 gunicorn -w 4 app:app`)
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        value_name = "PROGRAM [ARGS]..."
+    )]
+    command: Vec<OsString>,
 }
 
 /// The most workers `--workers` and SIGTTIN may ask for: far beyond any machine's useful
@@ -121,6 +139,8 @@ const EXAMPLES: &str = "Examples:
   cluster -w 4 target/release/examples/hello-http 127.0.0.1:1337
   cluster --balance round-robin -p /run/app.pid ./server -- --port 8080
   cluster --ready-timeout 2m --heartbeat-timeout 30s ./slow-starting-server
+  cluster -w 2 --listen 127.0.0.1:8000 uvicorn --fd 3 app:app     # any server, unmodified
+  cluster -w 2 --listen http=127.0.0.1:8000 gunicorn app:app       # takes LISTEN_FDS itself
   kill -USR1 $(cat /run/app.pid)      # rolling restart";
 
 /// `--balance`'s values, clap's spelling of [`Balance`].
@@ -160,7 +180,7 @@ impl Args {
     /// The watcher configuration these arguments describe, checked with
     /// [`WatcherConfig::validate`].
     pub(crate) fn watcher_config(&self) -> Result<WatcherConfig, cluster_watcher::ConfigError> {
-        let mut args = self.args.as_slice();
+        let (program, mut args) = self.command.split_first().expect("clap requires PROGRAM");
         // amphp's `cluster server -- --port 8080`: a `--` right after PROGRAM is not for it.
         if args.first().is_some_and(|a| a == "--") {
             args = &args[1..];
@@ -169,7 +189,7 @@ impl Args {
             BalanceArg::Shared => Balance::Shared,
             BalanceArg::RoundRobin => Balance::RoundRobin,
         };
-        let config = WatcherConfig::new(&self.program)
+        let config = WatcherConfig::new(program)
             .args(args.iter().cloned())
             .balance(balance)
             .shutdown_timeout(self.shutdown_timeout)
@@ -178,6 +198,10 @@ impl Args {
             .backoff(self.backoff_initial, self.backoff_max)
             .min_uptime(self.min_uptime)
             .restart_parallelism(self.restart_parallelism as usize);
+        let mut config = config;
+        config.listen = self.listen.clone();
+        config.stop_signal = self.stop_signal;
+        config.ready_after = self.ready_after.0;
         config.validate()?;
         Ok(config)
     }
@@ -257,6 +281,81 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// Checks a `--log-level` at parse time, so a bad filter is a bad argument (status 2).
+/// `--ready-after`: a duration, or `off`.
+#[derive(Debug, Clone, Copy)]
+struct ReadyAfter(Option<Duration>);
+
+fn parse_ready_after(text: &str) -> Result<ReadyAfter, String> {
+    match text {
+        "off" | "none" => Ok(ReadyAfter(None)),
+        _ => parse_duration(text).map(|d| ReadyAfter(Some(d))),
+    }
+}
+
+/// `TERM`, `SIGTERM`, `sigint`, `15`, …: the signals a server may be stopped with.
+fn parse_signal(text: &str) -> Result<i32, String> {
+    use rustix::process::Signal;
+    if let Ok(number) = text.parse::<i32>() {
+        return Signal::from_named_raw(number)
+            .map(Signal::as_raw)
+            .ok_or_else(|| format!("{number} is not a signal number"));
+    }
+    let name = text.to_ascii_uppercase();
+    let name = name.strip_prefix("SIG").unwrap_or(&name);
+    let signal = match name {
+        "TERM" => Signal::TERM,
+        "INT" => Signal::INT,
+        "QUIT" => Signal::QUIT,
+        "HUP" => Signal::HUP,
+        "USR1" => Signal::USR1,
+        "USR2" => Signal::USR2,
+        "WINCH" => Signal::WINCH,
+        "KILL" => Signal::KILL,
+        _ => {
+            return Err(format!(
+                "{text:?} is not a signal name (TERM, INT, QUIT, HUP, USR1, USR2, WINCH, KILL) or number"
+            ));
+        }
+    };
+    Ok(signal.as_raw())
+}
+
+/// `[NAME=]ADDR[,mode=OCTAL]`.
+fn parse_listen(text: &str) -> Result<cluster_watcher::InheritedListener, String> {
+    let (name, rest) = match text.split_once('=') {
+        // A name has no ':' or '/', unlike every address.
+        Some((name, rest)) if !name.is_empty() && !name.contains([':', '/', ',']) => {
+            (name.to_owned(), rest)
+        }
+        _ => ("listener".to_owned(), text),
+    };
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
+        return Err(format!("{name:?} is not a name (letters, digits, _ - .)"));
+    }
+    let (address, mode) = match rest.rsplit_once(",mode=") {
+        Some((address, mode)) => {
+            let mode = u32::from_str_radix(mode, 8)
+                .ok()
+                .filter(|m| *m <= 0o777)
+                .ok_or_else(|| format!("{mode:?} is not an octal file mode"))?;
+            (address, Some(mode))
+        }
+        None => (rest, None),
+    };
+    let address: cluster_ipc::ListenAddress = address.parse().map_err(|e| format!("{e}"))?;
+    if mode.is_some() && !matches!(address, cluster_ipc::ListenAddress::Unix(_)) {
+        return Err("a mode is for unix: addresses only".into());
+    }
+    Ok(cluster_watcher::InheritedListener {
+        name,
+        address,
+        mode,
+    })
+}
+
 fn parse_log_filter(text: &str) -> Result<String, String> {
     tracing_subscriber::EnvFilter::try_new(text)
         .map(|_| text.to_owned())

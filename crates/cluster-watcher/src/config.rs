@@ -4,6 +4,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use cluster_ipc::ListenAddress;
 use cluster_ipc::protocol::Balance;
 
 /// What the watcher runs and how it supervises it.
@@ -52,6 +53,30 @@ pub struct WatcherConfig {
     pub min_uptime: Duration,
     /// Slots replaced at once during a rolling restart (default 1).
     pub restart_parallelism: usize,
+    /// Listening sockets handed to programs that do not link `cluster-worker`, as systemd
+    /// does: descriptors 3, 4, … in this order, with `LISTEN_FDS`, `LISTEN_FDNAMES` and
+    /// `LISTEN_PID`. Non-empty means *program mode*: workers get no cluster channel; they
+    /// report readiness with `READY=1` on `NOTIFY_SOCKET` (or are ready after
+    /// [`ready_after`](Self::ready_after)), liveness with `WATCHDOG=1` if they choose to, and
+    /// are stopped with [`stop_signal`](Self::stop_signal) (default empty).
+    pub listen: Vec<InheritedListener>,
+    /// Program mode: the signal that asks a worker's process group to stop (default
+    /// `SIGTERM`).
+    pub stop_signal: i32,
+    /// Program mode: a worker still running this long after its start counts as ready, if it
+    /// has not sent `READY=1` before (default 1 s, as einhorn; `None`: wait for `READY=1`).
+    pub ready_after: Option<Duration>,
+}
+
+/// A listening socket handed to every worker in program mode (see [`WatcherConfig::listen`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InheritedListener {
+    /// Its name in `LISTEN_FDNAMES`.
+    pub name: String,
+    /// Where it listens.
+    pub address: ListenAddress,
+    /// Permission bits of a Unix socket file (default: as the umask leaves them).
+    pub mode: Option<u32>,
 }
 
 impl WatcherConfig {
@@ -71,6 +96,9 @@ impl WatcherConfig {
             backoff_max: Duration::from_secs(10),
             min_uptime: Duration::from_secs(1),
             restart_parallelism: 1,
+            listen: Vec::new(),
+            stop_signal: 15,
+            ready_after: Some(Duration::from_secs(1)),
         }
     }
 
@@ -146,6 +174,22 @@ impl WatcherConfig {
         self
     }
 
+    /// Adds a listening socket for program mode (see [`listen`](Self::listen)).
+    #[must_use]
+    pub fn listen(mut self, name: impl Into<String>, address: ListenAddress) -> Self {
+        self.listen.push(InheritedListener {
+            name: name.into(),
+            address,
+            mode: None,
+        });
+        self
+    }
+
+    /// Whether workers are programs that do not link `cluster-worker` (listeners given).
+    pub fn program_mode(&self) -> bool {
+        !self.listen.is_empty()
+    }
+
     /// Checks the knobs against each other.
     ///
     /// # Errors
@@ -168,6 +212,14 @@ impl WatcherConfig {
         if self.restart_parallelism == 0 {
             return Err(ConfigError(
                 "the restart parallelism must be at least 1".into(),
+            ));
+        }
+        if self.program_mode() && self.balance == Balance::RoundRobin {
+            return Err(ConfigError(
+                "round-robin needs workers that take connections from the watcher \
+                 (cluster-worker programs); programs given listeners accept by themselves: \
+                 use shared"
+                    .into(),
             ));
         }
         if self.backoff_max < self.backoff_initial {

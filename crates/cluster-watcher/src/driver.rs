@@ -64,6 +64,10 @@ pub(crate) struct Driver {
     stopping: bool,
     /// When the shared listening sockets are checked next.
     next_listener_check: Instant,
+    /// Program mode: each worker's last `STATUS=` text.
+    statuses: HashMap<WorkerId, String>,
+    /// Program mode: whether the notify socket's reader runs.
+    notify_reader: bool,
 }
 
 impl std::fmt::Debug for Driver {
@@ -100,6 +104,8 @@ impl Driver {
             next_ticket: 0,
             stopping: false,
             next_listener_check: Instant::now() + listeners::CHECK_EVERY,
+            statuses: HashMap::new(),
+            notify_reader: false,
         }
     }
 
@@ -150,6 +156,29 @@ impl Driver {
         }
     }
 
+    /// Program mode: reads the notify socket into the driver's inputs (once).
+    fn start_notify_reader(&mut self) {
+        if self.notify_reader || self.shared.notify.get().is_none() {
+            return;
+        }
+        self.notify_reader = true;
+        let shared = self.shared.clone();
+        let inputs = self.inputs_tx.clone();
+        self.tasks.spawn(
+            async move {
+                let Some(socket) = shared.notify.get() else {
+                    return;
+                };
+                while let Ok(notification) = socket.recv().await {
+                    if inputs.send(Input::Notify(notification)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            .instrument(self.shared.span.clone()),
+        );
+    }
+
     fn ticket(&mut self, reply: oneshot::Sender<Outcome>) -> Ticket {
         self.next_ticket += 1;
         self.waiters.insert(self.next_ticket, reply);
@@ -160,6 +189,7 @@ impl Driver {
         let now = Instant::now();
         match command {
             Command::Start(count, reply) => {
+                self.start_notify_reader();
                 if !self.core.is_running() {
                     self.stopping = false;
                     self.shared.balancer.reopen();
@@ -203,14 +233,40 @@ impl Driver {
             Input::StopRequested(id) => self.core.stop_requested(id, now),
             Input::BadTraffic(id) => self.core.bad_traffic(id, now),
             Input::ControlClosed(id) => self.core.control_closed(id, now),
+            Input::Notify(notification) => {
+                let Some(id) = self
+                    .processes
+                    .iter()
+                    .find(|(_, p)| p.pid == notification.group)
+                    .map(|(id, _)| *id)
+                else {
+                    return;
+                };
+                if notification.ready {
+                    self.core.ready(id, now);
+                }
+                if notification.watchdog {
+                    self.core.heartbeat(id, now);
+                }
+                if let Some(status) = notification.status {
+                    tracing::debug!(worker = id.slot, status, "worker status");
+                    self.statuses.insert(id, status);
+                }
+                if notification.stopping {
+                    tracing::debug!(worker = id.slot, "worker says it is stopping");
+                }
+            }
             Input::Exited(id, status) => {
+                self.statuses.remove(&id);
                 self.shared.listens().remove(&id);
                 if let Some(process) = self.processes.remove(&id) {
                     // Children it forked go with it.
                     kill_leftovers(process.pid);
                     self.shared.balancer.remove(id);
-                    if let Some(worker_end) = process.worker_end {
-                        self.shared.balancer.reclaim(&process.clients, worker_end);
+                    if let Some(link) = process.link
+                        && let Some(worker_end) = link.worker_end
+                    {
+                        self.shared.balancer.reclaim(&link.clients, worker_end);
                     }
                 }
                 self.core.exited(id, status, now);
@@ -279,8 +335,18 @@ impl Driver {
             return;
         };
         self.shared.balancer.remove(id);
-        Balancer::close_pipe(&process.clients);
-        let control = process.control.clone();
+        let Some(link) = &process.link else {
+            // A program that does not link cluster-worker: the stop signal, to its group.
+            if let Some(group) = rustix::process::Pid::from_raw(process.pid as i32) {
+                let signal =
+                    rustix::process::Signal::from_named_raw(self.shared.config.stop_signal)
+                        .unwrap_or(rustix::process::Signal::TERM);
+                let _ = rustix::process::kill_process_group(group, signal);
+            }
+            return;
+        };
+        Balancer::close_pipe(&link.clients);
+        let control = link.control.clone();
         spawn_in(self.shared.span.clone(), async move {
             let _ =
                 tokio::time::timeout(STOP_SEND_TIMEOUT, control.send(&WatcherToWorker::Stop)).await;
@@ -331,15 +397,14 @@ impl Driver {
                         crate::WorkerPhase::Stopping | crate::WorkerPhase::Killed
                     ),
                 });
-                if worker.current
-                    && let Some(process) = self.processes.get(&worker.id)
-                {
-                    published
-                        .current
-                        .insert(worker.id.slot, process.control.clone());
-                }
-                if let Some(process) = self.processes.get(&worker.id) {
-                    published.controls.push(process.control.clone());
+                let link = self.processes.get(&worker.id).and_then(|p| p.link.as_ref());
+                if let Some(link) = link {
+                    if worker.current {
+                        published
+                            .current
+                            .insert(worker.id.slot, link.control.clone());
+                    }
+                    published.controls.push(link.control.clone());
                 }
             }
         }

@@ -46,6 +46,9 @@ pub enum StartError {
     /// The watcher is not running (never started, or stopped).
     #[error("the cluster is not running")]
     NotRunning,
+    /// A listening socket could not be bound (program mode binds them at start).
+    #[error("cannot listen")]
+    Listen(#[from] cluster_ipc::ServerSocketError),
     /// Setting up the worker's sockets failed.
     #[error("cannot set up worker sockets")]
     Io(#[from] io::Error),

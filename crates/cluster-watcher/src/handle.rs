@@ -31,6 +31,19 @@ pub(crate) struct Shared {
     published: Mutex<Published>,
     /// Which addresses each live worker asked to listen on.
     pub(crate) listens: Mutex<HashMap<WorkerId, HashSet<ListenAddress>>>,
+    /// Program mode: the socket workers report readiness to, bound at the first start.
+    pub(crate) notify: std::sync::OnceLock<crate::notify::NotifySocket>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Program mode: the Unix socket files the watcher bound go with it.
+        for listener in &self.config.listen {
+            if let ListenAddress::Unix(path) = &listener.address {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -54,6 +67,38 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
+    /// Program mode: the path of the notify socket, once bound.
+    pub(crate) fn notify_path(&self) -> Option<&std::path::Path> {
+        self.notify.get().map(crate::notify::NotifySocket::path)
+    }
+
+    /// Program mode: binds every listener (once; port 0 resolved here for good) and the
+    /// notify socket.
+    fn prepare_program_mode(&self) -> Result<(), StartError> {
+        for listener in &self.config.listen {
+            let options = cluster_ipc::ListenOptions::default();
+            let fresh = !self
+                .provider
+                .sockets()
+                .iter()
+                .any(|(address, _)| *address == listener.address);
+            let socket = self.provider.socket(&listener.address, &options)?;
+            if let (ListenAddress::Unix(path), Some(mode)) = (&listener.address, listener.mode) {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+            }
+            if fresh {
+                let actual = local_address(&socket).unwrap_or_else(|| listener.address.to_string());
+                tracing::info!(name = %listener.name, address = %actual, "listening on {actual}");
+            }
+        }
+        if self.notify.get().is_none() {
+            let socket = crate::notify::NotifySocket::bind()?;
+            let _ = self.notify.set(socket);
+        }
+        Ok(())
+    }
+
     /// Which addresses each live worker asked to listen on.
     pub(crate) fn listens(&self) -> MutexGuard<'_, HashMap<WorkerId, HashSet<ListenAddress>>> {
         lock(&self.listens)
@@ -218,6 +263,7 @@ impl ClusterWatcher {
                 dropped_messages,
                 published: Mutex::default(),
                 listens: Mutex::default(),
+                notify: std::sync::OnceLock::new(),
             }),
             commands,
             driver: Mutex::new(Some(driver)),
@@ -282,6 +328,11 @@ impl ClusterWatcher {
     /// [`StartError`] naming the worker that failed and why; every worker started by this
     /// call is stopped again.
     pub async fn start(&self, workers: usize) -> Result<(), StartError> {
+        if self.shared.config.program_mode() {
+            self.shared
+                .span
+                .in_scope(|| self.shared.prepare_program_mode())?;
+        }
         if let Some(commands) = lock(&self.driver).take() {
             let driver = Driver::new(self.shared.clone(), commands);
             spawn_in(self.shared.span.clone(), driver.run());
@@ -465,4 +516,15 @@ fn error(config: &WatcherConfig, failure: Failure) -> StartError {
         Failure::AlreadyStarted => StartError::AlreadyStarted,
         Failure::NotRunning => StartError::NotRunning,
     }
+}
+
+/// The address a listening socket is bound to, as text.
+fn local_address(fd: &impl std::os::fd::AsFd) -> Option<String> {
+    let address = rustix::net::getsockname(fd).ok()?;
+    if let Ok(unix) = rustix::net::SocketAddrUnix::try_from(address.clone()) {
+        return Some(format!("unix:{}", unix.path()?.to_string_lossy()));
+    }
+    std::net::SocketAddr::try_from(address)
+        .ok()
+        .map(|a| a.to_string())
 }

@@ -73,11 +73,14 @@ mod event;
 mod handle;
 mod listeners;
 mod logs;
+mod notify;
+mod output;
 mod process;
+mod program;
 mod status;
 
 pub use crate::{
-    config::{ConfigError, WatcherConfig},
+    config::{ConfigError, InheritedListener, WatcherConfig},
     error::{SendError, StartError},
     event::{Event, ExitKind, KillReason, StopCause, WorkerExit, WorkerId},
     handle::{ClusterWatcher, WorkerInfo, WorkerMessage},

@@ -25,6 +25,7 @@ use tracing::Instrument;
 use crate::balancer::{ClientPipe, bound_handoff_queue};
 use crate::handle::{Shared, WorkerMessage};
 use crate::logs::emit_record;
+use crate::output::forward_output;
 use crate::{ExitKind, WorkerId};
 
 /// How long the readers may take, after the process ended, to deliver what it sent.
@@ -43,6 +44,8 @@ pub(crate) enum Input {
     ControlClosed(WorkerId),
     /// The process ended and everything it sent was read.
     Exited(WorkerId, ExitKind),
+    /// Program mode: an sd_notify datagram from a worker's process group.
+    Notify(crate::notify::Notification),
 }
 
 /// Where workers' application messages go: a bounded queue, and a byte budget so a few
@@ -58,11 +61,28 @@ pub(crate) struct MessageSink {
 #[derive(Debug)]
 pub(crate) struct Process {
     pub(crate) pid: u32,
+    /// The cluster channel of a `cluster-worker` program (`None` in program mode).
+    pub(crate) link: Option<WorkerLink>,
+}
+
+/// The watcher's ends of a `cluster-worker` program's sockets.
+#[derive(Debug)]
+pub(crate) struct WorkerLink {
     pub(crate) control: ChannelSender<WatcherToWorker>,
     pub(crate) clients: ClientPipe,
     /// Round-robin: a duplicate of the worker's end of its hand-off pipe, to read back the
     /// connections still queued when it exits.
     pub(crate) worker_end: Option<OwnedFd>,
+}
+
+/// What the watch task of a `cluster-worker` program reads.
+struct LinkTasks {
+    control: ChannelReceiver<WorkerToWatcher>,
+    reply: ChannelSender<WatcherToWorker>,
+    messages: Option<MessageSink>,
+    log: AsyncFdSocket,
+    listen: AsyncFdSocket,
+    clients: ClientPipe,
 }
 
 /// `SIGKILL` to the worker's process group (it and whatever it forked), and to the worker
@@ -84,6 +104,31 @@ pub(crate) fn kill_leftovers(pid: u32) {
 
 /// Starts the process for `id` and its watch task (in `tasks`, which the driver owns).
 pub(crate) fn spawn_worker(
+    shared: &Arc<Shared>,
+    id: WorkerId,
+    inputs: &mpsc::Sender<Input>,
+    messages: Option<MessageSink>,
+    tasks: &mut JoinSet<()>,
+) -> std::io::Result<Process> {
+    if shared.config.program_mode() {
+        let mut command = crate::program::command(shared)?;
+        let child = command.spawn()?;
+        drop(command);
+        let pid = child.id().unwrap_or(0);
+        let watch = Watch {
+            shared: shared.clone(),
+            id,
+            pid,
+            inputs: inputs.clone(),
+        };
+        tasks.spawn(watch.run(child, None).instrument(shared.span.clone()));
+        return Ok(Process { pid, link: None });
+    }
+    spawn_cluster_worker(shared, id, inputs, messages, tasks)
+}
+
+/// A `cluster-worker` program: four sockets and the bootstrap contract in its environment.
+fn spawn_cluster_worker(
     shared: &Arc<Shared>,
     id: WorkerId,
     inputs: &mpsc::Sender<Input>,
@@ -112,9 +157,6 @@ pub(crate) fn spawn_worker(
     if let Some(cwd) = &config.cwd {
         command.current_dir(cwd);
     }
-    // A watcher killed with SIGKILL must not leave workers behind, even ones that never got
-    // as far as connecting (a cluster-worker program then picks SIGTERM for itself).
-    fdpass::kill_with_parent(command.as_std_mut());
     let mut inherit = |fd: FdSocket| fdpass::inherit_fd(command.as_std_mut(), fd.into());
     let fds = WorkerFds {
         control: inherit(control_child),
@@ -129,13 +171,8 @@ pub(crate) fn spawn_worker(
         heartbeat: config.heartbeat_interval,
         balance: config.balance,
     };
-    command
-        .envs(bootstrap.to_env())
-        .stdin(std::process::Stdio::null())
-        // A group of its own: a terminal's Ctrl-C reaches only the watcher, and the watcher
-        // can kill the worker together with whatever it forked.
-        .process_group(0)
-        .kill_on_drop(true);
+    command.envs(bootstrap.to_env());
+    prepare(&mut command);
     let child = command.spawn()?;
     // Our copies of the children's ends close with the command.
     drop(command);
@@ -164,22 +201,51 @@ pub(crate) fn spawn_worker(
     tasks.spawn(
         read_hand_backs(shared.clone(), hand_backs, id, pid).instrument(shared.span.clone()),
     );
-    let reply = control_tx.clone();
-    let pipe = clients.clone();
-    tasks.spawn(
-        async move {
-            watch
-                .run(child, control_rx, reply, messages, log, listen, pipe)
-                .await
-        }
-        .instrument(shared.span.clone()),
-    );
+    let link = LinkTasks {
+        control: control_rx,
+        reply: control_tx.clone(),
+        messages,
+        log,
+        listen,
+        clients: clients.clone(),
+    };
+    tasks.spawn(watch.run(child, Some(link)).instrument(shared.span.clone()));
     Ok(Process {
         pid,
-        control: control_tx,
-        clients,
-        worker_end,
+        link: Some(WorkerLink {
+            control: control_tx,
+            clients,
+            worker_end,
+        }),
     })
+}
+
+/// What every worker's command gets, whatever the program.
+pub(crate) fn prepare(command: &mut tokio::process::Command) {
+    // What systemd or a socket activator gave the watcher is not for its workers.
+    for name in [
+        "LISTEN_FDS",
+        "LISTEN_PID",
+        "LISTEN_FDNAMES",
+        "LISTEN_PIDFDID",
+        "NOTIFY_SOCKET",
+        "WATCHDOG_USEC",
+        "WATCHDOG_PID",
+    ] {
+        command.env_remove(name);
+    }
+    command
+        .stdin(std::process::Stdio::null())
+        // Re-emitted line by line in the watcher's log stream, tagged with the worker.
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        // A group of its own: a terminal's Ctrl-C reaches only the watcher, and the watcher
+        // can kill the worker together with whatever it forked.
+        .process_group(0)
+        .kill_on_drop(true);
+    // A watcher killed with SIGKILL must not leave workers behind, even ones that never got
+    // as far as connecting (a cluster-worker program then picks SIGTERM for itself).
+    fdpass::kill_with_parent(command.as_std_mut());
 }
 
 /// The tasks of one worker.
@@ -193,28 +259,34 @@ struct Watch {
 
 impl Watch {
     /// Waits for the process to end, reads all it sent, then reports the exit.
-    #[allow(clippy::too_many_arguments)]
-    async fn run(
-        self,
-        mut child: tokio::process::Child,
-        control: ChannelReceiver<WorkerToWatcher>,
-        reply: ChannelSender<WatcherToWorker>,
-        messages: Option<MessageSink>,
-        log: AsyncFdSocket,
-        listen: AsyncFdSocket,
-        clients: ClientPipe,
-    ) {
+    async fn run(self, mut child: tokio::process::Child, link: Option<LinkTasks>) {
         let span = self.shared.span.clone();
         let mut readers = JoinSet::new();
-        readers.spawn(
-            self.clone()
-                .read_control(control, reply, messages)
-                .instrument(span.clone()),
-        );
-        readers.spawn(forward_logs(log, self.id, self.pid).instrument(span.clone()));
+        if let Some(stdout) = child.stdout.take() {
+            readers.spawn(
+                forward_output(stdout, self.id, self.pid, "stdout").instrument(span.clone()),
+            );
+        }
+        if let Some(stderr) = child.stderr.take() {
+            readers.spawn(
+                forward_output(stderr, self.id, self.pid, "stderr").instrument(span.clone()),
+            );
+        }
         // Answers listen requests for as long as the worker lives; aborted with `listens`.
         let mut listens = JoinSet::new();
-        listens.spawn(self.clone().serve_listen(listen, clients).instrument(span));
+        if let Some(link) = link {
+            readers.spawn(
+                self.clone()
+                    .read_control(link.control, link.reply, link.messages)
+                    .instrument(span.clone()),
+            );
+            readers.spawn(forward_logs(link.log, self.id, self.pid).instrument(span.clone()));
+            listens.spawn(
+                self.clone()
+                    .serve_listen(link.listen, link.clients)
+                    .instrument(span),
+            );
+        }
         let status = child
             .wait()
             .await

@@ -48,6 +48,7 @@
 
 #![forbid(unsafe_code)]
 
+mod activation;
 mod api;
 mod env;
 mod error;

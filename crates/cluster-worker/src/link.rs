@@ -58,6 +58,7 @@ pub(crate) struct Link {
     pub(crate) clients: Option<ClientSocketReceivePipe<ClientMeta>>,
     /// The same pipe the other way: idle connections handed back to the watcher when this
     /// worker stops, for a worker of the next generation.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     hand_back: Option<ClientSocketSendPipe<ClientMeta>>,
     /// Where a connection for another listener is passed on to.
     routes: Mutex<HashMap<ListenAddress, mpsc::UnboundedSender<Transferred>>>,
@@ -310,6 +311,7 @@ impl Link {
     /// Hands an idle connection back to the watcher, with the bytes read from it but not
     /// used, for a worker of the next generation to serve (the watcher asked this worker to
     /// stop). On failure the stream comes back, to be closed.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) async fn hand_back(
         &self,
         stream: tokio::net::TcpStream,

@@ -101,8 +101,10 @@ pub struct Listener {
 }
 
 /// Listens on `address` (`127.0.0.1:8080`, `[::1]:0`, `localhost:3000`): in a cluster on the
-/// watcher's socket for that address (port 0 means one ephemeral port shared by every worker),
-/// standalone by binding here. In a cluster, the first successful `listen` also tells the
+/// watcher's socket for that address (port 0 means one ephemeral port shared by every worker);
+/// standalone on the socket inherited for it by socket activation (`LISTEN_FDS` for this
+/// process: systemd, `systemd-socket-activate`, `systemfd`, `cluster --listen`), else by
+/// binding here. In a cluster, the first successful `listen` also tells the
 /// watcher this worker is ready, unless [`defer_ready`](crate::defer_ready) was called.
 ///
 /// # Errors
@@ -125,7 +127,12 @@ pub async fn listen_with(
     let link = match link() {
         Ok(link) => link,
         Err(WorkerError::NotAWorker) => {
-            let listener = LocalServerSocketFactory.listen(address, options).await?;
+            // Socket-activated (systemd, systemd-socket-activate, systemfd, cluster
+            // --listen): the inherited listener for this address, else a bind here.
+            let listener = match crate::activation::take(address, None) {
+                Some(fd) => cluster_ipc::Listener::from_fd(fd)?,
+                None => LocalServerSocketFactory.listen(address, options).await?,
+            };
             return Listener::from_accepting(listener);
         }
         Err(e) => return Err(e),
@@ -204,6 +211,7 @@ impl Listener {
     }
 
     /// The address as asked for, in a cluster (`None` standalone).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) fn cluster_address(&self) -> Option<&ListenAddress> {
         self.address.as_ref()
     }

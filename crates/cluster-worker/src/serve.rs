@@ -110,6 +110,9 @@ where
     };
     let (stop, stopped) = watch::channel(false);
     let mut connections = JoinSet::new();
+    // One future for the whole loop: a signal arriving between two turns is not lost.
+    let termination = await_termination();
+    tokio::pin!(termination);
     let why = loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -122,7 +125,7 @@ where
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
-            why = await_termination() => break why,
+            why = &mut termination => break why,
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     };

@@ -271,8 +271,14 @@ impl AsyncFdSocket {
     }
 }
 
-/// Registers a descriptor with the current tokio reactor for `interest`.
-pub(crate) fn register(fd: OwnedFd, interest: Interest) -> io::Result<AsyncFd<OwnedFd>> {
+/// Registers a descriptor this process owns with the current tokio reactor for `interest`
+/// (tokio's own safe constructors are deprecated as unsound: the registration must not
+/// outlive the descriptor, which owning it here guarantees). For any socket, not only this
+/// crate's: a datagram socket, say.
+///
+/// # Errors
+/// When there is no runtime, or the reactor refuses the descriptor.
+pub fn register(fd: OwnedFd, interest: Interest) -> io::Result<AsyncFd<OwnedFd>> {
     // SAFETY: an `OwnedFd` is a valid, open descriptor that only this `AsyncFd` can close,
     // and its `as_raw_fd` never changes: exactly the contract `register` asks for.
     #[allow(unsafe_code)]

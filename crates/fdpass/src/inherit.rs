@@ -110,3 +110,53 @@ pub fn kill_with_parent(command: &mut Command) {
         command.pre_exec(hook);
     }
 }
+
+/// Makes `fds` the child's descriptors `first`, `first + 1`, … (in order), not close-on-exec:
+/// how systemd hands listening sockets to a program (`LISTEN_FDS`, from descriptor 3).
+///
+/// The descriptors stay close-on-exec in this process and are kept open by the command. In the
+/// forked child each is first moved above the target range, then `dup2`ed into place, then its
+/// close-on-exec flag is cleared explicitly: `dup2(3, 3)` does nothing, not even clear the
+/// flag, so a descriptor that already had its target number would otherwise vanish at `exec`.
+/// Register this hook after every [`inherit_fd`] of the same command, and give those
+/// descriptors numbers above the range (they are untouched unless they sit inside it).
+pub fn inherit_fds_at(command: &mut Command, fds: Vec<OwnedFd>, first: RawFd) {
+    let count = fds.len() as RawFd;
+    // Allocated before the fork: the hook only writes into it.
+    let mut moved: Vec<RawFd> = Vec::with_capacity(fds.len());
+    let hook = move || -> std::io::Result<()> {
+        moved.clear();
+        for fd in &fds {
+            // Above the target range, so no later dup2 overwrites a source still needed.
+            let high = rustix::io::fcntl_dupfd_cloexec(fd, first + count)?;
+            moved.push(high.as_raw_fd());
+            // The child's copy lives until exec closes it (it is close-on-exec).
+            std::mem::forget(high);
+        }
+        for (index, &high) in moved.iter().enumerate() {
+            let target = first + index as RawFd;
+            // SAFETY: `high` was opened just above and is owned by nobody but this hook;
+            // borrowing it for the dup2 is sound.
+            #[allow(unsafe_code)]
+            let source = unsafe { std::os::fd::BorrowedFd::borrow_raw(high) };
+            // SAFETY: only `dup2`'s target, never read, and forgotten below rather than closed:
+            // whatever the number held before is replaced on purpose by the listener.
+            #[allow(unsafe_code)]
+            let mut target_fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(target) };
+            let result = rustix::io::dup2(source, &mut target_fd);
+            let cleared = fcntl_setfd(&target_fd, FdFlags::empty());
+            // Never close the target: it must survive exec.
+            std::mem::forget(target_fd);
+            result?;
+            cleared?;
+        }
+        Ok(())
+    };
+    // SAFETY: the hook only calls `fcntl` and `dup2`, which are async-signal-safe, on
+    // descriptors it owns or takes over; it writes into a vector whose capacity was reserved
+    // before the fork, so it never allocates, and it takes no lock.
+    #[allow(unsafe_code)]
+    unsafe {
+        command.pre_exec(hook);
+    }
+}

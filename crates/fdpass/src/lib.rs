@@ -82,11 +82,11 @@ mod raw;
 mod socket;
 
 pub use crate::{
-    async_socket::AsyncFdSocket,
+    async_socket::{AsyncFdSocket, register},
     convert::{FromSocketFd, SocketKind, into_socket},
     error::{Error, SocketKindError},
     frame::{DEFAULT_MAX_MESSAGE_LEN, Limits, MAX_CHUNK, MAX_FDS},
-    inherit::{adopt_inherited_fd, inherit_fd, kill_with_parent},
+    inherit::{adopt_inherited_fd, inherit_fd, inherit_fds_at, kill_with_parent},
     listener::{RawAcceptor, SeqpacketListener},
     raw::{RawPacket, recv_raw, send_raw},
     socket::{FdSocket, Message},

@@ -15,6 +15,9 @@ impl Supervisor {
         worker.pid = pid;
         worker.started = now;
         worker.deadline = Some(now + self.config.ready_timeout);
+        if self.config.program_mode() {
+            worker.ready_at = self.config.ready_after.map(|after| now + after);
+        }
         let stop = worker.stop;
         self.changed = true;
         self.emit(Event::Started { id, pid });
@@ -64,9 +67,12 @@ impl Supervisor {
         if worker.phase != Phase::Starting {
             return;
         }
+        // A program that never sends WATCHDOG=1 is not held to a heartbeat; one that sends
+        // it once is held to it from then on.
+        let expects_heartbeats = !self.config.program_mode() || worker.last_heartbeat.is_some();
         worker.phase = Phase::Ready;
         worker.last_heartbeat = Some(now);
-        worker.deadline = Some(now + heartbeat_timeout);
+        worker.deadline = expects_heartbeats.then(|| now + heartbeat_timeout);
         let pid = worker.pid;
         self.changed = true;
         self.emit(Event::Ready { id, pid });

@@ -108,6 +108,8 @@ struct Worker {
     /// When the current phase's deadline passes, and what happens then.
     deadline: Option<Instant>,
     last_heartbeat: Option<Instant>,
+    /// Program mode: when it counts as ready if it has not said so (`ready_after`).
+    ready_at: Option<Instant>,
     stop: Option<StopCause>,
     kill: Option<KillReason>,
 }
@@ -202,7 +204,16 @@ impl Supervisor {
     /// The earliest moment something is due. The driver calls
     /// [`handle_timeout`](Self::handle_timeout) then, or after [`TICK`], whichever is first.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        let workers = self.workers.values().filter_map(|w| w.deadline);
+        let workers = self
+            .workers
+            .values()
+            .flat_map(|w| {
+                [
+                    w.deadline,
+                    w.ready_at.filter(|_| w.phase == Phase::Starting),
+                ]
+            })
+            .flatten();
         let respawns = self.slots.iter().filter_map(|s| s.respawn_at);
         let give_up = self.stopping.as_ref().and_then(|s| s.give_up);
         workers.chain(respawns).chain(give_up).min()
@@ -246,6 +257,16 @@ impl Supervisor {
     /// Deadlines that passed: kills, respawns, giving up on unkillable processes.
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
         self.advance(now);
+        // Program mode: alive for `ready_after` counts as ready.
+        let ready: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.phase == Phase::Starting && w.ready_at.is_some_and(|t| t <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ready {
+            self.ready(id, now);
+        }
         let due: Vec<(WorkerId, Phase)> = self
             .workers
             .iter()

@@ -69,6 +69,7 @@ impl Supervisor {
                 started: now,
                 deadline: None,
                 last_heartbeat: None,
+                ready_at: None,
                 stop: None,
                 kill: None,
             },

@@ -379,3 +379,48 @@ fn a_worker_that_ran_a_while_is_replaced_at_once() {
     assert_eq!(h.current(2), Some(id(2, 2)));
     assert_eq!(h.core.slots[1].restarts.crashed, 1);
 }
+
+fn program_mode() -> WatcherConfig {
+    config().listen("http", "127.0.0.1:0".parse().unwrap())
+}
+
+#[test]
+fn a_program_alive_for_ready_after_counts_as_ready() {
+    let mut h = Harness::new(program_mode());
+    let t = h.ticket();
+    h.core.start(t, 2, h.now);
+    h.drain();
+    h.run_for(Duration::from_millis(900));
+    assert_eq!(h.outcome(t), None);
+    h.run_for(Duration::from_millis(200));
+    assert_eq!(h.outcome(t), Some(Outcome::Started(Ok(()))));
+}
+
+#[test]
+fn a_program_that_exits_before_ready_after_is_a_failed_start() {
+    let mut h = Harness::new(program_mode());
+    let t = h.ticket();
+    h.core.start(t, 1, h.now);
+    h.drain();
+    h.run_for(Duration::from_millis(300));
+    h.exit(id(1, 1), ExitKind::Code(1));
+    assert!(matches!(
+        h.outcome(t),
+        Some(Outcome::Started(Err(Failure::ExitedBeforeReady { .. })))
+    ));
+}
+
+#[test]
+fn a_program_is_held_to_heartbeats_only_once_it_sends_one() {
+    let mut h = Harness::new(program_mode());
+    let t = h.ticket();
+    h.core.start(t, 1, h.now);
+    h.drain();
+    h.ready(id(1, 1));
+    // No WATCHDOG=1: silent for a minute, still fine.
+    h.run_for(Duration::from_secs(60));
+    assert!(h.kills().is_empty());
+    h.core.heartbeat(id(1, 1), h.now);
+    h.run_for(Duration::from_secs(11));
+    assert_eq!(h.kills(), vec![(id(1, 1), KillReason::HeartbeatTimeout)]);
+}

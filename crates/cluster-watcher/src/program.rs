@@ -1,0 +1,58 @@
+//! Program mode: running a server that does not link `cluster-worker`, as systemd's socket
+//! activation would run it.
+//!
+//! The worker gets the cluster's listening sockets as descriptors 3, 4, … (in
+//! [`WatcherConfig::listen`](crate::WatcherConfig::listen) order, not close-on-exec) with
+//! `LISTEN_FDS`, `LISTEN_FDNAMES` and `LISTEN_PID`, and the watcher's `NOTIFY_SOCKET` (with
+//! `WATCHDOG_USEC` from the heartbeat timeout). `LISTEN_PID` must be the pid of the process
+//! that runs the server, known only after the fork; `std::process::Command` builds the
+//! environment before it. The program is therefore started through `/bin/sh -c 'LISTEN_PID=$$
+//! … exec "$@"'`: `$$` is the shell's pid, which `exec` keeps for the server. (A wrong
+//! `LISTEN_PID` is silent: gunicorn then ignores the sockets and binds 127.0.0.1:8000.)
+
+use std::io;
+use std::sync::Arc;
+
+use crate::handle::Shared;
+
+/// Sets `LISTEN_PID` and `WATCHDOG_PID` to the shell's pid, which the program keeps.
+const SHIM: &str = "LISTEN_PID=$$; WATCHDOG_PID=$$; export LISTEN_PID WATCHDOG_PID; exec \"$@\"";
+
+/// The command that runs the program with the cluster's listeners (sockets bound already).
+pub(crate) fn command(shared: &Arc<Shared>) -> io::Result<tokio::process::Command> {
+    let config = &shared.config;
+    let mut fds = Vec::with_capacity(config.listen.len());
+    for listener in &config.listen {
+        let socket = shared
+            .provider
+            .socket(&listener.address, &cluster_ipc::ListenOptions::default())
+            .map_err(io::Error::other)?;
+        fds.push(rustix::io::fcntl_dupfd_cloexec(&*socket, 0)?);
+    }
+    let names: Vec<&str> = config.listen.iter().map(|l| l.name.as_str()).collect();
+    let mut command = tokio::process::Command::new("/bin/sh");
+    command
+        .arg("-c")
+        .arg(SHIM)
+        .arg("sh")
+        .arg(&config.program)
+        .args(&config.args)
+        .envs(config.env.iter().map(|(k, v)| (k, v)));
+    if let Some(cwd) = &config.cwd {
+        command.current_dir(cwd);
+    }
+    crate::process::prepare(&mut command);
+    command
+        .env("LISTEN_FDS", fds.len().to_string())
+        .env("LISTEN_FDNAMES", names.join(":"))
+        .env(
+            "WATCHDOG_USEC",
+            config.heartbeat_timeout.as_micros().to_string(),
+        );
+    if let Some(notify) = shared.notify_path() {
+        command.env("NOTIFY_SOCKET", notify);
+    }
+    // Last of the pre-exec hooks: the listeners land on 3, 4, …
+    fdpass::inherit_fds_at(command.as_std_mut(), fds, 3);
+    Ok(command)
+}

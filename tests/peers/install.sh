@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The real peer programs the tests run under `cluster --listen` (uvicorn, gunicorn), in a
+# virtual environment under target/, never globally. Idempotent: a second run checks and
+# returns. Node.js comes with the machine (its `net` module is all the Node test needs).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+venv=target/peers/venv
+stamp="$venv/.installed-1"
+if [ -f "$stamp" ]; then
+    exit 0
+fi
+python3 -m venv "$venv" || {
+    # Debian keeps ensurepip in a package of its own.
+    (apt-get update -qq && apt-get install -y -qq python3-venv) >/dev/null
+    python3 -m venv "$venv"
+}
+"$venv/bin/pip" install --quiet --disable-pip-version-check \
+    'uvicorn==0.34.*' 'gunicorn==23.*'
+touch "$stamp"
