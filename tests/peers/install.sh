@@ -17,3 +17,7 @@ python3 -m venv "$venv" || {
 "$venv/bin/pip" install --quiet --disable-pip-version-check \
     'uvicorn==0.34.*' 'gunicorn==23.*'
 touch "$stamp"
+# PM2, only for the restart comparison in target/release/reliability (not the tests).
+if [ "${CLUSTER_PEERS_PM2:-0}" = 1 ] && [ ! -x target/peers/node_modules/.bin/pm2 ]; then
+    npm install --silent --prefix target/peers pm2@5 >/dev/null
+fi

@@ -168,7 +168,11 @@ fn gunicorn_takes_listen_fds_alone_reports_ready_and_leaves_nothing_behind() {
     };
     let deadline = Instant::now() + LIMIT;
     while tree().len() < 6 {
-        assert!(Instant::now() < deadline, "2 masters with 2 workers each: {:?}", tree());
+        assert!(
+            Instant::now() < deadline,
+            "2 masters with 2 workers each: {:?}",
+            tree()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let tree = tree();

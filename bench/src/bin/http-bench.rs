@@ -150,6 +150,61 @@ fn main() {
         }
     }
 
+    // Unmodified servers: the same uvicorn app under `cluster --listen` and under gunicorn's
+    // arbiter with uvicorn's worker class (installed by tests/peers/install.sh).
+    let venv = root.join("target/peers/venv/bin");
+    let peers = root.join("tests/peers").to_string_lossy().into_owned();
+    if env_text("BENCH_PEERS", "1") != "0" && venv.join("uvicorn").exists() {
+        let uvicorn = venv.join("uvicorn").to_string_lossy().into_owned();
+        let gunicorn = venv.join("gunicorn").to_string_lossy().into_owned();
+        configs.push(Config {
+            name: "uvicorn under cluster --listen, 2w".into(),
+            workers: 2,
+            command: [
+                cluster.as_str(),
+                "-w",
+                "2",
+                "-l",
+                "warn",
+                "--listen",
+                "127.0.0.1:{port}",
+                &uvicorn,
+                "--fd",
+                "3",
+                "--no-access-log",
+                "--log-level",
+                "warning",
+                "--app-dir",
+                &peers,
+                "app:app",
+            ]
+            .map(String::from)
+            .to_vec(),
+            env: vec![],
+        });
+        configs.push(Config {
+            name: "gunicorn -k uvicorn worker, 2w".into(),
+            workers: 2,
+            command: [
+                gunicorn.as_str(),
+                "-w",
+                "2",
+                "-k",
+                "uvicorn.workers.UvicornWorker",
+                "--log-level",
+                "warning",
+                "--chdir",
+                &peers,
+                "-b",
+                "127.0.0.1:{port}",
+                "app:app",
+            ]
+            .map(String::from)
+            .to_vec(),
+            env: vec![],
+        });
+    }
+
     let started = Instant::now();
     // BENCH_SKIP_HTTP=1 measures only start-up, respawn and memory.
     if std::env::var("BENCH_SKIP_HTTP").is_ok_and(|v| v == "1") {
@@ -224,6 +279,22 @@ fn main() {
             .unwrap()
     };
     println!("\n## Ratios against the targets\n");
+    if configs
+        .iter()
+        .any(|c| c.name.starts_with("uvicorn under cluster"))
+    {
+        for load in ["keep-alive", "close"] {
+            let ours = &rps[&(find("uvicorn under cluster", 2), load)];
+            let theirs = &rps[&(find("gunicorn -k uvicorn", 2), load)];
+            let ratio = ours.median() / theirs.median();
+            print_ratio(
+                &format!("2 workers, uvicorn under cluster / under gunicorn, {load}"),
+                ratio,
+                ">= 1.0x",
+                ratio >= 1.0,
+            );
+        }
+    }
     if configs.iter().any(|c| c.workers == 1) {
         let (ours, reference) = (
             &rps[&(find("cluster shared", 1), "keep-alive")],

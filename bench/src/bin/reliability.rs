@@ -4,7 +4,7 @@
 //!
 //! `target/release/reliability [SCENARIO...]` with scenarios `chaos-shared`,
 //! `chaos-round-robin`, `sigstop`, `crash-loop`, `fd-exhaustion`, `soak`, `fuzz`,
-//! `keep-alive` (default: all). Knobs: `CHAOS_SECS` (60), `CRASH_SECS` (30),
+//! `keep-alive`, `peer-restarts` (default: all). Knobs: `CHAOS_SECS` (60), `CRASH_SECS` (30),
 //! `SOAK_CONNECTIONS` (100000), `FUZZ_EXECS` (10000000), `KEEPALIVE_SECS` (16).
 
 use std::path::PathBuf;
@@ -221,6 +221,144 @@ fn keep_alive_restarts(p: &Paths) -> bool {
         );
     }
     ours_failed == 0
+}
+
+/// Failed requests through three rolling restarts of unmodified servers: uvicorn under
+/// `cluster --listen` (SIGUSR1), the same app under gunicorn's arbiter with uvicorn's worker
+/// class (SIGHUP, gunicorn's reload), and a Node app in PM2's cluster mode (`pm2 reload`).
+/// Each with keep-alive connections and with a new connection per request.
+fn peer_restarts(p: &Paths) -> bool {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned();
+    let venv = root.join("target/peers/venv/bin");
+    let peers = root.join("tests/peers").to_string_lossy().into_owned();
+    let pm2 = root.join("target/peers/node_modules/.bin/pm2");
+    if !venv.join("uvicorn").exists() {
+        eprintln!("peer-restarts: run tests/peers/install.sh first (CLUSTER_PEERS_PM2=1 for PM2)");
+        return false;
+    }
+    let seconds = env_or("PEER_RESTART_SECS", 16);
+    let uvicorn = venv.join("uvicorn").to_string_lossy().into_owned();
+    let gunicorn = venv.join("gunicorn").to_string_lossy().into_owned();
+    let mut pass = true;
+    for close in [false, true] {
+        let load = if close {
+            "new connection per request"
+        } else {
+            "keep-alive"
+        };
+        let mut ours = cluster_cmd(p, 2, "shared", &uvicorn);
+        let program_at = ours.iter().position(|a| *a == uvicorn).unwrap();
+        ours.splice(
+            program_at..program_at,
+            ["--listen".to_owned(), "127.0.0.1:{port}".to_owned()],
+        );
+        ours.extend(
+            [
+                "--fd",
+                "3",
+                "--no-access-log",
+                "--app-dir",
+                &peers,
+                "app:app",
+            ]
+            .map(String::from),
+        );
+        let theirs: Vec<String> = [
+            gunicorn.as_str(),
+            "-w",
+            "2",
+            "-k",
+            "uvicorn.workers.UvicornWorker",
+            "--chdir",
+            &peers,
+            "-b",
+            "127.0.0.1:{port}",
+            "app:app",
+        ]
+        .map(String::from)
+        .to_vec();
+        for (name, command, restart) in [
+            (
+                "uvicorn under cluster --listen, SIGUSR1",
+                ours,
+                Signal::USR1,
+            ),
+            ("uvicorn under gunicorn, SIGHUP", theirs, Signal::HUP),
+        ] {
+            let port = free_port();
+            let server = ServerProcess::command(&command, &[], port);
+            server.wait_ready(port);
+            let (requests, failures) =
+                wrk_through(port, seconds, close, || signal(server.pid(), restart));
+            if name.contains("cluster") && close {
+                // uvicorn itself closes a connection accepted but not yet read at SIGTERM.
+                pass &= failures * 2000 <= requests;
+            }
+            println!(
+                "| 3 rolling restarts, {name}, {load}, wrk -c32 {seconds} s | {requests} requests, {failures} failed | {} |",
+                if name.contains("cluster") {
+                    "measured"
+                } else {
+                    "peer"
+                }
+            );
+        }
+        if pm2.exists() {
+            let port = free_port();
+            let home = root.join("target/peers/pm2-home");
+            let pm2_run = |args: &[&str]| {
+                let _ = std::process::Command::new(&pm2)
+                    .args(args)
+                    .env("PM2_HOME", &home)
+                    .env("PORT", port.to_string())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status();
+            };
+            pm2_run(&[
+                "start",
+                &format!("{peers}/pm2-app.js"),
+                "-i",
+                "2",
+                "--name",
+                "bench",
+            ]);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !http_ok(port) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let (requests, failures) =
+                wrk_through(port, seconds, close, || pm2_run(&["reload", "bench"]));
+            pm2_run(&["kill"]);
+            println!(
+                "| 3 rolling restarts, node app under pm2 cluster mode, pm2 reload, {load}, wrk -c32 {seconds} s | {requests} requests, {failures} failed | peer |"
+            );
+        }
+    }
+    pass
+}
+
+/// wrk against `port` for `seconds`, calling `restart` three times along the way.
+fn wrk_through(port: u16, seconds: u64, close: bool, restart: impl Fn()) -> (u64, u64) {
+    let mut command = std::process::Command::new("wrk");
+    command.args(["-t1", "-c32", &format!("-d{seconds}s")]);
+    if close {
+        command.args(["-H", "Connection: close"]);
+    }
+    let wrk = command
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("wrk (bench/run.sh installs it)");
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_secs(seconds) / 4);
+        restart();
+    }
+    let out = wrk.wait_with_output().expect("wrk output");
+    wrk_failures(&String::from_utf8_lossy(&out.stdout))
 }
 
 fn which(program: &str) -> Option<PathBuf> {
@@ -515,6 +653,7 @@ fn main() {
         "soak",
         "fuzz",
         "keep-alive",
+        "peer-restarts",
     ];
     let chosen: Vec<String> = std::env::args().skip(1).collect();
     let chosen: Vec<&str> = if chosen.is_empty() {
@@ -534,6 +673,7 @@ fn main() {
             "soak" => soak(&p),
             "fuzz" => fuzz(),
             "keep-alive" => keep_alive_restarts(&p),
+            "peer-restarts" => peer_restarts(&p),
             other => {
                 eprintln!("unknown scenario {other}; known: {all:?}");
                 false

@@ -16,12 +16,13 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use crate::WorkerInfo;
 use crate::balancer::Balancer;
 use crate::core::{Action, Outcome, Supervisor, TICK, Ticket};
-use crate::handle::{Published, Shared, WorkerInfo};
 use crate::listeners;
 use crate::logs::log_event;
 use crate::process::{Input, MessageSink, Process, kill_group, kill_leftovers, spawn_worker};
+use crate::shared::{Published, Shared};
 use crate::status::ClusterStatus;
 use crate::{Event, WorkerId};
 

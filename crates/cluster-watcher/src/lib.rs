@@ -77,6 +77,7 @@ mod notify;
 mod output;
 mod process;
 mod program;
+mod shared;
 mod status;
 
 pub use crate::{

@@ -22,10 +22,11 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use crate::WorkerMessage;
 use crate::balancer::{ClientPipe, bound_handoff_queue};
-use crate::handle::{Shared, WorkerMessage};
 use crate::logs::emit_record;
 use crate::output::forward_output;
+use crate::shared::Shared;
 use crate::{ExitKind, WorkerId};
 
 /// How long the readers may take, after the process ended, to deliver what it sent.

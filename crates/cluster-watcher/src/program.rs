@@ -13,7 +13,7 @@
 use std::io;
 use std::sync::Arc;
 
-use crate::handle::Shared;
+use crate::shared::Shared;
 
 /// Sets `LISTEN_PID` and `WATCHDOG_PID` to the shell's pid, which the program keeps.
 const SHIM: &str = "LISTEN_PID=$$; WATCHDOG_PID=$$; export LISTEN_PID WATCHDOG_PID; exec \"$@\"";
