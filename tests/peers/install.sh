@@ -2,22 +2,22 @@
 # The real peer programs the tests run under `cluster --listen` (uvicorn, gunicorn), in a
 # virtual environment under target/, never globally. Idempotent: a second run checks and
 # returns. Node.js comes with the machine (its `net` module is all the Node test needs).
+# CLUSTER_PEERS_PM2=1 also installs PM2 under target/peers (for target/release/reliability
+# peer-restarts only, not the tests).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 venv=target/peers/venv
 stamp="$venv/.installed-1"
-if [ -f "$stamp" ]; then
-    exit 0
+if [ ! -f "$stamp" ]; then
+    python3 -m venv "$venv" || {
+        # Debian keeps ensurepip in a package of its own.
+        (apt-get update -qq && apt-get install -y -qq python3-venv) >/dev/null
+        python3 -m venv "$venv"
+    }
+    "$venv/bin/pip" install --quiet --disable-pip-version-check \
+        'uvicorn==0.34.*' 'gunicorn==23.*'
+    touch "$stamp"
 fi
-python3 -m venv "$venv" || {
-    # Debian keeps ensurepip in a package of its own.
-    (apt-get update -qq && apt-get install -y -qq python3-venv) >/dev/null
-    python3 -m venv "$venv"
-}
-"$venv/bin/pip" install --quiet --disable-pip-version-check \
-    'uvicorn==0.34.*' 'gunicorn==23.*'
-touch "$stamp"
-# PM2, only for the restart comparison in target/release/reliability (not the tests).
 if [ "${CLUSTER_PEERS_PM2:-0}" = 1 ] && [ ! -x target/peers/node_modules/.bin/pm2 ]; then
     npm install --silent --prefix target/peers pm2@5 >/dev/null
 fi

@@ -107,7 +107,7 @@ pub(crate) struct Args {
     /// Hand PROGRAM this listening socket as systemd does: descriptors 3, 4, … in --listen
     /// order, with LISTEN_FDS, LISTEN_FDNAMES and LISTEN_PID, so servers that take their
     /// socket from systemd, listenfd or a `--fd 3` option run unmodified (readiness:
-    /// READY=1 on NOTIFY_SOCKET, or --ready-after). ADDR is HOST:PORT, [V6]:PORT or
+    /// READY=1 on NOTIFY_SOCKET, or --ready-after). ADDR is HOST:PORT (IPv6 hosts in brackets) or
     /// unix:PATH (`,mode=0660` sets the file's mode); repeatable
     #[arg(long, env = "CLUSTER_LISTEN", value_name = "[NAME=]ADDR", value_delimiter = ' ', value_parser = parse_listen)]
     listen: Vec<cluster_watcher::InheritedListener>,
