@@ -320,3 +320,38 @@ fn a_unix_listener_gets_its_mode_and_is_removed_at_stop() {
     assert!(cluster.wait(LIMIT).success(), "{}", cluster.output());
     assert!(!path.exists(), "the socket file is removed at stop");
 }
+
+#[test]
+fn a_program_that_binds_its_own_port_is_reported() {
+    // python's http.server ignores descriptor 3 and binds a port of its own.
+    let own = free_port().to_string();
+    let mut cluster = ClusterProcess::start(&[
+        "-w",
+        "1",
+        "--ready-after",
+        "200ms",
+        "--listen",
+        "127.0.0.1:0",
+        "python3",
+        "-m",
+        "http.server",
+        "--bind",
+        "127.0.0.1",
+        &own,
+    ]);
+    let port = cluster.port();
+    cluster.wait_for("all workers ready", LIMIT);
+    // Clients of the cluster's port wait in its accept queue; nobody takes them.
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        clients.push(std::net::TcpStream::connect(("127.0.0.1", port)).unwrap());
+        std::thread::sleep(Duration::from_millis(1500));
+        if cluster.count("ignoring the inherited descriptor") > 0 {
+            break;
+        }
+    }
+    cluster.wait_for("ignoring the inherited descriptor", LIMIT);
+    drop(clients);
+    cluster.signal(Signal::TERM);
+    let _ = cluster.wait(LIMIT);
+}

@@ -69,6 +69,8 @@ pub(crate) struct Driver {
     statuses: HashMap<WorkerId, String>,
     /// Program mode: whether the notify socket's reader runs.
     notify_reader: bool,
+    /// Program mode: accept queues that keep growing (a program that binds its own port).
+    queue_watch: listeners::QueueWatch,
 }
 
 impl std::fmt::Debug for Driver {
@@ -107,6 +109,7 @@ impl Driver {
             next_listener_check: Instant::now() + listeners::CHECK_EVERY,
             statuses: HashMap::new(),
             notify_reader: false,
+            queue_watch: listeners::QueueWatch::default(),
         }
     }
 
@@ -150,6 +153,9 @@ impl Driver {
             return;
         }
         self.next_listener_check = now + listeners::CHECK_EVERY;
+        if self.shared.config.program_mode() && self.core.status(now).ready_workers() > 0 {
+            self.queue_watch.check(&self.shared.provider);
+        }
         if listeners::check(&self.shared.provider) && self.core.is_running() {
             // Nobody waits on this restart: its ticket has no waiter.
             self.next_ticket += 1;

@@ -52,3 +52,73 @@ pub(crate) fn check(provider: &ServerSocketProvider) -> bool {
     }
     rebound
 }
+
+/// Program mode: listeners whose accept queue did not shrink between two checks although
+/// workers are ready. A program that ignores descriptor 3 and binds a port of its own
+/// reports ready all the same, while clients wait on the cluster's socket for ever: this is
+/// how the user hears of it.
+#[derive(Debug, Default)]
+pub(crate) struct QueueWatch {
+    last: std::collections::HashMap<String, u64>,
+    /// Said already, until the queue empties again.
+    warned: std::collections::HashSet<String>,
+}
+
+impl QueueWatch {
+    /// Reads each listener's accept queue (from `/proc/net/tcp*`, by the socket's inode) and
+    /// warns about one whose connections waited a whole check interval.
+    pub(crate) fn check(&mut self, provider: &ServerSocketProvider) {
+        let queues = accept_queues();
+        for (address, fd) in provider.sockets() {
+            let Ok(stat) = rustix::fs::fstat(&*fd) else {
+                continue;
+            };
+            let Some(&queued) = queues.get(&stat.st_ino) else {
+                continue;
+            };
+            let key = address.to_string();
+            let before = self.last.insert(key.clone(), queued).unwrap_or(0);
+            if queued == 0 {
+                self.warned.remove(&key);
+            }
+            // Waiting for one check interval and not fewer since: nobody accepts.
+            if before > 0 && queued >= before && self.warned.insert(key) {
+                tracing::warn!(
+                    %address,
+                    queued,
+                    "connections waited a whole check interval in the cluster's listener queue while workers were ready: is the program ignoring the inherited descriptor (LISTEN_FDS, --fd 3) and binding its own port, or overloaded?"
+                );
+            }
+        }
+    }
+}
+
+/// Accept-queue length of every listening TCP socket of this network namespace, by inode:
+/// for a socket in LISTEN state, `/proc/net/tcp`'s `rx_queue` is its accept queue.
+fn accept_queues() -> std::collections::HashMap<u64, u64> {
+    let mut queues = std::collections::HashMap::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // sl local rem st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode
+            let (Some(state), Some(queues_field), Some(inode)) =
+                (fields.get(3), fields.get(4), fields.get(9))
+            else {
+                continue;
+            };
+            if *state != "0A" {
+                continue;
+            }
+            let rx = queues_field
+                .split_once(':')
+                .and_then(|(_, rx)| u64::from_str_radix(rx, 16).ok());
+            if let (Some(rx), Ok(inode)) = (rx, inode.parse::<u64>()) {
+                queues.insert(inode, rx);
+            }
+        }
+    }
+    queues
+}
