@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The real peer programs the tests run under `cluster --listen` (uvicorn, gunicorn), in a
+# The real peer programs the tests run under `cluster --listen` (uvicorn, gunicorn), and the
+# Prometheus project's parser the metrics test checks the exposition with, in a
 # virtual environment under target/, never globally. Idempotent: a second run checks and
 # returns. Node.js comes with the machine (its `net` module is all the Node test needs).
 # CLUSTER_PEERS_PM2=1 also installs PM2 under target/peers (for target/release/reliability
@@ -7,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 venv=target/peers/venv
-stamp="$venv/.installed-1"
+stamp="$venv/.installed-2"
 if [ ! -f "$stamp" ]; then
     python3 -m venv "$venv" || {
         # Debian keeps ensurepip in a package of its own.
@@ -15,7 +16,7 @@ if [ ! -f "$stamp" ]; then
         python3 -m venv "$venv"
     }
     "$venv/bin/pip" install --quiet --disable-pip-version-check \
-        'uvicorn==0.34.*' 'gunicorn==23.*'
+        'uvicorn==0.34.*' 'gunicorn==23.*' 'prometheus-client==0.21.*'
     touch "$stamp"
 fi
 if [ "${CLUSTER_PEERS_PM2:-0}" = 1 ] && [ ! -x target/peers/node_modules/.bin/pm2 ]; then

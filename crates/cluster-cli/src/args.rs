@@ -104,6 +104,21 @@ pub(crate) struct Args {
     #[arg(long, env = "CLUSTER_RESTART_PARALLELISM", default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_WORKERS)))]
     restart_parallelism: u32,
 
+    /// The control socket that `cluster status`, `restart`, `scale`, `stop` and `logs` talk
+    /// to [default: $XDG_RUNTIME_DIR/cluster/NAME.sock, /run/cluster/NAME.sock for root,
+    /// else /tmp/cluster-UID/NAME.sock; skipped with a warning if another cluster of that
+    /// name runs]
+    #[arg(long, env = "CLUSTER_CONTROL", value_name = "PATH")]
+    pub(crate) control: Option<PathBuf>,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics, and /healthz and /readyz probes
+    #[arg(long, env = "CLUSTER_METRICS", value_name = "ADDR")]
+    pub(crate) metrics: Option<std::net::SocketAddr>,
+
+    /// When /readyz answers 200: `any` worker ready, or `all` of them
+    #[arg(long, env = "CLUSTER_READYZ", value_enum, default_value_t = ReadyzArg::Any)]
+    pub(crate) readyz: ReadyzArg,
+
     /// Hand PROGRAM this listening socket as systemd does: descriptors 3, 4, … in --listen
     /// order, with LISTEN_FDS, LISTEN_FDNAMES and LISTEN_PID, so servers that take their
     /// socket from systemd, listenfd or a `--fd 3` option run unmodified (readiness:
@@ -141,7 +156,12 @@ const EXAMPLES: &str = "Examples:
   cluster --ready-timeout 2m --heartbeat-timeout 30s ./slow-starting-server
   cluster -w 2 --listen 127.0.0.1:8000 uvicorn --fd 3 app:app     # any server, unmodified
   cluster -w 2 --listen http=127.0.0.1:8000 gunicorn app:app       # takes LISTEN_FDS itself
-  kill -USR1 $(cat /run/app.pid)      # rolling restart";
+  kill -USR1 $(cat /run/app.pid)      # rolling restart
+  cluster --name shop --metrics 127.0.0.1:9100 ./server    # then: cluster status --name shop
+
+Commands for a running cluster (found by --name or --control):
+  cluster status [--json]        cluster restart        cluster scale N|+N|-N
+  cluster stop                   cluster logs [-f] [--worker SLOT]";
 
 /// `--balance`'s values, clap's spelling of [`Balance`].
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -150,6 +170,15 @@ enum BalanceArg {
     Shared,
     /// The watcher accepts and hands each connection to the next worker
     RoundRobin,
+}
+
+/// `--readyz`'s values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum ReadyzArg {
+    /// At least one worker is ready
+    Any,
+    /// Every worker is ready
+    All,
 }
 
 /// `--log-format`'s values.

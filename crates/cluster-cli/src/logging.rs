@@ -10,7 +10,9 @@ use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 use anyhow::Context;
+use cluster_watcher::LogFeed;
 use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
+use tracing_subscriber::fmt::writer::{MakeWriter, MakeWriterExt};
 
 use crate::args::{Args, LogFormat};
 
@@ -34,6 +36,63 @@ const FLUSH_LIMIT: Duration = Duration::from_secs(2);
 pub(crate) struct Logging {
     guard: Option<WorkerGuard>,
     dropped: ErrorCounter,
+    /// Every line also goes here, for `cluster logs` over the control socket.
+    pub(crate) feed: LogFeed,
+}
+
+/// Tees each formatted event into the [`LogFeed`] (without colours).
+#[derive(Debug, Clone)]
+struct FeedWriter(LogFeed);
+
+/// One event's bytes, pushed to the feed when the formatter is done with it.
+struct FeedLine(LogFeed, Vec<u8>);
+
+impl<'a> MakeWriter<'a> for FeedWriter {
+    type Writer = FeedLine;
+
+    fn make_writer(&'a self) -> FeedLine {
+        FeedLine(self.0.clone(), Vec::new())
+    }
+}
+
+impl Write for FeedLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.1.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for FeedLine {
+    fn drop(&mut self) {
+        for line in String::from_utf8_lossy(&self.1).lines() {
+            self.0.push(&strip_ansi(line));
+        }
+    }
+}
+
+/// `text` without ANSI escape sequences (a terminal's colours).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ ... final byte in @..~
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Installs the global subscriber as `args` say: level, format, standard output or a file.
@@ -61,11 +120,12 @@ pub(crate) fn init(args: &Args) -> anyhow::Result<Logging> {
         .thread_name("cluster-log")
         .finish(sink);
     let dropped = writer.error_counter();
+    let feed = LogFeed::new();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
         .with_ansi(ansi)
-        .with_writer(writer);
+        .with_writer(writer.and(FeedWriter(feed.clone())));
     match args.log_format {
         LogFormat::Pretty => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -73,6 +133,7 @@ pub(crate) fn init(args: &Args) -> anyhow::Result<Logging> {
     Ok(Logging {
         guard: Some(guard),
         dropped,
+        feed,
     })
 }
 

@@ -9,6 +9,7 @@
 //! arguments (clap's convention).
 
 mod args;
+mod client;
 mod fds;
 mod logging;
 mod pid_file;
@@ -25,6 +26,12 @@ use crate::pid_file::PidFile;
 use crate::signals::Signals;
 
 fn main() -> ExitCode {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|first| client::is_client_command(&first))
+    {
+        return client::main();
+    }
     fds::close_inherited_on_exec();
     let (args, config) = Args::parse_valid();
     // Declared before the runtime, so dropped after it: lines logged while the runtime shuts
@@ -83,8 +90,33 @@ async fn run(
         }
     }
     tracing::info!(workers, "all workers ready");
+    let control = serve_control(&args, &watcher, logging);
+    let _metrics = match args.metrics {
+        Some(address) => {
+            let readiness = match args.readyz {
+                args::ReadyzArg::Any => cluster_watcher::Readiness::Any,
+                args::ReadyzArg::All => cluster_watcher::Readiness::All,
+            };
+            let server = watcher
+                .serve_metrics(address, readiness)
+                .await
+                .with_context(|| format!("cannot serve metrics on {address}"))?;
+            tracing::info!(address = %server.local_addr(), "metrics on http://{}/metrics", server.local_addr());
+            Some(server)
+        }
+        None => None,
+    };
 
-    let cause = signals.supervise(&watcher, workers).await;
+    let control_stop = async {
+        match &control {
+            Some(control) => control.stop_requested().await,
+            None => std::future::pending().await,
+        }
+    };
+    let cause = tokio::select! {
+        cause = signals.supervise(&watcher, workers) => cause,
+        () = control_stop => "cluster stop",
+    };
     tracing::info!(signal = cause, "stopping cluster");
     let exits = watcher.stop().await;
     let killed = exits.iter().filter(|e| e.killed.is_some()).count();
@@ -96,6 +128,33 @@ async fn run(
     }
     tracing::info!(workers = exits.len(), "cluster stopped cleanly");
     Ok(())
+}
+
+/// The control socket: at `--control` (its failure is fatal), else at the default path for
+/// `--name` (best effort: another cluster of that name may own it).
+fn serve_control(
+    args: &Args,
+    watcher: &ClusterWatcher,
+    logging: &logging::Logging,
+) -> Option<cluster_watcher::ControlServer> {
+    let (path, explicit) = match &args.control {
+        Some(path) => (path.clone(), true),
+        None => (cluster_watcher::default_control_path(&args.name), false),
+    };
+    match watcher.serve_control(&path, Some(logging.feed.clone())) {
+        Ok(server) => {
+            tracing::info!(path = %path.display(), "control socket ready");
+            Some(server)
+        }
+        Err(e) if explicit => {
+            tracing::error!(path = %path.display(), error = %e, "no control socket");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "no control socket (give --control PATH or another --name)");
+            None
+        }
+    }
 }
 
 /// Prints `error` as one line on standard error; exit status 1.

@@ -150,6 +150,8 @@ impl ClusterWatcher {
                 published: Mutex::default(),
                 listens: Mutex::default(),
                 notify: std::sync::OnceLock::new(),
+                driver_running: std::sync::atomic::AtomicBool::new(false),
+                draining: std::sync::atomic::AtomicBool::new(false),
             }),
             commands,
             driver: Mutex::new(Some(driver)),
@@ -222,6 +224,7 @@ impl ClusterWatcher {
         if let Some(commands) = lock(&self.driver).take() {
             let driver = Driver::new(self.shared.clone(), commands);
             spawn_in(self.shared.span.clone(), driver.run());
+            self.shared.driver_running.store(true, Ordering::SeqCst);
         }
         match self.ask(|reply| Command::Start(workers, reply)).await {
             Some(Outcome::Started(Ok(()))) => Ok(()),
@@ -365,6 +368,105 @@ impl ClusterWatcher {
 
     fn error(&self, failure: Failure) -> StartError {
         error(&self.shared.config, failure)
+    }
+
+    /// Serves the control socket at `path` (see [`control`](crate::control) for the
+    /// protocol): status, restart, scale, stop and, with a [`LogFeed`](crate::LogFeed), logs.
+    /// Must be called inside a tokio runtime.
+    ///
+    /// # Errors
+    /// When the directory is not private to this user, another cluster answers on `path`,
+    /// or the socket cannot be bound.
+    pub fn serve_control(
+        &self,
+        path: &std::path::Path,
+        logs: Option<crate::LogFeed>,
+    ) -> std::io::Result<crate::ControlServer> {
+        crate::control::serve(self.remote(), path, logs)
+    }
+
+    /// Serves `/metrics` (Prometheus text), `/healthz` and `/readyz` over HTTP on `address`.
+    ///
+    /// # Errors
+    /// When `address` cannot be bound.
+    pub async fn serve_metrics(
+        &self,
+        address: std::net::SocketAddr,
+        readiness: crate::Readiness,
+    ) -> std::io::Result<crate::MetricsServer> {
+        crate::metrics::serve(self.remote(), address, readiness).await
+    }
+
+    /// While set, `/readyz` answers 503 although workers serve: a load balancer deregisters
+    /// the instance before it stops (`--stop-delay`).
+    pub fn set_draining(&self, draining: bool) {
+        self.shared.draining.store(draining, Ordering::SeqCst);
+    }
+
+    fn remote(&self) -> Remote {
+        Remote {
+            commands: self.commands.downgrade(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// What the control socket and the metrics endpoint use to ask the driver, without keeping
+/// it alive (a dropped handle still stops the cluster).
+#[derive(Debug, Clone)]
+pub(crate) struct Remote {
+    commands: mpsc::WeakUnboundedSender<Command>,
+    shared: Arc<Shared>,
+}
+
+impl Remote {
+    pub(crate) fn span(&self) -> tracing::Span {
+        self.shared.span.clone()
+    }
+
+    pub(crate) fn draining(&self) -> bool {
+        self.shared.draining.load(Ordering::SeqCst)
+    }
+
+    fn ask(&self, make: impl FnOnce(oneshot::Sender<Outcome>) -> Command) -> Pending {
+        let Some(commands) = self.commands.upgrade() else {
+            return Pending(None);
+        };
+        if !self.shared.driver_running.load(Ordering::SeqCst) {
+            return Pending(None);
+        }
+        let (reply, outcome) = oneshot::channel();
+        let _ = commands.send(make(reply));
+        Pending(Some(outcome))
+    }
+
+    pub(crate) async fn status(&self) -> ClusterStatus {
+        let Some(commands) = self.commands.upgrade() else {
+            return ClusterStatus::default();
+        };
+        if !self.shared.driver_running.load(Ordering::SeqCst) {
+            return ClusterStatus::default();
+        }
+        let (reply, status) = oneshot::channel();
+        let _ = commands.send(Command::Status(reply));
+        drop(commands);
+        status.await.unwrap_or_default()
+    }
+
+    pub(crate) async fn restart(&self) -> Result<(), StartError> {
+        match self.ask(Command::Restart).await {
+            Some(Outcome::Restarted(Ok(()))) => Ok(()),
+            Some(Outcome::Restarted(Err(failure))) => Err(error(&self.shared.config, failure)),
+            _ => Err(StartError::NotRunning),
+        }
+    }
+
+    pub(crate) async fn scale(&self, workers: usize) -> Result<(), StartError> {
+        match self.ask(|reply| Command::Scale(workers, reply)).await {
+            Some(Outcome::Scaled(Ok(()))) => Ok(()),
+            Some(Outcome::Scaled(Err(failure))) => Err(error(&self.shared.config, failure)),
+            _ => Err(StartError::NotRunning),
+        }
     }
 }
 

@@ -66,15 +66,19 @@
 
 mod balancer;
 mod config;
+pub mod control;
 mod core;
 mod driver;
 mod error;
 mod event;
 mod handle;
 mod listeners;
+mod logfeed;
 mod logs;
+mod metrics;
 mod notify;
 mod output;
+mod proc;
 mod process;
 mod program;
 mod shared;
@@ -82,9 +86,12 @@ mod status;
 
 pub use crate::{
     config::{ConfigError, InheritedListener, WatcherConfig},
+    control::{ControlServer, default_control_path, status_json},
     error::{SendError, StartError},
     event::{Event, ExitKind, KillReason, StopCause, WorkerExit, WorkerId},
     handle::{ClusterWatcher, WorkerInfo, WorkerMessage},
+    logfeed::LogFeed,
+    metrics::{MetricsServer, Readiness, exposition},
     status::{ClusterStatus, RestartCounts, SlotStatus, WorkerPhase, WorkerStatus},
 };
 

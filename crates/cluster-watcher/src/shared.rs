@@ -31,6 +31,10 @@ pub(crate) struct Shared {
     pub(crate) listens: Mutex<HashMap<WorkerId, HashSet<ListenAddress>>>,
     /// Program mode: the socket workers report readiness to, bound at the first start.
     pub(crate) notify: std::sync::OnceLock<crate::notify::NotifySocket>,
+    /// Set once the driver task runs (commands are answered).
+    pub(crate) driver_running: std::sync::atomic::AtomicBool,
+    /// Set by the embedding program to report not-ready while it still serves (a stop delay).
+    pub(crate) draining: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for Shared {
@@ -81,6 +85,12 @@ impl Shared {
                 .iter()
                 .any(|(address, _)| *address == listener.address);
             let socket = self.provider.socket(&listener.address, &options)?;
+            if let ListenAddress::Tcp(_) = listener.address {
+                // Accepted connections inherit it: a server that writes a response in two
+                // parts (head, body) would otherwise wait 40 ms for the delayed ACK on every
+                // keep-alive request. gunicorn sets it on its listeners too.
+                let _ = rustix::net::sockopt::set_tcp_nodelay(&*socket, true);
+            }
             if let (ListenAddress::Unix(path), Some(mode)) = (&listener.address, listener.mode) {
                 use std::os::unix::fs::PermissionsExt;
                 std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;

@@ -3,8 +3,9 @@
 #![allow(dead_code, unreachable_pub, unused_imports)]
 
 pub use cluster_testkit::{
-    Load, LoadResult, ServerProcess, ServerProcess as ClusterProcess, children_of, free_port,
-    http_get, http_get_at, process_exists, process_running, rss_kib, signal, workspace_bin,
+    Load, LoadResult, ServerProcess, ServerProcess as ClusterProcess, children_of, fd_count,
+    free_port, http_get, http_get_at, process_exists, process_running, rss_kib, signal,
+    workspace_bin,
 };
 
 use std::os::fd::{AsRawFd, RawFd};
