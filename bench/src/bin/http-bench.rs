@@ -205,6 +205,31 @@ fn main() {
         });
     }
 
+    // The control plane's cost: the same cluster, once left alone and once scraped
+    // (`/metrics` and `cluster status`) every 100 ms while wrk runs.
+    if env_text("BENCH_SCRAPE", "1") != "0" {
+        for (name, scraped) in [
+            ("cluster shared, 2w, not scraped", false),
+            ("cluster shared, 2w, scraped every 100 ms", true),
+        ] {
+            let mut command: Vec<String> = [cluster.as_str(), "-w", "2", "-l", "warn"]
+                .map(String::from)
+                .to_vec();
+            if scraped {
+                command.extend(
+                    ["--metrics", "127.0.0.1:{mport}", "--control", "{control}"].map(String::from),
+                );
+            }
+            command.extend([hello.clone(), "127.0.0.1:{port}".into()]);
+            configs.push(Config {
+                name: name.into(),
+                workers: 2,
+                command,
+                env: vec![],
+            });
+        }
+    }
+
     let started = Instant::now();
     // BENCH_SKIP_HTTP=1 measures only start-up, respawn and memory.
     if std::env::var("BENCH_SKIP_HTTP").is_ok_and(|v| v == "1") {
@@ -216,10 +241,27 @@ fn main() {
     for round in 0..rounds {
         for (i, config) in configs.iter().enumerate() {
             let port = free_port();
-            let server = ServerProcess::command(&config.command, &config.env, port);
+            let metrics_port = free_port();
+            let control = std::env::temp_dir()
+                .join(format!("cluster-bench-{}", std::process::id()))
+                .join("control.sock");
+            let command: Vec<String> = config
+                .command
+                .iter()
+                .map(|a| {
+                    a.replace("{mport}", &metrics_port.to_string())
+                        .replace("{control}", &control.to_string_lossy())
+                })
+                .collect();
+            let server = ServerProcess::command(&command, &config.env, port);
             server.wait_ready(port);
+            let scraped = config.name.contains("scraped every");
             for (load, close) in [("keep-alive", false), ("close", true)] {
+                let scraper = scraped.then(|| Scraper::start(metrics_port, &control, &cluster));
                 let run = wrk(port, seconds, close);
+                if let Some(scraper) = scraper {
+                    scraper.finish();
+                }
                 let (r, p) = (run.rate, run.p99_ms);
                 rps.entry((i, load))
                     .or_insert_with(|| Samples {
@@ -279,6 +321,18 @@ fn main() {
             .unwrap()
     };
     println!("\n## Ratios against the targets\n");
+    let position = |needle: &str| configs.iter().position(|c| c.name.contains(needle));
+    if let (Some(scraped), Some(alone)) = (position("scraped every"), position("not scraped")) {
+        for load in ["keep-alive", "close"] {
+            let ratio = rps[&(scraped, load)].median() / rps[&(alone, load)].median();
+            print_ratio(
+                &format!("2 workers, scraped every 100 ms / not scraped, {load}"),
+                ratio,
+                ">= 0.98x",
+                ratio >= 0.98,
+            );
+        }
+    }
     if configs
         .iter()
         .any(|c| c.name.starts_with("uvicorn under cluster"))
@@ -584,4 +638,40 @@ fn write_chart(path: &Path, configs: &[Config], rps: &BTreeMap<(usize, &str), Sa
         let _ = std::fs::create_dir_all(dir);
     }
     std::fs::write(path, svg).expect("write chart");
+}
+
+/// Scrapes `/metrics` and runs `cluster status` every 100 ms until finished.
+struct Scraper {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Scraper {
+    fn start(metrics_port: u16, control: &Path, cluster: &str) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (control, cluster, flag) = (control.to_owned(), cluster.to_owned(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", metrics_port)) {
+                    use std::io::{Read, Write};
+                    let _ = stream.write_all(
+                        b"GET /metrics HTTP/1.1\r\nhost: b\r\nconnection: close\r\n\r\n",
+                    );
+                    let _ = stream.read_to_end(&mut Vec::new());
+                }
+                let _ = std::process::Command::new(&cluster)
+                    .args(["status", "--control"])
+                    .arg(&control)
+                    .stdout(std::process::Stdio::null())
+                    .status();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        Self { stop, thread }
+    }
+
+    fn finish(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = self.thread.join();
+    }
 }

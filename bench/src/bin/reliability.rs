@@ -250,6 +250,7 @@ fn peer_restarts(p: &Paths) -> bool {
             "keep-alive"
         };
         let mut ours = cluster_cmd(p, 2, "shared", &uvicorn);
+        ours.pop(); // the address: uvicorn takes descriptor 3 instead
         let program_at = ours.iter().position(|a| *a == uvicorn).unwrap();
         ours.splice(
             program_at..program_at,
