@@ -228,6 +228,7 @@ impl Args {
             .min_uptime(self.min_uptime)
             .restart_parallelism(self.restart_parallelism as usize);
         let mut config = config;
+        config.name = self.name.clone();
         config.listen = self.listen.clone();
         config.stop_signal = self.stop_signal;
         config.ready_after = self.ready_after.0;

@@ -149,8 +149,28 @@ fn parse_count(text: &str) -> anyhow::Result<i64> {
 
 /// `pm2 ls`-like rows.
 fn print_status(name: &str, status: &Value) {
+    let listeners: Vec<&str> = status["listeners"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
     println!(
-        "cluster {name}: {} of {} workers ready{}",
+        "cluster {} (pid {}, {}{}, up {}) on {}: {} of {} workers ready{}",
+        status["name"].as_str().unwrap_or(name),
+        status["pid"],
+        status["balance"].as_str().unwrap_or("?"),
+        if status["program_mode"] == true {
+            ", --listen"
+        } else {
+            ""
+        },
+        seconds(status["uptime"].as_f64()),
+        if listeners.is_empty() {
+            "-".to_owned()
+        } else {
+            listeners.join(", ")
+        },
         status["ready_workers"],
         status["wanted_workers"],
         match status["rolling_restart"].as_object() {
@@ -195,15 +215,21 @@ fn print_status(name: &str, status: &Value) {
             };
             println!(
                 "{:>4}  {:>7}  {:>4}  {:<9} {:>8}  {:<22} {:<24}",
-                slot["slot"], "-", slot["generation"], state, "-", restarts, exit
+                slot["slot"].to_string(),
+                "-",
+                slot["generation"].to_string(),
+                state,
+                "-",
+                restarts,
+                exit
             );
         }
         for worker in workers {
             println!(
                 "{:>4}  {:>7}  {:>4}  {:<9} {:>8}  {:<22} {:<24} {:>9}  {:>7}  {:>9}",
-                slot["slot"],
-                worker["pid"],
-                worker["generation"],
+                slot["slot"].to_string(),
+                worker["pid"].to_string(),
+                worker["generation"].to_string(),
                 worker["state"].as_str().unwrap_or("?"),
                 seconds(worker["uptime"].as_f64()),
                 restarts,

@@ -53,6 +53,8 @@ pub struct WatcherConfig {
     pub min_uptime: Duration,
     /// Slots replaced at once during a rolling restart (default 1).
     pub restart_parallelism: usize,
+    /// The cluster's name, as status and metrics show it (default `cluster`).
+    pub name: String,
     /// Listening sockets handed to programs that do not link `cluster-worker`, as systemd
     /// does: descriptors 3, 4, … in this order, with `LISTEN_FDS`, `LISTEN_FDNAMES` and
     /// `LISTEN_PID`. Non-empty means *program mode*: workers get no cluster channel; they
@@ -96,6 +98,7 @@ impl WatcherConfig {
             backoff_max: Duration::from_secs(10),
             min_uptime: Duration::from_secs(1),
             restart_parallelism: 1,
+            name: "cluster".to_owned(),
             listen: Vec::new(),
             stop_signal: 15,
             ready_after: Some(Duration::from_secs(1)),

@@ -222,7 +222,12 @@ impl Context {
     async fn answer(&self, request: &Value) -> Value {
         match request["cmd"].as_str() {
             Some("status") => {
-                json!({"ok": true, "status": status_json(&self.remote.status().await)})
+                let mut status = status_json(&self.remote.status().await);
+                let about = self.remote.about();
+                if let Value::Object(fields) = &mut status {
+                    fields.extend(about);
+                }
+                json!({"ok": true, "status": status})
             }
             Some("restart") => match self.remote.restart().await {
                 Ok(()) => json!({"ok": true}),

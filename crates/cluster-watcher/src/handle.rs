@@ -151,6 +151,7 @@ impl ClusterWatcher {
                 listens: Mutex::default(),
                 notify: std::sync::OnceLock::new(),
                 driver_running: std::sync::atomic::AtomicBool::new(false),
+                created: std::time::Instant::now(),
                 draining: std::sync::atomic::AtomicBool::new(false),
             }),
             commands,
@@ -422,6 +423,31 @@ pub(crate) struct Remote {
 impl Remote {
     pub(crate) fn span(&self) -> tracing::Span {
         self.shared.span.clone()
+    }
+
+    /// The cluster's name, watcher pid, balance mode, listeners and uptime, for status.
+    pub(crate) fn about(&self) -> serde_json::Map<String, serde_json::Value> {
+        let config = &self.shared.config;
+        let listeners: Vec<String> = self
+            .shared
+            .provider
+            .sockets()
+            .iter()
+            .map(|(address, fd)| {
+                crate::shared::local_address(&**fd).unwrap_or_else(|| address.to_string())
+            })
+            .collect();
+        let mut about = serde_json::Map::new();
+        about.insert("name".into(), config.name.clone().into());
+        about.insert("pid".into(), std::process::id().into());
+        about.insert("balance".into(), config.balance.as_str().into());
+        about.insert("program_mode".into(), config.program_mode().into());
+        about.insert("listeners".into(), listeners.into());
+        about.insert(
+            "uptime".into(),
+            self.shared.created.elapsed().as_secs_f64().into(),
+        );
+        about
     }
 
     pub(crate) fn draining(&self) -> bool {

@@ -31,6 +31,8 @@ pub(crate) struct Shared {
     pub(crate) listens: Mutex<HashMap<WorkerId, HashSet<ListenAddress>>>,
     /// Program mode: the socket workers report readiness to, bound at the first start.
     pub(crate) notify: std::sync::OnceLock<crate::notify::NotifySocket>,
+    /// When the watcher was made (its uptime, in status).
+    pub(crate) created: std::time::Instant,
     /// Set once the driver task runs (commands are answered).
     pub(crate) driver_running: std::sync::atomic::AtomicBool,
     /// Set by the embedding program to report not-ready while it still serves (a stop delay).
@@ -140,7 +142,7 @@ impl Shared {
 }
 
 /// The address a listening socket is bound to, as text.
-fn local_address(fd: &impl std::os::fd::AsFd) -> Option<String> {
+pub(crate) fn local_address(fd: &impl std::os::fd::AsFd) -> Option<String> {
     let address = rustix::net::getsockname(fd).ok()?;
     if let Ok(unix) = rustix::net::SocketAddrUnix::try_from(address.clone()) {
         return Some(format!("unix:{}", unix.path()?.to_string_lossy()));
