@@ -119,6 +119,11 @@ pub(crate) struct Args {
     #[arg(long, env = "CLUSTER_READYZ", value_enum, default_value_t = ReadyzArg::Any)]
     pub(crate) readyz: ReadyzArg,
 
+    /// On SIGTERM, first report not ready (/readyz 503, STATUS=) and keep serving this long,
+    /// so load balancers deregister the instance before it drains
+    #[arg(long, env = "CLUSTER_STOP_DELAY", default_value = "0s", value_name = "DURATION", value_parser = parse_duration)]
+    pub(crate) stop_delay: Duration,
+
     /// Hand PROGRAM this listening socket as systemd does: descriptors 3, 4, … in --listen
     /// order, with LISTEN_FDS, LISTEN_FDNAMES and LISTEN_PID, so servers that take their
     /// socket from systemd, listenfd or a `--fd 3` option run unmodified (readiness:

@@ -14,6 +14,7 @@ mod fds;
 mod logging;
 mod pid_file;
 mod signals;
+mod systemd;
 
 use std::process::ExitCode;
 
@@ -32,7 +33,13 @@ fn main() -> ExitCode {
     {
         return client::main();
     }
+    // Socket activation's listeners first: marking every other inheritance close-on-exec
+    // takes ownership of descriptor numbers.
+    let activated = systemd::inherited_listeners();
     fds::close_inherited_on_exec();
+    // A container's PID 1, or any process whose workers double-fork: orphans of the workers
+    // come to us, are reaped and stopped with the cluster.
+    let _ = rustix::process::set_child_subreaper(Some(rustix::process::getpid()));
     let (args, config) = Args::parse_valid();
     // Declared before the runtime, so dropped after it: lines logged while the runtime shuts
     // down are still written.
@@ -52,7 +59,7 @@ fn main() -> ExitCode {
     // Every line the cluster logs, its own and the watcher's tasks' (which run in the span
     // current when the watcher is created), carries the name.
     let span = tracing::info_span!("cluster", name = %args.name);
-    let outcome = runtime.block_on(run(args, config, &logging).instrument(span));
+    let outcome = runtime.block_on(run(args, config, &logging, activated).instrument(span));
     drop(runtime);
     drop(logging);
     match outcome {
@@ -66,12 +73,24 @@ async fn run(
     args: Args,
     mut config: WatcherConfig,
     logging: &logging::Logging,
+    activated: Vec<(Option<String>, std::os::fd::OwnedFd)>,
 ) -> anyhow::Result<()> {
     config.program = args::resolve_program(&config.program)?;
     let _pid_file = args.pid_file.as_deref().map(PidFile::create).transpose()?;
     let workers = args.worker_count();
     let balance = config.balance;
     let watcher = ClusterWatcher::new(config);
+    for (name, fd) in activated {
+        match watcher.server_sockets().adopt(fd) {
+            Ok(address) => {
+                tracing::info!(%address, name = name.as_deref().unwrap_or("-"), "adopted a socket-activated listener")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "an inherited descriptor (LISTEN_FDS) is not a listening socket; closed")
+            }
+        }
+    }
+    let notifier = systemd::Notifier::from_env();
     let mut signals = Signals::register()?;
     tokio::spawn(logging.report_drops().in_current_span());
 
@@ -90,6 +109,13 @@ async fn run(
         }
     }
     tracing::info!(workers, "all workers ready");
+    for address in watcher.server_sockets().unused_adopted() {
+        tracing::warn!(%address, "a socket-activated listener no worker asked for");
+    }
+    notifier.notify(&format!(
+        "READY=1\nMAINPID={}\nSTATUS={workers}/{workers} workers ready",
+        std::process::id()
+    ));
     let control = serve_control(&args, &watcher, logging);
     let _metrics = match args.metrics {
         Some(address) => {
@@ -116,9 +142,26 @@ async fn run(
     let cause = tokio::select! {
         cause = signals.supervise(&watcher, workers) => cause,
         () = control_stop => "cluster stop",
+        () = systemd::follow(&notifier, &watcher) => "the service manager",
+        () = orphan_reaper(&watcher) => "the orphan reaper",
     };
+    if !args.stop_delay.is_zero() {
+        // Report not-ready first and keep serving, so load balancers deregister us before
+        // the workers drain (Kubernetes' preStop problem).
+        watcher.set_draining(true);
+        notifier.notify(&format!(
+            "STATUS=stopping in {:.1} s: not ready, still serving",
+            args.stop_delay.as_secs_f64()
+        ));
+        tracing::info!(delay = ?args.stop_delay, "stop delay: reporting not ready, still serving");
+        tokio::time::sleep(args.stop_delay).await;
+    }
+    notifier.notify("STOPPING=1\nSTATUS=stopping");
     tracing::info!(signal = cause, "stopping cluster");
     let exits = watcher.stop().await;
+    // What workers left behind outside their process groups (a daemonized grandchild came
+    // to us as subreaper) goes with the cluster.
+    kill_orphans();
     let killed = exits.iter().filter(|e| e.killed.is_some()).count();
     if killed > 0 {
         bail!(
@@ -128,6 +171,75 @@ async fn run(
     }
     tracing::info!(workers = exits.len(), "cluster stopped cleanly");
     Ok(())
+}
+
+/// Reaps every zombie child that is not a worker: orphans of double-forking workers
+/// re-parented to this subreaper (or PID 1). Workers are left to the watcher, which waits for
+/// each itself (the list of workers is published before any of them can be reaped).
+fn reap_orphans(workers: &[u32]) {
+    let me = std::process::id().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((_, after)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let mut fields = after.split_whitespace();
+        let (state, parent) = (fields.next(), fields.next());
+        if state == Some("Z")
+            && parent == Some(me.as_str())
+            && !workers.contains(&(pid as u32))
+            && let Some(pid) = rustix::process::Pid::from_raw(pid)
+        {
+            let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG);
+        }
+    }
+}
+
+/// SIGKILLs and reaps every remaining child (the workers are gone by now).
+fn kill_orphans() {
+    let me = std::process::id();
+    for _ in 0..3 {
+        let children: Vec<i32> = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                    stat.rsplit_once(')')
+                        .and_then(|(_, after)| after.split_whitespace().nth(1).map(str::to_owned))
+                        == Some(me.to_string())
+                })
+            })
+            .collect();
+        if children.is_empty() {
+            return;
+        }
+        for pid in children {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+            }
+        }
+    }
+}
+
+/// Reaps orphans every second, for as long as the cluster runs.
+async fn orphan_reaper(watcher: &ClusterWatcher) {
+    let mut ticks = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        ticks.tick().await;
+        let workers: Vec<u32> = watcher.workers().iter().map(|w| w.pid).collect();
+        reap_orphans(&workers);
+    }
 }
 
 /// The control socket: at `--control` (its failure is fatal), else at the default path for

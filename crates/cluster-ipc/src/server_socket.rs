@@ -278,6 +278,8 @@ type SocketTable = HashMap<(ListenAddress, ListenOptions), Arc<OwnedFd>>;
 #[derive(Debug, Clone)]
 pub struct ServerSocketProvider {
     sockets: Arc<Mutex<SocketTable>>,
+    /// Listening sockets this process inherited (socket activation), not asked for yet.
+    adopted: Arc<Mutex<Vec<(ListenAddress, OwnedFd)>>>,
     max_sockets: usize,
     descriptors: bool,
 }
@@ -286,6 +288,7 @@ impl Default for ServerSocketProvider {
     fn default() -> Self {
         Self {
             sockets: Arc::default(),
+            adopted: Arc::default(),
             max_sockets: Self::DEFAULT_MAX_SOCKETS,
             descriptors: true,
         }
@@ -317,6 +320,52 @@ impl ServerSocketProvider {
     pub fn without_descriptors(mut self) -> Self {
         self.descriptors = false;
         self
+    }
+
+    /// Takes over a listening socket this process inherited (socket activation: systemd,
+    /// `systemd-socket-activate`): a request for its address (or for port 0 on its IP) gets
+    /// it instead of a new bind, so the socket, and the connections waiting on it, outlive
+    /// this process's restarts. Returns the address it listens on.
+    ///
+    /// # Errors
+    /// When it is not a listening socket.
+    pub fn adopt(&self, fd: OwnedFd) -> io::Result<ListenAddress> {
+        if !sockopt::socket_acceptconn(&fd)? {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "an inherited descriptor that is not a listening socket",
+            ));
+        }
+        rustix::fs::fcntl_setfl(
+            &fd,
+            rustix::fs::fcntl_getfl(&fd)? | rustix::fs::OFlags::NONBLOCK,
+        )?;
+        let address = local_address(&fd)?;
+        self.adopted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((address.clone(), fd));
+        Ok(address)
+    }
+
+    /// Inherited sockets no request has asked for (yet).
+    pub fn unused_adopted(&self) -> Vec<ListenAddress> {
+        let adopted = self.adopted.lock().unwrap_or_else(PoisonError::into_inner);
+        adopted.iter().map(|(address, _)| address.clone()).collect()
+    }
+
+    /// The inherited socket for `address`, taken out of the adopted list.
+    fn take_adopted(&self, address: &ListenAddress) -> Option<OwnedFd> {
+        let mut adopted = self.adopted.lock().unwrap_or_else(PoisonError::into_inner);
+        let index = adopted
+            .iter()
+            .position(|(local, _)| match (local, address) {
+                (ListenAddress::Tcp(local), ListenAddress::Tcp(wanted)) => {
+                    local == wanted || (wanted.port() == 0 && local.ip() == wanted.ip())
+                }
+                (local, wanted) => local == wanted,
+            })?;
+        Some(adopted.remove(index).1)
     }
 
     /// Forgets (and closes, once nobody else holds it) every socket bound for `address`.
@@ -362,6 +411,11 @@ impl ServerSocketProvider {
         let key = (address.clone(), options.clone());
         if let Some(fd) = sockets.get(&key) {
             return Ok(fd.clone());
+        }
+        if let Some(fd) = self.take_adopted(address) {
+            let fd = Arc::new(fd);
+            sockets.insert(key, fd.clone());
+            return Ok(fd);
         }
         if sockets.len() >= self.max_sockets {
             return Err(ServerSocketError::Bind {

@@ -22,6 +22,7 @@
 //! * `kill-self-from-gen N ADDR`: generations from N SIGKILL themselves at once; earlier
 //!   ones serve. `fork-grandchild ADDR`: fork a `sleep`, then serve.
 //! * `serve-address-file PATH`: serve on the address written in PATH.
+//! * `daemonize-grandchildren ADDR`: leave two `setsid -f sleep` daemons behind, then serve.
 
 use std::time::Duration;
 
@@ -139,6 +140,16 @@ async fn main() {
                 .arg("300")
                 .spawn()
                 .unwrap();
+            serve(&arg(1), Duration::ZERO, Duration::ZERO).await
+        }
+        "daemonize-grandchildren" => {
+            // `setsid -f` leaves two daemons outside this worker's process group, orphaned to
+            // the cluster: one that ends at once (a zombie unless reaped) and one that runs on.
+            for time in ["0.1", "299.5"] {
+                let _ = std::process::Command::new("setsid")
+                    .args(["-f", "sleep", time])
+                    .status();
+            }
             serve(&arg(1), Duration::ZERO, Duration::ZERO).await
         }
         "serve-address-file" => {

@@ -1,0 +1,240 @@
+//! The cluster under a service manager: sd_notify datagrams to a test-owned
+//! `NOTIFY_SOCKET`, socket activation with `systemd-socket-activate`, the stop delay, and
+//! orphans of double-forking workers (subreaper).
+
+mod support;
+
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant};
+
+use rustix::process::Signal;
+use support::{ClusterProcess, free_port, http_get, process_running, workspace_bin};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// A test-owned NOTIFY_SOCKET.
+struct Manager {
+    socket: UnixDatagram,
+    path: std::path::PathBuf,
+}
+
+impl Manager {
+    fn new(test: &str) -> Self {
+        let path =
+            std::env::temp_dir().join(format!("cluster-notify-test-{}-{test}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let socket = UnixDatagram::bind(&path).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        Self { socket, path }
+    }
+
+    /// Datagrams until one contains `needle` (at most `limit`); all of them.
+    fn until(&self, needle: &str, limit: Duration) -> Vec<(Instant, String)> {
+        let deadline = Instant::now() + limit;
+        let mut seen = Vec::new();
+        while Instant::now() < deadline {
+            let mut buf = [0u8; 4096];
+            if let Ok(n) = self.socket.recv(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let done = text.contains(needle);
+                seen.push((Instant::now(), text));
+                if done {
+                    return seen;
+                }
+            }
+        }
+        panic!("no datagram with {needle:?} within {limit:?}: {seen:?}");
+    }
+
+    /// Datagrams received during `time`.
+    fn during(&self, time: Duration) -> Vec<String> {
+        let deadline = Instant::now() + time;
+        let mut seen = Vec::new();
+        while Instant::now() < deadline {
+            let mut buf = [0u8; 4096];
+            if let Ok(n) = self.socket.recv(&mut buf) {
+                seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+        seen
+    }
+}
+
+#[test]
+fn ready_reloading_watchdog_and_stopping_reach_the_manager() {
+    let manager = Manager::new("notify");
+    let worker = workspace_bin("cli-worker");
+    let started = Instant::now();
+    let mut cluster = ClusterProcess::start_with_env(
+        &[
+            "-w",
+            "2",
+            worker.to_str().unwrap(),
+            "slow-ready",
+            "500",
+            "127.0.0.1:0",
+        ],
+        &[
+            ("NOTIFY_SOCKET", manager.path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    );
+    // READY=1 only once both workers are ready (each takes 500 ms).
+    let seen = manager.until("READY=1", LIMIT);
+    let (at, ready) = seen.last().unwrap();
+    assert!(
+        at.duration_since(started) >= Duration::from_millis(500),
+        "{ready}"
+    );
+    assert!(
+        ready.contains(&format!("MAINPID={}", cluster.pid())),
+        "{ready}"
+    );
+    cluster.wait_for("all workers ready", LIMIT);
+    // The watchdog at half the requested interval.
+    let beats = manager.during(Duration::from_secs(1));
+    let count = beats.iter().filter(|d| d.contains("WATCHDOG=1")).count();
+    assert!((3..=8).contains(&count), "{count} in 1 s: {beats:?}");
+    // None while the supervision loop cannot run.
+    cluster.signal(Signal::STOP);
+    let silent = manager.during(Duration::from_secs(1));
+    cluster.signal(Signal::CONT);
+    assert!(
+        !silent.iter().any(|d| d.contains("WATCHDOG=1")),
+        "{silent:?}"
+    );
+    // SIGHUP: RELOADING=1 with MONOTONIC_USEC, then READY=1 when the restart is done.
+    cluster.signal(Signal::HUP);
+    let seen = manager.until("RELOADING=1", LIMIT);
+    assert!(
+        seen.last().unwrap().1.contains("MONOTONIC_USEC="),
+        "{seen:?}"
+    );
+    let seen = manager.until("READY=1", LIMIT);
+    assert!(
+        seen.last().unwrap().1.contains("rolling restart"),
+        "{seen:?}"
+    );
+    cluster.wait_for("rolling restart complete", LIMIT);
+    cluster.signal(Signal::TERM);
+    manager.until("STOPPING=1", LIMIT);
+    assert!(cluster.wait(LIMIT).success());
+}
+
+#[test]
+fn the_stop_delay_reports_not_ready_while_still_serving() {
+    let metrics = free_port();
+    let hello = workspace_bin("hello-http");
+    let mut cluster = ClusterProcess::start(&[
+        "-w",
+        "2",
+        "--stop-delay",
+        "2s",
+        "--metrics",
+        &format!("127.0.0.1:{metrics}"),
+        hello.to_str().unwrap(),
+        "127.0.0.1:0",
+    ]);
+    let port = cluster.port();
+    cluster.wait_for("metrics on", LIMIT);
+    let readyz = || {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", metrics)).unwrap();
+        std::io::Write::write_all(
+            &mut stream,
+            b"GET /readyz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        )
+        .unwrap();
+        let mut response = String::new();
+        std::io::Read::read_to_string(&mut stream, &mut response).unwrap();
+        response[9..12].to_owned()
+    };
+    assert_eq!(readyz(), "200");
+    let stopped = Instant::now();
+    cluster.signal(Signal::TERM);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(readyz(), "503", "not ready at once");
+    // Still serving until the delay is over.
+    while stopped.elapsed() < Duration::from_millis(1700) {
+        assert!(http_get(port).is_ok());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(cluster.wait(LIMIT).success());
+    assert!(stopped.elapsed() >= Duration::from_secs(2));
+}
+
+#[test]
+fn a_socket_activated_cluster_serves_on_the_inherited_socket() {
+    let hello = workspace_bin("hello-http");
+    let cluster = workspace_bin("cluster");
+    for program_mode in [false, true] {
+        let port = free_port();
+        let address = format!("127.0.0.1:{port}");
+        // (This systemd-socket-activate waits for the first connection before it execs.)
+        let mut args = vec!["-l", &address, cluster.to_str().unwrap(), "-w", "2"];
+        let listen = address.clone();
+        if program_mode {
+            args.extend(["--listen", &listen]);
+            args.push(hello.to_str().unwrap());
+            // hello-http adopts descriptor 3 (LISTEN_FDS from the cluster) for its address.
+            args.push(&address);
+        } else {
+            args.push(hello.to_str().unwrap());
+            args.push(&address);
+        }
+        let server = support::ServerProcess::spawn(
+            "systemd-socket-activate",
+            &args,
+            &[],
+            cluster_testkit::Output::Collect,
+        );
+        server.wait_ready(port);
+        assert_eq!(http_get(port).unwrap(), "Hello, World!");
+        server.wait_for("adopted a socket-activated listener", LIMIT);
+    }
+}
+
+#[test]
+fn orphans_of_a_worker_are_reaped_and_stopped_with_the_cluster() {
+    let worker = workspace_bin("test-worker");
+    let mut cluster = ClusterProcess::start(&[
+        "-w",
+        "1",
+        worker.to_str().unwrap(),
+        "daemonize-grandchildren",
+        "127.0.0.1:0",
+    ]);
+    cluster.wait_for("all workers ready", LIMIT);
+    std::thread::sleep(Duration::from_millis(1500));
+    let me = cluster.pid();
+    // The short-lived daemon came to the cluster (subreaper) and was reaped: no zombie.
+    let zombies: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                let after = stat
+                    .rsplit_once(')')
+                    .map(|(_, a)| a.to_owned())
+                    .unwrap_or_default();
+                let fields: Vec<&str> = after.split_whitespace().collect();
+                fields.first() == Some(&"Z") && fields.get(1) == Some(&me.to_string().as_str())
+            })
+        })
+        .collect();
+    assert!(zombies.is_empty(), "zombies: {zombies:?}");
+    // The long-lived one is the cluster's child now, and goes with it.
+    let daemons: Vec<u32> = support::children_of(me)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.contains("299.5"))
+        })
+        .collect();
+    assert_eq!(daemons.len(), 1, "{:?}", support::children_of(me));
+    cluster.signal(Signal::TERM);
+    assert!(cluster.wait(LIMIT).success(), "{}", cluster.output());
+    assert!(daemons.iter().all(|p| !process_running(*p)));
+}
