@@ -238,3 +238,108 @@ fn orphans_of_a_worker_are_reaped_and_stopped_with_the_cluster() {
     assert!(cluster.wait(LIMIT).success(), "{}", cluster.output());
     assert!(daemons.iter().all(|p| !process_running(*p)));
 }
+
+#[test]
+fn as_pid_one_in_a_pid_namespace_orphans_leave_no_zombie_and_no_process() {
+    let worker = workspace_bin("test-worker");
+    let cluster = workspace_bin("cluster");
+    let mut namespace = support::ServerProcess::spawn(
+        "unshare",
+        &[
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            cluster.to_str().unwrap(),
+            "-w",
+            "1",
+            worker.to_str().unwrap(),
+            "daemonize-grandchildren",
+            "127.0.0.1:0",
+        ],
+        &[],
+        cluster_testkit::Output::Collect,
+    );
+    namespace.wait_for("all workers ready", LIMIT);
+    // unshare forks the cluster, which is PID 1 inside: every orphan comes to it.
+    let pid_one = support::children_of(namespace.pid())[0];
+    std::thread::sleep(Duration::from_millis(1500));
+    let children = support::children_of(pid_one);
+    let zombies = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                let after = stat
+                    .rsplit_once(')')
+                    .map(|(_, a)| a.to_owned())
+                    .unwrap_or_default();
+                let fields: Vec<&str> = after.split_whitespace().collect();
+                fields.first() == Some(&"Z") && fields.get(1) == Some(&pid_one.to_string().as_str())
+            })
+        })
+        .count();
+    assert_eq!(zombies, 0);
+    let daemons: Vec<u32> = children
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.contains("299.5"))
+        })
+        .collect();
+    assert_eq!(daemons.len(), 1);
+    support::signal(pid_one, Signal::TERM);
+    assert!(namespace.wait(LIMIT).success(), "{}", namespace.output());
+    assert!(daemons.iter().all(|p| !process_running(*p)));
+}
+
+#[test]
+fn restarting_the_cluster_behind_a_held_socket_refuses_no_connection() {
+    // The test plays systemd's socket unit: it holds the socket; each cluster gets it as
+    // descriptor 3 with LISTEN_FDS and LISTEN_PID (set by a shell that execs the cluster).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let address = format!("127.0.0.1:{port}");
+    let hello = workspace_bin("hello-http");
+    let cluster = workspace_bin("cluster");
+    let start = || {
+        let mut command = std::process::Command::new("/bin/sh");
+        command
+            .args([
+                "-c",
+                "LISTEN_PID=$$ LISTEN_FDS=1; export LISTEN_PID LISTEN_FDS; exec \"$@\"",
+                "sh",
+            ])
+            .arg(&cluster)
+            .args(["-w", "2", "-l", "warn"])
+            .arg(&hello)
+            .arg(&address)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let fd = std::os::fd::OwnedFd::from(listener.try_clone().unwrap());
+        fdpass::inherit_fds_at(&mut command, vec![fd], 3);
+        command.spawn().unwrap()
+    };
+    let mut first = start();
+    let deadline = Instant::now() + LIMIT;
+    while http_get(port).is_err() {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let load = support::Load::start(port, 4);
+    std::thread::sleep(Duration::from_millis(700));
+    support::signal(first.id(), Signal::TERM);
+    assert!(first.wait().unwrap().success());
+    let mut second = start();
+    std::thread::sleep(Duration::from_millis(1500));
+    let (ok, failed, _) = load.finish();
+    assert!(
+        failed.is_empty(),
+        "{} failed of {ok}: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    assert!(ok > 100, "{ok}");
+    support::signal(second.id(), Signal::TERM);
+    assert!(second.wait().unwrap().success());
+}

@@ -16,7 +16,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::task::Poll;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use cluster_ipc::ListenAddress;
@@ -117,7 +117,7 @@ where
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let service = Boxed(Arc::new(make(peer)));
+                    let service = Boxed(Arc::new(make(peer)), Arc::default());
                     connections.spawn(serve_connection(stream, service, stopped.clone(), hand_back.clone()));
                 }
                 Err(e) => {
@@ -135,9 +135,14 @@ where
     why
 }
 
+/// How long a connection accepted just before the stop may take to send its first request:
+/// hyper would close it at once ("idle"), and a client whose request is already on the wire
+/// would see its connection reset, when the whole cluster stops and nobody takes it over.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+
 /// A service whose futures are boxed, so a connection can be polled without being pinned
-/// (needed to take its socket back afterwards).
-struct Boxed<S>(Arc<S>);
+/// (needed to take its socket back afterwards); it notes that a request arrived.
+struct Boxed<S>(Arc<S>, Arc<AtomicBool>);
 
 impl<S, B> Service<Request<Incoming>> for Boxed<S>
 where
@@ -149,6 +154,7 @@ where
     type Future = Pin<Box<dyn Future<Output = Result<Response<B>, S::Error>> + Send>>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
+        self.1.store(true, Ordering::Relaxed);
         Box::pin(self.0.call(request))
     }
 }
@@ -168,22 +174,41 @@ async fn serve_connection<S, B>(
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
+    let requested = service.1.clone();
     let mut connection =
         hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
     let mut stop = pin!(async move {
         let _ = stopped.wait_for(|stopped| *stopped).await;
     });
-    let mut shutting_down = false;
+    let (mut stop_seen, mut shutting_down) = (false, false);
+    let mut grace: Option<Pin<Box<tokio::time::Sleep>>> = None;
     let ended = std::future::poll_fn(|cx| {
-        if !shutting_down && stop.as_mut().poll(cx).is_ready() {
-            // Idle: it ends now. Busy: it finishes its request first.
+        if !stop_seen && stop.as_mut().poll(cx).is_ready() {
+            stop_seen = true;
+        }
+        if stop_seen && !shutting_down {
+            // Idle between requests: it ends now. Busy: it finishes its request first. Fresh
+            // (no request yet): its first request gets a moment to arrive.
+            let fresh = !requested.load(Ordering::Relaxed);
+            let expired = fresh
+                && grace
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(FIRST_REQUEST_GRACE)))
+                    .as_mut()
+                    .poll(cx)
+                    .is_ready();
+            if !fresh || expired {
+                shutting_down = true;
+                Pin::new(&mut connection).graceful_shutdown();
+            }
+        }
+        let polled = connection.poll_without_shutdown(cx);
+        if polled.is_pending() && stop_seen && !shutting_down && requested.load(Ordering::Relaxed) {
+            // Its first request began during that poll: it is answered, then the end.
             shutting_down = true;
             Pin::new(&mut connection).graceful_shutdown();
+            return connection.poll_without_shutdown(cx);
         }
-        match connection.poll_without_shutdown(cx) {
-            Poll::Ready(result) => Poll::Ready(result),
-            Poll::Pending => Poll::Pending,
-        }
+        polled
     })
     .await;
     if let Err(e) = ended {
