@@ -375,3 +375,101 @@ fn metrics_parse_as_prometheus_text_and_readyz_follows_readiness() {
     cluster.signal(Signal::TERM);
     let _ = cluster.wait(LIMIT);
 }
+
+/// Requests on new connections from one thread while `f` runs: (ok, failed).
+fn under_light_load(port: u16, f: impl FnOnce()) -> (u64, Vec<String>) {
+    let load = support::Load::start(port, 1);
+    f();
+    let (ok, failed, _) = load.finish();
+    (ok, failed)
+}
+
+#[test]
+fn a_growing_worker_is_recycled_before_the_ceiling_and_nothing_fails() {
+    let path = control_path("memory");
+    let worker = workspace_bin("test-worker");
+    let mut cluster = ClusterProcess::start(&[
+        "-w",
+        "2",
+        "--max-memory",
+        "64M",
+        "--control",
+        path.to_str().unwrap(),
+        worker.to_str().unwrap(),
+        "grow",
+        "10",
+        "127.0.0.1:0",
+    ]);
+    let port = cluster.port();
+    cluster.wait_for("control socket ready", LIMIT);
+    let (ok, failed) = under_light_load(port, || {
+        cluster.wait_for("recycling worker", Duration::from_secs(30));
+        let deadline = Instant::now() + LIMIT;
+        while status(&path)["slots"][0]["restarts"]["recycled"].as_u64() < Some(1) {
+            assert!(Instant::now() < deadline, "{}", status(&path));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    assert!(
+        failed.is_empty(),
+        "{} failed of {ok}: {failed:?}",
+        failed.len()
+    );
+    assert!(ok > 50, "{ok}");
+    assert!(
+        !cluster.output().contains("memory past the hard ceiling"),
+        "{}",
+        cluster.output()
+    );
+    assert!(cluster.output().contains("over 64 MiB") || cluster.output().contains("MiB over"));
+    cluster.signal(Signal::TERM);
+    let _ = cluster.wait(LIMIT);
+}
+
+#[test]
+fn workers_recycled_by_age_never_leave_fewer_than_three_ready() {
+    let path = control_path("age");
+    let hello = workspace_bin("hello-http");
+    let mut cluster = ClusterProcess::start(&[
+        "-w",
+        "4",
+        "--max-age",
+        "3s",
+        "--recycle-jitter",
+        "1s",
+        "--control",
+        path.to_str().unwrap(),
+        hello.to_str().unwrap(),
+        "127.0.0.1:0",
+    ]);
+    let port = cluster.port();
+    cluster.wait_for("control socket ready", LIMIT);
+    let mut fewest = 4;
+    let (ok, failed) = under_light_load(port, || {
+        let until = Instant::now() + Duration::from_secs(12);
+        while Instant::now() < until {
+            let ready = status(&path)["ready_workers"].as_u64().unwrap();
+            fewest = fewest.min(ready);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let recycled: u64 = status(&path)["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["restarts"]["recycled"].as_u64().unwrap())
+        .sum();
+    eprintln!(
+        "figure: --max-age 3s --recycle-jitter 1s, 12 s: {recycled} recycled, {ok} ok, {} failed, fewest ready {fewest}",
+        failed.len()
+    );
+    assert!(recycled >= 8, "{recycled}");
+    assert!(fewest >= 3, "{fewest} ready at one point");
+    assert!(
+        failed.is_empty(),
+        "{} failed of {ok}: {failed:?}",
+        failed.len()
+    );
+    cluster.signal(Signal::TERM);
+    let _ = cluster.wait(LIMIT);
+}

@@ -119,6 +119,22 @@ pub(crate) struct Args {
     #[arg(long, env = "CLUSTER_READYZ", value_enum, default_value_t = ReadyzArg::Any)]
     pub(crate) readyz: ReadyzArg,
 
+    /// Recycle a worker whose process tree's resident memory goes over SIZE (`512M`, `2G`,
+    /// bytes): its replacement starts, and once ready the old one drains; past 1.5 times SIZE
+    /// it is killed. Each worker's limit gets up to a tenth more, so they do not recycle
+    /// together
+    #[arg(long, env = "CLUSTER_MAX_MEMORY", value_name = "SIZE", value_parser = parse_size)]
+    max_memory: Option<u64>,
+
+    /// Recycle a worker older than this (replacement first, one slot at a time)
+    #[arg(long, env = "CLUSTER_MAX_AGE", value_name = "DURATION", value_parser = parse_duration)]
+    max_age: Option<Duration>,
+
+    /// Spread added to each worker's --max-age, different for each [default: a tenth of
+    /// --max-age]
+    #[arg(long, env = "CLUSTER_RECYCLE_JITTER", value_name = "DURATION", value_parser = parse_duration)]
+    recycle_jitter: Option<Duration>,
+
     /// On SIGTERM, first report not ready (/readyz 503, STATUS=) and keep serving this long,
     /// so load balancers deregister the instance before it drains
     #[arg(long, env = "CLUSTER_STOP_DELAY", default_value = "0s", value_name = "DURATION", value_parser = parse_duration)]
@@ -234,6 +250,12 @@ impl Args {
             .restart_parallelism(self.restart_parallelism as usize);
         let mut config = config;
         config.name = self.name.clone();
+        config.max_memory = self.max_memory;
+        config.max_age = self.max_age;
+        config.recycle_jitter = self
+            .recycle_jitter
+            .or_else(|| self.max_age.map(|age| age / 10))
+            .unwrap_or_default();
         config.listen = self.listen.clone();
         config.stop_signal = self.stop_signal;
         config.ready_after = self.ready_after.0;
@@ -316,6 +338,22 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// Checks a `--log-level` at parse time, so a bad filter is a bad argument (status 2).
+/// `512M`, `2G`, `64k`, `1048576`: bytes (powers of 1024).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let bad = || format!("{text:?} is not a size (bytes, or a number with k, M or G)");
+    let (number, factor) = match text.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&text[..i], 1u64 << 10),
+        Some((i, 'm' | 'M')) => (&text[..i], 1 << 20),
+        Some((i, 'g' | 'G')) => (&text[..i], 1 << 30),
+        _ => (text, 1),
+    };
+    let number: u64 = number.trim().parse().map_err(|_| bad())?;
+    number
+        .checked_mul(factor)
+        .filter(|bytes| *bytes >= 1 << 20)
+        .ok_or_else(|| format!("{text:?}: at least 1M"))
+}
+
 /// `--ready-after`: a duration, or `off`.
 #[derive(Debug, Clone, Copy)]
 struct ReadyAfter(Option<Duration>);

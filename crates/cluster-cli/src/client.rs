@@ -185,7 +185,7 @@ fn print_status(name: &str, status: &Value) {
         "gen",
         "state",
         "uptime",
-        "restarts crash/hung/roll",
+        "restarts crash/hung/roll/recy",
         "last exit",
         "rss",
         "cpu",
@@ -194,8 +194,8 @@ fn print_status(name: &str, status: &Value) {
     for slot in status["slots"].as_array().into_iter().flatten() {
         let restarts = &slot["restarts"];
         let restarts = format!(
-            "{}/{}/{}",
-            restarts["crashed"], restarts["hung"], restarts["rolling"]
+            "{}/{}/{}/{}",
+            restarts["crashed"], restarts["hung"], restarts["rolling"], restarts["recycled"]
         );
         let exit = slot["last_exit"]
             .as_object()

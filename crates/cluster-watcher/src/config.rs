@@ -55,6 +55,15 @@ pub struct WatcherConfig {
     pub restart_parallelism: usize,
     /// The cluster's name, as status and metrics show it (default `cluster`).
     pub name: String,
+    /// A worker whose process tree's RSS goes over this many bytes (plus its jitter) is
+    /// recycled: replaced through the rolling-restart path, its replacement ready first. Past
+    /// 1.5 times the limit it is killed. Sampled every second (default: none).
+    pub max_memory: Option<u64>,
+    /// A worker older than this (plus its jitter) is recycled (default: none).
+    pub max_age: Option<Duration>,
+    /// The spread added to each worker's limits, different for each, so workers started
+    /// together do not recycle together (default 0; the CLI makes it a tenth of the limit).
+    pub recycle_jitter: Duration,
     /// Listening sockets handed to programs that do not link `cluster-worker`, as systemd
     /// does: descriptors 3, 4, … in this order, with `LISTEN_FDS`, `LISTEN_FDNAMES` and
     /// `LISTEN_PID`. Non-empty means *program mode*: workers get no cluster channel; they
@@ -99,6 +108,9 @@ impl WatcherConfig {
             min_uptime: Duration::from_secs(1),
             restart_parallelism: 1,
             name: "cluster".to_owned(),
+            max_memory: None,
+            max_age: None,
+            recycle_jitter: Duration::ZERO,
             listen: Vec::new(),
             stop_signal: 15,
             ready_after: Some(Duration::from_secs(1)),

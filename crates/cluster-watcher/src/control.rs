@@ -34,8 +34,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Notify, Semaphore, broadcast};
 use tokio::task::JoinHandle;
 
-use crate::handle::Remote;
 use crate::logfeed::LogFeed;
+use crate::remote::Remote;
 use crate::status::ClusterStatus;
 
 const MAX_REQUEST: usize = 4096;
@@ -381,6 +381,7 @@ pub fn status_json(status: &ClusterStatus) -> Value {
                     "hung": slot.restarts.hung,
                     "rolling": slot.restarts.rolling,
                     "requested": slot.restarts.requested,
+                    "recycled": slot.restarts.recycled,
                 },
                 "last_exit": exit,
                 "workers": workers,

@@ -71,6 +71,8 @@ pub(crate) struct Driver {
     notify_reader: bool,
     /// Program mode: accept queues that keep growing (a program that binds its own port).
     queue_watch: listeners::QueueWatch,
+    /// When the workers' memory is sampled next (`max_memory`).
+    next_memory_check: Instant,
 }
 
 impl std::fmt::Debug for Driver {
@@ -110,6 +112,7 @@ impl Driver {
             statuses: HashMap::new(),
             notify_reader: false,
             queue_watch: listeners::QueueWatch::default(),
+            next_memory_check: Instant::now(),
         }
     }
 
@@ -147,7 +150,41 @@ impl Driver {
         self.shared.balancer.shutdown();
     }
 
+    /// Every second with `max_memory`: the RSS of each ready worker's process tree; over the
+    /// limit (plus a tenth at most, different per worker) it is recycled, over 1.5 times the
+    /// limit it is killed.
+    fn check_memory(&mut self) {
+        let Some(limit) = self.shared.config.max_memory else {
+            return;
+        };
+        let now = Instant::now();
+        if now < self.next_memory_check {
+            return;
+        }
+        self.next_memory_check = now + Duration::from_secs(1);
+        let table = crate::proc::ProcessTable::read();
+        let status = self.core.status(now);
+        for worker in status.slots.iter().flat_map(|s| &s.workers) {
+            if !worker.current || worker.phase != crate::WorkerPhase::Ready {
+                continue;
+            }
+            let (rss, _) = table.tree_usage(worker.pid);
+            let spread = crate::core::jitter(worker.id, Duration::from_nanos(limit / 10));
+            let own_limit = limit + spread.as_nanos() as u64;
+            if rss >= limit + limit / 2 {
+                self.core.over_ceiling(worker.id, now);
+            } else if rss >= own_limit {
+                let why = crate::core::Recycle::Memory {
+                    rss,
+                    limit: own_limit,
+                };
+                self.core.recycle(worker.id, why, now);
+            }
+        }
+    }
+
     fn check_listeners(&mut self) {
+        self.check_memory();
         let now = Instant::now();
         if now < self.next_listener_check || self.shared.config.balance != Balance::Shared {
             return;

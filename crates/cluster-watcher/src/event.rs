@@ -63,6 +63,9 @@ pub enum KillReason {
     ShutdownTimeout,
     /// It broke the protocol on its control socket.
     BadTraffic,
+    /// Its memory went past the hard ceiling (1.5 times `max_memory`) faster than it could
+    /// be recycled.
+    MemoryCeiling,
 }
 
 impl fmt::Display for KillReason {
@@ -72,6 +75,7 @@ impl fmt::Display for KillReason {
             Self::ReadyTimeout => "ready timeout",
             Self::ShutdownTimeout => "shutdown timeout",
             Self::BadTraffic => "bad control traffic",
+            Self::MemoryCeiling => "memory past the hard ceiling",
         })
     }
 }
@@ -88,6 +92,8 @@ pub enum StopCause {
     ScaledDown,
     /// The worker asked for it (`cluster_worker::shutdown`).
     Requested,
+    /// It was replaced for its age or memory (recycling).
+    Recycled,
 }
 
 /// How one worker ended: returned by [`ClusterWatcher::stop`](crate::ClusterWatcher::stop) and
@@ -154,6 +160,13 @@ pub enum Event {
     WatcherStalled {
         /// The gap between two turns of the supervision loop.
         duration: Duration,
+    },
+    /// A worker is being replaced for its age or memory; its replacement is starting.
+    Recycling {
+        /// The worker being replaced.
+        id: WorkerId,
+        /// Why, as text ("RSS 530 MiB over 512 MiB").
+        reason: String,
     },
     /// A rolling restart began.
     RestartStarted {

@@ -13,6 +13,7 @@ use tokio::sync::{OwnedSemaphorePermit, broadcast, mpsc, oneshot};
 use crate::balancer::Balancer;
 use crate::core::{Failure, Outcome};
 use crate::driver::{Command, Driver, message_queue, spawn_in};
+use crate::remote::Remote;
 use crate::shared::{Messages, Shared, lock};
 use crate::{ClusterStatus, Event, SendError, StartError, WatcherConfig, WorkerExit, WorkerId};
 use cluster_ipc::ChannelSender;
@@ -405,99 +406,12 @@ impl ClusterWatcher {
     }
 
     fn remote(&self) -> Remote {
-        Remote {
-            commands: self.commands.downgrade(),
-            shared: self.shared.clone(),
-        }
-    }
-}
-
-/// What the control socket and the metrics endpoint use to ask the driver, without keeping
-/// it alive (a dropped handle still stops the cluster).
-#[derive(Debug, Clone)]
-pub(crate) struct Remote {
-    commands: mpsc::WeakUnboundedSender<Command>,
-    shared: Arc<Shared>,
-}
-
-impl Remote {
-    pub(crate) fn span(&self) -> tracing::Span {
-        self.shared.span.clone()
-    }
-
-    /// The cluster's name, watcher pid, balance mode, listeners and uptime, for status.
-    pub(crate) fn about(&self) -> serde_json::Map<String, serde_json::Value> {
-        let config = &self.shared.config;
-        let listeners: Vec<String> = self
-            .shared
-            .provider
-            .sockets()
-            .iter()
-            .map(|(address, fd)| {
-                crate::shared::local_address(&**fd).unwrap_or_else(|| address.to_string())
-            })
-            .collect();
-        let mut about = serde_json::Map::new();
-        about.insert("name".into(), config.name.clone().into());
-        about.insert("pid".into(), std::process::id().into());
-        about.insert("balance".into(), config.balance.as_str().into());
-        about.insert("program_mode".into(), config.program_mode().into());
-        about.insert("listeners".into(), listeners.into());
-        about.insert(
-            "uptime".into(),
-            self.shared.created.elapsed().as_secs_f64().into(),
-        );
-        about
-    }
-
-    pub(crate) fn draining(&self) -> bool {
-        self.shared.draining.load(Ordering::SeqCst)
-    }
-
-    fn ask(&self, make: impl FnOnce(oneshot::Sender<Outcome>) -> Command) -> Pending {
-        let Some(commands) = self.commands.upgrade() else {
-            return Pending(None);
-        };
-        if !self.shared.driver_running.load(Ordering::SeqCst) {
-            return Pending(None);
-        }
-        let (reply, outcome) = oneshot::channel();
-        let _ = commands.send(make(reply));
-        Pending(Some(outcome))
-    }
-
-    pub(crate) async fn status(&self) -> ClusterStatus {
-        let Some(commands) = self.commands.upgrade() else {
-            return ClusterStatus::default();
-        };
-        if !self.shared.driver_running.load(Ordering::SeqCst) {
-            return ClusterStatus::default();
-        }
-        let (reply, status) = oneshot::channel();
-        let _ = commands.send(Command::Status(reply));
-        drop(commands);
-        status.await.unwrap_or_default()
-    }
-
-    pub(crate) async fn restart(&self) -> Result<(), StartError> {
-        match self.ask(Command::Restart).await {
-            Some(Outcome::Restarted(Ok(()))) => Ok(()),
-            Some(Outcome::Restarted(Err(failure))) => Err(error(&self.shared.config, failure)),
-            _ => Err(StartError::NotRunning),
-        }
-    }
-
-    pub(crate) async fn scale(&self, workers: usize) -> Result<(), StartError> {
-        match self.ask(|reply| Command::Scale(workers, reply)).await {
-            Some(Outcome::Scaled(Ok(()))) => Ok(()),
-            Some(Outcome::Scaled(Err(failure))) => Err(error(&self.shared.config, failure)),
-            _ => Err(StartError::NotRunning),
-        }
+        Remote::new(self.commands.downgrade(), self.shared.clone())
     }
 }
 
 /// The answer to a command, or `None` when there is no driver to ask.
-struct Pending(Option<oneshot::Receiver<Outcome>>);
+pub(crate) struct Pending(pub(crate) Option<oneshot::Receiver<Outcome>>);
 
 impl IntoFuture for Pending {
     type Output = Option<Outcome>;
@@ -513,7 +427,7 @@ impl IntoFuture for Pending {
     }
 }
 
-fn error(config: &WatcherConfig, failure: Failure) -> StartError {
+pub(crate) fn error(config: &WatcherConfig, failure: Failure) -> StartError {
     match failure {
         Failure::Spawn { os_error, message } => StartError::Spawn {
             program: config.program.clone(),

@@ -81,6 +81,7 @@ mod output;
 mod proc;
 mod process;
 mod program;
+mod remote;
 mod shared;
 mod status;
 

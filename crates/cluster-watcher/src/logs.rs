@@ -93,6 +93,9 @@ pub(crate) fn log_event(event: &Event) {
             ?duration,
             "the watcher did not run for a while (stopped, paused or starved); deadlines moved, no worker blamed"
         ),
+        Event::Recycling { id, reason } => {
+            tracing::info!(worker = id.slot, %reason, "recycling worker: its replacement starts")
+        }
         Event::RestartStarted { workers } => tracing::info!(workers, "rolling restart started"),
         Event::RestartFinished { replaced, failed } => match failed {
             0 => tracing::info!(replaced, "rolling restart complete"),

@@ -19,7 +19,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::task::JoinHandle;
 
-use crate::handle::Remote;
+use crate::remote::Remote;
 use crate::status::{ClusterStatus, WorkerPhase};
 
 /// When `/readyz` answers 200.
@@ -214,6 +214,7 @@ pub fn exposition(status: &ClusterStatus) -> String {
             ("hung", slot.restarts.hung),
             ("rolling", slot.restarts.rolling),
             ("requested", slot.restarts.requested),
+            ("recycled", slot.restarts.recycled),
         ] {
             restarts
                 .get_or_create(&RestartLabels {

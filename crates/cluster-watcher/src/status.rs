@@ -74,6 +74,8 @@ pub struct RestartCounts {
     pub rolling: u64,
     /// It asked to be stopped (`cluster_worker::shutdown`).
     pub requested: u64,
+    /// Replaced for its age or memory.
+    pub recycled: u64,
 }
 
 /// One live process.

@@ -22,6 +22,7 @@
 //! * `kill-self-from-gen N ADDR`: generations from N SIGKILL themselves at once; earlier
 //!   ones serve. `fork-grandchild ADDR`: fork a `sleep`, then serve.
 //! * `serve-address-file PATH`: serve on the address written in PATH.
+//! * `grow MIB ADDR`: serve while growing by MIB MiB a second.
 //! * `daemonize-grandchildren ADDR`: leave two `setsid -f sleep` daemons behind, then serve.
 
 use std::time::Duration;
@@ -151,6 +152,18 @@ async fn main() {
                     .status();
             }
             serve(&arg(1), Duration::ZERO, Duration::ZERO).await
+        }
+        "grow" => {
+            // Grows by N MiB a second (touched, so resident) while serving: a leak.
+            let per_second = num(1) as usize;
+            tokio::spawn(async move {
+                let mut leak: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    leak.push(vec![1u8; per_second * 1024 * 1024 / 10]);
+                }
+            });
+            serve(&arg(2), Duration::ZERO, Duration::ZERO).await
         }
         "serve-address-file" => {
             // The address to listen on is read at start: a deploy may move the port.

@@ -43,6 +43,7 @@ impl Supervisor {
         });
         let failure = Failure::Spawn { os_error, message };
         self.fail_ready_waiters(id, &failure);
+        self.recycling_failed(id);
         self.rolling_failed(id, failure, now);
         if self.workers.remove(&id).is_some() {
             self.changed = true;
@@ -86,6 +87,8 @@ impl Supervisor {
         }
         if replacing {
             self.replacement_ready(id, now);
+        } else {
+            self.recycled_ready(id, now);
         }
     }
 
@@ -152,6 +155,7 @@ impl Supervisor {
         };
         // Waiters for its readiness are still registered only if it never became ready.
         self.fail_ready_waiters(id, &failure);
+        self.recycling_failed(id);
         self.rolling_failed(id, failure, now);
         let waiting: Vec<Ticket> = self
             .exit_waiters
@@ -174,7 +178,7 @@ impl Supervisor {
                 }
                 _ => slot.restarts.crashed += 1,
             }
-            if self.running && slot.wanted && !self.rolling.replaces(id.slot) {
+            if self.running && slot.wanted && !self.replacing(id.slot) {
                 let uptime = now.saturating_duration_since(worker.started);
                 self.respawn_after_exit(id, uptime, now);
             }

@@ -10,6 +10,7 @@
 
 mod commands;
 mod inputs;
+mod recycle;
 mod rolling;
 mod rules;
 #[cfg(test)]
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant};
 use crate::status::{ClusterStatus, RestartCounts, SlotStatus, WorkerPhase};
 use crate::{Event, ExitKind, KillReason, StopCause, WatcherConfig, WorkerExit, WorkerId};
 
+pub(crate) use self::recycle::{Recycle, jitter};
 pub(crate) use self::rolling::Rolling;
 
 /// Identifies a caller waiting for the outcome of a command.
@@ -154,6 +156,8 @@ pub(crate) struct Supervisor {
     changed: bool,
     /// Rolling restarts completed and failed, for the status.
     rolling_done: (u64, u64),
+    /// Recyclings in progress.
+    recycling: Vec<recycle::Recycling>,
 }
 
 #[derive(Debug, Default)]
@@ -179,6 +183,7 @@ impl Supervisor {
             actions: VecDeque::new(),
             changed: false,
             rolling_done: (0, 0),
+            recycling: Vec::new(),
         }
     }
 
@@ -216,7 +221,11 @@ impl Supervisor {
             .flatten();
         let respawns = self.slots.iter().filter_map(|s| s.respawn_at);
         let give_up = self.stopping.as_ref().and_then(|s| s.give_up);
-        workers.chain(respawns).chain(give_up).min()
+        workers
+            .chain(respawns)
+            .chain(give_up)
+            .chain(self.next_recycle())
+            .min()
     }
 
     /// Notes that the driver runs at `now`; a long gap since its last call was a stall of
@@ -257,6 +266,7 @@ impl Supervisor {
     /// Deadlines that passed: kills, respawns, giving up on unkillable processes.
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
         self.advance(now);
+        self.recycle_old(now);
         // Program mode: alive for `ready_after` counts as ready.
         let ready: Vec<WorkerId> = self
             .workers
