@@ -473,3 +473,47 @@ fn workers_recycled_by_age_never_leave_fewer_than_three_ready() {
     cluster.signal(Signal::TERM);
     let _ = cluster.wait(LIMIT);
 }
+
+#[test]
+fn a_worker_that_accepted_max_requests_is_recycled() {
+    let path = control_path("requests");
+    let hello = workspace_bin("hello-http");
+    let mut cluster = ClusterProcess::start(&[
+        "-w",
+        "2",
+        "--max-requests",
+        "300",
+        "--heartbeat-interval",
+        "200ms",
+        "--control",
+        path.to_str().unwrap(),
+        hello.to_str().unwrap(),
+        "127.0.0.1:0",
+    ]);
+    let port = cluster.port();
+    cluster.wait_for("control socket ready", LIMIT);
+    let (ok, failed) = under_light_load(port, || {
+        cluster.wait_for("connections accepted, limit", LIMIT);
+        std::thread::sleep(Duration::from_secs(1));
+    });
+    assert!(
+        failed.is_empty(),
+        "{} failed of {ok}: {failed:?}",
+        failed.len()
+    );
+    let status = status(&path);
+    let recycled: u64 = status["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["restarts"]["recycled"].as_u64().unwrap())
+        .sum();
+    assert!(recycled >= 1, "{status}");
+    // A fresh worker has not reported yet; the field is there for those that have.
+    assert!(
+        status["slots"][0]["workers"][0].get("accepted").is_some(),
+        "{status}"
+    );
+    cluster.signal(Signal::TERM);
+    let _ = cluster.wait(LIMIT);
+}

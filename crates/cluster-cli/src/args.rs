@@ -126,6 +126,11 @@ pub(crate) struct Args {
     #[arg(long, env = "CLUSTER_MAX_MEMORY", value_name = "SIZE", value_parser = parse_size)]
     max_memory: Option<u64>,
 
+    /// Recycle a cluster-worker program after it accepted N connections (each worker's
+    /// limit gets up to a tenth more)
+    #[arg(long, env = "CLUSTER_MAX_REQUESTS", value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_requests: Option<u64>,
+
     /// Recycle a worker older than this (replacement first, one slot at a time)
     #[arg(long, env = "CLUSTER_MAX_AGE", value_name = "DURATION", value_parser = parse_duration)]
     max_age: Option<Duration>,
@@ -252,6 +257,7 @@ impl Args {
         config.name = self.name.clone();
         config.max_memory = self.max_memory;
         config.max_age = self.max_age;
+        config.max_requests = self.max_requests;
         config.recycle_jitter = self
             .recycle_jitter
             .or_else(|| self.max_age.map(|age| age / 10))

@@ -242,6 +242,9 @@ pub enum WorkerToWatcher {
     Shutdown,
     /// An application message (postcard-encoded by the sender).
     Message(Vec<u8>),
+    /// Connections its listeners accepted so far (sent with a heartbeat when it changed):
+    /// for status, metrics and `--max-requests`.
+    Accepted(u64),
 }
 
 /// A log event forwarded from a worker's `tracing` subscriber.

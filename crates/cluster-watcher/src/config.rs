@@ -61,6 +61,9 @@ pub struct WatcherConfig {
     pub max_memory: Option<u64>,
     /// A worker older than this (plus its jitter) is recycled (default: none).
     pub max_age: Option<Duration>,
+    /// A `cluster-worker` program that accepted this many connections (plus up to a tenth,
+    /// per worker) is recycled (default: none).
+    pub max_requests: Option<u64>,
     /// The spread added to each worker's limits, different for each, so workers started
     /// together do not recycle together (default 0; the CLI makes it a tenth of the limit).
     pub recycle_jitter: Duration,
@@ -110,6 +113,7 @@ impl WatcherConfig {
             name: "cluster".to_owned(),
             max_memory: None,
             max_age: None,
+            max_requests: None,
             recycle_jitter: Duration::ZERO,
             listen: Vec::new(),
             stop_signal: 15,

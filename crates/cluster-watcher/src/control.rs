@@ -358,6 +358,7 @@ pub fn status_json(status: &ClusterStatus) -> Value {
                         "current": w.current,
                         "uptime": w.uptime.as_secs_f64(),
                         "heartbeat_age": w.heartbeat_age.map(|d| d.as_secs_f64()),
+                        "accepted": w.accepted,
                         "rss_bytes": rss,
                         "cpu_seconds": cpu,
                     })

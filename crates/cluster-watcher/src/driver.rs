@@ -274,6 +274,20 @@ impl Driver {
         match input {
             Input::Ready(id) => self.core.ready(id, now),
             Input::Heartbeat(id) => self.core.heartbeat(id, now),
+            Input::Accepted(id, total) => {
+                self.core.accepted(id, total, now);
+                if let Some(limit) = self.shared.config.max_requests {
+                    let spread = crate::core::jitter(id, Duration::from_nanos(limit / 10));
+                    let own_limit = limit + spread.as_nanos() as u64;
+                    if total >= own_limit {
+                        let why = crate::core::Recycle::Requests {
+                            count: total,
+                            limit: own_limit,
+                        };
+                        self.core.recycle(id, why, now);
+                    }
+                }
+            }
             Input::StopRequested(id) => self.core.stop_requested(id, now),
             Input::BadTraffic(id) => self.core.bad_traffic(id, now),
             Input::ControlClosed(id) => self.core.control_closed(id, now),

@@ -3,7 +3,9 @@
 
 use std::borrow::Cow;
 
+use cluster_ipc::Channel;
 use cluster_ipc::protocol::LogRecord;
+use fdpass::AsyncFdSocket;
 
 use crate::{Event, WorkerId};
 
@@ -109,6 +111,41 @@ pub(crate) fn log_event(event: &Event) {
             ?pids,
             "processes still alive after SIGKILL; the stop does not wait for them"
         ),
+    }
+}
+
+/// Re-emits a worker's log records until it closes its log socket.
+pub(crate) async fn forward_logs(log: AsyncFdSocket, id: WorkerId, pid: u32) {
+    let channel = Channel::<(), LogRecord>::new(log);
+    let mut skipped_in_a_row = 0u32;
+    loop {
+        match channel.recv().await {
+            Ok(Some(record)) => {
+                skipped_in_a_row = 0;
+                emit_record(&record, id, pid);
+            }
+            Ok(None) => return,
+            Err(e) if e.io_error().is_some() => {
+                tracing::warn!(worker = id.slot, pid, error = %e, "log socket failed; ignoring the worker's logs");
+                return;
+            }
+            Err(e) => {
+                // An oversize or malformed record costs only itself (and the packets that
+                // continue it); a worker that sends nothing else is ignored for good.
+                if skipped_in_a_row == 0 {
+                    tracing::warn!(worker = id.slot, pid, error = %e, "unreadable log record from worker; skipped");
+                }
+                skipped_in_a_row += 1;
+                if skipped_in_a_row > 10_000 {
+                    tracing::warn!(
+                        worker = id.slot,
+                        pid,
+                        "no readable log record in 10000; ignoring the worker's logs"
+                    );
+                    return;
+                }
+            }
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use cluster_ipc::protocol::{
-    Balance, ClientMeta, LogRecord, WatcherToWorker, WorkerBootstrap, WorkerFds, WorkerToWatcher,
+    Balance, ClientMeta, WatcherToWorker, WorkerBootstrap, WorkerFds, WorkerToWatcher,
 };
 use cluster_ipc::{
     Channel, ChannelReceiver, ChannelSender, ClientSocketReceivePipe, ClientSocketSendPipe,
@@ -24,7 +24,7 @@ use tracing::Instrument;
 
 use crate::WorkerMessage;
 use crate::balancer::{ClientPipe, bound_handoff_queue};
-use crate::logs::emit_record;
+use crate::logs::forward_logs;
 use crate::output::forward_output;
 use crate::shared::Shared;
 use crate::{ExitKind, WorkerId};
@@ -43,6 +43,8 @@ pub(crate) enum Input {
     StopRequested(WorkerId),
     BadTraffic(WorkerId),
     ControlClosed(WorkerId),
+    /// Connections the worker accepted so far.
+    Accepted(WorkerId, u64),
     /// The process ended and everything it sent was read.
     Exited(WorkerId, ExitKind),
     /// Program mode: an sd_notify datagram from a worker's process group.
@@ -311,6 +313,7 @@ impl Watch {
         // A flood of heartbeats reaches the driver as at most two per interval.
         let heartbeat_every = self.shared.config.heartbeat_interval / 2;
         let mut last_heartbeat: Option<Instant> = None;
+        let mut last_accepted: Option<Instant> = None;
         let (mut ready, mut shutdown) = (false, false);
         let mut last_drop_warning: Option<Instant> = None;
         loop {
@@ -332,6 +335,15 @@ impl Watch {
                     Input::StopRequested(id)
                 }
                 Ok(Some(WorkerToWatcher::Ready | WorkerToWatcher::Shutdown)) => continue,
+                Ok(Some(WorkerToWatcher::Accepted(total))) => {
+                    // At most one per heartbeat is useful: a flood is read, not forwarded.
+                    let now = Instant::now();
+                    if last_accepted.is_some_and(|t| now.duration_since(t) < heartbeat_every) {
+                        continue;
+                    }
+                    last_accepted = Some(now);
+                    Input::Accepted(id, total)
+                }
                 Ok(Some(WorkerToWatcher::Message(payload))) => {
                     if let Some(sink) = &messages
                         && !deliver(sink, id, pid, payload, &reply)
@@ -453,39 +465,4 @@ fn deliver(
         return false;
     }
     true
-}
-
-/// Re-emits a worker's log records until it closes its log socket.
-async fn forward_logs(log: AsyncFdSocket, id: WorkerId, pid: u32) {
-    let channel = Channel::<(), LogRecord>::new(log);
-    let mut skipped_in_a_row = 0u32;
-    loop {
-        match channel.recv().await {
-            Ok(Some(record)) => {
-                skipped_in_a_row = 0;
-                emit_record(&record, id, pid);
-            }
-            Ok(None) => return,
-            Err(e) if e.io_error().is_some() => {
-                tracing::warn!(worker = id.slot, pid, error = %e, "log socket failed; ignoring the worker's logs");
-                return;
-            }
-            Err(e) => {
-                // An oversize or malformed record costs only itself (and the packets that
-                // continue it); a worker that sends nothing else is ignored for good.
-                if skipped_in_a_row == 0 {
-                    tracing::warn!(worker = id.slot, pid, error = %e, "unreadable log record from worker; skipped");
-                }
-                skipped_in_a_row += 1;
-                if skipped_in_a_row > 10_000 {
-                    tracing::warn!(
-                        worker = id.slot,
-                        pid,
-                        "no readable log record in 10000; ignoring the worker's logs"
-                    );
-                    return;
-                }
-            }
-        }
-    }
 }

@@ -94,6 +94,8 @@ pub struct WorkerStatus {
     pub uptime: Duration,
     /// Time since its last heartbeat (or ready report).
     pub heartbeat_age: Option<Duration>,
+    /// Connections it accepted (reported by `cluster-worker` programs with heartbeats).
+    pub accepted: Option<u64>,
 }
 
 /// Where a worker process is in its life.

@@ -80,6 +80,9 @@ pub(crate) struct Link {
 
 static LINK: OnceLock<Result<Arc<Link>, String>> = OnceLock::new();
 
+/// Connections this worker's listeners accepted, reported to the watcher with heartbeats.
+pub(crate) static ACCEPTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// The link to the watcher, set up on first use (inside a tokio runtime).
 pub(crate) fn link() -> Result<Arc<Link>, WorkerError> {
     if let Some(error) = bootstrap_error() {
@@ -133,8 +136,20 @@ fn connect(env: &'static WorkerEnv) -> Result<Link, WorkerError> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reported = 0;
         loop {
             tick.tick().await;
+            let accepted = ACCEPTED.load(Ordering::Relaxed);
+            if accepted != reported {
+                reported = accepted;
+                if heartbeat
+                    .send(&WorkerToWatcher::Accepted(accepted))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
             if heartbeat.send(&WorkerToWatcher::Heartbeat).await.is_err() {
                 return;
             }

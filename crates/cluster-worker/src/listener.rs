@@ -253,6 +253,7 @@ impl Listener {
                     if self.nodelay {
                         let _ = stream.set_nodelay(true);
                     }
+                    crate::link::ACCEPTED.fetch_add(1, Ordering::Relaxed);
                     return Ok((stream, peer));
                 }
                 // The client gave up before we got to it: not our problem.

@@ -92,6 +92,14 @@ impl Supervisor {
         }
     }
 
+    /// Connections the worker accepted so far.
+    pub(crate) fn accepted(&mut self, id: WorkerId, total: u64, now: Instant) {
+        self.advance(now);
+        if let Some(worker) = self.workers.get_mut(&id) {
+            worker.accepted = Some(total);
+        }
+    }
+
     /// A heartbeat from the worker.
     pub(crate) fn heartbeat(&mut self, id: WorkerId, now: Instant) {
         self.advance(now);

@@ -112,6 +112,8 @@ struct Worker {
     last_heartbeat: Option<Instant>,
     /// Program mode: when it counts as ready if it has not said so (`ready_after`).
     ready_at: Option<Instant>,
+    /// Connections it reported accepting (cluster-worker programs).
+    accepted: Option<u64>,
     stop: Option<StopCause>,
     kill: Option<KillReason>,
 }
@@ -354,6 +356,7 @@ impl Supervisor {
                         current: s.current == Some(*id),
                         uptime: now.saturating_duration_since(w.started),
                         heartbeat_age: w.last_heartbeat.map(|t| now.saturating_duration_since(t)),
+                        accepted: w.accepted,
                     })
                     .collect();
                 SlotStatus {

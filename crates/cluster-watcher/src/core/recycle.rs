@@ -13,6 +13,8 @@ pub(crate) enum Recycle {
     Memory { rss: u64, limit: u64 },
     /// It ran longer than `max_age`.
     Age,
+    /// It accepted `max_requests` connections.
+    Requests { count: u64, limit: u64 },
 }
 
 impl std::fmt::Display for Recycle {
@@ -22,6 +24,9 @@ impl std::fmt::Display for Recycle {
                 write!(f, "RSS {} MiB over {} MiB", rss >> 20, limit >> 20)
             }
             Self::Age => f.write_str("max age reached"),
+            Self::Requests { count, limit } => {
+                write!(f, "{count} connections accepted, limit {limit}")
+            }
         }
     }
 }

@@ -70,6 +70,7 @@ impl Supervisor {
                 deadline: None,
                 last_heartbeat: None,
                 ready_at: None,
+                accepted: None,
                 stop: None,
                 kill: None,
             },
