@@ -62,6 +62,36 @@ impl Manager {
     }
 }
 
+/// Zombie children of `parent` (exited, not reaped).
+fn zombies_of(parent: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                let after = stat
+                    .rsplit_once(')')
+                    .map(|(_, a)| a.to_owned())
+                    .unwrap_or_default();
+                let fields: Vec<&str> = after.split_whitespace().collect();
+                fields.first() == Some(&"Z") && fields.get(1) == Some(&parent.to_string().as_str())
+            })
+        })
+        .collect()
+}
+
+/// The children of `parent` running `sleep 299.5` (the long-lived daemon).
+fn daemons_of(parent: u32) -> Vec<u32> {
+    support::children_of(parent)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.contains("299.5"))
+        })
+        .collect()
+}
+
 #[test]
 fn ready_reloading_watchdog_and_stopping_reach_the_manager() {
     let manager = Manager::new("notify");
@@ -209,30 +239,10 @@ fn orphans_of_a_worker_are_reaped_and_stopped_with_the_cluster() {
     std::thread::sleep(Duration::from_millis(1500));
     let me = cluster.pid();
     // The short-lived daemon came to the cluster (subreaper) and was reaped: no zombie.
-    let zombies: Vec<u32> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-                let after = stat
-                    .rsplit_once(')')
-                    .map(|(_, a)| a.to_owned())
-                    .unwrap_or_default();
-                let fields: Vec<&str> = after.split_whitespace().collect();
-                fields.first() == Some(&"Z") && fields.get(1) == Some(&me.to_string().as_str())
-            })
-        })
-        .collect();
+    let zombies = zombies_of(me);
     assert!(zombies.is_empty(), "zombies: {zombies:?}");
     // The long-lived one is the cluster's child now, and goes with it.
-    let daemons: Vec<u32> = support::children_of(me)
-        .into_iter()
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| c.contains("299.5"))
-        })
-        .collect();
+    let daemons = daemons_of(me);
     assert_eq!(daemons.len(), 1, "{:?}", support::children_of(me));
     cluster.signal(Signal::TERM);
     assert!(cluster.wait(LIMIT).success(), "{}", cluster.output());
@@ -263,30 +273,9 @@ fn as_pid_one_in_a_pid_namespace_orphans_leave_no_zombie_and_no_process() {
     // unshare forks the cluster, which is PID 1 inside: every orphan comes to it.
     let pid_one = support::children_of(namespace.pid())[0];
     std::thread::sleep(Duration::from_millis(1500));
-    let children = support::children_of(pid_one);
-    let zombies = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-                let after = stat
-                    .rsplit_once(')')
-                    .map(|(_, a)| a.to_owned())
-                    .unwrap_or_default();
-                let fields: Vec<&str> = after.split_whitespace().collect();
-                fields.first() == Some(&"Z") && fields.get(1) == Some(&pid_one.to_string().as_str())
-            })
-        })
-        .count();
+    let zombies = zombies_of(pid_one).len();
     assert_eq!(zombies, 0);
-    let daemons: Vec<u32> = children
-        .into_iter()
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| c.contains("299.5"))
-        })
-        .collect();
+    let daemons = daemons_of(pid_one);
     assert_eq!(daemons.len(), 1);
     support::signal(pid_one, Signal::TERM);
     assert!(namespace.wait(LIMIT).success(), "{}", namespace.output());

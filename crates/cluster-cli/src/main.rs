@@ -35,7 +35,7 @@ fn main() -> ExitCode {
     }
     // Socket activation's listeners first: marking every other inheritance close-on-exec
     // takes ownership of descriptor numbers.
-    let activated = systemd::inherited_listeners();
+    let activated = cluster_ipc::activated_sockets();
     fds::close_inherited_on_exec();
     // A container's PID 1, or any process whose workers double-fork: orphans of the workers
     // come to us, are reaped and stopped with the cluster.
@@ -73,14 +73,14 @@ async fn run(
     args: Args,
     mut config: WatcherConfig,
     logging: &logging::Logging,
-    activated: Vec<(Option<String>, std::os::fd::OwnedFd)>,
+    activated: Vec<cluster_ipc::ActivatedSocket>,
 ) -> anyhow::Result<()> {
     config.program = args::resolve_program(&config.program)?;
     let _pid_file = args.pid_file.as_deref().map(PidFile::create).transpose()?;
     let workers = args.worker_count();
     let balance = config.balance;
     let watcher = ClusterWatcher::new(config);
-    for (name, fd) in activated {
+    for cluster_ipc::ActivatedSocket { name, fd } in activated {
         match watcher.server_sockets().adopt(fd) {
             Ok(address) => {
                 tracing::info!(%address, name = name.as_deref().unwrap_or("-"), "adopted a socket-activated listener")

@@ -3,7 +3,6 @@
 //! `NOTIFY_SOCKET`, and taking over the listening sockets of socket activation
 //! (`LISTEN_FDS`).
 
-use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
@@ -126,28 +125,4 @@ pub(crate) async fn follow(notifier: &Notifier, watcher: &ClusterWatcher) {
         }
     };
     tokio::join!(watchdog, statuses);
-}
-
-/// Listening sockets handed to this process by socket activation, with their names; the
-/// variables are checked against our pid (a wrong `LISTEN_PID` means they are not ours).
-pub(crate) fn inherited_listeners() -> Vec<(Option<String>, OwnedFd)> {
-    let count = std::env::var("LISTEN_FDS")
-        .ok()
-        .and_then(|n| n.parse::<i32>().ok())
-        .unwrap_or(0);
-    let ours = std::env::var("LISTEN_PID").map_or(true, |pid| {
-        pid.parse::<u32>().ok() == Some(std::process::id())
-    });
-    if count <= 0 || !ours {
-        return Vec::new();
-    }
-    let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
-        .map(|n| n.split(':').map(str::to_owned).collect())
-        .unwrap_or_default();
-    (0..count.min(256))
-        .filter_map(|i| {
-            let fd = fdpass::adopt_inherited_fd(3 + i).ok()?;
-            Some((names.get(i as usize).cloned(), fd))
-        })
-        .collect()
 }

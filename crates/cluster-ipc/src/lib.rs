@@ -39,6 +39,7 @@
 
 #![forbid(unsafe_code)]
 
+mod activation;
 mod channel;
 mod client_pipe;
 mod codec;
@@ -49,6 +50,7 @@ pub mod protocol;
 mod server_socket;
 
 pub use crate::{
+    activation::{ActivatedSocket, activated_sockets},
     channel::{Channel, ChannelReceiver, ChannelSender},
     client_pipe::{
         ClientSocketReceivePipe, ClientSocketSendPipe, PipeSendError, TransferredSocket,

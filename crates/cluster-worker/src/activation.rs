@@ -10,9 +10,6 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 
 use cluster_ipc::ListenAddress;
 
-/// The first inherited descriptor (`SD_LISTEN_FDS_START`).
-const FIRST: i32 = 3;
-
 #[derive(Debug)]
 struct Inherited {
     name: Option<String>,
@@ -27,29 +24,12 @@ fn inherited() -> &'static Mutex<Vec<Inherited>> {
 }
 
 fn read() -> Vec<Inherited> {
-    let count = std::env::var("LISTEN_FDS")
-        .ok()
-        .and_then(|n| n.parse::<i32>().ok())
-        .unwrap_or(0);
-    let for_us = std::env::var("LISTEN_PID").map_or(true, |pid| {
-        pid.parse::<u32>().ok() == Some(std::process::id())
-    });
-    if count <= 0 || !for_us {
-        return Vec::new();
-    }
-    let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
-        .map(|n| n.split(':').map(str::to_owned).collect())
-        .unwrap_or_default();
-    (0..count.min(256))
-        .filter_map(|index| {
-            // Refuses anything that is close-on-exec (so not inherited) or already taken.
-            let fd = fdpass::adopt_inherited_fd(FIRST + index).ok()?;
-            let local = local_address(&fd);
-            Some(Inherited {
-                name: names.get(index as usize).cloned(),
-                local,
-                fd,
-            })
+    cluster_ipc::activated_sockets()
+        .into_iter()
+        .map(|socket| Inherited {
+            local: local_address(&socket.fd),
+            name: socket.name,
+            fd: socket.fd,
         })
         .collect()
 }
