@@ -236,8 +236,12 @@ impl Link {
         }
         // Near the descriptor limit, a received descriptor would be discarded by the kernel
         // (MSG_CTRUNC) and its client lost: leave it queued instead. The watcher passes a
-        // worker with a full queue over, so the connection goes to another worker.
-        while !self.has_descriptor_room() {
+        // worker with a full queue over, so the connection goes to another worker. Only in
+        // round-robin, where every connection comes this way: in shared mode the pipe carries
+        // only the rare hand-over, and the probe would cost two system calls per accept.
+        while self.env.balance == cluster_ipc::protocol::Balance::RoundRobin
+            && !self.has_descriptor_room()
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         match pipe.receive().await {
