@@ -268,7 +268,13 @@ fn garbage_oversize_lines_and_a_thousand_idle_connections_disturb_nothing() {
     while support::fd_count(watcher) > baseline && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(support::fd_count(watcher), baseline, "no descriptor leaked");
+    // (The baseline may hold a transient descriptor, a request in flight, say: a leak is
+    // more than it, never fewer.)
+    let after = support::fd_count(watcher);
+    assert!(
+        after <= baseline,
+        "no descriptor leaked: {after} after, {baseline} before"
+    );
     assert_eq!(status(&path)["ready_workers"], 2);
     cluster.signal(Signal::TERM);
     assert!(cluster.wait(LIMIT).success());
