@@ -291,6 +291,17 @@ fn restarting_the_cluster_behind_a_held_socket_refuses_no_connection() {
     let address = format!("127.0.0.1:{port}");
     let hello = workspace_bin("hello-http");
     let cluster = workspace_bin("cluster");
+    /// Kills its cluster if the test fails half-way (it is no ServerProcess: it needs the
+    /// listener placed at descriptor 3).
+    struct Started(std::process::Child);
+    impl Drop for Started {
+        fn drop(&mut self) {
+            if self.0.try_wait().ok().flatten().is_none() {
+                support::signal(self.0.id(), Signal::KILL);
+                let _ = self.0.wait();
+            }
+        }
+    }
     let start = || {
         let mut command = std::process::Command::new("/bin/sh");
         command
@@ -307,7 +318,7 @@ fn restarting_the_cluster_behind_a_held_socket_refuses_no_connection() {
             .stderr(std::process::Stdio::null());
         let fd = std::os::fd::OwnedFd::from(listener.try_clone().unwrap());
         fdpass::inherit_fds_at(&mut command, vec![fd], 3);
-        command.spawn().unwrap()
+        Started(command.spawn().unwrap())
     };
     let mut first = start();
     let deadline = Instant::now() + LIMIT;
@@ -317,8 +328,8 @@ fn restarting_the_cluster_behind_a_held_socket_refuses_no_connection() {
     }
     let load = support::Load::start(port, 4);
     std::thread::sleep(Duration::from_millis(700));
-    support::signal(first.id(), Signal::TERM);
-    assert!(first.wait().unwrap().success());
+    support::signal(first.0.id(), Signal::TERM);
+    assert!(first.0.wait().unwrap().success());
     let mut second = start();
     std::thread::sleep(Duration::from_millis(1500));
     let (ok, failed, _) = load.finish();
@@ -329,6 +340,6 @@ fn restarting_the_cluster_behind_a_held_socket_refuses_no_connection() {
         &failed[..failed.len().min(3)]
     );
     assert!(ok > 100, "{ok}");
-    support::signal(second.id(), Signal::TERM);
-    assert!(second.wait().unwrap().success());
+    support::signal(second.0.id(), Signal::TERM);
+    assert!(second.0.wait().unwrap().success());
 }
