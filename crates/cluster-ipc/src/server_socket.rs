@@ -69,6 +69,37 @@ impl FromStr for ListenAddress {
     }
 }
 
+impl ListenAddress {
+    /// The address a socket is bound to (with the real port when port 0 was asked for).
+    ///
+    /// # Errors
+    /// When `getsockname` fails or the socket is neither IP nor Unix.
+    pub fn of(socket: impl AsFd) -> io::Result<Self> {
+        let addr = rustix::net::getsockname(socket)?;
+        if let Ok(unix) = SocketAddrUnix::try_from(addr.clone()) {
+            return Ok(Self::Unix(
+                unix.path()
+                    .map(|p| PathBuf::from(p.to_string_lossy().into_owned()))
+                    .unwrap_or_default(),
+            ));
+        }
+        SocketAddr::try_from(addr)
+            .map(Self::Tcp)
+            .map_err(|_| io::Error::other("not an IP or Unix socket"))
+    }
+
+    /// Whether a socket bound to this address serves a request for `wanted`: the same
+    /// address, or port 0 on the same IP (what an inherited socket answers for).
+    pub fn serves(&self, wanted: &Self) -> bool {
+        match (self, wanted) {
+            (Self::Tcp(local), Self::Tcp(wanted)) => {
+                local == wanted || (wanted.port() == 0 && local.ip() == wanted.ip())
+            }
+            (local, wanted) => local == wanted,
+        }
+    }
+}
+
 impl fmt::Display for ListenAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -340,7 +371,7 @@ impl ServerSocketProvider {
             &fd,
             rustix::fs::fcntl_getfl(&fd)? | rustix::fs::OFlags::NONBLOCK,
         )?;
-        let address = local_address(&fd)?;
+        let address = ListenAddress::of(&fd)?;
         self.adopted
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -359,12 +390,7 @@ impl ServerSocketProvider {
         let mut adopted = self.adopted.lock().unwrap_or_else(PoisonError::into_inner);
         let index = adopted
             .iter()
-            .position(|(local, _)| match (local, address) {
-                (ListenAddress::Tcp(local), ListenAddress::Tcp(wanted)) => {
-                    local == wanted || (wanted.port() == 0 && local.ip() == wanted.ip())
-                }
-                (local, wanted) => local == wanted,
-            })?;
+            .position(|(local, _)| local.serves(address))?;
         Some(adopted.remove(index).1)
     }
 
@@ -391,7 +417,7 @@ impl ServerSocketProvider {
         let mut sockets = self.sockets.lock().unwrap_or_else(PoisonError::into_inner);
         let actual = sockets
             .get(&key)
-            .and_then(|old| local_address(&**old).ok())
+            .and_then(|old| ListenAddress::of(&**old).ok())
             .unwrap_or_else(|| address.clone());
         let fd = Arc::new(bind_listener(&actual, options)?);
         sockets.insert(key, fd.clone());
@@ -485,7 +511,7 @@ impl ServerSocketProvider {
                 }
                 Ok(fd) => {
                     on_bound(&request.address, &fd);
-                    let local = local_address(&fd).unwrap_or_else(|_| request.address.clone());
+                    let local = ListenAddress::of(&fd).unwrap_or_else(|_| request.address.clone());
                     socket
                         .send(&encode(&ListenReply::BoundHere(local))?, &[])
                         .await?;
@@ -540,7 +566,7 @@ impl ServerSocketPipeFactory {
             .await
             .map_err(|_| ServerSocketError::Timeout(self.timeout))??
         {
-            Granted::Socket(fd) => Ok(local_address(&fd).map_err(ServerSocketError::Register)?),
+            Granted::Socket(fd) => Ok(ListenAddress::of(&fd).map_err(ServerSocketError::Register)?),
             Granted::Address(local) => Ok(local),
         }
     }
@@ -616,19 +642,4 @@ impl ServerSocketFactory for ServerSocketPipeFactory {
 enum Granted {
     Socket(OwnedFd),
     Address(ListenAddress),
-}
-
-/// The local address of a listening socket, as a [`ListenAddress`].
-fn local_address(fd: &impl AsFd) -> io::Result<ListenAddress> {
-    let addr = rustix::net::getsockname(fd)?;
-    if let Ok(unix) = SocketAddrUnix::try_from(addr.clone()) {
-        return Ok(ListenAddress::Unix(
-            unix.path()
-                .map(|p| PathBuf::from(p.to_string_lossy().into_owned()))
-                .unwrap_or_default(),
-        ));
-    }
-    SocketAddr::try_from(addr)
-        .map(ListenAddress::Tcp)
-        .map_err(|_| io::Error::other("not an IP or Unix socket"))
 }

@@ -37,7 +37,8 @@ impl Remote {
             .sockets()
             .iter()
             .map(|(address, fd)| {
-                crate::shared::local_address(&**fd).unwrap_or_else(|| address.to_string())
+                cluster_ipc::ListenAddress::of(&**fd)
+                    .map_or_else(|_| address.to_string(), |a| a.to_string())
             })
             .collect();
         let mut about = serde_json::Map::new();

@@ -98,7 +98,8 @@ impl Shared {
                 std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
             }
             if fresh {
-                let actual = local_address(&socket).unwrap_or_else(|| listener.address.to_string());
+                let actual = ListenAddress::of(&*socket)
+                    .map_or_else(|_| listener.address.to_string(), |a| a.to_string());
                 tracing::info!(name = %listener.name, address = %actual, "listening on {actual}");
             }
         }
@@ -139,15 +140,4 @@ impl Shared {
     pub(crate) fn close_messages(&self) {
         lock(&self.messages).sink = None;
     }
-}
-
-/// The address a listening socket is bound to, as text.
-pub(crate) fn local_address(fd: &impl std::os::fd::AsFd) -> Option<String> {
-    let address = rustix::net::getsockname(fd).ok()?;
-    if let Ok(unix) = rustix::net::SocketAddrUnix::try_from(address.clone()) {
-        return Some(format!("unix:{}", unix.path()?.to_string_lossy()));
-    }
-    std::net::SocketAddr::try_from(address)
-        .ok()
-        .map(|a| a.to_string())
 }
