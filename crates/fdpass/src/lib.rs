@@ -24,6 +24,9 @@
 //! * [`inherit_fd`] hands a descriptor to a child process on purpose: it stays close-on-exec
 //!   here and is cleared only in the forked child; [`adopt_inherited_fd`] is the child's side;
 //!   [`kill_with_parent`] makes a child die with its supervisor from its first instruction.
+//! * [`steer_reuseport`] attaches a classic-BPF program that sends a `SO_REUSEPORT` group's
+//!   new connections to chosen members only; [`listen_queue`] reads a listener's accept
+//!   queue (`TCP_INFO`).
 //! * [`Error`] is what can go wrong on the wire; [`SocketKindError`] what can go wrong when
 //!   adopting a descriptor.
 //!
@@ -69,7 +72,8 @@
 //! ```
 
 // The workspace's `unsafe` lives here: registering an `OwnedFd` with tokio's reactor, the
-// post-fork hook that lets a child inherit a chosen descriptor, and adopting it in the child.
+// post-fork hook that lets a child inherit a chosen descriptor, adopting it in the child, and
+// the two socket options rustix does not wrap (reuseport BPF, TCP_INFO).
 #![deny(unsafe_code)]
 
 mod async_socket;
@@ -79,6 +83,7 @@ mod frame;
 mod inherit;
 mod listener;
 mod raw;
+mod reuseport;
 mod socket;
 
 pub use crate::{
@@ -89,6 +94,7 @@ pub use crate::{
     inherit::{adopt_inherited_fd, inherit_fd, inherit_fds_at, kill_with_parent},
     listener::{RawAcceptor, SeqpacketListener},
     raw::{RawPacket, recv_raw, send_raw},
+    reuseport::{ListenQueue, MAX_STEERED, listen_queue, steer_reuseport, unsteer_reuseport},
     socket::{FdSocket, Message},
 };
 
