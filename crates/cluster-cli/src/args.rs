@@ -196,6 +196,12 @@ enum BalanceArg {
     Shared,
     /// The watcher accepts and hands each connection to the next worker
     RoundRobin,
+    /// One SO_REUSEPORT socket per worker slot, held by the watcher; the kernel spreads
+    /// connections evenly and slots without a ready worker are steered around
+    Reuseport,
+    /// The watcher accepts and hands each connection to the worker with the fewest open
+    /// connections (cluster-worker programs)
+    LeastConn,
 }
 
 /// `--readyz`'s values.
@@ -243,6 +249,8 @@ impl Args {
         let balance = match self.balance {
             BalanceArg::Shared => Balance::Shared,
             BalanceArg::RoundRobin => Balance::RoundRobin,
+            BalanceArg::Reuseport => Balance::Reuseport,
+            BalanceArg::LeastConn => Balance::LeastConn,
         };
         let config = WatcherConfig::new(program)
             .args(args.iter().cloned())

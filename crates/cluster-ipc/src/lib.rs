@@ -60,7 +60,7 @@ pub use crate::{
     key::{KEY_LEN, Key, KeyParseError},
     server_socket::{
         ListenAddress, ListenOptions, Listener, LocalServerSocketFactory, ServerSocketFactory,
-        ServerSocketPipeFactory, ServerSocketProvider, bind_listener,
+        ReuseportGroup, ServerSocketPipeFactory, ServerSocketProvider, bind_listener,
     },
 };
 

@@ -201,24 +201,45 @@ pub enum Balance {
     /// The watcher accepts and sends each connection to the next ready worker in turn (Node's
     /// default on Linux): even spread, at the cost of one descriptor transfer per connection.
     RoundRobin,
+    /// One `SO_REUSEPORT` socket per worker slot, all owned by the watcher: the kernel
+    /// spreads new connections evenly over the slots, each worker accepts on its slot's
+    /// socket, and a slot with no ready worker is steered around. Costs nothing on the
+    /// request path.
+    Reuseport,
+    /// As [`RoundRobin`](Self::RoundRobin), but each connection goes to the ready worker with
+    /// the fewest open connections (ties in turn); workers report the connections they
+    /// closed.
+    LeastConn,
 }
 
 impl Balance {
+    /// Every mode, in the order the command line lists them.
+    pub const ALL: [Self; 4] = [
+        Self::Shared,
+        Self::RoundRobin,
+        Self::Reuseport,
+        Self::LeastConn,
+    ];
+
     /// The name used on the command line and in [`ENV_BALANCE`].
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Shared => "shared",
             Self::RoundRobin => "round-robin",
+            Self::Reuseport => "reuseport",
+            Self::LeastConn => "least-conn",
         }
     }
 
     /// Parses [`as_str`](Self::as_str)'s names.
     pub fn parse(name: &str) -> Option<Self> {
-        match name {
-            "shared" => Some(Self::Shared),
-            "round-robin" => Some(Self::RoundRobin),
-            _ => None,
-        }
+        Self::ALL.into_iter().find(|mode| mode.as_str() == name)
+    }
+
+    /// Whether the watcher accepts and hands each connection to a worker (round-robin,
+    /// least-conn), rather than workers accepting on sockets of their own.
+    pub fn hands_off(self) -> bool {
+        matches!(self, Self::RoundRobin | Self::LeastConn)
     }
 }
 
@@ -245,6 +266,9 @@ pub enum WorkerToWatcher {
     /// Connections its listeners accepted so far (sent with a heartbeat when it changed):
     /// for status, metrics and `--max-requests`.
     Accepted(u64),
+    /// Connections handed to this worker that it closed (or handed back) so far, sent soon
+    /// after each close in least-conn mode: the watcher's count of its open connections.
+    Closed(u64),
 }
 
 /// A log event forwarded from a worker's `tracing` subscriber.

@@ -1,9 +1,16 @@
-//! Handing connections to workers: in round-robin mode every connection the watcher accepts,
-//! in both modes the idle keep-alive connections that stopping workers hand back.
+//! Handing connections to workers: in round-robin and least-conn mode every connection the
+//! watcher accepts, in every mode the idle keep-alive connections that stopping workers hand
+//! back.
+//!
+//! Round-robin takes the next ready worker in turn. Least-conn takes the ready worker with
+//! the fewest open connections, counted as connections sent minus those the worker reported
+//! closed (`WorkerToWatcher::Closed`), ties broken in turn (HAProxy's rule): for short
+//! connections it is round-robin, for long or slow ones it keeps away from the busy worker.
+//! A report that is late only makes a worker look busier than it is, never idler.
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -37,11 +44,38 @@ pub(crate) fn bound_handoff_queue(pipe: &impl std::os::fd::AsFd) -> std::io::Res
 
 pub(crate) type ClientPipe = Arc<ClientSocketSendPipe<ClientMeta>>;
 
+/// One worker's connections: sent by the watcher, closed as the worker reported.
+#[derive(Debug, Default)]
+pub(crate) struct Load {
+    sent: AtomicU64,
+    closed: AtomicU64,
+}
+
+impl Load {
+    /// Connections sent and not reported closed.
+    fn open(&self) -> u64 {
+        self.sent
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.closed.load(Ordering::Relaxed))
+    }
+}
+
 #[derive(Debug)]
 struct Target {
     id: WorkerId,
     pipe: ClientPipe,
     ready: bool,
+    load: Arc<Load>,
+}
+
+/// The worker a connection goes to.
+struct Pick {
+    id: WorkerId,
+    pipe: ClientPipe,
+    load: Arc<Load>,
+    /// Every ready worker was passed over already for this connection (their queues are
+    /// full): wait on this one.
+    all_full: bool,
 }
 
 #[derive(Debug, Default)]
@@ -66,15 +100,20 @@ pub(crate) struct Balancer {
     accepting: Mutex<HashMap<ListenAddress, tokio::task::AbortHandle>>,
     /// Set at shutdown: a connection with no ready worker left is closed, not kept waiting.
     closed: AtomicBool,
-    /// Round-robin: the watcher accepts on every registered address.
+    /// Round-robin and least-conn: the watcher accepts on every registered address.
     accepts: bool,
+    /// Least-conn: pick the worker with the fewest open connections.
+    least_conn: bool,
+    /// Each live worker's connection count (least-conn), shared by its targets.
+    loads: Mutex<HashMap<WorkerId, Arc<Load>>>,
     /// The watcher's span, for the tasks spawned here.
     span: tracing::Span,
 }
 
 impl Balancer {
-    /// A balancer; with `accepting` (round-robin) it accepts on every registered address.
-    pub(crate) fn new(span: tracing::Span, accepting: bool) -> Self {
+    /// A balancer for `balance` (round-robin and least-conn accept on every registered
+    /// address).
+    pub(crate) fn new(span: tracing::Span, balance: cluster_ipc::protocol::Balance) -> Self {
         Self {
             routes: Mutex::default(),
             ready: Mutex::default(),
@@ -82,7 +121,9 @@ impl Balancer {
             tasks: Mutex::default(),
             accepting: Mutex::default(),
             closed: AtomicBool::new(false),
-            accepts: accepting,
+            accepts: balance.hands_off(),
+            least_conn: balance == cluster_ipc::protocol::Balance::LeastConn,
+            loads: Mutex::default(),
             span,
         }
     }
@@ -123,10 +164,16 @@ impl Balancer {
         let ready = self.ready_set().contains(&id);
         let first = !routes.contains_key(address);
         let route = routes.entry(address.clone()).or_default().clone();
+        let load = self.load(id);
         {
             let mut route = lock(&route);
             route.targets.retain(|t| t.id != id);
-            route.targets.push(Target { id, pipe, ready });
+            route.targets.push(Target {
+                id,
+                pipe,
+                ready,
+                load,
+            });
         }
         if first && self.accepts {
             match fd.try_clone().and_then(fdpass::RawAcceptor::new) {
@@ -150,6 +197,38 @@ impl Balancer {
         drop(routes);
     }
 
+    fn load(&self, id: WorkerId) -> Arc<Load> {
+        self.loads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(id)
+            .or_default()
+            .clone()
+    }
+
+    /// Worker `id` reports `total` connections closed so far (least-conn).
+    pub(crate) fn closed(&self, id: WorkerId, total: u64) {
+        let load = self
+            .loads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+            .cloned();
+        if let Some(load) = load {
+            load.closed.fetch_max(total, Ordering::Relaxed);
+        }
+    }
+
+    /// Each live worker's open connections as the watcher counts them (least-conn).
+    pub(crate) fn open_connections(&self) -> HashMap<WorkerId, u64> {
+        self.loads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(id, load)| (*id, load.open()))
+            .collect()
+    }
+
     fn ready_set(&self) -> std::sync::MutexGuard<'_, HashSet<WorkerId>> {
         self.ready.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -171,6 +250,15 @@ impl Balancer {
     pub(crate) fn remove(&self, id: WorkerId) {
         self.ready_set().remove(&id);
         self.each_route(|route| route.targets.retain(|t| t.id != id));
+    }
+
+    /// `id` exited: its connection count goes too.
+    pub(crate) fn forget(&self, id: WorkerId) {
+        self.remove(id);
+        self.loads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
     }
 
     /// Closes the sending side of `pipe`: the worker reads every connection already sent,
@@ -202,6 +290,10 @@ impl Balancer {
         // A later start registers its workers afresh and starts new accept loops.
         routes.clear();
         self.ready_set().clear();
+        self.loads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
         self.accepting
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -303,20 +395,50 @@ impl Balancer {
         }
     }
 
-    /// The next ready worker in turn, and how many are ready.
-    fn pick(route: &Mutex<Route>) -> Option<(WorkerId, ClientPipe, usize)> {
+    /// The ready worker to try next, skipping those in `full`: in turn, or in least-conn
+    /// mode the one with the fewest open connections, ties in turn. When every ready
+    /// worker is in `full`, the next one by the same rule, flagged
+    /// [`all_full`](Pick::all_full). `None` when no worker is ready.
+    fn pick(&self, route: &Mutex<Route>, full: &[WorkerId]) -> Option<Pick> {
         let mut route = lock(route);
         let n = route.targets.len();
-        let ready = route.targets.iter().filter(|t| t.ready).count();
+        let mut best: Option<(usize, u64)> = None;
+        let mut fallback: Option<usize> = None;
         for i in 0..n {
             let index = (route.next + i) % n;
-            if route.targets[index].ready {
-                route.next = index + 1;
-                let target = &route.targets[index];
-                return Some((target.id, target.pipe.clone(), ready));
+            let target = &route.targets[index];
+            if !target.ready {
+                continue;
+            }
+            fallback.get_or_insert(index);
+            if full.contains(&target.id) {
+                continue;
+            }
+            let open = if self.least_conn {
+                target.load.open()
+            } else {
+                0
+            };
+            if best.is_none_or(|(_, least)| open < least) {
+                best = Some((index, open));
+                if !self.least_conn || open == 0 {
+                    break; // nobody can beat it
+                }
             }
         }
-        None
+        let (index, all_full) = match (best, fallback) {
+            (Some((index, _)), _) => (index, false),
+            (None, Some(index)) => (index, true),
+            (None, None) => return None,
+        };
+        route.next = index + 1;
+        let target = &route.targets[index];
+        Some(Pick {
+            id: target.id,
+            pipe: target.pipe.clone(),
+            load: target.load.clone(),
+            all_full,
+        })
     }
 
     async fn accept_loop(
@@ -349,12 +471,13 @@ impl Balancer {
         }
     }
 
-    /// Hands `socket` to the next ready worker on `route`. An accepted connection is never
-    /// dropped: it waits for a ready worker, and a failed transfer moves on to the next one;
-    /// only after shutdown, with no worker left, is it closed. A worker whose queue is full
-    /// (busy, or stopped and not yet past its heartbeat timeout) is skipped; only when every
-    /// ready worker is full does the loop wait, briefly, on the next one in turn, and then
-    /// look again, so one stuck worker never holds up the others.
+    /// Hands `socket` to the next ready worker on `route` (see [`pick`](Self::pick)). An
+    /// accepted connection is never dropped: it waits for a ready worker, and a failed
+    /// transfer moves on to the next one; only after shutdown, with no worker left, is it
+    /// closed. A worker whose queue is full (busy, or stopped and not yet past its heartbeat
+    /// timeout) is passed over; only when every ready worker is full does the loop wait,
+    /// briefly, on one of them, and then look again, so one stuck worker never holds up the
+    /// others.
     async fn hand_off(
         &self,
         route: &Mutex<Route>,
@@ -362,11 +485,11 @@ impl Balancer {
         meta: &ClientMeta,
         prefix: &[u8],
     ) {
-        let mut full = 0;
+        let mut full: Vec<WorkerId> = Vec::new();
         loop {
             // Registered before looking, so a worker becoming ready in between is not missed.
             let changed = self.changed.notified();
-            let Some((id, pipe, ready)) = Self::pick(route) else {
+            let Some(pick) = self.pick(route, &full) else {
                 if self.closed.load(Ordering::SeqCst) {
                     return;
                 }
@@ -374,29 +497,32 @@ impl Balancer {
                 let _ = tokio::time::timeout(Duration::from_secs(1), changed).await;
                 continue;
             };
-            let sent = if full < ready {
-                pipe.try_send_with_prefix(&socket, meta, prefix)
-            } else {
-                full = 0;
+            let sent = if pick.all_full {
+                full.clear();
                 // Cancelling a one-packet send leaves nothing sent and the socket ours.
-                let send = pipe.send_with_prefix(&socket, meta, prefix);
+                let send = pick.pipe.send_with_prefix(&socket, meta, prefix);
                 match tokio::time::timeout(FULL_WAIT, send).await {
                     Ok(sent) => sent,
                     Err(_) => continue,
                 }
+            } else {
+                pick.pipe.try_send_with_prefix(&socket, meta, prefix)
             };
             match sent {
-                Ok(()) => return,
-                Err(failed) if failed.is_full() => full += 1,
+                Ok(()) => {
+                    pick.load.sent.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                Err(failed) if failed.is_full() => full.push(pick.id),
                 Err(failed) if is_gone(&failed.error) => {
-                    tracing::debug!(worker = %id, error = %failed.error, "transfer failed; trying the next worker");
-                    self.remove(id);
+                    tracing::debug!(worker = %pick.id, error = %failed.error, "transfer failed; trying the next worker");
+                    self.remove(pick.id);
                 }
                 // Anything else (out of descriptors, say) says nothing about the worker: it
                 // stays, and the loop looks again shortly instead of spinning.
                 Err(failed) => {
-                    tracing::warn!(worker = %id, error = %failed.error, "transfer failed; retrying");
-                    full += 1;
+                    tracing::warn!(worker = %pick.id, error = %failed.error, "transfer failed; retrying");
+                    full.push(pick.id);
                     tokio::time::sleep(FULL_WAIT).await;
                 }
             }

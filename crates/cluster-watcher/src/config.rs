@@ -233,13 +233,13 @@ impl WatcherConfig {
                 "the restart parallelism must be at least 1".into(),
             ));
         }
-        if self.program_mode() && self.balance == Balance::RoundRobin {
-            return Err(ConfigError(
-                "round-robin needs workers that take connections from the watcher \
+        if self.program_mode() && self.balance.hands_off() {
+            return Err(ConfigError(format!(
+                "{} needs workers that take connections from the watcher \
                  (cluster-worker programs); programs given listeners accept by themselves: \
-                 use shared"
-                    .into(),
-            ));
+                 use shared or reuseport",
+                self.balance.as_str()
+            )));
         }
         if self.backoff_max < self.backoff_initial {
             return Err(ConfigError(format!(

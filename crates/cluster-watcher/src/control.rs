@@ -359,6 +359,7 @@ pub fn status_json(status: &ClusterStatus) -> Value {
                         "uptime": w.uptime.as_secs_f64(),
                         "heartbeat_age": w.heartbeat_age.map(|d| d.as_secs_f64()),
                         "accepted": w.accepted,
+                        "open_connections": w.open_connections,
                         "rss_bytes": rss,
                         "cpu_seconds": cpu,
                     })
@@ -377,6 +378,7 @@ pub fn status_json(status: &ClusterStatus) -> Value {
                 "wanted": slot.wanted,
                 "generation": slot.generation,
                 "backing_off": slot.backing_off.map(|d| d.as_secs_f64()),
+                "queued": slot.queued,
                 "restarts": {
                     "crashed": slot.restarts.crashed,
                     "hung": slot.restarts.hung,

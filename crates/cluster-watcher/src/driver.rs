@@ -73,7 +73,19 @@ pub(crate) struct Driver {
     queue_watch: listeners::QueueWatch,
     /// When the workers' memory is sampled next (`max_memory`).
     next_memory_check: Instant,
+    /// Reuseport: the steering program attached to each group of slot sockets.
+    steering: crate::steering::Steering,
+    /// Reuseport: workers of slots being scaled away, stopped once their slot's queue is
+    /// empty (new connections steered elsewhere already) or at the deadline.
+    draining: Vec<(WorkerId, Instant)>,
 }
+
+/// How long a slot being scaled away may take to empty its accept queue before its worker
+/// is asked to stop anyway.
+const DRAIN_LIMIT: Duration = Duration::from_secs(1);
+
+/// How often a draining slot's queue is looked at.
+const DRAIN_POLL: Duration = Duration::from_millis(10);
 
 impl std::fmt::Debug for Driver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -113,6 +125,8 @@ impl Driver {
             notify_reader: false,
             queue_watch: listeners::QueueWatch::default(),
             next_memory_check: Instant::now(),
+            steering: crate::steering::Steering::default(),
+            draining: Vec::new(),
         }
     }
 
@@ -124,10 +138,15 @@ impl Driver {
                 break;
             }
             let now = Instant::now();
+            let tick = if self.draining.is_empty() {
+                TICK
+            } else {
+                DRAIN_POLL
+            };
             let wake = self
                 .core
                 .next_deadline()
-                .map_or(now + TICK, |d| d.min(now + TICK));
+                .map_or(now + tick, |d| d.min(now + tick));
             tokio::select! {
                 // Inputs first: after a stall, what workers sent is read before any timer.
                 biased;
@@ -146,6 +165,7 @@ impl Driver {
                 () = tokio::time::sleep_until(wake.into()) => self.core.handle_timeout(Instant::now()),
             }
             self.check_listeners();
+            self.check_draining();
         }
         self.shared.balancer.shutdown();
     }
@@ -186,7 +206,7 @@ impl Driver {
     fn check_listeners(&mut self) {
         self.check_memory();
         let now = Instant::now();
-        if now < self.next_listener_check || self.shared.config.balance != Balance::Shared {
+        if now < self.next_listener_check || self.shared.config.balance.hands_off() {
             return;
         }
         self.next_listener_check = now + listeners::CHECK_EVERY;
@@ -264,7 +284,7 @@ impl Driver {
                 self.core.stop(Some(ticket), now);
             }
             Command::Status(reply) => {
-                let _ = reply.send(self.core.status(now));
+                let _ = reply.send(self.status(now));
             }
         }
     }
@@ -320,14 +340,16 @@ impl Driver {
                 if let Some(process) = self.processes.remove(&id) {
                     // Children it forked go with it.
                     kill_leftovers(process.pid);
-                    self.shared.balancer.remove(id);
+                    self.shared.balancer.forget(id);
                     if let Some(link) = process.link
                         && let Some(worker_end) = link.worker_end
                     {
                         self.shared.balancer.reclaim(&link.clients, worker_end);
                     }
                 }
+                self.draining.retain(|(d, _)| *d != id);
                 self.core.exited(id, status, now);
+                self.release_slot_if_gone(id.slot);
             }
         }
     }
@@ -388,7 +410,109 @@ impl Driver {
 
     /// No new connections for the worker; the stop request goes out without holding up the
     /// driver (a worker that does not read its control socket cannot block it).
+    ///
+    /// Reuseport: a worker whose slot is being scaled away first has new connections steered
+    /// away from its slot, and is asked to stop once the slot's queue is empty (see
+    /// [`check_draining`](Self::check_draining)): closing a socket with connections queued
+    /// would reset them.
     fn stop(&mut self, id: WorkerId) {
+        if self.shared.config.balance == Balance::Reuseport
+            && !self.draining.iter().any(|(d, _)| *d == id)
+        {
+            let status = self.core.status(Instant::now());
+            let unwanted = status.slots.iter().any(|s| s.slot == id.slot && !s.wanted);
+            let others_live = live_slots(&status).iter().any(|&s| s != id.slot);
+            if unwanted && others_live {
+                self.draining.push((id, Instant::now() + DRAIN_LIMIT));
+                self.steer();
+                return;
+            }
+        }
+        self.stop_now(id);
+    }
+
+    /// The core's status, with what only the driver knows: the slots' accept queues
+    /// (reuseport) and the workers' open connections (least-conn).
+    fn status(&self, now: Instant) -> ClusterStatus {
+        let mut status = self.core.status(now);
+        let balance = self.shared.config.balance;
+        let open = if balance == Balance::LeastConn {
+            self.shared.balancer.open_connections()
+        } else {
+            HashMap::new()
+        };
+        for slot in &mut status.slots {
+            if balance == Balance::Reuseport {
+                slot.queued = Some(crate::steering::queued_in_slot(
+                    &self.shared.provider,
+                    slot.slot,
+                ));
+            }
+            for worker in &mut slot.workers {
+                worker.open_connections = open.get(&worker.id).copied();
+            }
+        }
+        status
+    }
+
+    /// Reuseport: stops each draining worker whose slot's queue is empty, or whose time is up.
+    fn check_draining(&mut self) {
+        if self.draining.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let provider = self.shared.provider.clone();
+        let (done, waiting): (Vec<_>, Vec<_>) =
+            self.draining.drain(..).partition(|&(id, deadline)| {
+                now >= deadline || crate::steering::queued_in_slot(&provider, id.slot) == 0
+            });
+        self.draining = waiting;
+        for (id, deadline) in done {
+            if now >= deadline {
+                tracing::warn!(
+                    worker = id.slot,
+                    queued = crate::steering::queued_in_slot(&provider, id.slot),
+                    "the slot being scaled away did not empty its queue in time; stopping its worker anyway"
+                );
+            }
+            self.stop_now(id);
+        }
+    }
+
+    /// Reuseport: steers new connections onto the slots that can take them now.
+    fn steer(&mut self) {
+        if self.shared.config.balance != Balance::Reuseport {
+            return;
+        }
+        let status = self.core.status(Instant::now());
+        let mut live = live_slots(&status);
+        for (id, _) in &self.draining {
+            live.remove(&id.slot);
+        }
+        self.steering.update(&self.shared.provider, &live);
+    }
+
+    /// Reuseport: a slot scaled away whose last process is gone gives up its sockets.
+    fn release_slot_if_gone(&mut self, slot: u32) {
+        if self.shared.config.balance != Balance::Reuseport {
+            return;
+        }
+        let status = self.core.status(Instant::now());
+        let gone = status
+            .slots
+            .iter()
+            .find(|s| s.slot == slot)
+            .is_none_or(|s| !s.wanted && s.workers.is_empty());
+        if gone && !self.processes.keys().any(|id| id.slot == slot) {
+            let released = self.shared.provider.release_slot(slot);
+            if !released.is_empty() {
+                tracing::debug!(slot, "the slot's listening sockets were closed");
+            }
+            self.steer();
+        }
+    }
+
+    fn stop_now(&mut self, id: WorkerId) {
         let Some(process) = self.processes.get(&id) else {
             return;
         };
@@ -441,7 +565,8 @@ impl Driver {
         }
     }
 
-    fn publish(&self) {
+    fn publish(&mut self) {
+        self.steer();
         let status = self.core.status(Instant::now());
         let mut published = Published::default();
         for slot in &status.slots {
@@ -468,6 +593,16 @@ impl Driver {
         }
         *self.shared.published() = published;
     }
+}
+
+/// Slots the cluster wants whose worker (of either generation) is ready.
+fn live_slots(status: &ClusterStatus) -> std::collections::BTreeSet<u32> {
+    status
+        .slots
+        .iter()
+        .filter(|s| s.wanted && s.workers.iter().any(|w| w.phase == crate::WorkerPhase::Ready))
+        .map(|s| s.slot)
+        .collect()
 }
 
 impl Drop for Driver {

@@ -126,16 +126,16 @@ impl ClusterWatcher {
         let span = tracing::Span::current();
         let provider = match config.balance {
             // The watcher accepts: workers get the address, never the socket.
-            Balance::RoundRobin => ServerSocketProvider::new().without_descriptors(),
+            Balance::RoundRobin | Balance::LeastConn => {
+                ServerSocketProvider::new().without_descriptors()
+            }
             Balance::Shared => ServerSocketProvider::new(),
+            Balance::Reuseport => ServerSocketProvider::new().per_slot(),
         };
         let dropped_messages = Arc::new(AtomicU64::new(0));
         let (sink, receiver) = message_queue(dropped_messages.clone());
         let (commands, driver) = mpsc::unbounded_channel();
-        let balancer = Arc::new(Balancer::new(
-            span.clone(),
-            config.balance == Balance::RoundRobin,
-        ));
+        let balancer = Arc::new(Balancer::new(span.clone(), config.balance));
         Self {
             shared: Arc::new(Shared {
                 config,

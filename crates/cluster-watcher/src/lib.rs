@@ -84,6 +84,7 @@ mod program;
 mod remote;
 mod shared;
 mod status;
+mod steering;
 
 pub use crate::{
     config::{ConfigError, InheritedListener, WatcherConfig},

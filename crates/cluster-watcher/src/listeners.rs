@@ -21,7 +21,7 @@ pub(crate) const CHECK_EVERY: Duration = Duration::from_secs(2);
 /// must be restarted to pick it up).
 pub(crate) fn check(provider: &ServerSocketProvider) -> bool {
     let mut rebound = false;
-    for (address, options, fd) in provider.sockets_with_options() {
+    for (address, options, slot, fd) in provider.sockets_with_options() {
         if let Ok(flags) = rustix::fs::fcntl_getfl(&*fd)
             && !flags.contains(OFlags::NONBLOCK)
         {
@@ -35,7 +35,7 @@ pub(crate) fn check(provider: &ServerSocketProvider) -> bool {
         if listening {
             continue;
         }
-        match provider.rebind(&address, &options) {
+        match provider.rebind(&address, &options, slot) {
             Ok(_) => {
                 tracing::error!(
                     %address,
@@ -65,60 +65,30 @@ pub(crate) struct QueueWatch {
 }
 
 impl QueueWatch {
-    /// Reads each listener's accept queue (from `/proc/net/tcp*`, by the socket's inode) and
-    /// warns about one whose connections waited a whole check interval.
+    /// Reads each listener's accept queue and warns about one whose connections waited a
+    /// whole check interval.
     pub(crate) fn check(&mut self, provider: &ServerSocketProvider) {
-        let queues = accept_queues();
-        for (address, fd) in provider.sockets() {
-            let Ok(stat) = rustix::fs::fstat(&*fd) else {
-                continue;
+        for (address, _, slot, fd) in provider.sockets_with_options() {
+            let Ok(queue) = fdpass::listen_queue(&*fd) else {
+                continue; // a Unix socket: the kernel reports no queue for it
             };
-            let Some(&queued) = queues.get(&stat.st_ino) else {
-                continue;
+            let queued = u64::from(queue.queued);
+            let key = match slot {
+                Some(slot) => format!("{address} (slot {slot})"),
+                None => address.to_string(),
             };
-            let key = address.to_string();
             let before = self.last.insert(key.clone(), queued).unwrap_or(0);
             if queued == 0 {
                 self.warned.remove(&key);
             }
             // Waiting for one check interval and not fewer since: nobody accepts.
-            if before > 0 && queued >= before && self.warned.insert(key) {
+            if before > 0 && queued >= before && self.warned.insert(key.clone()) {
                 tracing::warn!(
-                    %address,
+                    listener = %key,
                     queued,
-                    "connections waited a whole check interval in the cluster's listener queue while workers were ready: is the program ignoring the inherited descriptor (LISTEN_FDS, --fd 3) and binding its own port, or overloaded?"
+                    "connections waited a whole check interval in the cluster's listener queue while workers were ready: is the program ignoring the inherited descriptor (LISTEN_FDS, --fd 3) and binding its own port, or overloaded, or stuck?"
                 );
             }
         }
     }
-}
-
-/// Accept-queue length of every listening TCP socket of this network namespace, by inode:
-/// for a socket in LISTEN state, `/proc/net/tcp`'s `rx_queue` is its accept queue.
-fn accept_queues() -> std::collections::HashMap<u64, u64> {
-    let mut queues = std::collections::HashMap::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            // sl local rem st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode
-            let (Some(state), Some(queues_field), Some(inode)) =
-                (fields.get(3), fields.get(4), fields.get(9))
-            else {
-                continue;
-            };
-            if *state != "0A" {
-                continue;
-            }
-            let rx = queues_field
-                .split_once(':')
-                .and_then(|(_, rx)| u64::from_str_radix(rx, 16).ok());
-            if let (Some(rx), Ok(inode)) = (rx, inode.parse::<u64>()) {
-                queues.insert(inode, rx);
-            }
-        }
-    }
-    queues
 }

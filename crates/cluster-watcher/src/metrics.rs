@@ -193,6 +193,18 @@ pub fn exposition(status: &ClusterStatus) -> String {
         "Time left before a backing-off slot starts again",
         backoff.clone(),
     );
+    let queued = Family::<SlotLabel, Gauge>::default();
+    registry.register(
+        "listen_queue",
+        "Connections waiting in the accept queues of the slot's sockets (reuseport)",
+        queued.clone(),
+    );
+    let open = Family::<SlotLabel, Gauge>::default();
+    registry.register(
+        "worker_open_connections",
+        "Connections handed to the worker and not yet closed (least-conn)",
+        open.clone(),
+    );
     let rolling = Family::<OutcomeLabel, Counter>::default();
     registry.register(
         "rolling_restarts",
@@ -226,6 +238,9 @@ pub fn exposition(status: &ClusterStatus) -> String {
         if let Some(left) = slot.backing_off {
             backoff.get_or_create(&label).set(left.as_secs_f64());
         }
+        if let Some(waiting) = slot.queued {
+            queued.get_or_create(&label).set(i64::from(waiting));
+        }
         for worker in &slot.workers {
             let state = worker.phase.as_str();
             if let Some(entry) = by_state.iter_mut().find(|(s, _)| *s == state) {
@@ -237,6 +252,10 @@ pub fn exposition(status: &ClusterStatus) -> String {
             uptime
                 .get_or_create(&label)
                 .set(worker.uptime.as_secs_f64());
+            if let Some(count) = worker.open_connections {
+                open.get_or_create(&label)
+                    .set(i64::try_from(count).unwrap_or(i64::MAX));
+            }
             let (bytes, seconds) = table.tree_usage(worker.pid);
             rss.get_or_create(&label).set(bytes as i64);
             cpu.get_or_create(&label).inc_by(seconds);

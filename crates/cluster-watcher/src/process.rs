@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use cluster_ipc::protocol::{
-    Balance, ClientMeta, WatcherToWorker, WorkerBootstrap, WorkerFds, WorkerToWatcher,
+    ClientMeta, WatcherToWorker, WorkerBootstrap, WorkerFds, WorkerToWatcher,
 };
 use cluster_ipc::{
     Channel, ChannelReceiver, ChannelSender, ClientSocketReceivePipe, ClientSocketSendPipe,
@@ -114,7 +114,7 @@ pub(crate) fn spawn_worker(
     tasks: &mut JoinSet<()>,
 ) -> std::io::Result<Process> {
     if shared.config.program_mode() {
-        let mut command = crate::program::command(shared)?;
+        let mut command = crate::program::command(shared, id)?;
         let child = command.spawn()?;
         drop(command);
         let pid = child.id().unwrap_or(0);
@@ -143,15 +143,14 @@ fn spawn_cluster_worker(
     let (log, log_child) = FdSocket::pair()?;
     let (listen, listen_child) = FdSocket::pair()?;
     let (clients, clients_child) = FdSocket::pair()?;
-    // Round-robin only (in shared mode the pipe carries nothing): bound the worker's queue,
+    // Round-robin and least-conn only (otherwise the pipe carries only hand-overs): bound the worker's queue,
     // and keep a duplicate of the worker's end, so connections still queued when the worker
     // exits can be read back and passed to other workers.
-    let worker_end = match config.balance {
-        Balance::RoundRobin => {
-            bound_handoff_queue(&clients)?;
-            Some(rustix::io::fcntl_dupfd_cloexec(&clients_child, 0)?)
-        }
-        Balance::Shared => None,
+    let worker_end = if config.balance.hands_off() {
+        bound_handoff_queue(&clients)?;
+        Some(rustix::io::fcntl_dupfd_cloexec(&clients_child, 0)?)
+    } else {
+        None
     };
     let mut command = tokio::process::Command::new(&config.program);
     command
@@ -344,6 +343,11 @@ impl Watch {
                     last_accepted = Some(now);
                     Input::Accepted(id, total)
                 }
+                Ok(Some(WorkerToWatcher::Closed(total))) => {
+                    // Straight to the balancer: least-conn reads it on the next hand-off.
+                    self.shared.balancer.closed(id, total);
+                    continue;
+                }
                 Ok(Some(WorkerToWatcher::Message(payload))) => {
                     if let Some(sink) = &messages
                         && !deliver(sink, id, pid, payload, &reply)
@@ -386,7 +390,7 @@ impl Watch {
         let span = tracing::info_span!("listen", worker = self.id.slot, pid = self.pid);
         let result = shared
             .provider
-            .serve_with(&listen, |address, fd| {
+            .serve_slot(&listen, Some(self.id.slot), |address, fd| {
                 shared
                     .listens()
                     .entry(self.id)

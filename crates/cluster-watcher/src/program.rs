@@ -19,13 +19,21 @@ use crate::shared::Shared;
 const SHIM: &str = "LISTEN_PID=$$; WATCHDOG_PID=$$; export LISTEN_PID WATCHDOG_PID; exec \"$@\"";
 
 /// The command that runs the program with the cluster's listeners (sockets bound already).
-pub(crate) fn command(shared: &Arc<Shared>) -> io::Result<tokio::process::Command> {
+pub(crate) fn command(
+    shared: &Arc<Shared>,
+    id: crate::WorkerId,
+) -> io::Result<tokio::process::Command> {
     let config = &shared.config;
     let mut fds = Vec::with_capacity(config.listen.len());
     for listener in &config.listen {
+        // Per slot in reuseport mode (the provider binds one socket per slot); else shared.
         let socket = shared
             .provider
-            .socket(&listener.address, &cluster_ipc::ListenOptions::default())
+            .socket_in_slot(
+                &listener.address,
+                &cluster_ipc::ListenOptions::default(),
+                id.slot,
+            )
             .map_err(io::Error::other)?;
         fds.push(rustix::io::fcntl_dupfd_cloexec(&*socket, 0)?);
     }

@@ -60,6 +60,9 @@ pub struct SlotStatus {
     pub restarts: RestartCounts,
     /// How its last process ended.
     pub last_exit: Option<WorkerExit>,
+    /// Reuseport: connections waiting in the accept queues of the slot's sockets (one that
+    /// stays up while the worker is ready means the worker is not accepting).
+    pub queued: Option<u32>,
 }
 
 /// Replacements of one slot's worker, by cause.
@@ -96,6 +99,8 @@ pub struct WorkerStatus {
     pub heartbeat_age: Option<Duration>,
     /// Connections it accepted (reported by `cluster-worker` programs with heartbeats).
     pub accepted: Option<u64>,
+    /// Least-conn: connections handed to it and not yet closed, as the watcher counts them.
+    pub open_connections: Option<u64>,
 }
 
 /// Where a worker process is in its life.

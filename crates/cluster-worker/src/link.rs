@@ -83,6 +83,13 @@ static LINK: OnceLock<Result<Arc<Link>, String>> = OnceLock::new();
 /// Connections this worker's listeners accepted, reported to the watcher with heartbeats.
 pub(crate) static ACCEPTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// Least-conn: connections from the watcher this worker closed (or handed back), reported
+/// soon after each close; closes that happen while a report is on its way go in the next.
+pub(crate) static CLOSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Woken at each close (least-conn).
+pub(crate) static CLOSED_CHANGED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
 /// The link to the watcher, set up on first use (inside a tokio runtime).
 pub(crate) fn link() -> Result<Arc<Link>, WorkerError> {
     if let Some(error) = bootstrap_error() {
@@ -155,6 +162,22 @@ fn connect(env: &'static WorkerEnv) -> Result<Link, WorkerError> {
             }
         }
     });
+    if env.balance == cluster_ipc::protocol::Balance::LeastConn {
+        let credit = control.clone();
+        tokio::spawn(async move {
+            let mut reported = 0;
+            loop {
+                CLOSED_CHANGED.notified().await;
+                let closed = CLOSED.load(Ordering::Relaxed);
+                if closed != reported {
+                    reported = closed;
+                    if credit.send(&WorkerToWatcher::Closed(closed)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    }
     let listen = env
         .take(Endpoint::Listen)
         .and_then(|fd| AsyncFdSocket::from_fd(fd).ok())
@@ -239,8 +262,7 @@ impl Link {
         // worker with a full queue over, so the connection goes to another worker. Only in
         // round-robin, where every connection comes this way: in shared mode the pipe carries
         // only the rare hand-over, and the probe would cost two system calls per accept.
-        while self.env.balance == cluster_ipc::protocol::Balance::RoundRobin
-            && !self.has_descriptor_room()
+        while self.env.balance.hands_off() && !self.has_descriptor_room()
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

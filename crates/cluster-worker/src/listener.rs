@@ -142,7 +142,8 @@ pub async fn listen_with(
         .as_ref()
         .ok_or(WorkerError::MissingSocket("listen"))?;
     let result = match link.env.balance {
-        Balance::Shared => {
+        // Reuseport: the watcher answers with this slot's own socket; accepting is the same.
+        Balance::Shared | Balance::Reuseport => {
             let mut listener = Listener::from_accepting(factory.listen(address, options).await?)?;
             // Connections handed over by stopping workers come through the pipe.
             let passed_on = Mutex::new(link.add_route(address.clone()));
@@ -156,7 +157,7 @@ pub async fn listen_with(
             listener.address = Some(address.clone());
             listener
         }
-        Balance::RoundRobin => {
+        Balance::RoundRobin | Balance::LeastConn => {
             // The watcher does the accepting and gives us only the address it bound: no
             // copy of its socket that this process could break for the whole cluster.
             let local_addr = match factory.bound_address(address, options).await? {
@@ -280,7 +281,11 @@ fn transferred(client: Transferred) -> io::Result<(ClientStream, SocketAddr)> {
         Some(peer) => peer,
         None => client.stream.peer_addr()?,
     };
-    Ok((ClientStream::new(client.stream, client.prefix), peer))
+    let stream = ClientStream::new(client.stream, client.prefix);
+    // Least-conn: the watcher counts this connection open until we report it closed.
+    let least_conn = link()
+        .is_ok_and(|link| link.env.balance == Balance::LeastConn);
+    Ok((if least_conn { stream.counted() } else { stream }, peer))
 }
 
 fn is_resource_error(e: &io::Error) -> bool {

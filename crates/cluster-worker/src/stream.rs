@@ -21,6 +21,19 @@ pub struct ClientStream {
     stream: TcpStream,
     prefix: Vec<u8>,
     offset: usize,
+    /// Least-conn: tells the watcher when the connection is gone from this worker.
+    _closed: Option<CloseReport>,
+}
+
+/// Counts a connection from the watcher closed when dropped (least-conn).
+#[derive(Debug)]
+struct CloseReport;
+
+impl Drop for CloseReport {
+    fn drop(&mut self) {
+        crate::link::CLOSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        crate::link::CLOSED_CHANGED.notify_one();
+    }
 }
 
 impl ClientStream {
@@ -29,7 +42,15 @@ impl ClientStream {
             stream,
             prefix,
             offset: 0,
+            _closed: None,
         }
+    }
+
+    /// Reports its close to the watcher (least-conn); the socket itself, or the bytes it
+    /// came with, leaving through [`into_parts`](Self::into_parts) count as a close too.
+    pub(crate) fn counted(mut self) -> Self {
+        self._closed = Some(CloseReport);
+        self
     }
 
     /// The socket and the bytes read from it that nobody consumed yet (empty for a plain

@@ -357,6 +357,7 @@ impl Supervisor {
                         uptime: now.saturating_duration_since(w.started),
                         heartbeat_age: w.last_heartbeat.map(|t| now.saturating_duration_since(t)),
                         accepted: w.accepted,
+                        open_connections: None,
                     })
                     .collect();
                 SlotStatus {
@@ -367,6 +368,7 @@ impl Supervisor {
                     backing_off: s.respawn_at.map(|at| at.saturating_duration_since(now)),
                     restarts: s.restarts,
                     last_exit: s.last_exit,
+                    queued: None,
                 }
             })
             .collect();

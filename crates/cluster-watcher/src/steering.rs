@@ -1,0 +1,86 @@
+//! `reuseport` mode: keeping new connections away from slots that cannot take them.
+//!
+//! The watcher binds one `SO_REUSEPORT` socket per slot and address (in the provider) and
+//! keeps each for its whole life, so a worker's crash or exit never resets a connection
+//! queued on its slot's socket: the replacement accepts it. While a slot has no ready worker
+//! (starting, crashed, backing off) or is being scaled away, a classic-BPF program steers
+//! the group's new connections at random onto the live slots only; when every slot is live
+//! again, the program goes and the kernel's hash spreads them. The kernel numbers a group's
+//! sockets in `listen()` order and fills the hole left by a closed one with the last, so the
+//! program is rebuilt from the provider's record of that order whenever it changes.
+
+use std::collections::{BTreeSet, HashMap};
+
+use cluster_ipc::{ListenAddress, ServerSocketProvider};
+
+/// What was last attached to each group.
+#[derive(Debug, Default)]
+pub(crate) struct Steering {
+    /// Per group: its member slots in kernel order, and the positions steered to (`None`:
+    /// no program, the kernel's hash).
+    applied: HashMap<ListenAddress, (Vec<u32>, Option<Vec<u32>>)>,
+}
+
+impl Steering {
+    /// Steers every group of `provider` onto the sockets of the slots in `live`. With no
+    /// live slot at all (the cluster starting, every worker down) nothing is steered:
+    /// connections wait on their slot's socket for its worker.
+    pub(crate) fn update(&mut self, provider: &ServerSocketProvider, live: &BTreeSet<u32>) {
+        let groups = provider.reuseport_groups();
+        self.applied
+            .retain(|address, _| groups.iter().any(|g| g.address == *address));
+        for group in groups {
+            let Some((_, first)) = group.members.first() else {
+                continue;
+            };
+            let order: Vec<u32> = group.members.iter().map(|(slot, _)| *slot).collect();
+            let positions: Vec<u32> = (0u32..)
+                .zip(&order)
+                .filter(|(_, slot)| live.contains(slot))
+                .map(|(position, _)| position)
+                .collect();
+            let wanted = if positions.is_empty() || positions.len() == order.len() {
+                None
+            } else {
+                Some(positions)
+            };
+            if self.applied.get(&group.address) == Some(&(order.clone(), wanted.clone())) {
+                continue;
+            }
+            let result = match &wanted {
+                Some(positions) => fdpass::steer_reuseport(&**first, positions),
+                None => fdpass::unsteer_reuseport(&**first),
+            };
+            match result {
+                Ok(()) => {
+                    let steered: Vec<u32> = wanted
+                        .iter()
+                        .flatten()
+                        .map(|&p| order[p as usize])
+                        .collect();
+                    if wanted.is_some() {
+                        tracing::debug!(address = %group.address, slots = ?steered, "new connections steered to the live slots");
+                    } else {
+                        tracing::debug!(address = %group.address, "new connections spread over every slot");
+                    }
+                    self.applied.insert(group.address, (order, wanted));
+                }
+                Err(e) => {
+                    tracing::warn!(address = %group.address, error = %e, "cannot steer new connections away from slots without a ready worker");
+                }
+            }
+        }
+    }
+}
+
+/// Connections waiting in the accept queues of `slot`'s sockets (0 when it has none).
+pub(crate) fn queued_in_slot(provider: &ServerSocketProvider, slot: u32) -> u32 {
+    provider
+        .reuseport_groups()
+        .iter()
+        .flat_map(|g| &g.members)
+        .filter(|(s, _)| *s == slot)
+        .filter_map(|(_, fd)| fdpass::listen_queue(&**fd).ok())
+        .map(|q| q.queued)
+        .sum()
+}
