@@ -3,12 +3,12 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::time::Duration;
 
 use cluster_testkit::KeepAliveLoad;
 use cluster_watcher::{Balance, ClusterWatcher, WatcherConfig};
-use support::{watcher_port, workspace_bin};
+use support::{response, watcher_port, workspace_bin};
 
 fn program(name: &str, balance: Balance) -> WatcherConfig {
     let mut config = WatcherConfig::new(workspace_bin(name))
@@ -131,29 +131,4 @@ async fn a_long_request_finishes_on_the_old_worker() {
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     assert_eq!(pid, old.to_string());
     watcher.stop().await;
-}
-
-/// Writes `request`, reads one response; returns its status line and `x-cluster-pid`.
-fn response(client: &mut BufReader<std::net::TcpStream>, request: &[u8]) -> (String, String) {
-    client.get_mut().write_all(request).unwrap();
-    let mut status = String::new();
-    client.read_line(&mut status).unwrap();
-    let (mut length, mut pid) = (0, String::new());
-    loop {
-        let mut line = String::new();
-        client.read_line(&mut line).unwrap();
-        let line = line.trim_end().to_ascii_lowercase();
-        if line.is_empty() {
-            break;
-        }
-        if let Some(v) = line.strip_prefix("content-length:") {
-            length = v.trim().parse().unwrap();
-        }
-        if let Some(v) = line.strip_prefix("x-cluster-pid:") {
-            pid = v.trim().to_owned();
-        }
-    }
-    let mut body = vec![0; length];
-    std::io::Read::read_exact(client, &mut body).unwrap();
-    (status, pid)
 }

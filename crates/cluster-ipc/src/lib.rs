@@ -59,8 +59,8 @@ pub use crate::{
     hub::{HubConfig, IpcHub, connect},
     key::{KEY_LEN, Key, KeyParseError},
     server_socket::{
-        ListenAddress, ListenOptions, Listener, LocalServerSocketFactory, ServerSocketFactory,
-        ReuseportGroup, ServerSocketPipeFactory, ServerSocketProvider, bind_listener,
+        ListenAddress, ListenOptions, Listener, LocalServerSocketFactory, ReuseportGroup,
+        ServerSocketFactory, ServerSocketPipeFactory, ServerSocketProvider, bind_listener,
     },
 };
 

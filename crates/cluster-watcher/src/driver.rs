@@ -600,7 +600,12 @@ fn live_slots(status: &ClusterStatus) -> std::collections::BTreeSet<u32> {
     status
         .slots
         .iter()
-        .filter(|s| s.wanted && s.workers.iter().any(|w| w.phase == crate::WorkerPhase::Ready))
+        .filter(|s| {
+            s.wanted
+                && s.workers
+                    .iter()
+                    .any(|w| w.phase == crate::WorkerPhase::Ready)
+        })
         .map(|s| s.slot)
         .collect()
 }

@@ -5,7 +5,12 @@
 //! queued on its slot's socket: the replacement accepts it. While a slot has no ready worker
 //! (starting, crashed, backing off) or is being scaled away, a classic-BPF program steers
 //! the group's new connections at random onto the live slots only; when every slot is live
-//! again, the program goes and the kernel's hash spreads them. The kernel numbers a group's
+//! again, the program goes and the kernel's hash spreads them.
+//!
+//! Where eBPF is allowed (`CAP_BPF`, root), the program is instead an exact round-robin over
+//! the live slots (a counter in a BPF map): the hash is even only on average, so a few dozen
+//! long-lived connections (keep-alive, WebSockets) can land 50 % more on one worker than on
+//! another; in turn they land within one of each other. The kernel numbers a group's
 //! sockets in `listen()` order and fills the hole left by a closed one with the last, so the
 //! program is rebuilt from the provider's record of that order whenever it changes.
 
@@ -19,6 +24,8 @@ pub(crate) struct Steering {
     /// Per group: its member slots in kernel order, and the positions steered to (`None`:
     /// no program, the kernel's hash).
     applied: HashMap<ListenAddress, (Vec<u32>, Option<Vec<u32>>)>,
+    /// The exact round-robin, once tried: `None` inside when eBPF is not allowed here.
+    round_robin: Option<Option<fdpass::RoundRobinSteering>>,
 }
 
 impl Steering {
@@ -27,6 +34,21 @@ impl Steering {
     /// connections wait on their slot's socket for its worker.
     pub(crate) fn update(&mut self, provider: &ServerSocketProvider, live: &BTreeSet<u32>) {
         let groups = provider.reuseport_groups();
+        if groups.is_empty() {
+            return;
+        }
+        let round_robin = self.round_robin.get_or_insert_with(|| {
+            match fdpass::RoundRobinSteering::new() {
+                Ok(steering) => {
+                    tracing::info!("reuseport: new connections go to the slots in strict turn (eBPF)");
+                    Some(steering)
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, "reuseport: exact round-robin needs eBPF (CAP_BPF); new connections are spread by the kernel's hash");
+                    None
+                }
+            }
+        });
         self.applied
             .retain(|address, _| groups.iter().any(|g| g.address == *address));
         for group in groups {
@@ -39,17 +61,20 @@ impl Steering {
                 .filter(|(_, slot)| live.contains(slot))
                 .map(|(position, _)| position)
                 .collect();
-            let wanted = if positions.is_empty() || positions.len() == order.len() {
-                None
-            } else {
-                Some(positions)
+            let wanted = match round_robin {
+                // In turn over the live slots; over all of them while none is live.
+                Some(_) if positions.is_empty() => Some((0u32..).take(order.len()).collect()),
+                Some(_) => Some(positions),
+                None if positions.is_empty() || positions.len() == order.len() => None,
+                None => Some(positions),
             };
             if self.applied.get(&group.address) == Some(&(order.clone(), wanted.clone())) {
                 continue;
             }
-            let result = match &wanted {
-                Some(positions) => fdpass::steer_reuseport(&**first, positions),
-                None => fdpass::unsteer_reuseport(&**first),
+            let result = match (&wanted, &*round_robin) {
+                (Some(positions), Some(rr)) => rr.steer(&**first, positions),
+                (Some(positions), None) => fdpass::steer_reuseport(&**first, positions),
+                (None, _) => fdpass::unsteer_reuseport(&**first),
             };
             match result {
                 Ok(()) => {

@@ -262,8 +262,7 @@ impl Link {
         // worker with a full queue over, so the connection goes to another worker. Only in
         // round-robin, where every connection comes this way: in shared mode the pipe carries
         // only the rare hand-over, and the probe would cost two system calls per accept.
-        while self.env.balance.hands_off() && !self.has_descriptor_room()
-        {
+        while self.env.balance.hands_off() && !self.has_descriptor_room() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         match pipe.receive().await {

@@ -283,8 +283,7 @@ fn transferred(client: Transferred) -> io::Result<(ClientStream, SocketAddr)> {
     };
     let stream = ClientStream::new(client.stream, client.prefix);
     // Least-conn: the watcher counts this connection open until we report it closed.
-    let least_conn = link()
-        .is_ok_and(|link| link.env.balance == Balance::LeastConn);
+    let least_conn = link().is_ok_and(|link| link.env.balance == Balance::LeastConn);
     Ok((if least_conn { stream.counted() } else { stream }, peer))
 }
 

@@ -25,7 +25,8 @@
 //!   here and is cleared only in the forked child; [`adopt_inherited_fd`] is the child's side;
 //!   [`kill_with_parent`] makes a child die with its supervisor from its first instruction.
 //! * [`steer_reuseport`] attaches a classic-BPF program that sends a `SO_REUSEPORT` group's
-//!   new connections to chosen members only; [`listen_queue`] reads a listener's accept
+//!   new connections to chosen members only, at random; [`RoundRobinSteering`] does it in
+//!   strict turn with eBPF where that is allowed (`CAP_BPF`); [`listen_queue`] reads a listener's accept
 //!   queue (`TCP_INFO`).
 //! * [`Error`] is what can go wrong on the wire; [`SocketKindError`] what can go wrong when
 //!   adopting a descriptor.
@@ -94,7 +95,10 @@ pub use crate::{
     inherit::{adopt_inherited_fd, inherit_fd, inherit_fds_at, kill_with_parent},
     listener::{RawAcceptor, SeqpacketListener},
     raw::{RawPacket, recv_raw, send_raw},
-    reuseport::{ListenQueue, MAX_STEERED, listen_queue, steer_reuseport, unsteer_reuseport},
+    reuseport::{
+        ListenQueue, MAX_STEERED, RoundRobinSteering, listen_queue, steer_reuseport,
+        unsteer_reuseport,
+    },
     socket::{FdSocket, Message},
 };
 

@@ -8,6 +8,7 @@ pub use cluster_testkit::{
     workspace_bin,
 };
 
+use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, RawFd};
 
 /// What `/proc/self/fd/N` points at, e.g. `pipe:[1234]` or `socket:[5678]`.
@@ -137,7 +138,7 @@ pub fn captured_logs() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
 
 struct CaptureWriter(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
 
-impl std::io::Write for CaptureWriter {
+impl Write for CaptureWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.0.lock().unwrap().extend_from_slice(buf);
         Ok(buf.len())
@@ -150,4 +151,29 @@ impl std::io::Write for CaptureWriter {
 /// The captured log text.
 pub fn log_text(logs: &std::sync::Mutex<Vec<u8>>) -> String {
     String::from_utf8_lossy(&logs.lock().unwrap()).into_owned()
+}
+
+/// Writes `request`, reads one response; returns its status line and `x-cluster-pid`.
+pub fn response(client: &mut BufReader<std::net::TcpStream>, request: &[u8]) -> (String, String) {
+    client.get_mut().write_all(request).unwrap();
+    let mut status = String::new();
+    client.read_line(&mut status).unwrap();
+    let (mut length, mut pid) = (0, String::new());
+    loop {
+        let mut line = String::new();
+        client.read_line(&mut line).unwrap();
+        let line = line.trim_end().to_ascii_lowercase();
+        if line.is_empty() {
+            break;
+        }
+        if let Some(v) = line.strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap();
+        }
+        if let Some(v) = line.strip_prefix("x-cluster-pid:") {
+            pid = v.trim().to_owned();
+        }
+    }
+    let mut body = vec![0; length];
+    std::io::Read::read_exact(client, &mut body).unwrap();
+    (status, pid)
 }
