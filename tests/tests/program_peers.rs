@@ -356,3 +356,58 @@ fn a_program_that_binds_its_own_port_is_reported() {
     cluster.signal(Signal::TERM);
     let _ = cluster.wait(LIMIT);
 }
+
+#[test]
+fn uvicorn_in_reuseport_mode_loses_nothing_through_restarts_and_a_kill() {
+    let uvicorn = venv("uvicorn");
+    let peers = peers();
+    let mut cluster = ClusterProcess::start(&[
+        "-w",
+        "2",
+        "--balance",
+        "reuseport",
+        "--listen",
+        "127.0.0.1:0",
+        &uvicorn,
+        "--fd",
+        "3",
+        "--app-dir",
+        &peers,
+        "app:app",
+    ]);
+    let port = cluster.port();
+    cluster.wait_for("all workers ready", LIMIT);
+    let before = cluster.worker_pids();
+    // Each slot's socket is steered away from and drained before its old worker gets
+    // SIGTERM, so uvicorn has no accepted-but-unread connection to drop.
+    let (ok, failed) = restart_under_load(&cluster, port);
+    eprintln!(
+        "figure: uvicorn reuseport rolling restart under load: {ok} ok, {} failed {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok >= 2000, "{ok} requests");
+    assert!(failed.is_empty(), "{:?}", &failed[..failed.len().min(5)]);
+    let after = cluster.worker_pids();
+    assert!(after.iter().all(|p| !before.contains(p)), "all pids new");
+
+    // kill -9: the connections queued on its slot's socket wait for the replacement; only
+    // those it had accepted may fail (one per client thread at most).
+    let load = Load::start(port, 4);
+    std::thread::sleep(Duration::from_millis(500));
+    support::signal(after[0], Signal::KILL);
+    std::thread::sleep(Duration::from_secs(2));
+    let (ok, failed, _) = load.finish();
+    eprintln!(
+        "figure: uvicorn reuseport kill -9 under load: {ok} ok, {} failed",
+        failed.len()
+    );
+    assert!(
+        failed.len() <= 4,
+        "{} failed of {ok}: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    cluster.signal(Signal::TERM);
+    assert!(cluster.wait(LIMIT).success(), "{}", cluster.output());
+}

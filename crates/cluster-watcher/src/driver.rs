@@ -75,14 +75,27 @@ pub(crate) struct Driver {
     next_memory_check: Instant,
     /// Reuseport: the steering program attached to each group of slot sockets.
     steering: crate::steering::Steering,
-    /// Reuseport: workers of slots being scaled away, stopped once their slot's queue is
-    /// empty (new connections steered elsewhere already) or at the deadline.
-    draining: Vec<(WorkerId, Instant)>,
+    /// Reuseport: workers to stop once their slot's queue is empty (new connections are
+    /// steered elsewhere meanwhile), or at the deadline.
+    draining: Vec<Draining>,
 }
 
-/// How long a slot being scaled away may take to empty its accept queue before its worker
-/// is asked to stop anyway.
+/// A worker waiting for its slot's queue to empty before it is asked to stop.
+#[derive(Debug)]
+struct Draining {
+    id: WorkerId,
+    deadline: Instant,
+    /// Since when the queue has been seen empty.
+    empty_since: Option<Instant>,
+}
+
+/// How long a slot's accept queue may take to empty before its worker is asked to stop
+/// anyway.
 const DRAIN_LIMIT: Duration = Duration::from_secs(1);
+
+/// How long a slot's queue must stay empty before its worker is asked to stop: time for the
+/// worker to read the requests of the connections it accepted last.
+const DRAIN_QUIET: Duration = Duration::from_millis(50);
 
 /// How often a draining slot's queue is looked at.
 const DRAIN_POLL: Duration = Duration::from_millis(10);
@@ -347,7 +360,7 @@ impl Driver {
                         self.shared.balancer.reclaim(&link.clients, worker_end);
                     }
                 }
-                self.draining.retain(|(d, _)| *d != id);
+                self.draining.retain(|d| d.id != id);
                 self.core.exited(id, status, now);
                 self.release_slot_if_gone(id.slot);
             }
@@ -411,19 +424,30 @@ impl Driver {
     /// No new connections for the worker; the stop request goes out without holding up the
     /// driver (a worker that does not read its control socket cannot block it).
     ///
-    /// Reuseport: a worker whose slot is being scaled away first has new connections steered
-    /// away from its slot, and is asked to stop once the slot's queue is empty (see
-    /// [`check_draining`](Self::check_draining)): closing a socket with connections queued
-    /// would reset them.
+    /// Reuseport: while other slots are live, a worker's slot first has new connections
+    /// steered away, and the worker is asked to stop once the slot's queue has stayed empty
+    /// for [`DRAIN_QUIET`] (see [`check_draining`](Self::check_draining)). A slot being
+    /// scaled away then closes with nothing queued (a close would reset its queue), and a
+    /// program that drops connections it accepted but had not read yet when the stop signal
+    /// came (uvicorn, hypercorn do) has none left to drop. In a rolling restart the slot's
+    /// new worker shares the socket and takes new connections again once the old one was
+    /// asked to stop.
     fn stop(&mut self, id: WorkerId) {
         if self.shared.config.balance == Balance::Reuseport
-            && !self.draining.iter().any(|(d, _)| *d == id)
+            && !self.draining.iter().any(|d| d.id == id)
         {
             let status = self.core.status(Instant::now());
-            let unwanted = status.slots.iter().any(|s| s.slot == id.slot && !s.wanted);
-            let others_live = live_slots(&status).iter().any(|&s| s != id.slot);
-            if unwanted && others_live {
-                self.draining.push((id, Instant::now() + DRAIN_LIMIT));
+            let mut live = live_slots(&status);
+            for draining in &self.draining {
+                live.remove(&draining.id.slot);
+            }
+            let others_live = live.iter().any(|&s| s != id.slot);
+            if others_live {
+                self.draining.push(Draining {
+                    id,
+                    deadline: Instant::now() + DRAIN_LIMIT,
+                    empty_since: None,
+                });
                 self.steer();
                 return;
             }
@@ -455,26 +479,38 @@ impl Driver {
         status
     }
 
-    /// Reuseport: stops each draining worker whose slot's queue is empty, or whose time is up.
+    /// Reuseport: stops each draining worker whose slot's queue has stayed empty for
+    /// [`DRAIN_QUIET`], or whose time is up.
     fn check_draining(&mut self) {
         if self.draining.is_empty() {
             return;
         }
         let now = Instant::now();
         let provider = self.shared.provider.clone();
-        let (done, waiting): (Vec<_>, Vec<_>) =
-            self.draining.drain(..).partition(|&(id, deadline)| {
-                now >= deadline || crate::steering::queued_in_slot(&provider, id.slot) == 0
-            });
-        self.draining = waiting;
-        for (id, deadline) in done {
-            if now >= deadline {
-                tracing::warn!(
-                    worker = id.slot,
-                    queued = crate::steering::queued_in_slot(&provider, id.slot),
-                    "the slot being scaled away did not empty its queue in time; stopping its worker anyway"
-                );
+        let mut done = Vec::new();
+        self.draining.retain_mut(|draining| {
+            let queued = crate::steering::queued_in_slot(&provider, draining.id.slot);
+            if queued == 0 {
+                let since = *draining.empty_since.get_or_insert(now);
+                if now.duration_since(since) >= DRAIN_QUIET {
+                    done.push(draining.id);
+                    return false;
+                }
+            } else {
+                draining.empty_since = None;
             }
+            if now >= draining.deadline {
+                tracing::warn!(
+                    worker = draining.id.slot,
+                    queued,
+                    "the slot's queue did not empty in time; stopping its worker anyway"
+                );
+                done.push(draining.id);
+                return false;
+            }
+            true
+        });
+        for id in done {
             self.stop_now(id);
         }
     }
@@ -486,8 +522,8 @@ impl Driver {
         }
         let status = self.core.status(Instant::now());
         let mut live = live_slots(&status);
-        for (id, _) in &self.draining {
-            live.remove(&id.slot);
+        for draining in &self.draining {
+            live.remove(&draining.id.slot);
         }
         self.steering.update(&self.shared.provider, &live);
     }

@@ -35,6 +35,7 @@ pub(crate) fn command(
                 id.slot,
             )
             .map_err(io::Error::other)?;
+        crate::shared::set_nodelay(&socket);
         fds.push(rustix::io::fcntl_dupfd_cloexec(&*socket, 0)?);
     }
     let names: Vec<&str> = config.listen.iter().map(|l| l.name.as_str()).collect();

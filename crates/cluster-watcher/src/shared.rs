@@ -86,13 +86,12 @@ impl Shared {
                 .sockets()
                 .iter()
                 .any(|(address, _)| *address == listener.address);
-            let socket = self.provider.socket(&listener.address, &options)?;
-            if let ListenAddress::Tcp(_) = listener.address {
-                // Accepted connections inherit it: a server that writes a response in two
-                // parts (head, body) would otherwise wait 40 ms for the delayed ACK on every
-                // keep-alive request. gunicorn sets it on its listeners too.
-                let _ = rustix::net::sockopt::set_tcp_nodelay(&*socket, true);
-            }
+            // Reuseport: slot 1's socket now (port 0 resolved for the group), the others'
+            // as their workers start.
+            let socket = self
+                .provider
+                .socket_in_slot(&listener.address, &options, 1)?;
+            set_nodelay(&socket);
             if let (ListenAddress::Unix(path), Some(mode)) = (&listener.address, listener.mode) {
                 use std::os::unix::fs::PermissionsExt;
                 std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
@@ -139,5 +138,14 @@ impl Shared {
     /// Ends the message stream (the cluster stopped; the readers are gone).
     pub(crate) fn close_messages(&self) {
         lock(&self.messages).sink = None;
+    }
+}
+
+/// Program mode: `TCP_NODELAY` on a listener, which accepted connections inherit: a server
+/// that writes a response in two parts (head, body) would otherwise wait 40 ms for the
+/// delayed ACK on every keep-alive request. gunicorn sets it on its listeners too.
+pub(crate) fn set_nodelay(socket: &std::os::fd::OwnedFd) {
+    if let Ok(ListenAddress::Tcp(_)) = ListenAddress::of(socket) {
+        let _ = rustix::net::sockopt::set_tcp_nodelay(socket, true);
     }
 }
