@@ -1,4 +1,5 @@
 // The peer: Node.js's built-in cluster module serving the same response as hello-http.
+// /busy?ms=N keeps the worker busy for N ms before it answers.
 // NODE_CLUSTER_SCHED_POLICY=rr|none selects the scheduling policy; WORKERS the count.
 // SIGUSR2 replaces the workers one by one, as PM2's reload does: a new worker listening,
 // then the old one disconnected (its server closes, it exits when its connections end).
@@ -39,6 +40,12 @@ if (cluster.isPrimary) {
 } else {
   http
     .createServer((req, res) => {
+      // /busy?ms=N keeps the worker busy that long first, as hello-http's does.
+      const busy = req.url.startsWith('/busy?ms=') ? parseInt(req.url.slice(9), 10) : 0;
+      if (busy > 0) {
+        const end = Date.now() + Math.min(busy, 60000);
+        while (Date.now() < end) { /* occupied */ }
+      }
       res.setHeader('x-cluster-worker', String(cluster.worker.id));
       res.end('Hello, World!');
     })

@@ -1,6 +1,8 @@
 //! The seed's simple HTTP server: answers every request with `Hello, World!` and headers
 //! `x-cluster-worker: <worker id>` and `x-cluster-pid: <pid>`; `/sleep?ms=N` answers after N
-//! milliseconds. Runs standalone or under `cluster` unchanged.
+//! milliseconds; `/busy?ms=N` blocks its thread for N milliseconds first (a request that
+//! keeps the worker busy, as heavy computation would). Runs standalone or under `cluster`
+//! unchanged.
 //!
 //! ```sh
 //! cargo run --example hello-http                      # standalone on 127.0.0.1:1337
@@ -47,19 +49,26 @@ async fn serve() -> Result<(), Box<dyn std::error::Error>> {
         let headers = response.headers_mut();
         headers.insert("x-cluster-worker", worker.clone());
         headers.insert("x-cluster-pid", pid.clone());
-        // `/sleep?ms=N` answers after N milliseconds (at most 60 s): a slow request.
-        let delay = (request.uri().path() == "/sleep")
-            .then(|| {
-                request
-                    .uri()
-                    .query()?
-                    .strip_prefix("ms=")?
-                    .parse::<u64>()
-                    .ok()
-            })
-            .flatten()
-            .map(|ms| std::time::Duration::from_millis(ms.min(60_000)));
+        // `/sleep?ms=N` answers after N milliseconds (at most 60 s): a slow request;
+        // `/busy?ms=N` blocks the thread that long: a request that occupies the worker.
+        let millis = || {
+            request
+                .uri()
+                .query()?
+                .strip_prefix("ms=")?
+                .parse::<u64>()
+                .ok()
+                .map(|ms| std::time::Duration::from_millis(ms.min(60_000)))
+        };
+        let (delay, busy) = match request.uri().path() {
+            "/sleep" => (millis(), None),
+            "/busy" => (None, millis()),
+            _ => (None, None),
+        };
         async move {
+            if let Some(busy) = busy {
+                std::thread::sleep(busy);
+            }
             if let Some(delay) = delay {
                 tokio::time::sleep(delay).await;
             }
