@@ -103,12 +103,14 @@ fn main() {
             command: cluster_cmd("shared"),
             env: vec![],
         });
-        configs.push(Config {
-            name: format!("cluster round-robin, {n}w"),
-            workers: n,
-            command: cluster_cmd("round-robin"),
-            env: vec![],
-        });
+        for balance in ["round-robin", "reuseport", "least-conn"] {
+            configs.push(Config {
+                name: format!("cluster {balance}, {n}w"),
+                workers: n,
+                command: cluster_cmd(balance),
+                env: vec![],
+            });
+        }
         configs.push(Config {
             name: format!("ref (a) tokio multi-thread, {n}w"),
             workers: n,
@@ -382,6 +384,26 @@ fn main() {
                 2.3,
             ),
             (
+                "reuseport keep-alive / ref (b)",
+                ("cluster reuseport", "ref (b)", "keep-alive"),
+                1.0,
+            ),
+            (
+                "reuseport keep-alive / shared",
+                ("cluster reuseport", "cluster shared", "keep-alive"),
+                1.0,
+            ),
+            (
+                "reuseport close / ref (b)",
+                ("cluster reuseport", "ref (b)", "close"),
+                1.0,
+            ),
+            (
+                "least-conn close / ref (c)",
+                ("cluster least-conn", "ref (c)", "close"),
+                0.0,
+            ),
+            (
                 "shared keep-alive / node SCHED_NONE",
                 ("cluster shared", "node cluster SCHED_NONE", "keep-alive"),
                 0.0,
@@ -406,6 +428,29 @@ fn main() {
                 .collect();
             println!("  - round by round: {}", per_round.join(", "));
         }
+        // Spread between rounds, (max - min) / median: the accept race makes `shared`'s
+        // keep-alive figure swing with how the connections happened to land.
+        let spread = |prefix: &str| {
+            let samples = samples(prefix, "keep-alive");
+            let (low, high) = samples.range();
+            (high - low) / samples.median()
+        };
+        let (reuseport, shared) = (spread("cluster reuseport"), spread("cluster shared"));
+        print_ratio(
+            &format!("{n} workers, keep-alive spread between rounds, reuseport / shared"),
+            if shared > 0.0 {
+                reuseport / shared
+            } else {
+                1.0
+            },
+            "< 1.0x",
+            reuseport < shared,
+        );
+        println!(
+            "  - reuseport {:.0} %, shared {:.0} %",
+            reuseport * 100.0,
+            shared * 100.0
+        );
     }
 
     // Start-up, respawn, memory: 4 workers.

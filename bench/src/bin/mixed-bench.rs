@@ -5,9 +5,17 @@
 //! sends them elsewhere. Reported: the p99 latency of the quick requests (the slow ones take
 //! 50 ms whatever the balancer does), of all requests, and the throughput.
 //!
+//! The load is open-loop at a fixed rate that keeps the workers busy with slow requests 20 %
+//! of the time (80 requests a second per worker: 4 slow ones of 50 ms), well below
+//! saturation. Near saturation every worker is often busy at once (at 40 % with 2 workers,
+//! 16 % of the time), and a balancer that commits each connection to one worker when it
+//! arrives (round-robin, least-conn, Node) cannot beat the shared socket, where whichever
+//! worker frees up first takes the next connection.
+//!
 //! `target/release/mixed-bench`; knobs `BENCH_WORKERS` (default `2 4`), `BENCH_DURATION`
 //! seconds per run (default 5), `BENCH_ROUNDS` (default 3), `BENCH_CLIENTS` (client threads,
-//! each a new connection per request; default 16). Only 127.0.0.1; each server runs in a
+//! each a new connection per request; default 32), `BENCH_RATE` (requests a second per
+//! worker; default 80). Only 127.0.0.1; each server runs in a
 //! process group of its own and only those groups are signalled.
 
 use std::collections::BTreeMap;
@@ -46,20 +54,27 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[index] as f64 / 1000.0
 }
 
-/// `clients` threads, each sending one request per new connection for `seconds`.
-fn load(port: u16, clients: usize, seconds: u64) -> Run {
+/// `clients` threads, each sending one request per new connection on a fixed schedule,
+/// `rate` requests a second in all, for `seconds`. A latency counts from the time the request
+/// was due, so a client held up by a slow answer does not hide the wait of the next ones.
+fn load(port: u16, clients: usize, rate: u64, seconds: u64) -> Run {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
+    let interval = Duration::from_secs_f64(clients as f64 / rate.max(1) as f64);
     let threads: Vec<_> = (0..clients)
         .map(|client| {
             std::thread::spawn(move || {
                 let mut run = Run::default();
                 let mut n = client as u64;
-                while Instant::now() < deadline {
+                // Spread the clients' schedules over one interval.
+                let mut due = started + interval.mul_f64(client as f64 / clients as f64);
+                while due < deadline {
+                    std::thread::sleep(due.saturating_duration_since(Instant::now()));
                     n += 1;
                     let slow = n.is_multiple_of(SLOW_EVERY);
                     let path = if slow { SLOW_PATH } else { "/" };
-                    let begun = Instant::now();
+                    let begun = due;
+                    due += interval;
                     match request(port, path) {
                         Ok(()) => {
                             let micros = begun.elapsed().as_micros() as u64;
@@ -128,7 +143,8 @@ fn main() {
         .collect();
     let seconds = env_or("BENCH_DURATION", 5);
     let rounds = env_or("BENCH_ROUNDS", 3) as usize;
-    let clients = env_or("BENCH_CLIENTS", 16) as usize;
+    let clients = env_or("BENCH_CLIENTS", 32) as usize;
+    let rate_per_worker = env_or("BENCH_RATE", 80);
 
     let mut configs = Vec::new();
     for &n in &workers {
@@ -171,10 +187,24 @@ fn main() {
             let port = free_port();
             let server = ServerProcess::command(&config.command, &config.env, port);
             server.wait_ready(port);
-            let run = load(port, clients, seconds);
+            let run = load(
+                port,
+                clients,
+                rate_per_worker * config.workers as u64,
+                seconds,
+            );
             let mut all: Vec<u64> = run.quick.iter().chain(&run.slow).copied().collect();
             all.sort_unstable();
             let rate = all.len() as f64 / run.seconds;
+            eprintln!(
+                "  quick p50 {:.2} p90 {:.2} p95 {:.2} p99 {:.2} ms, {} quick, {} slow",
+                percentile(&run.quick, 0.5),
+                percentile(&run.quick, 0.9),
+                percentile(&run.quick, 0.95),
+                percentile(&run.quick, 0.99),
+                run.quick.len(),
+                run.slow.len()
+            );
             results.entry(i).or_default().push((
                 percentile(&run.quick, 0.99),
                 percentile(&all, 0.99),
@@ -191,8 +221,9 @@ fn main() {
         v[v.len() / 2]
     };
     println!(
-        "\n## Mixed load ({clients} clients, a new connection per request, 1 in {SLOW_EVERY} \
-         requests `{SLOW_PATH}`; {seconds} s per run, {rounds} rounds interleaved; medians)\n"
+        "\n## Mixed load ({rate_per_worker} requests a second per worker from {clients} clients, \
+         a new connection per request, 1 in {SLOW_EVERY} requests `{SLOW_PATH}`; {seconds} s \
+         per run, {rounds} rounds interleaved; medians)\n"
     );
     println!("| configuration | quick p99 ms (per round) | all p99 ms | req/s | failed |");
     println!("|---|---:|---:|---:|---:|");

@@ -6,7 +6,10 @@
 //! the fewest open connections, counted as connections sent minus those the worker reported
 //! closed (`WorkerToWatcher::Closed`), ties broken in turn (HAProxy's rule): for short
 //! connections it is round-robin, for long or slow ones it keeps away from the busy worker.
-//! A report that is late only makes a worker look busier than it is, never idler.
+//! A report that is late only makes a worker look busier than it is, never idler. Between
+//! workers with the same number of open connections (not zero), the one that closed one
+//! most recently goes first: a worker stuck on a slow request reports nothing, and without
+//! this it would get every other connection of a short-connection load while it is stuck.
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;
@@ -49,6 +52,8 @@ pub(crate) type ClientPipe = Arc<ClientSocketSendPipe<ClientMeta>>;
 pub(crate) struct Load {
     sent: AtomicU64,
     closed: AtomicU64,
+    /// When it last reported a close, in microseconds since the balancer was made.
+    last_close: AtomicU64,
 }
 
 impl Load {
@@ -106,6 +111,8 @@ pub(crate) struct Balancer {
     least_conn: bool,
     /// Each live worker's connection count (least-conn), shared by its targets.
     loads: Mutex<HashMap<WorkerId, Arc<Load>>>,
+    /// Where the loads' close times count from.
+    epoch: std::time::Instant,
     /// The watcher's span, for the tasks spawned here.
     span: tracing::Span,
 }
@@ -124,6 +131,7 @@ impl Balancer {
             accepts: balance.hands_off(),
             least_conn: balance == cluster_ipc::protocol::Balance::LeastConn,
             loads: Mutex::default(),
+            epoch: std::time::Instant::now(),
             span,
         }
     }
@@ -216,7 +224,13 @@ impl Balancer {
             .cloned();
         if let Some(load) = load {
             load.closed.fetch_max(total, Ordering::Relaxed);
+            load.last_close
+                .store(self.micros_since_epoch(), Ordering::Relaxed);
         }
+    }
+
+    fn micros_since_epoch(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
 
     /// Each live worker's open connections as the watcher counts them (least-conn).
@@ -402,7 +416,13 @@ impl Balancer {
     fn pick(&self, route: &Mutex<Route>, full: &[WorkerId]) -> Option<Pick> {
         let mut route = lock(route);
         let n = route.targets.len();
-        let mut best: Option<(usize, u64)> = None;
+        let now = if self.least_conn {
+            self.micros_since_epoch()
+        } else {
+            0
+        };
+        // (open connections, time since the last close while any is open): lower is better.
+        let mut best: Option<(usize, (u64, u64))> = None;
         let mut fallback: Option<usize> = None;
         for i in 0..n {
             let index = (route.next + i) % n;
@@ -414,14 +434,20 @@ impl Balancer {
             if full.contains(&target.id) {
                 continue;
             }
-            let open = if self.least_conn {
-                target.load.open()
+            let load = if self.least_conn {
+                let open = target.load.open();
+                let quiet = if open == 0 {
+                    0
+                } else {
+                    now.saturating_sub(target.load.last_close.load(Ordering::Relaxed))
+                };
+                (open, quiet)
             } else {
-                0
+                (0, 0)
             };
-            if best.is_none_or(|(_, least)| open < least) {
-                best = Some((index, open));
-                if !self.least_conn || open == 0 {
+            if best.is_none_or(|(_, least)| load < least) {
+                best = Some((index, load));
+                if load.0 == 0 {
                     break; // nobody can beat it
                 }
             }
