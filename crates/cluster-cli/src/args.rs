@@ -162,6 +162,22 @@ pub(crate) struct Args {
     #[arg(long, env = "CLUSTER_READY_AFTER", default_value = "1s", value_name = "DURATION|off", value_parser = parse_ready_after)]
     ready_after: ReadyAfter,
 
+    /// Development loop: on a change under PATH (repeatable; files or directories,
+    /// recursively), wait for the edits to settle, run --build, and on success restart the
+    /// workers one by one; a failed build or a new worker that does not start leaves the old
+    /// ones serving. Ignores target/, VCS directories, editor swap files and .gitignore'd paths
+    #[arg(long = "watch", value_name = "PATH")]
+    pub(crate) watch: Vec<PathBuf>,
+
+    /// With --watch: run this through /bin/sh before each restart (its output goes to the
+    /// log, tagged `build`); a failure keeps the running workers
+    #[arg(long, value_name = "COMMAND", requires = "watch")]
+    pub(crate) build: Option<String>,
+
+    /// With --watch: how long the files must stay unchanged before a build starts
+    #[arg(long, default_value = "200ms", value_name = "DURATION", value_parser = parse_duration, requires = "watch")]
+    pub(crate) debounce: Duration,
+
     /// The worker program, and the arguments passed to it unchanged (everything after
     /// PROGRAM is its own, options included: `cluster -w 2 gunicorn -w 4 app:app`)
     #[arg(
@@ -183,6 +199,7 @@ const EXAMPLES: &str = "Examples:
   cluster -w 2 --listen 127.0.0.1:8000 uvicorn --fd 3 app:app     # any server, unmodified
   cluster -w 2 --listen http=127.0.0.1:8000 gunicorn app:app       # takes LISTEN_FDS itself
   kill -USR1 $(cat /run/app.pid)      # rolling restart
+  cluster -w 2 --watch src --build 'cargo build -p my-app' target/debug/my-app 127.0.0.1:3000
   cluster --name shop --metrics 127.0.0.1:9100 ./server    # then: cluster status --name shop
 
 Commands for a running cluster (found by --name or --control):

@@ -2,8 +2,8 @@
 //!
 //! A thin shell around `cluster-watcher`: parses the command line into a validated
 //! configuration ([`args`]), sets up logging that cannot stall supervision ([`logging`]),
-//! writes the pid file ([`pid_file`]), and maps signals to stop, rolling restart and scaling
-//! ([`signals`]).
+//! writes the pid file ([`pid_file`]), maps signals to stop, rolling restart and scaling
+//! ([`signals`]), and runs the development loop of `--watch` ([`watch`]).
 //!
 //! Exit status: 0 after a clean stop, 1 with a one-line reason on standard error, 2 for bad
 //! arguments (clap's convention).
@@ -15,6 +15,7 @@ mod logging;
 mod pid_file;
 mod signals;
 mod systemd;
+mod watch;
 
 use std::process::ExitCode;
 
@@ -75,6 +76,17 @@ async fn run(
     logging: &logging::Logging,
     activated: Vec<cluster_ipc::ActivatedSocket>,
 ) -> anyhow::Result<()> {
+    for path in &args.watch {
+        if !path.exists() {
+            bail!("--watch {}: no such file or directory", path.display());
+        }
+    }
+    if let Some(build) = &args.build {
+        // The first build before the first start: the program may not exist yet.
+        watch::run_build(build)
+            .await
+            .map_err(|why| anyhow::anyhow!("the build failed ({why}); nothing to start"))?;
+    }
     config.program = args::resolve_program(&config.program)?;
     let _pid_file = args.pid_file.as_deref().map(PidFile::create).transpose()?;
     let workers = args.worker_count();
@@ -139,8 +151,24 @@ async fn run(
             None => std::future::pending().await,
         }
     };
+    let dev_loop = async {
+        if args.watch.is_empty() {
+            return std::future::pending().await;
+        }
+        let options = watch::WatchOptions {
+            paths: args.watch.clone(),
+            build: args.build.clone(),
+            debounce: args.debounce,
+        };
+        watch::run(options, &watcher).await
+    };
     let cause = tokio::select! {
         cause = signals.supervise(&watcher, workers) => cause,
+        watching = dev_loop => {
+            // It runs until the cluster stops; it ends only when it cannot watch at all.
+            watcher.stop().await;
+            return watching.context("--watch");
+        }
         () = control_stop => "cluster stop",
         () = systemd::follow(&notifier, &watcher) => "the service manager",
         () = orphan_reaper(&watcher) => "the orphan reaper",

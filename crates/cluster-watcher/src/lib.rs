@@ -94,6 +94,7 @@ pub use crate::{
     handle::{ClusterWatcher, WorkerInfo, WorkerMessage},
     logfeed::LogFeed,
     metrics::{MetricsServer, Readiness, exposition},
+    output::read_lines,
     status::{ClusterStatus, RestartCounts, SlotStatus, WorkerPhase, WorkerStatus},
 };
 

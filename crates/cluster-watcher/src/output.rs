@@ -18,6 +18,18 @@ pub(crate) async fn forward_output(
     pid: u32,
     name: &'static str,
 ) {
+    read_lines(stream, |text| {
+        tracing::info!(target: "worker", worker = id.slot, pid, stream = name, "{text}");
+    })
+    .await;
+}
+
+/// Reads `stream` until its end and calls `on_line` with each line, sanitized (no line
+/// breaks or control characters: nothing it prints can forge a log line) and cut at
+/// 16 KiB, the cut marked with how many bytes were left out. Holds at most one
+/// line's worth of memory, however the writer floods: for the output of child processes
+/// (a build command, say) in a log stream.
+pub async fn read_lines(stream: impl AsyncRead + Unpin, mut on_line: impl FnMut(&str)) {
     let mut reader = BufReader::with_capacity(16 * 1024, stream);
     let mut line: Vec<u8> = Vec::new();
     // Bytes of the current line past MAX_LINE, skipped.
@@ -38,22 +50,22 @@ pub(crate) async fn forward_output(
         let consumed = chunk.len() + usize::from(end_of_line);
         reader.consume(consumed);
         if end_of_line {
-            emit(&line, skipped, id, pid, name);
+            on_line(&text_of(&line, skipped));
             line.clear();
             skipped = 0;
         }
     }
     if !line.is_empty() || skipped > 0 {
-        emit(&line, skipped, id, pid, name);
+        on_line(&text_of(&line, skipped));
     }
 }
 
-fn emit(line: &[u8], skipped: usize, id: WorkerId, pid: u32, stream: &'static str) {
+fn text_of(line: &[u8], skipped: usize) -> String {
     let text = String::from_utf8_lossy(line);
     let text = sanitize(text.trim_end_matches('\r'), MAX_LINE);
     if skipped > 0 {
-        tracing::info!(target: "worker", worker = id.slot, pid, stream, "{text}… ({skipped} more bytes)");
+        format!("{text}… ({skipped} more bytes)")
     } else {
-        tracing::info!(target: "worker", worker = id.slot, pid, stream, "{text}");
+        text.into_owned()
     }
 }
