@@ -1,4 +1,4 @@
-//! `cluster status | restart | scale | stop | logs`: clients of a running cluster's control
+//! `cluster status | restart | scale | stop | upgrade | logs`: clients of a running cluster's control
 //! socket (found by `--name` or `--control`), speaking its line-delimited JSON.
 
 use std::ffi::OsStr;
@@ -53,6 +53,10 @@ enum ClientCommand {
     },
     /// Stop the cluster gracefully
     Stop,
+    /// Replace the watcher itself with a new one from its binary (looked up again), without
+    /// refusing a connection; returns once the new watcher's workers are all ready (status 1
+    /// and the reason if it failed: the old watcher keeps serving)
+    Upgrade,
     /// The cluster's log stream: recent lines, and with -f the ones that follow
     Logs {
         /// Keep printing new lines
@@ -68,7 +72,7 @@ enum ClientCommand {
 pub(crate) fn is_client_command(first: &OsStr) -> bool {
     matches!(
         first.to_str(),
-        Some("status" | "restart" | "scale" | "stop" | "logs")
+        Some("status" | "restart" | "scale" | "stop" | "upgrade" | "logs")
     )
 }
 
@@ -99,6 +103,7 @@ fn run(args: &ClientArgs) -> anyhow::Result<ExitCode> {
         ClientCommand::Status { .. } => json!({"cmd": "status"}),
         ClientCommand::Restart => json!({"cmd": "restart"}),
         ClientCommand::Stop => json!({"cmd": "stop"}),
+        ClientCommand::Upgrade => json!({"cmd": "upgrade"}),
         ClientCommand::Scale { workers } => match workers.as_bytes().first() {
             Some(b'+' | b'-') => json!({"cmd": "scale", "delta": parse_count(workers)?}),
             _ => json!({"cmd": "scale", "workers": parse_count(workers)?}),
@@ -137,6 +142,7 @@ fn run(args: &ClientArgs) -> anyhow::Result<ExitCode> {
         ClientCommand::Scale { .. } => println!("{} workers", answer["workers"]),
         ClientCommand::Restart => println!("rolling restart complete"),
         ClientCommand::Stop => println!("stopping"),
+        ClientCommand::Upgrade => println!("upgraded: the new watcher is pid {}", answer["pid"]),
         ClientCommand::Logs { .. } => {}
     }
     Ok(ExitCode::SUCCESS)

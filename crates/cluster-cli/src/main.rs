@@ -3,7 +3,8 @@
 //! A thin shell around `cluster-watcher`: parses the command line into a validated
 //! configuration ([`args`]), sets up logging that cannot stall supervision ([`logging`]),
 //! writes the pid file ([`pid_file`]), maps signals to stop, rolling restart and scaling
-//! ([`signals`]), and runs the development loop of `--watch` ([`watch`]).
+//! ([`signals`]), runs the development loop of `--watch` ([`watch`]), and upgrades itself
+//! without refusing a connection ([`upgrade`]).
 //!
 //! Exit status: 0 after a clean stop, 1 with a one-line reason on standard error, 2 for bad
 //! arguments (clap's convention).
@@ -15,9 +16,11 @@ mod logging;
 mod pid_file;
 mod signals;
 mod systemd;
+mod upgrade;
 mod watch;
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use cluster_watcher::{ClusterWatcher, WatcherConfig};
@@ -25,9 +28,10 @@ use tracing::Instrument;
 
 use crate::args::Args;
 use crate::pid_file::PidFile;
-use crate::signals::Signals;
+use crate::signals::{Signals, Supervised};
 
 fn main() -> ExitCode {
+    upgrade::remember_binary();
     if std::env::args_os()
         .nth(1)
         .is_some_and(|first| client::is_client_command(&first))
@@ -37,6 +41,11 @@ fn main() -> ExitCode {
     // Socket activation's listeners first: marking every other inheritance close-on-exec
     // takes ownership of descriptor numbers.
     let activated = cluster_ipc::activated_sockets();
+    // Started by an old watcher to take over from it (an upgrade): its two sockets.
+    let predecessor = match cluster_watcher::PredecessorLink::inherited() {
+        Ok(ends) => ends,
+        Err(e) => return fail(&anyhow::Error::new(e).context("taking over from the old watcher")),
+    };
     fds::close_inherited_on_exec();
     // A container's PID 1, or any process whose workers double-fork: orphans of the workers
     // come to us, are reaped and stopped with the cluster.
@@ -60,7 +69,8 @@ fn main() -> ExitCode {
     // Every line the cluster logs, its own and the watcher's tasks' (which run in the span
     // current when the watcher is created), carries the name.
     let span = tracing::info_span!("cluster", name = %args.name);
-    let outcome = runtime.block_on(run(args, config, &logging, activated).instrument(span));
+    let outcome =
+        runtime.block_on(run(args, config, &logging, activated, predecessor).instrument(span));
     drop(runtime);
     drop(logging);
     match outcome {
@@ -69,27 +79,48 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs the cluster until a stop signal; an error is the reason for exit status 1.
+/// What ended the main loop.
+enum Ending {
+    /// A stop, and what asked for it.
+    Stop(&'static str),
+    /// A new watcher is ready to take over.
+    Upgrade(upgrade::Successor),
+}
+
+/// Runs the cluster until a stop signal or an upgrade; an error is the reason for exit
+/// status 1.
 async fn run(
     args: Args,
     mut config: WatcherConfig,
     logging: &logging::Logging,
     activated: Vec<cluster_ipc::ActivatedSocket>,
+    predecessor: Option<cluster_watcher::SuccessorEnds>,
 ) -> anyhow::Result<()> {
+    let predecessor = predecessor
+        .map(cluster_watcher::PredecessorLink::new)
+        .transpose()
+        .context("taking over from the old watcher")?;
     for path in &args.watch {
         if !path.exists() {
             bail!("--watch {}: no such file or directory", path.display());
         }
     }
-    if let Some(build) = &args.build {
+    if let Some(build) = &args.build
+        && predecessor.is_none()
+    {
         // The first build before the first start: the program may not exist yet.
         watch::run_build(build)
             .await
             .map_err(|why| anyhow::anyhow!("the build failed ({why}); nothing to start"))?;
     }
     config.program = args::resolve_program(&config.program)?;
-    let _pid_file = args.pid_file.as_deref().map(PidFile::create).transpose()?;
-    let workers = args.worker_count();
+    let ready_timeout = config.ready_timeout;
+    // A new watcher writes the pid file once the old one let go of it.
+    let mut pid_file = match &predecessor {
+        None => args.pid_file.as_deref().map(PidFile::create).transpose()?,
+        Some(_) => None,
+    };
+    let mut workers = args.worker_count();
     let balance = config.balance;
     let watcher = ClusterWatcher::new(config);
     for cluster_ipc::ActivatedSocket { name, fd } in activated {
@@ -102,6 +133,15 @@ async fn run(
             }
         }
     }
+    if let Some(link) = &predecessor {
+        match link.receive_sockets(watcher.server_sockets()).await {
+            Ok(count) => workers = count.max(1),
+            Err(e) => {
+                link.failed(&e.to_string()).await;
+                return Err(e).context("taking over the old watcher's sockets");
+            }
+        }
+    }
     let notifier = systemd::Notifier::from_env();
     let mut signals = Signals::register()?;
     tokio::spawn(logging.report_drops().in_current_span());
@@ -110,10 +150,18 @@ async fn run(
         workers,
         balance = balance.as_str(),
         pid = std::process::id(),
+        upgrade = predecessor.is_some(),
         "starting cluster"
     );
     tokio::select! {
-        started = watcher.start(workers) => started.context("no cluster: a worker failed to start")?,
+        started = watcher.start(workers) => {
+            if let Err(e) = started {
+                if let Some(link) = &predecessor {
+                    link.failed(&format!("a worker failed to start: {e}")).await;
+                }
+                return Err(e).context("no cluster: a worker failed to start");
+            }
+        }
         cause = signals.stop() => {
             tracing::info!(signal = cause, "stopping cluster before it was ready");
             watcher.stop().await;
@@ -121,6 +169,21 @@ async fn run(
         }
     }
     tracing::info!(workers, "all workers ready");
+    if let Some(link) = &predecessor {
+        link.ready().await.context("telling the old watcher")?;
+        match link
+            .wait_handed_over(ready_timeout + Duration::from_secs(30))
+            .await
+        {
+            Ok(()) => tracing::info!("upgrade: took over from the old watcher"),
+            Err(e) => {
+                tracing::warn!(error = %e, "upgrade: the old watcher did not let go; taking over anyway")
+            }
+        }
+        if let Some(path) = &args.pid_file {
+            pid_file = Some(PidFile::take_over(path)?);
+        }
+    }
     for address in watcher.server_sockets().unused_adopted() {
         tracing::warn!(%address, "a socket-activated listener no worker asked for");
     }
@@ -129,49 +192,114 @@ async fn run(
         std::process::id()
     ));
     let control = serve_control(&args, &watcher, logging);
-    let _metrics = match args.metrics {
-        Some(address) => {
-            let readiness = match args.readyz {
-                args::ReadyzArg::Any => cluster_watcher::Readiness::Any,
-                args::ReadyzArg::All => cluster_watcher::Readiness::All,
-            };
-            let server = watcher
-                .serve_metrics(address, readiness)
-                .await
-                .with_context(|| format!("cannot serve metrics on {address}"))?;
-            tracing::info!(address = %server.local_addr(), "metrics on http://{}/metrics", server.local_addr());
-            Some(server)
-        }
-        None => None,
-    };
+    let metrics = serve_metrics(&args, &watcher).await?;
 
-    let control_stop = async {
-        match &control {
-            Some(control) => control.stop_requested().await,
-            None => std::future::pending().await,
-        }
-    };
-    let dev_loop = async {
-        if args.watch.is_empty() {
-            return std::future::pending().await;
-        }
-        let options = watch::WatchOptions {
-            paths: args.watch.clone(),
-            build: args.build.clone(),
-            debounce: args.debounce,
+    // The loop's futures borrow the control server: they go before the hand-over drops it.
+    let ending = {
+        let control_stop = async {
+            match &control {
+                Some(control) => control.stop_requested().await,
+                None => std::future::pending().await,
+            }
         };
-        watch::run(options, &watcher).await
-    };
-    let cause = tokio::select! {
-        cause = signals.supervise(&watcher, workers) => cause,
-        watching = dev_loop => {
-            // It runs until the cluster stops; it ends only when it cannot watch at all.
-            watcher.stop().await;
-            return watching.context("--watch");
+        let dev_loop = async {
+            if args.watch.is_empty() {
+                return std::future::pending().await;
+            }
+            let options = watch::WatchOptions {
+                paths: args.watch.clone(),
+                build: args.build.clone(),
+                debounce: args.debounce,
+            };
+            watch::run(options, &watcher).await
+        };
+        // Connections the old watcher passes on while it stops, until it is gone.
+        let from_predecessor = async {
+            if let Some(link) = predecessor {
+                let passed = link.serve_connections(&watcher).await;
+                tracing::info!(connections = passed, "upgrade: the old watcher is gone");
+            }
+            std::future::pending::<()>().await;
+        };
+        tokio::pin!(control_stop, dev_loop, from_predecessor);
+        let follow = systemd::follow(&notifier, &watcher);
+        let reaper = orphan_reaper(&watcher);
+        tokio::pin!(follow, reaper);
+        loop {
+            let request = tokio::select! {
+                supervised = signals.supervise(&watcher, workers) => match supervised {
+                    Supervised::Stop(cause) => break Ending::Stop(cause),
+                    Supervised::Upgrade => None,
+                },
+                // Cancel-safe: a request not taken now waits in the control server's queue.
+                request = upgrade_request(control.as_ref()) => Some(request),
+                () = &mut control_stop => break Ending::Stop("cluster stop"),
+                () = &mut follow => break Ending::Stop("the service manager"),
+                () = &mut reaper => break Ending::Stop("the orphan reaper"),
+                () = &mut from_predecessor => continue,
+                watching = &mut dev_loop => {
+                    // It runs until the cluster stops; it ends only when it cannot watch at all.
+                    watcher.stop().await;
+                    return watching.context("--watch");
+                }
+            };
+            let running = watcher.workers().iter().filter(|w| !w.stopping).count();
+            tracing::info!(
+                asked_by = if request.is_some() {
+                    "cluster upgrade"
+                } else {
+                    "SIGUSR2"
+                },
+                "upgrade: starting a new watcher"
+            );
+            match upgrade::start_successor(&watcher, running.max(1), ready_timeout).await {
+                Ok(successor) => {
+                    if let Some(request) = request {
+                        request.reply(Ok(successor.pid));
+                    }
+                    break Ending::Upgrade(successor);
+                }
+                Err(e) => {
+                    let why = one_line(&e);
+                    tracing::error!(error = why, "upgrade failed; this watcher keeps serving");
+                    if let Some(request) = request {
+                        request.reply(Err(why));
+                    }
+                }
+            }
         }
-        () = control_stop => "cluster stop",
-        () = systemd::follow(&notifier, &watcher) => "the service manager",
-        () = orphan_reaper(&watcher) => "the orphan reaper",
+    };
+    let cause = match ending {
+        Ending::Stop(cause) => cause,
+        Ending::Upgrade(successor) => {
+            // Let go of what only one process can hold, then hand over and stop.
+            drop(control);
+            drop(metrics);
+            // The control and metrics tasks end on this thread's next turn.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            notifier.notify(&format!(
+                "MAINPID={}\nSTATUS=handed over to the new watcher (pid {})",
+                successor.pid, successor.pid
+            ));
+            let pid = successor.pid;
+            if let Err(e) = successor.link.hand_over(&watcher).await {
+                tracing::warn!(error = %e, "upgrade: the new watcher went away during the hand-over");
+            }
+            tracing::info!(
+                successor = pid,
+                "upgrade: handed over; stopping this watcher's workers"
+            );
+            let exits = watcher.stop().await;
+            kill_orphans(Some(pid));
+            tracing::info!(
+                workers = exits.len(),
+                successor = pid,
+                "upgrade complete: this watcher exits"
+            );
+            // Removed only if it still names this process (the new watcher rewrote it).
+            drop(pid_file);
+            return Ok(());
+        }
     };
     if !args.stop_delay.is_zero() {
         // Report not-ready first and keep serving, so load balancers deregister us before
@@ -189,7 +317,7 @@ async fn run(
     let exits = watcher.stop().await;
     // What workers left behind outside their process groups (a daemonized grandchild came
     // to us as subreaper) goes with the cluster.
-    kill_orphans();
+    kill_orphans(None);
     let killed = exits.iter().filter(|e| e.killed.is_some()).count();
     if killed > 0 {
         bail!(
@@ -198,7 +326,48 @@ async fn run(
         );
     }
     tracing::info!(workers = exits.len(), "cluster stopped cleanly");
+    drop(pid_file);
     Ok(())
+}
+
+/// The next `cluster upgrade` request (never, without a control socket).
+async fn upgrade_request(
+    control: Option<&cluster_watcher::ControlServer>,
+) -> cluster_watcher::UpgradeRequest {
+    match control {
+        Some(control) => control.upgrade_requested().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// `--metrics`: the Prometheus endpoint and health checks. After an upgrade the old
+/// watcher may still be letting go of the port for a moment: tried for a second.
+async fn serve_metrics(
+    args: &Args,
+    watcher: &ClusterWatcher,
+) -> anyhow::Result<Option<cluster_watcher::MetricsServer>> {
+    let Some(address) = args.metrics else {
+        return Ok(None);
+    };
+    let readiness = match args.readyz {
+        args::ReadyzArg::Any => cluster_watcher::Readiness::Any,
+        args::ReadyzArg::All => cluster_watcher::Readiness::All,
+    };
+    let mut attempts = 0;
+    let server = loop {
+        match watcher.serve_metrics(address, readiness).await {
+            Ok(server) => break server,
+            Err(e) if attempts < 10 && e.kind() == std::io::ErrorKind::AddrInUse => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot serve metrics on {address}"));
+            }
+        }
+    };
+    tracing::info!(address = %server.local_addr(), "metrics on http://{}/metrics", server.local_addr());
+    Ok(Some(server))
 }
 
 /// Reaps every zombie child that is not a worker: orphans of double-forking workers
@@ -231,8 +400,9 @@ fn reap_orphans(workers: &[u32]) {
     }
 }
 
-/// SIGKILLs and reaps every remaining child (the workers are gone by now).
-fn kill_orphans() {
+/// SIGKILLs and reaps every remaining child (the workers are gone by now), but `spare` (a
+/// new watcher that took over).
+fn kill_orphans(spare: Option<u32>) {
     let me = std::process::id();
     for _ in 0..3 {
         let children: Vec<i32> = std::fs::read_dir("/proc")
@@ -240,6 +410,7 @@ fn kill_orphans() {
             .flatten()
             .flatten()
             .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+            .filter(|&pid| spare != Some(pid as u32))
             .filter(|pid| {
                 std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
                     stat.rsplit_once(')')
@@ -262,7 +433,7 @@ fn kill_orphans() {
 
 /// Reaps orphans every second, for as long as the cluster runs.
 async fn orphan_reaper(watcher: &ClusterWatcher) {
-    let mut ticks = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut ticks = tokio::time::interval(Duration::from_secs(1));
     loop {
         ticks.tick().await;
         let workers: Vec<u32> = watcher.workers().iter().map(|w| w.pid).collect();

@@ -67,6 +67,23 @@ impl PidFile {
     }
 }
 
+impl PidFile {
+    /// Writes this process's pid to `path` whatever it names now: a new watcher taking over
+    /// from the old one it names.
+    ///
+    /// # Errors
+    /// When `path` cannot be written.
+    pub(crate) fn take_over(path: &Path) -> anyhow::Result<Self> {
+        let pid = rustix::process::getpid().as_raw_nonzero().get();
+        write_atomically(path, format!("{pid}\n").as_bytes())
+            .with_context(|| format!("cannot write pid file {}", path.display()))?;
+        Ok(Self {
+            path: path.to_owned(),
+            pid,
+        })
+    }
+}
+
 impl Drop for PidFile {
     fn drop(&mut self) {
         // Only our own file: never one that someone put there since.

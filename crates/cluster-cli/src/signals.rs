@@ -1,4 +1,4 @@
-//! Signals: stop, rolling restart and scaling.
+//! Signals: stop, rolling restart, scaling, and (SIGUSR2) an upgrade of the watcher itself.
 //!
 //! The loop that reads them never awaits the watcher: every command takes effect when it is
 //! sent, and its outcome (which can take up to the ready or shutdown timeout) is logged by a
@@ -22,9 +22,22 @@ pub(crate) struct Signals {
     terminate: tokio::signal::unix::Signal,
     quit: tokio::signal::unix::Signal,
     user1: tokio::signal::unix::Signal,
+    user2: tokio::signal::unix::Signal,
     hangup: tokio::signal::unix::Signal,
     more: tokio::signal::unix::Signal,
     fewer: tokio::signal::unix::Signal,
+    /// The worker count SIGTTIN and SIGTTOU asked for so far (set at the first
+    /// [`supervise`](Self::supervise)).
+    target: Option<usize>,
+}
+
+/// Why [`Signals::supervise`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Supervised {
+    /// A stop signal, by name.
+    Stop(&'static str),
+    /// SIGUSR2: upgrade the watcher.
+    Upgrade,
 }
 
 impl Signals {
@@ -39,9 +52,11 @@ impl Signals {
             terminate: on(SignalKind::terminate())?,
             quit: on(SignalKind::quit())?,
             user1: on(SignalKind::user_defined1())?,
+            user2: on(SignalKind::user_defined2())?,
             hangup: on(SignalKind::hangup())?,
             more: on(SignalKind::from_raw(Signal::TTIN.as_raw()))?,
             fewer: on(SignalKind::from_raw(Signal::TTOU.as_raw()))?,
+            target: None,
         })
     }
 
@@ -55,25 +70,26 @@ impl Signals {
     }
 
     /// Acts on restart and scaling signals for a cluster started with `workers` workers, until
-    /// a stop signal arrives; returns its name. Outcomes still pending then are no longer
-    /// logged (the commands themselves were already carried out or stand).
+    /// a stop signal or SIGUSR2 arrives. Outcomes still pending then are no longer logged (the
+    /// commands themselves were already carried out or stand).
     pub(crate) async fn supervise(
         &mut self,
         watcher: &ClusterWatcher,
         workers: usize,
-    ) -> &'static str {
+    ) -> Supervised {
         // The count the signals asked for so far: each SIGTTIN or SIGTTOU moves it by one and
         // applies it at once, so a burst nets out exactly however slowly workers start.
-        let mut target = workers;
+        let mut target = *self.target.get_or_insert(workers);
         let mut outcomes = JoinSet::new();
         let mut restart: Option<AbortHandle> = None;
         loop {
             // Reap finished outcome tasks, so a long run of signals does not pile them up.
             while outcomes.try_join_next().is_some() {}
             tokio::select! {
-                _ = self.interrupt.recv() => return "SIGINT",
-                _ = self.terminate.recv() => return "SIGTERM",
-                _ = self.quit.recv() => return "SIGQUIT",
+                _ = self.interrupt.recv() => return Supervised::Stop("SIGINT"),
+                _ = self.terminate.recv() => return Supervised::Stop("SIGTERM"),
+                _ = self.quit.recv() => return Supervised::Stop("SIGQUIT"),
+                _ = self.user2.recv() => return Supervised::Upgrade,
                 _ = self.user1.recv() => {
                     restart = Some(request_restart(watcher, "SIGUSR1", restart, &mut outcomes));
                 }
@@ -85,6 +101,7 @@ impl Signals {
                         tracing::warn!(workers = target, "SIGTTIN: already at the most workers allowed");
                     } else {
                         target += 1;
+                        self.target = Some(target);
                         scale(watcher, target, "SIGTTIN: added a worker", &mut outcomes);
                     }
                 }
@@ -93,6 +110,7 @@ impl Signals {
                         tracing::warn!("SIGTTOU: the last worker stays");
                     } else {
                         target -= 1;
+                        self.target = Some(target);
                         scale(watcher, target, "SIGTTOU: removed a worker", &mut outcomes);
                     }
                 }

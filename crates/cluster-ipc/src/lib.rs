@@ -60,7 +60,8 @@ pub use crate::{
     key::{KEY_LEN, Key, KeyParseError},
     server_socket::{
         ListenAddress, ListenOptions, Listener, LocalServerSocketFactory, ReuseportGroup,
-        ServerSocketFactory, ServerSocketPipeFactory, ServerSocketProvider, bind_listener,
+        ServerSocketFactory, ServerSocketPipeFactory, ServerSocketProvider, SocketSpec,
+        bind_listener,
     },
 };
 

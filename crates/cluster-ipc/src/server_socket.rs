@@ -304,6 +304,18 @@ type SocketKey = (ListenAddress, ListenOptions, Option<u32>);
 /// Listening sockets by what was asked for.
 type SocketTable = HashMap<SocketKey, Arc<OwnedFd>>;
 
+/// What a listening socket was bound for, as a successor needs to know to take it over
+/// ([`ServerSocketProvider::export`], [`ServerSocketProvider::import`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SocketSpec {
+    /// The address as asked for (port 0 included: the socket knows its real port).
+    pub address: ListenAddress,
+    /// The options as asked for.
+    pub options: ListenOptions,
+    /// The slot of a per-slot socket.
+    pub slot: Option<u32>,
+}
+
 /// A `SO_REUSEPORT` group of per-slot sockets: the slots in the kernel's order (the order of
 /// `listen()`, with the last member moved into the place of one that closed).
 #[derive(Debug, Clone)]
@@ -605,6 +617,68 @@ impl ServerSocketProvider {
                 )),
             });
         }
+        Ok(())
+    }
+
+    /// Every socket bound so far, for a successor process to [`import`](Self::import):
+    /// what each was asked for, with the socket. Per-slot sockets come in their group's
+    /// kernel order, so importing them in this order keeps the order.
+    pub fn export(&self) -> Vec<(SocketSpec, Arc<OwnedFd>)> {
+        let table = self.table();
+        let mut exported: Vec<(SocketSpec, Arc<OwnedFd>)> = table
+            .sockets
+            .iter()
+            .filter(|((_, _, slot), _)| slot.is_none())
+            .map(|((address, options, _), fd)| {
+                let spec = SocketSpec {
+                    address: address.clone(),
+                    options: options.clone(),
+                    slot: None,
+                };
+                (spec, fd.clone())
+            })
+            .collect();
+        for ((address, options), order) in &table.order {
+            for &slot in order {
+                let key = (address.clone(), options.clone(), Some(slot));
+                if let Some(fd) = table.sockets.get(&key) {
+                    let spec = SocketSpec {
+                        address: address.clone(),
+                        options: options.clone(),
+                        slot: Some(slot),
+                    };
+                    exported.push((spec, fd.clone()));
+                }
+            }
+        }
+        exported
+    }
+
+    /// Takes a socket a predecessor [`export`](Self::export)ed: requests for `spec` get it
+    /// from now on, as if this provider had bound it.
+    ///
+    /// # Errors
+    /// When it is not a listening socket.
+    pub fn import(&self, spec: SocketSpec, fd: OwnedFd) -> io::Result<()> {
+        if !sockopt::socket_acceptconn(&fd)? {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a handed-over descriptor that is not a listening socket",
+            ));
+        }
+        let mut table = self.table();
+        if let Some(slot) = spec.slot {
+            let order = table
+                .order
+                .entry((spec.address.clone(), spec.options.clone()))
+                .or_default();
+            if !order.contains(&slot) {
+                order.push(slot);
+            }
+        }
+        table
+            .sockets
+            .insert((spec.address, spec.options, spec.slot), Arc::new(fd));
         Ok(())
     }
 

@@ -113,6 +113,9 @@ pub(crate) struct Balancer {
     loads: Mutex<HashMap<WorkerId, Arc<Load>>>,
     /// Where the loads' close times count from.
     epoch: std::time::Instant,
+    /// Set once a successor watcher took over: every connection this one would hand to a
+    /// worker goes there instead.
+    successor: Mutex<Option<ClientPipe>>,
     /// The watcher's span, for the tasks spawned here.
     span: tracing::Span,
 }
@@ -132,6 +135,7 @@ impl Balancer {
             least_conn: balance == cluster_ipc::protocol::Balance::LeastConn,
             loads: Mutex::default(),
             epoch: std::time::Instant::now(),
+            successor: Mutex::default(),
             span,
         }
     }
@@ -297,6 +301,46 @@ impl Balancer {
         }
     }
 
+    /// From now on every connection goes to `successor` (a watcher that took over), and
+    /// this one stops accepting: the successor accepts on the same sockets.
+    pub(crate) fn hand_to_successor(&self, successor: ClientPipe) {
+        *self
+            .successor
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(successor);
+        for (_, task) in self
+            .accepting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain()
+        {
+            task.abort();
+        }
+    }
+
+    fn successor(&self) -> Option<ClientPipe> {
+        self.successor
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Sends a connection to the successor; `false` if there is none.
+    async fn to_successor(&self, socket: &OwnedFd, meta: &ClientMeta, prefix: &[u8]) -> bool {
+        let Some(successor) = self.successor() else {
+            return false;
+        };
+        let send = successor.send_with_prefix(socket, meta, prefix);
+        match tokio::time::timeout(Duration::from_secs(5), send).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e.error, "a connection for the successor watcher could not be passed; closed");
+            }
+            Err(_) => tracing::warn!("the successor watcher takes no connections; one closed"),
+        }
+        true
+    }
+
     /// Stops accepting (the listening sockets stay open in the provider).
     pub(crate) fn shutdown(&self) {
         let mut routes = self.routes();
@@ -373,6 +417,13 @@ impl Balancer {
                             }
                         },
                     };
+                if this
+                    .to_successor(&client.socket, &client.data, &client.prefix)
+                    .await
+                {
+                    reclaimed += 1;
+                    continue;
+                }
                 let route = this.routes().get(&client.data.listener).cloned();
                 match route {
                     Some(route) => {
@@ -399,6 +450,9 @@ impl Balancer {
     /// had read) goes to another ready worker listening on the same address; closed only
     /// when no worker listens there any more.
     pub(crate) async fn hand_over(&self, socket: OwnedFd, meta: &ClientMeta, prefix: &[u8]) {
+        if self.to_successor(&socket, meta, prefix).await {
+            return;
+        }
         let route = self.routes().get(&meta.listener).cloned();
         match route {
             Some(route) => self.hand_off(&route, socket, meta, prefix).await,
@@ -511,6 +565,9 @@ impl Balancer {
         meta: &ClientMeta,
         prefix: &[u8],
     ) {
+        if self.to_successor(&socket, meta, prefix).await {
+            return;
+        }
         let mut full: Vec<WorkerId> = Vec::new();
         loop {
             // Registered before looking, so a worker becoming ready in between is not missed.

@@ -11,6 +11,7 @@
 //! | `{"cmd":"restart"}` | when the rolling restart has finished: `{"ok":true}` or `{"ok":false,"error":"…"}` |
 //! | `{"cmd":"scale","workers":N}` or `{"cmd":"scale","delta":±N}` | `{"ok":true,"workers":N}` |
 //! | `{"cmd":"stop"}` | `{"ok":true}`; the embedding program is told ([`ControlServer::stop_requested`]) |
+//! | `{"cmd":"upgrade"}` | when the embedding program has handed over to a new watcher: `{"ok":true,"pid":P}`, or `{"ok":false,"error":"…"}` ([`ControlServer::upgrade_requested`]) |
 //! | `{"cmd":"logs","follow":BOOL,"worker":N}` | recent lines, then (with `follow`) new ones as they come: `{"line":"…"}` each |
 //!
 //! A bad request gets `{"ok":false,"error":"…"}` and the connection stays usable.
@@ -64,7 +65,24 @@ pub struct ControlServer {
     path: PathBuf,
     task: JoinHandle<()>,
     stop: Arc<Notify>,
+    upgrades: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<UpgradeRequest>>,
 }
+
+/// A client's `upgrade` request, waiting for its outcome.
+#[derive(Debug)]
+pub struct UpgradeRequest {
+    reply: tokio::sync::oneshot::Sender<Result<u32, String>>,
+}
+
+impl UpgradeRequest {
+    /// Answers the client: the new watcher's pid, or why the upgrade failed.
+    pub fn reply(self, outcome: Result<u32, String>) {
+        let _ = self.reply.send(outcome);
+    }
+}
+
+/// How long an `upgrade` request waits for its outcome.
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(300);
 
 impl ControlServer {
     /// The socket's path.
@@ -75,6 +93,16 @@ impl ControlServer {
     /// Resolves when a client asked the cluster to stop (`cluster stop`).
     pub async fn stop_requested(&self) {
         self.stop.notified().await;
+    }
+
+    /// Resolves when a client asks for an upgrade of the watcher (`cluster upgrade`); the
+    /// embedding program does it and [`reply`](UpgradeRequest::reply)s. One request waits at
+    /// a time; a second one is refused meanwhile.
+    pub async fn upgrade_requested(&self) -> UpgradeRequest {
+        match self.upgrades.lock().await.recv().await {
+            Some(request) => request,
+            None => std::future::pending().await,
+        }
     }
 }
 
@@ -128,10 +156,12 @@ pub(crate) fn serve(
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     let stop = Arc::new(Notify::new());
+    let (upgrades_tx, upgrades) = tokio::sync::mpsc::channel(1);
     let span = remote.span();
     let context = Arc::new(Context {
         remote,
         logs,
+        upgrades: upgrades_tx,
         stop: stop.clone(),
         connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
     });
@@ -157,12 +187,14 @@ pub(crate) fn serve(
         path: path.to_owned(),
         task,
         stop,
+        upgrades: tokio::sync::Mutex::new(upgrades),
     })
 }
 
 struct Context {
     remote: Remote,
     logs: Option<LogFeed>,
+    upgrades: tokio::sync::mpsc::Sender<UpgradeRequest>,
     stop: Arc<Notify>,
     connections: Arc<Semaphore>,
 }
@@ -248,6 +280,20 @@ impl Context {
                 match self.remote.scale(target as usize).await {
                     Ok(()) => json!({"ok": true, "workers": target}),
                     Err(e) => json!({"ok": false, "error": error_chain(&e)}),
+                }
+            }
+            Some("upgrade") => {
+                let (reply, outcome) = tokio::sync::oneshot::channel();
+                if self.upgrades.try_send(UpgradeRequest { reply }).is_err() {
+                    return json!({"ok": false, "error": "an upgrade is already under way"});
+                }
+                match tokio::time::timeout(UPGRADE_TIMEOUT, outcome).await {
+                    Ok(Ok(Ok(pid))) => json!({"ok": true, "pid": pid}),
+                    Ok(Ok(Err(error))) => json!({"ok": false, "error": error}),
+                    Ok(Err(_)) => {
+                        json!({"ok": false, "error": "this watcher does not upgrade itself"})
+                    }
+                    Err(_) => json!({"ok": false, "error": "no outcome within 5 minutes"}),
                 }
             }
             Some("stop") => {

@@ -434,6 +434,7 @@ impl Driver {
     /// asked to stop.
     fn stop(&mut self, id: WorkerId) {
         if self.shared.config.balance == Balance::Reuseport
+            && !self.handed_over()
             && !self.draining.iter().any(|d| d.id == id)
         {
             let status = self.core.status(Instant::now());
@@ -479,6 +480,13 @@ impl Driver {
         status
     }
 
+    /// Whether a successor watcher took over (it steers the sockets now).
+    fn handed_over(&self) -> bool {
+        self.shared
+            .handed_over
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Reuseport: stops each draining worker whose slot's queue has stayed empty for
     /// [`DRAIN_QUIET`], or whose time is up.
     fn check_draining(&mut self) {
@@ -517,7 +525,7 @@ impl Driver {
 
     /// Reuseport: steers new connections onto the slots that can take them now.
     fn steer(&mut self) {
-        if self.shared.config.balance != Balance::Reuseport {
+        if self.shared.config.balance != Balance::Reuseport || self.handed_over() {
             return;
         }
         let status = self.core.status(Instant::now());

@@ -4,8 +4,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use cluster_ipc::ServerSocketProvider;
-use cluster_ipc::protocol::{Balance, WatcherToWorker};
+use std::os::fd::OwnedFd;
+
+use cluster_ipc::protocol::{Balance, ClientMeta, WatcherToWorker};
+use cluster_ipc::{ClientSocketSendPipe, ServerSocketProvider};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{OwnedSemaphorePermit, broadcast, mpsc, oneshot};
@@ -154,6 +156,7 @@ impl ClusterWatcher {
                 driver_running: std::sync::atomic::AtomicBool::new(false),
                 created: std::time::Instant::now(),
                 draining: std::sync::atomic::AtomicBool::new(false),
+                handed_over: std::sync::atomic::AtomicBool::new(false),
             }),
             commands,
             driver: Mutex::new(Some(driver)),
@@ -169,6 +172,25 @@ impl ClusterWatcher {
     /// fail early on a busy port, or to inspect what workers listen on.
     pub fn server_sockets(&self) -> &ServerSocketProvider {
         &self.shared.provider
+    }
+
+    /// Upgrades: from now on, every connection this watcher would hand to a worker (the idle
+    /// keep-alive connections its stopping workers hand back, those queued for a worker that
+    /// exits, and in round-robin and least-conn modes those it accepted) goes to `successor`
+    /// instead, a watcher that took over the listening sockets
+    /// ([`ServerSocketProvider::export`]) and passes what it receives to
+    /// [`hand_over`](Self::hand_over); and this watcher stops accepting. Call it before
+    /// stopping this watcher's workers.
+    pub fn hand_connections_to(&self, successor: ClientSocketSendPipe<ClientMeta>) {
+        self.shared.handed_over.store(true, Ordering::SeqCst);
+        self.shared.balancer.hand_to_successor(Arc::new(successor));
+    }
+
+    /// Gives a connection to a ready worker listening on `meta.listener` (waiting for one
+    /// if none is ready yet), with `prefix`, bytes already read from it, replayed first: the
+    /// other end of a predecessor's [`hand_connections_to`](Self::hand_connections_to).
+    pub async fn hand_over(&self, socket: OwnedFd, meta: &ClientMeta, prefix: &[u8]) {
+        self.shared.balancer.hand_over(socket, meta, prefix).await;
     }
 
     /// Worker events from now on. A subscriber that falls more than 1,024 events behind

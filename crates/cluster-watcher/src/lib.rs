@@ -33,8 +33,11 @@
 //! * Worker `tracing` events are re-emitted through this process's subscriber with target
 //!   `worker` and fields `worker` (slot) and `pid`, line breaks escaped and length capped;
 //!   worker stdout and stderr are inherited.
-//! * In [`Balance::RoundRobin`] the balancer (`balancer.rs`) accepts and hands connections
-//!   to workers directly, never through the driver.
+//! * In [`Balance::RoundRobin`] and [`Balance::LeastConn`] the balancer (`balancer.rs`)
+//!   accepts and hands connections to workers directly, never through the driver. In
+//!   [`Balance::Reuseport`] each slot has a socket of its own, steered by `steering.rs`.
+//! * [`SuccessorLink`] and [`PredecessorLink`] (`upgrade.rs`) upgrade the watcher itself:
+//!   the old one hands its listening sockets and, later, its connections to a new one.
 //!
 //! # Supervision rules
 //!
@@ -85,10 +88,11 @@ mod remote;
 mod shared;
 mod status;
 mod steering;
+mod upgrade;
 
 pub use crate::{
     config::{ConfigError, InheritedListener, WatcherConfig},
-    control::{ControlServer, default_control_path, status_json},
+    control::{ControlServer, UpgradeRequest, default_control_path, status_json},
     error::{SendError, StartError},
     event::{Event, ExitKind, KillReason, StopCause, WorkerExit, WorkerId},
     handle::{ClusterWatcher, WorkerInfo, WorkerMessage},
@@ -96,6 +100,7 @@ pub use crate::{
     metrics::{MetricsServer, Readiness, exposition},
     output::read_lines,
     status::{ClusterStatus, RestartCounts, SlotStatus, WorkerPhase, WorkerStatus},
+    upgrade::{ENV_UPGRADE, PredecessorLink, SuccessorEnds, SuccessorLink, UpgradeError},
 };
 
 pub use cluster_ipc::protocol::Balance;

@@ -37,6 +37,9 @@ pub(crate) struct Shared {
     pub(crate) driver_running: std::sync::atomic::AtomicBool,
     /// Set by the embedding program to report not-ready while it still serves (a stop delay).
     pub(crate) draining: std::sync::atomic::AtomicBool,
+    /// Set once a successor watcher took over the sockets: it steers the reuseport groups
+    /// from then on, and this watcher only stops its workers.
+    pub(crate) handed_over: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for Shared {
