@@ -343,3 +343,55 @@ fn restarting_the_cluster_behind_a_held_socket_refuses_no_connection() {
     support::signal(second.0.id(), Signal::TERM);
     assert!(second.0.wait().unwrap().success());
 }
+
+/// After `SIGUSR2` the service manager is told the new watcher's pid (gunicorn's USR2
+/// re-exec leaves systemd tracking the old one, gunicorn#2856), and the new watcher's
+/// notifications follow.
+#[test]
+fn an_upgrade_tells_the_service_manager_the_new_main_pid() {
+    let manager = Manager::new("upgrade");
+    let hello = workspace_bin("hello-http");
+    let pid_file =
+        std::env::temp_dir().join(format!("cluster-upgrade-notify-{}.pid", std::process::id()));
+    let cluster = ClusterProcess::start_with_env(
+        &[
+            "-w",
+            "1",
+            "-p",
+            pid_file.to_str().unwrap(),
+            "--control",
+            manager.path.with_extension("control").to_str().unwrap(),
+            hello.to_str().unwrap(),
+            "127.0.0.1:0",
+        ],
+        &[("NOTIFY_SOCKET", manager.path.to_str().unwrap())],
+    );
+    manager.until("READY=1", LIMIT);
+    let old = cluster.pid();
+    cluster.signal(Signal::USR2);
+    let seen = manager.until("handed over to the new watcher", LIMIT);
+    let handed = &seen.last().unwrap().1;
+    let new: u32 = handed
+        .lines()
+        .find_map(|l| l.strip_prefix("MAINPID="))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no MAINPID in {handed:?}"));
+    assert_ne!(new, old);
+    // The pid file names it too, once the new watcher took over.
+    let deadline = Instant::now() + LIMIT;
+    while std::fs::read_to_string(&pid_file)
+        .unwrap_or_default()
+        .trim()
+        != new.to_string()
+    {
+        assert!(Instant::now() < deadline, "{}", cluster.output());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let deadline = Instant::now() + LIMIT;
+    while process_running(old) {
+        assert!(Instant::now() < deadline, "{}", cluster.output());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    support::signal(new, Signal::TERM);
+    manager.until("STOPPING=1", LIMIT);
+}

@@ -84,7 +84,7 @@ enum Ending {
     /// A stop, and what asked for it.
     Stop(&'static str),
     /// A new watcher is ready to take over.
-    Upgrade(upgrade::Successor),
+    Upgrade(Box<upgrade::Successor>),
 }
 
 /// Runs the cluster until a stop signal or an upgrade; an error is the reason for exit
@@ -257,7 +257,7 @@ async fn run(
                     if let Some(request) = request {
                         request.reply(Ok(successor.pid));
                     }
-                    break Ending::Upgrade(successor);
+                    break Ending::Upgrade(Box::new(successor));
                 }
                 Err(e) => {
                     let why = one_line(&e);

@@ -22,6 +22,7 @@
 //! * `kill-self-from-gen N ADDR`: generations from N SIGKILL themselves at once; earlier
 //!   ones serve. `fork-grandchild ADDR`: fork a `sleep`, then serve.
 //! * `serve-address-file PATH`: serve on the address written in PATH.
+//! * `serve-unless-file PATH ADDR`: like `serve`, but while PATH exists never report ready.
 //! * `grow MIB ADDR`: serve while growing by MIB MiB a second.
 //! * `daemonize-grandchildren ADDR`: leave two `setsid -f sleep` daemons behind, then serve.
 
@@ -57,6 +58,14 @@ async fn main() {
             std::process::exit(num(2) as i32);
         }
         "exit-before-ready" => std::process::exit(num(1) as i32),
+        "serve-unless-file" => {
+            if std::path::Path::new(&arg(1)).exists() {
+                cluster_worker::defer_ready();
+                cluster_worker::await_termination().await;
+            } else {
+                serve(&arg(2), Duration::ZERO, Duration::ZERO).await
+            }
+        }
         "never-ready" => {
             // Connect (heartbeats flow) but never report ready.
             cluster_worker::defer_ready();
