@@ -92,12 +92,17 @@ fn a_saved_file_replaces_every_worker_under_load_without_a_failed_request() {
     }
 }
 
+/// An unmodified program (axum through `listenfd`), in `reuseport` mode: its slot is drained
+/// before it gets SIGTERM. (In `shared` mode a connection it accepted in the instant before
+/// the signal can be closed unanswered, by the program itself: seen once in a full run.)
 #[test]
 fn a_listen_program_is_replaced_on_save_without_a_failed_request() {
     let server = workspace_bin("listenfd-axum");
     save_under_load(
         "listen",
         &[
+            "--balance",
+            "reuseport",
             "--listen",
             "127.0.0.1:0",
             "--ready-after",

@@ -3,7 +3,8 @@
 //!
 //! Run through `bench/run.sh` (which installs wrk and builds the release binaries). Knobs:
 //! `BENCH_WORKERS` (default `2 4`), `BENCH_DURATION` seconds per load (default 5),
-//! `BENCH_ROUNDS` (default 3), `BENCH_OUT` (chart path, default `bench/results/http.svg`).
+//! `BENCH_ROUNDS` (default 3), `BENCH_OUT` (chart path, default `bench/results/http.svg`),
+//! `BENCH_ONLY` (comma-separated name prefixes: run only those configurations).
 //! Only 127.0.0.1; every server runs in a process group of its own and only those groups are
 //! signalled.
 
@@ -232,6 +233,12 @@ fn main() {
         }
     }
 
+    // BENCH_ONLY="cluster shared,ref (b)": only the configurations whose names start so (the
+    // ratios between them are still printed).
+    if let Ok(only) = std::env::var("BENCH_ONLY") {
+        let prefixes: Vec<&str> = only.split(',').map(str::trim).collect();
+        configs.retain(|c| prefixes.iter().any(|p| c.name.starts_with(p)));
+    }
     let started = Instant::now();
     // BENCH_SKIP_HTTP=1 measures only start-up, respawn and memory.
     if std::env::var("BENCH_SKIP_HTTP").is_ok_and(|v| v == "1") {
@@ -316,12 +323,12 @@ fn main() {
             median(&p99[&(i, "close")])
         );
     }
-    let find = |prefix: &str, n: usize| {
+    let found = |prefix: &str, n: usize| {
         configs
             .iter()
             .position(|c| c.name.starts_with(prefix) && c.workers == n)
-            .unwrap()
     };
+    let find = |prefix: &str, n: usize| found(prefix, n).unwrap();
     println!("\n## Ratios against the targets\n");
     let position = |needle: &str| configs.iter().position(|c| c.name.contains(needle));
     if let (Some(scraped), Some(alone)) = (position("scraped every"), position("not scraped")) {
@@ -335,10 +342,7 @@ fn main() {
             );
         }
     }
-    if configs
-        .iter()
-        .any(|c| c.name.starts_with("uvicorn under cluster"))
-    {
+    if found("uvicorn under cluster", 2).is_some() && found("gunicorn -k uvicorn", 2).is_some() {
         for load in ["keep-alive", "close"] {
             let ours = &rps[&(find("uvicorn under cluster", 2), load)];
             let theirs = &rps[&(find("gunicorn -k uvicorn", 2), load)];
@@ -351,7 +355,7 @@ fn main() {
             );
         }
     }
-    if configs.iter().any(|c| c.workers == 1) {
+    if found("cluster shared", 1).is_some() && found("ref (b)", 1).is_some() {
         let (ours, reference) = (
             &rps[&(find("cluster shared", 1), "keep-alive")],
             &rps[&(find("ref (b)", 1), "keep-alive")],
@@ -410,6 +414,9 @@ fn main() {
             ),
         ];
         for (label, (ours, reference, load), bound) in checks {
+            if found(ours, n).is_none() || found(reference, n).is_none() {
+                continue;
+            }
             let (ours, reference) = (samples(ours, load), samples(reference, load));
             let ratio = ours.median() / reference.median();
             let label = format!("{n} workers, {label}");
@@ -435,6 +442,9 @@ fn main() {
             let (low, high) = samples.range();
             (high - low) / samples.median()
         };
+        if found("cluster reuseport", n).is_none() || found("cluster shared", n).is_none() {
+            continue;
+        }
         let (reuseport, shared) = (spread("cluster reuseport"), spread("cluster shared"));
         print_ratio(
             &format!("{n} workers, keep-alive spread between rounds, reuseport / shared"),

@@ -4,7 +4,7 @@
 //!
 //! `target/release/reliability [SCENARIO...]` with scenarios `chaos-shared`,
 //! `chaos-round-robin`, `sigstop`, `crash-loop`, `fd-exhaustion`, `soak`, `fuzz`,
-//! `keep-alive`, `peer-restarts` (default: all). Knobs: `CHAOS_SECS` (60), `CRASH_SECS` (30),
+//! `keep-alive`, `peer-restarts`, `upgrades` (default: all). Knobs: `CHAOS_SECS` (60), `CRASH_SECS` (30),
 //! `SOAK_CONNECTIONS` (100000), `FUZZ_EXECS` (10000000), `KEEPALIVE_SECS` (16).
 
 use std::path::PathBuf;
@@ -249,24 +249,27 @@ fn peer_restarts(p: &Paths) -> bool {
         } else {
             "keep-alive"
         };
-        let mut ours = cluster_cmd(p, 2, "shared", &uvicorn);
-        ours.pop(); // the address: uvicorn takes descriptor 3 instead
-        let program_at = ours.iter().position(|a| *a == uvicorn).unwrap();
-        ours.splice(
-            program_at..program_at,
-            ["--listen".to_owned(), "127.0.0.1:{port}".to_owned()],
-        );
-        ours.extend(
-            [
-                "--fd",
-                "3",
-                "--no-access-log",
-                "--app-dir",
-                &peers,
-                "app:app",
-            ]
-            .map(String::from),
-        );
+        let ours = |balance: &str| {
+            let mut ours = cluster_cmd(p, 2, balance, &uvicorn);
+            ours.pop(); // the address: uvicorn takes descriptor 3 instead
+            let program_at = ours.iter().position(|a| *a == uvicorn).unwrap();
+            ours.splice(
+                program_at..program_at,
+                ["--listen".to_owned(), "127.0.0.1:{port}".to_owned()],
+            );
+            ours.extend(
+                [
+                    "--fd",
+                    "3",
+                    "--no-access-log",
+                    "--app-dir",
+                    &peers,
+                    "app:app",
+                ]
+                .map(String::from),
+            );
+            ours
+        };
         let theirs: Vec<String> = [
             gunicorn.as_str(),
             "-w",
@@ -284,7 +287,12 @@ fn peer_restarts(p: &Paths) -> bool {
         for (name, command, restart) in [
             (
                 "uvicorn under cluster --listen, SIGUSR1",
-                ours,
+                ours("shared"),
+                Signal::USR1,
+            ),
+            (
+                "uvicorn under cluster --listen --balance reuseport, SIGUSR1",
+                ours("reuseport"),
                 Signal::USR1,
             ),
             ("uvicorn under gunicorn, SIGHUP", theirs, Signal::HUP),
@@ -339,6 +347,54 @@ fn peer_restarts(p: &Paths) -> bool {
             );
         }
     }
+    pass
+}
+
+/// Three upgrades of the watcher itself (`SIGUSR2`) under `wrk -c32`, in every balance mode,
+/// with a new connection per request and with keep-alive: the failed requests.
+fn upgrades(p: &Paths) -> bool {
+    let seconds = env_or("UPGRADE_SECS", 12);
+    let mut pass = true;
+    let dir = std::env::temp_dir().join(format!("cluster-reliability-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    for balance in ["shared", "round-robin", "reuseport", "least-conn"] {
+        for close in [true, false] {
+            let pid_file = dir.join(format!("{balance}-{close}.pid"));
+            let mut command = cluster_cmd(p, 2, balance, &p.hello);
+            command.splice(
+                1..1,
+                ["-p".to_owned(), pid_file.to_string_lossy().into_owned()],
+            );
+            let port = free_port();
+            let server = ServerProcess::command(&command, &[], port);
+            server.wait_ready(port);
+            // The watcher changes at each upgrade: the pid file names the current one.
+            let current = || {
+                std::fs::read_to_string(&pid_file)
+                    .ok()
+                    .and_then(|t| t.trim().parse::<u32>().ok())
+            };
+            let (requests, failures) = wrk_through(port, seconds, close, || {
+                if let Some(pid) = current() {
+                    signal(pid, Signal::USR2);
+                }
+            });
+            pass &= failures == 0;
+            let load = if close {
+                "new connection per request"
+            } else {
+                "keep-alive"
+            };
+            println!(
+                "| 3 upgrades (SIGUSR2), {balance}, {load}, wrk -c32 {seconds} s | {requests} requests, {failures} failed | 0 |"
+            );
+            if let Some(pid) = current() {
+                signal(pid, Signal::TERM);
+            }
+            drop(server);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
     pass
 }
 
@@ -655,6 +711,7 @@ fn main() {
         "fuzz",
         "keep-alive",
         "peer-restarts",
+        "upgrades",
     ];
     let chosen: Vec<String> = std::env::args().skip(1).collect();
     let chosen: Vec<&str> = if chosen.is_empty() {
@@ -675,6 +732,7 @@ fn main() {
             "fuzz" => fuzz(),
             "keep-alive" => keep_alive_restarts(&p),
             "peer-restarts" => peer_restarts(&p),
+            "upgrades" => upgrades(&p),
             other => {
                 eprintln!("unknown scenario {other}; known: {all:?}");
                 false
