@@ -413,3 +413,46 @@ fn uvicorn_in_reuseport_mode_loses_nothing_through_restarts_and_a_kill() {
     cluster.signal(Signal::TERM);
     assert!(cluster.wait(LIMIT).success(), "{}", cluster.output());
 }
+
+/// The cluster keeps its `--listen` sockets through any number of rolling restarts (a bug
+/// once released them after the first, and the second could not start its workers).
+#[test]
+fn three_rolling_restarts_in_a_row_replace_every_worker_each_time() {
+    let server = workspace_bin("listenfd-axum");
+    for balance in ["shared", "reuseport"] {
+        let mut cluster = ClusterProcess::start(&[
+            "-w",
+            "2",
+            "--balance",
+            balance,
+            "--ready-after",
+            "200ms",
+            "--listen",
+            "127.0.0.1:0",
+            server.to_str().unwrap(),
+        ]);
+        let port = cluster.port();
+        cluster.wait_for("all workers ready", LIMIT);
+        for round in 1..=3 {
+            let before = cluster.worker_pids();
+            cluster.signal(Signal::USR1);
+            let deadline = Instant::now() + LIMIT;
+            while cluster.count("rolling restart complete signal") < round {
+                assert!(
+                    Instant::now() < deadline && cluster.count("rolling restart incomplete") == 0,
+                    "{balance}, round {round}: {}",
+                    cluster.output()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let deadline = Instant::now() + LIMIT;
+            while cluster.worker_pids().iter().any(|p| before.contains(p)) {
+                assert!(Instant::now() < deadline, "{}", cluster.output());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert!(http_get(port).unwrap().starts_with("pid "));
+        }
+        cluster.signal(Signal::TERM);
+        assert!(cluster.wait(LIMIT).success(), "{}", cluster.output());
+    }
+}

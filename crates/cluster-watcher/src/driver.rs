@@ -73,32 +73,11 @@ pub(crate) struct Driver {
     queue_watch: listeners::QueueWatch,
     /// When the workers' memory is sampled next (`max_memory`).
     next_memory_check: Instant,
-    /// Reuseport: the steering program attached to each group of slot sockets.
-    steering: crate::steering::Steering,
-    /// Reuseport: workers to stop once their slot's queue is empty (new connections are
-    /// steered elsewhere meanwhile), or at the deadline.
-    draining: Vec<Draining>,
+    /// Reuseport: steering, drains before stops, stalled slots.
+    slots: crate::slots::Slots,
+    /// When the reuseport queues are looked at next.
+    next_slot_poll: Instant,
 }
-
-/// A worker waiting for its slot's queue to empty before it is asked to stop.
-#[derive(Debug)]
-struct Draining {
-    id: WorkerId,
-    deadline: Instant,
-    /// Since when the queue has been seen empty.
-    empty_since: Option<Instant>,
-}
-
-/// How long a slot's accept queue may take to empty before its worker is asked to stop
-/// anyway.
-const DRAIN_LIMIT: Duration = Duration::from_secs(1);
-
-/// How long a slot's queue must stay empty before its worker is asked to stop: time for the
-/// worker to read the requests of the connections it accepted last.
-const DRAIN_QUIET: Duration = Duration::from_millis(50);
-
-/// How often a draining slot's queue is looked at.
-const DRAIN_POLL: Duration = Duration::from_millis(10);
 
 impl std::fmt::Debug for Driver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -138,8 +117,8 @@ impl Driver {
             notify_reader: false,
             queue_watch: listeners::QueueWatch::default(),
             next_memory_check: Instant::now(),
-            steering: crate::steering::Steering::default(),
-            draining: Vec::new(),
+            slots: crate::slots::Slots::default(),
+            next_slot_poll: Instant::now(),
         }
     }
 
@@ -151,10 +130,10 @@ impl Driver {
                 break;
             }
             let now = Instant::now();
-            let tick = if self.draining.is_empty() {
-                TICK
+            let tick = if self.reuseport() {
+                crate::slots::POLL
             } else {
-                DRAIN_POLL
+                TICK
             };
             let wake = self
                 .core
@@ -178,7 +157,7 @@ impl Driver {
                 () = tokio::time::sleep_until(wake.into()) => self.core.handle_timeout(Instant::now()),
             }
             self.check_listeners();
-            self.check_draining();
+            self.poll_slots();
         }
         self.shared.balancer.shutdown();
     }
@@ -360,7 +339,7 @@ impl Driver {
                         self.shared.balancer.reclaim(&link.clients, worker_end);
                     }
                 }
-                self.draining.retain(|d| d.id != id);
+                self.slots.exited(id);
                 self.core.exited(id, status, now);
                 self.release_slot_if_gone(id.slot);
             }
@@ -422,34 +401,16 @@ impl Driver {
     }
 
     /// No new connections for the worker; the stop request goes out without holding up the
-    /// driver (a worker that does not read its control socket cannot block it).
-    ///
-    /// Reuseport: while other slots are live, a worker's slot first has new connections
-    /// steered away, and the worker is asked to stop once the slot's queue has stayed empty
-    /// for [`DRAIN_QUIET`] (see [`check_draining`](Self::check_draining)). A slot being
-    /// scaled away then closes with nothing queued (a close would reset its queue), and a
-    /// program that drops connections it accepted but had not read yet when the stop signal
-    /// came (uvicorn, hypercorn do) has none left to drop. In a rolling restart the slot's
-    /// new worker shares the socket and takes new connections again once the old one was
-    /// asked to stop.
+    /// driver (a worker that does not read its control socket cannot block it). Reuseport:
+    /// its slot is drained first (see `slots.rs`).
     fn stop(&mut self, id: WorkerId) {
-        if self.shared.config.balance == Balance::Reuseport
-            && !self.handed_over()
-            && !self.draining.iter().any(|d| d.id == id)
-        {
-            let status = self.core.status(Instant::now());
-            let mut live = live_slots(&status);
-            for draining in &self.draining {
-                live.remove(&draining.id.slot);
-            }
-            let others_live = live.iter().any(|&s| s != id.slot);
-            if others_live {
-                self.draining.push(Draining {
-                    id,
-                    deadline: Instant::now() + DRAIN_LIMIT,
-                    empty_since: None,
-                });
-                self.steer();
+        if self.reuseport() {
+            let now = Instant::now();
+            let status = self.core.status(now);
+            if self
+                .slots
+                .drain_first(id, &status, &self.shared.provider, now)
+            {
                 return;
             }
         }
@@ -480,65 +441,44 @@ impl Driver {
         status
     }
 
-    /// Whether a successor watcher took over (it steers the sockets now).
-    fn handed_over(&self) -> bool {
-        self.shared
-            .handed_over
-            .load(std::sync::atomic::Ordering::SeqCst)
+    /// Reuseport, and this watcher steers its sockets (no successor took over).
+    fn reuseport(&self) -> bool {
+        self.shared.config.balance == Balance::Reuseport
+            && !self
+                .shared
+                .handed_over
+                .load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Reuseport: stops each draining worker whose slot's queue has stayed empty for
-    /// [`DRAIN_QUIET`], or whose time is up.
-    fn check_draining(&mut self) {
-        if self.draining.is_empty() {
+    /// Reuseport: every [`POLL`](crate::slots::POLL), the drains that are done and the
+    /// slots that stalled or recovered.
+    fn poll_slots(&mut self) {
+        let now = Instant::now();
+        if !self.reuseport() || now < self.next_slot_poll {
             return;
         }
-        let now = Instant::now();
-        let provider = self.shared.provider.clone();
-        let mut done = Vec::new();
-        self.draining.retain_mut(|draining| {
-            let queued = crate::steering::queued_in_slot(&provider, draining.id.slot);
-            if queued == 0 {
-                let since = *draining.empty_since.get_or_insert(now);
-                if now.duration_since(since) >= DRAIN_QUIET {
-                    done.push(draining.id);
-                    return false;
-                }
-            } else {
-                draining.empty_since = None;
-            }
-            if now >= draining.deadline {
-                tracing::warn!(
-                    worker = draining.id.slot,
-                    queued,
-                    "the slot's queue did not empty in time; stopping its worker anyway"
-                );
-                done.push(draining.id);
-                return false;
-            }
-            true
-        });
-        for id in done {
+        self.next_slot_poll = now + crate::slots::POLL;
+        let status = self.core.status(now);
+        if !self.slots.busy(&status) {
+            return;
+        }
+        for id in self.slots.poll(&status, &self.shared.provider, now) {
             self.stop_now(id);
         }
     }
 
     /// Reuseport: steers new connections onto the slots that can take them now.
     fn steer(&mut self) {
-        if self.shared.config.balance != Balance::Reuseport || self.handed_over() {
+        if !self.reuseport() {
             return;
         }
         let status = self.core.status(Instant::now());
-        let mut live = live_slots(&status);
-        for draining in &self.draining {
-            live.remove(&draining.id.slot);
-        }
-        self.steering.update(&self.shared.provider, &live);
+        self.slots.steer(&status, &self.shared.provider);
     }
 
     /// Reuseport: a slot scaled away whose last process is gone gives up its sockets.
     fn release_slot_if_gone(&mut self, slot: u32) {
-        if self.shared.config.balance != Balance::Reuseport {
+        if !self.reuseport() {
             return;
         }
         let status = self.core.status(Instant::now());
@@ -591,7 +531,7 @@ impl Driver {
             .filter(|w| w.current)
             .map(|w| w.id)
             .collect();
-        let held: std::collections::HashSet<ListenAddress> = {
+        let mut held: std::collections::HashSet<ListenAddress> = {
             let listens = self.shared.listens();
             current
                 .iter()
@@ -600,6 +540,9 @@ impl Driver {
                 .cloned()
                 .collect()
         };
+        // Program mode: the `--listen` sockets are the cluster's for its whole life (workers
+        // get them at exec and never ask).
+        held.extend(self.shared.config.listen.iter().map(|l| l.address.clone()));
         for (address, _) in self.shared.provider.sockets() {
             if !held.contains(&address) {
                 tracing::info!(%address, "no current worker listens here any more; closing the socket");
@@ -637,21 +580,6 @@ impl Driver {
         }
         *self.shared.published() = published;
     }
-}
-
-/// Slots the cluster wants whose worker (of either generation) is ready.
-fn live_slots(status: &ClusterStatus) -> std::collections::BTreeSet<u32> {
-    status
-        .slots
-        .iter()
-        .filter(|s| {
-            s.wanted
-                && s.workers
-                    .iter()
-                    .any(|w| w.phase == crate::WorkerPhase::Ready)
-        })
-        .map(|s| s.slot)
-        .collect()
 }
 
 impl Drop for Driver {

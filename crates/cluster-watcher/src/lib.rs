@@ -86,6 +86,7 @@ mod process;
 mod program;
 mod remote;
 mod shared;
+mod slots;
 mod status;
 mod steering;
 mod upgrade;
