@@ -18,7 +18,9 @@ use cluster_watcher::{Balance, WatcherConfig};
 /// (`500ms`, `10s`, `2m`).
 ///
 /// Signals: SIGINT, SIGTERM, SIGQUIT stop gracefully; SIGUSR1 and SIGHUP (as in Gunicorn and
-/// nginx) restart all workers one by one; SIGTTIN adds a worker, SIGTTOU removes one.
+/// nginx) restart all workers one by one; SIGTTIN adds a worker, SIGTTOU removes one; SIGUSR2
+/// (as in nginx) upgrades the watcher itself: a new one from this binary's path takes the
+/// sockets, and this one exits once the new workers are ready.
 ///
 /// Exit status: 0 after a clean stop; 1 with a one-line reason when PROGRAM cannot run, no
 /// worker becomes ready, or workers had to be killed at the shutdown timeout; 2 for bad
@@ -198,13 +200,15 @@ const EXAMPLES: &str = "Examples:
   cluster --ready-timeout 2m --heartbeat-timeout 30s ./slow-starting-server
   cluster -w 2 --listen 127.0.0.1:8000 uvicorn --fd 3 app:app     # any server, unmodified
   cluster -w 2 --listen http=127.0.0.1:8000 gunicorn app:app       # takes LISTEN_FDS itself
+  cluster -w 4 --balance reuseport ./server 127.0.0.1:8080   # or least-conn, round-robin
   kill -USR1 $(cat /run/app.pid)      # rolling restart
+  kill -USR2 $(cat /run/app.pid)      # upgrade the watcher itself (new binary, same sockets)
   cluster -w 2 --watch src --build 'cargo build -p my-app' target/debug/my-app 127.0.0.1:3000
   cluster --name shop --metrics 127.0.0.1:9100 ./server    # then: cluster status --name shop
 
 Commands for a running cluster (found by --name or --control):
   cluster status [--json]        cluster restart        cluster scale N|+N|-N
-  cluster stop                   cluster logs [-f] [--worker SLOT]";
+  cluster stop                   cluster upgrade        cluster logs [-f] [--worker SLOT]";
 
 /// `--balance`'s values, clap's spelling of [`Balance`].
 #[derive(Debug, Clone, Copy, ValueEnum)]

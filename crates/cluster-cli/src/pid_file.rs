@@ -57,13 +57,7 @@ impl PidFile {
             ),
             Recorded::Pid(_) | Recorded::Nothing => {}
         }
-        let pid = rustix::process::getpid().as_raw_nonzero().get();
-        write_atomically(path, format!("{pid}\n").as_bytes())
-            .with_context(|| format!("cannot write pid file {}", path.display()))?;
-        Ok(Self {
-            path: path.to_owned(),
-            pid,
-        })
+        Self::take_over(path)
     }
 }
 

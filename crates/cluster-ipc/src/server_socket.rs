@@ -344,6 +344,17 @@ impl Table {
             .count()
     }
 
+    /// A per-slot socket joined its group (called `listen()`): it takes the last place.
+    fn join_group(&mut self, address: &ListenAddress, options: &ListenOptions, slot: u32) {
+        let order = self
+            .order
+            .entry((address.clone(), options.clone()))
+            .or_default();
+        if !order.contains(&slot) {
+            order.push(slot);
+        }
+    }
+
     /// Forgets a per-slot socket's place in its group, as the kernel does when it closes: the
     /// last member takes its place.
     fn leave_group(&mut self, address: &ListenAddress, options: &ListenOptions, slot: u32) {
@@ -528,11 +539,7 @@ impl ServerSocketProvider {
         // it at `shutdown`), so it leaves the order whether or not the new bind works.
         let fd = Arc::new(bind_listener(&actual, &bind_options)?);
         if let Some(slot) = slot {
-            table
-                .order
-                .entry((address.clone(), options.clone()))
-                .or_default()
-                .push(slot);
+            table.join_group(address, options, slot);
         }
         table.sockets.insert(key, fd.clone());
         Ok(fd)
@@ -598,11 +605,7 @@ impl ServerSocketProvider {
             sibling.as_ref().unwrap_or(address),
             &bind_options,
         )?);
-        table
-            .order
-            .entry((address.clone(), options.clone()))
-            .or_default()
-            .push(slot);
+        table.join_group(address, options, slot);
         table.sockets.insert(key, fd.clone());
         Ok(fd)
     }
@@ -668,13 +671,7 @@ impl ServerSocketProvider {
         }
         let mut table = self.table();
         if let Some(slot) = spec.slot {
-            let order = table
-                .order
-                .entry((spec.address.clone(), spec.options.clone()))
-                .or_default();
-            if !order.contains(&slot) {
-                order.push(slot);
-            }
+            table.join_group(&spec.address, &spec.options, slot);
         }
         table
             .sockets

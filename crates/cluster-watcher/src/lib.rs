@@ -32,7 +32,8 @@
 //!   other way.
 //! * Worker `tracing` events are re-emitted through this process's subscriber with target
 //!   `worker` and fields `worker` (slot) and `pid`, line breaks escaped and length capped;
-//!   worker stdout and stderr are inherited.
+//!   so is each line workers write to stdout and stderr (`output.rs`, field `stream`), and
+//!   [`read_lines`] does the same for any child's output.
 //! * In [`Balance::RoundRobin`] and [`Balance::LeastConn`] the balancer (`balancer.rs`)
 //!   accepts and hands connections to workers directly, never through the driver. In
 //!   [`Balance::Reuseport`] each slot has a socket of its own, steered by `steering.rs`.

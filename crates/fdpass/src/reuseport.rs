@@ -22,15 +22,7 @@ pub const MAX_STEERED: usize = 2000;
 /// `indexes` empty or longer than [`MAX_STEERED`] (`InvalidInput`); the kernel's refusal
 /// (not a reuseport socket, say).
 pub fn steer_reuseport(socket: impl AsFd, indexes: &[u32]) -> io::Result<()> {
-    if indexes.is_empty() || indexes.len() > MAX_STEERED {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "a reuseport program steers to 1 to {MAX_STEERED} sockets, not {}",
-                indexes.len()
-            ),
-        ));
-    }
+    check_indexes(indexes)?;
     let mut program = steering_program(indexes);
     let fprog = libc::sock_fprog {
         len: u16::try_from(program.len()).expect("bounded by MAX_STEERED"),
@@ -62,30 +54,46 @@ pub fn steer_reuseport(socket: impl AsFd, indexes: &[u32]) -> io::Result<()> {
 /// # Errors
 /// The kernel's refusal.
 pub fn unsteer_reuseport(socket: impl AsFd) -> io::Result<()> {
-    let unused: libc::c_int = 0;
-    // SAFETY: the option takes no value; the pointer and size describe a valid int anyway.
+    match set_int_option(socket, libc::SO_DETACH_REUSEPORT_BPF, 0) {
+        // ENOENT: no program was attached.
+        Err(error) if error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
+}
+
+/// `setsockopt(SOL_SOCKET, option, &value)` for an option that takes an int.
+fn set_int_option(socket: impl AsFd, option: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    // SAFETY: the pointer and size describe `value`, an int that lives for the call; the
+    // kernel copies it.
     #[allow(unsafe_code)]
     let result = unsafe {
         libc::setsockopt(
             socket.as_fd().as_raw_fd(),
             libc::SOL_SOCKET,
-            libc::SO_DETACH_REUSEPORT_BPF,
-            (&raw const unused).cast(),
+            option,
+            (&raw const value).cast(),
             libc::socklen_t::try_from(size_of::<libc::c_int>()).expect("small"),
         )
     };
-    match result {
-        0 => Ok(()),
-        _ => {
-            let error = io::Error::last_os_error();
-            // ENOENT: no program was attached.
-            if error.raw_os_error() == Some(libc::ENOENT) {
-                Ok(())
-            } else {
-                Err(error)
-            }
-        }
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
+}
+
+/// Refuses an empty list, or one too long for a program.
+fn check_indexes(indexes: &[u32]) -> io::Result<()> {
+    if indexes.is_empty() || indexes.len() > MAX_STEERED {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "a reuseport program steers to 1 to {MAX_STEERED} sockets, not {}",
+                indexes.len()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// `random % indexes.len()`, then a jump table onto `indexes`.
@@ -225,15 +233,7 @@ impl RoundRobinSteering {
     /// As [`steer_reuseport`]; the verifier's refusal (a kernel without atomic fetch-add,
     /// before 5.12).
     pub fn steer(&self, socket: impl AsFd, indexes: &[u32]) -> io::Result<()> {
-        if indexes.is_empty() || indexes.len() > MAX_STEERED {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "a reuseport program steers to 1 to {MAX_STEERED} sockets, not {}",
-                    indexes.len()
-                ),
-            ));
-        }
+        check_indexes(indexes)?;
         let program = self.program(indexes);
         let license = c"Dual MIT/GPL";
         let mut attr = ProgLoad {
@@ -247,24 +247,8 @@ impl RoundRobinSteering {
             rest: [0; 88],
         };
         let loaded = bpf(BPF_PROG_LOAD, &mut attr)?;
-        let prog_fd: libc::c_int = loaded.as_raw_fd();
-        // SAFETY: the option takes the program's descriptor as an int; the kernel takes its
-        // own reference, so ours may close after the call.
-        #[allow(unsafe_code)]
-        let result = unsafe {
-            libc::setsockopt(
-                socket.as_fd().as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_ATTACH_REUSEPORT_EBPF,
-                (&raw const prog_fd).cast(),
-                libc::socklen_t::try_from(size_of::<libc::c_int>()).expect("small"),
-            )
-        };
-        if result == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
+        // The kernel takes its own reference to the program: ours may close after this.
+        set_int_option(socket, libc::SO_ATTACH_REUSEPORT_EBPF, loaded.as_raw_fd())
     }
 
     /// `n = counter++ % len; return indexes[n]`, the lookup as a jump table.
