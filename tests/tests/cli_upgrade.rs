@@ -277,3 +277,50 @@ fn ten_upgrades_in_a_row_leak_no_descriptor() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_stop_during_an_upgrade_stops_the_cluster_and_the_new_watcher_with_it() {
+    let dir = scratch("stop-during");
+    let flag = dir.join("broken");
+    let worker = workspace_bin("test-worker");
+    let mut cluster = ClusterProcess::start(&[
+        "-w",
+        "1",
+        "--ready-timeout",
+        "30s",
+        worker.to_str().unwrap(),
+        "serve-unless-file",
+        flag.to_str().unwrap(),
+        "127.0.0.1:0",
+    ]);
+    cluster.wait_for("all workers ready", LIMIT);
+    // The new watcher's worker never gets ready: the upgrade would wait 30 s.
+    std::fs::write(&flag, "").unwrap();
+    cluster.signal(Signal::USR2);
+    let line = cluster.wait_for("upgrade: new watcher started", LIMIT);
+    let new: u32 = line
+        .split("pid=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {line}"));
+    std::thread::sleep(Duration::from_millis(300));
+    let stopped = Instant::now();
+    cluster.signal(Signal::TERM);
+    let status = cluster.wait(LIMIT);
+    assert!(
+        stopped.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        stopped.elapsed()
+    );
+    assert!(status.success(), "{}", cluster.output());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while process_running(new) {
+        assert!(
+            Instant::now() < deadline,
+            "the new watcher outlived the stop"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -252,7 +252,17 @@ async fn run(
                 },
                 "upgrade: starting a new watcher"
             );
-            match upgrade::start_successor(&watcher, running.max(1), ready_timeout).await {
+            // A stop signal meanwhile abandons the upgrade (the new watcher is killed).
+            let started = tokio::select! {
+                started = upgrade::start_successor(&watcher, running.max(1), ready_timeout) => started,
+                cause = signals.stop() => {
+                    if let Some(request) = request {
+                        request.reply(Err(format!("{cause} came first; the cluster stops")));
+                    }
+                    break Ending::Stop(cause);
+                }
+            };
+            match started {
                 Ok(successor) => {
                     if let Some(request) = request {
                         request.reply(Ok(successor.pid));

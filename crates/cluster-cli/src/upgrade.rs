@@ -70,6 +70,9 @@ pub(crate) async fn start_successor(
         .spawn()
         .with_context(|| format!("cannot run {}", binary.display()))?;
     let pid = child.id().unwrap_or(0);
+    // Until its workers are ready, the new watcher dies if this future is dropped (a stop
+    // signal came first) or fails; its workers die with it.
+    let mut abandon = KillUnlessKept(Some(pid));
     tracing::info!(pid, binary = %binary.display(), "upgrade: new watcher started");
     let outcome = async {
         link.send_sockets(watcher, workers)
@@ -87,16 +90,33 @@ pub(crate) async fn start_successor(
     }
     .await;
     match outcome {
-        Ok(_) => Ok(Successor {
-            link,
-            pid,
-            _child: child,
-        }),
+        Ok(_) => {
+            abandon.0 = None;
+            Ok(Successor {
+                link,
+                pid,
+                _child: child,
+            })
+        }
         Err(error) => {
             // Its workers die with it (they are killed when their watcher goes).
-            let _ = child.start_kill();
+            drop(abandon);
             let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
             Err(error)
+        }
+    }
+}
+
+/// `SIGKILL`s the new watcher when dropped, unless it was kept.
+struct KillUnlessKept(Option<u32>);
+
+impl Drop for KillUnlessKept {
+    fn drop(&mut self) {
+        let pid = self
+            .0
+            .and_then(|pid| rustix::process::Pid::from_raw(pid as i32));
+        if let Some(pid) = pid {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
         }
     }
 }
