@@ -65,6 +65,16 @@
 //!   open file description): a worker that calls `shutdown` on its copy, or clears
 //!   `O_NONBLOCK`, changes it for every holder. The watcher checks its sockets every few
 //!   seconds, restores `O_NONBLOCK`, and rebinds a socket that stopped listening.
+//! * In [`Balance::LeastConn`] the hand-off goes to the ready worker with the fewest open
+//!   connections (sent, less those it reported closed), ties in turn.
+//! * In [`Balance::Reuseport`] each slot has a `SO_REUSEPORT` socket of its own for its
+//!   whole life, shared by the slot's successive workers: a crash resets nothing queued.
+//!   New connections go only to slots with a ready worker whose queue is not stuck; a worker
+//!   to be stopped has its slot drained first (`slots.rs`), and a slot scaled away is closed
+//!   only once its queue is empty.
+//! * An upgrade ([`SuccessorLink`], [`PredecessorLink`]) hands the sockets to a new watcher,
+//!   which starts its own workers; the old one stops its workers only once they are all
+//!   ready, and passes on every connection it would have given them.
 
 #![forbid(unsafe_code)]
 
