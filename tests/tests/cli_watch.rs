@@ -272,3 +272,52 @@ fn a_missing_watch_path_is_refused_before_anything_starts() {
         cluster.output()
     );
 }
+
+#[test]
+fn saves_during_a_build_make_one_more_build_after_it() {
+    let dir = project("coalesce");
+    let hello = workspace_bin("hello-http");
+    let src = dir.join("src");
+    let build = format!("echo run >> {} && sleep 1", dir.join("runs").display());
+    let cluster = ClusterProcess::start(&[
+        "-w",
+        "1",
+        "--watch",
+        src.to_str().unwrap(),
+        "--build",
+        &build,
+        hello.to_str().unwrap(),
+        "127.0.0.1:0",
+    ]);
+    cluster.wait_for("all workers ready", LIMIT);
+    save(&src.join("lib.rs"), "// v2\n");
+    // The build started (it takes a second): ten more saves while it runs.
+    let deadline = Instant::now() + LIMIT;
+    while std::fs::read_to_string(dir.join("runs"))
+        .unwrap_or_default()
+        .lines()
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "{}", cluster.output());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for i in 0..10 {
+        save(&src.join("lib.rs"), &format!("// during {i}\n"));
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    let deadline = Instant::now() + LIMIT;
+    while cluster.count("every worker runs the new code") < 2 {
+        assert!(Instant::now() < deadline, "{}", cluster.output());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let runs = std::fs::read_to_string(dir.join("runs")).unwrap();
+    assert_eq!(
+        runs.lines().count(),
+        3,
+        "the first build, the one for the save, one for all the saves during it: {runs}"
+    );
+    assert_eq!(cluster.count("every worker runs the new code"), 2);
+    stop(cluster, &dir);
+}
