@@ -427,12 +427,14 @@ impl Driver {
         } else {
             HashMap::new()
         };
+        let queued = if balance == Balance::Reuseport {
+            Some(crate::steering::queued_by_slot(&self.shared.provider))
+        } else {
+            None
+        };
         for slot in &mut status.slots {
-            if balance == Balance::Reuseport {
-                slot.queued = Some(crate::steering::queued_in_slot(
-                    &self.shared.provider,
-                    slot.slot,
-                ));
+            if let Some(queued) = &queued {
+                slot.queued = Some(queued.get(&slot.slot).copied().unwrap_or(0));
             }
             for worker in &mut slot.workers {
                 worker.open_connections = open.get(&worker.id).copied();

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use cluster_ipc::ServerSocketProvider;
 
-use crate::steering::{Steering, queued_in_slot};
+use crate::steering::{Steering, queued_by_slot};
 use crate::{ClusterStatus, WorkerId, WorkerPhase};
 
 /// How long a slot's accept queue may take to empty before its worker is asked to stop
@@ -105,9 +105,11 @@ impl Slots {
         provider: &ServerSocketProvider,
         now: Instant,
     ) -> Vec<WorkerId> {
+        let queues = queued_by_slot(provider);
+        let queued_in = |slot: u32| queues.get(&slot).copied().unwrap_or(0);
         let mut done = Vec::new();
         self.draining.retain_mut(|draining| {
-            let queued = queued_in_slot(provider, draining.id.slot);
+            let queued = queued_in(draining.id.slot);
             if queued == 0 {
                 let since = *draining.empty_since.get_or_insert(now);
                 if now.duration_since(since) >= DRAIN_QUIET {
@@ -128,7 +130,7 @@ impl Slots {
             }
             true
         });
-        if self.watch_queues(status, provider, now) || !done.is_empty() {
+        if self.watch_queues(status, &queues, now) || !done.is_empty() {
             self.steer(status, provider);
         }
         done
@@ -138,14 +140,14 @@ impl Slots {
     fn watch_queues(
         &mut self,
         status: &ClusterStatus,
-        provider: &ServerSocketProvider,
+        queues: &HashMap<u32, u32>,
         now: Instant,
     ) -> bool {
         let ready = ready_slots(status);
         self.queues.retain(|slot, _| ready.contains(slot));
         let mut changed = false;
         for slot in ready {
-            let queued = queued_in_slot(provider, slot);
+            let queued = queues.get(&slot).copied().unwrap_or(0);
             let trend = self.queues.entry(slot).or_default();
             if queued == 0 || queued < trend.last {
                 trend.stuck_since = None;

@@ -98,14 +98,14 @@ impl Steering {
     }
 }
 
-/// Connections waiting in the accept queues of `slot`'s sockets (0 when it has none).
-pub(crate) fn queued_in_slot(provider: &ServerSocketProvider, slot: u32) -> u32 {
-    provider
-        .reuseport_groups()
-        .iter()
-        .flat_map(|g| &g.members)
-        .filter(|(s, _)| *s == slot)
-        .filter_map(|(_, fd)| fdpass::listen_queue(&**fd).ok())
-        .map(|q| q.queued)
-        .sum()
+/// Connections waiting in the accept queues of each slot's sockets, all addresses together.
+pub(crate) fn queued_by_slot(provider: &ServerSocketProvider) -> HashMap<u32, u32> {
+    let mut queued: HashMap<u32, u32> = HashMap::new();
+    for group in provider.reuseport_groups() {
+        for (slot, fd) in &group.members {
+            let waiting = fdpass::listen_queue(&**fd).map_or(0, |q| q.queued);
+            *queued.entry(*slot).or_default() += waiting;
+        }
+    }
+    queued
 }
