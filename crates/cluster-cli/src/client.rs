@@ -246,6 +246,30 @@ fn print_status(name: &str, status: &Value) {
             );
         }
     }
+    // The balance modes' own figures, when the cluster has them.
+    let slots = status["slots"].as_array().cloned().unwrap_or_default();
+    let queues: Vec<String> = slots
+        .iter()
+        .filter_map(|s| Some(format!("{}:{}", s["slot"], s["queued"].as_u64()?)))
+        .collect();
+    if !queues.is_empty() {
+        println!("listen queue by slot (reuseport): {}", queues.join(" "));
+    }
+    let open: Vec<String> = slots
+        .iter()
+        .flat_map(|s| {
+            let slot = s["slot"].clone();
+            s["workers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(move |w| Some(format!("{slot}:{}", w["open_connections"].as_u64()?)))
+        })
+        .collect();
+    if !open.is_empty() {
+        println!("open connections by slot (least-conn): {}", open.join(" "));
+    }
 }
 
 fn seconds(value: Option<f64>) -> String {
