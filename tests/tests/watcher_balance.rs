@@ -66,7 +66,10 @@ async fn reuseport_spreads_400_new_connections_within_a_quarter_of_even() {
     // Every slot has a socket of its own, held by the watcher; status shows its queue.
     assert_eq!(watcher.server_sockets().sockets().len(), 4);
     let status = watcher.status().await;
-    assert!(status.slots.iter().all(|s| s.queued == Some(0)), "{status:?}");
+    assert!(
+        status.slots.iter().all(|s| s.queued == Some(0)),
+        "{status:?}"
+    );
     watcher.stop().await;
 }
 
