@@ -30,6 +30,18 @@ fn stop(mut cluster: ClusterProcess, dir: &Path) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// `cluster -w WORKERS --watch SRC [--build BUILD] PROGRAM…`, started and ready.
+fn watching(src: &Path, workers: &str, build: Option<&str>, program: &[&str]) -> ClusterProcess {
+    let mut args = vec!["-w", workers, "--watch", src.to_str().unwrap()];
+    if let Some(build) = build {
+        args.extend(["--build", build]);
+    }
+    args.extend_from_slice(program);
+    let cluster = ClusterProcess::start(&args);
+    cluster.wait_for("all workers ready", LIMIT);
+    cluster
+}
+
 /// Waits until no pid of `old` is a worker any more.
 fn wait_replaced(cluster: &ClusterProcess, old: &[u32]) -> Vec<u32> {
     let deadline = Instant::now() + LIMIT;
@@ -48,10 +60,7 @@ fn wait_replaced(cluster: &ClusterProcess, old: &[u32]) -> Vec<u32> {
 fn save_under_load(name: &str, program: &[&str]) {
     let dir = project(name);
     let src = dir.join("src");
-    let mut args = vec!["-w", "2", "--watch", src.to_str().unwrap()];
-    args.extend_from_slice(program);
-    let cluster = ClusterProcess::start(&args);
-    cluster.wait_for("all workers ready", LIMIT);
+    let cluster = watching(&src, "2", None, program);
     let port = cluster.port();
     let before = cluster.worker_pids();
     let load = Load::start(port, 2);
@@ -123,17 +132,12 @@ fn a_failed_build_keeps_the_old_workers_and_a_fixed_one_restarts() {
         runs = dir.join("runs").display(),
         src = src.display()
     );
-    let cluster = ClusterProcess::start(&[
-        "-w",
+    let cluster = watching(
+        &src,
         "2",
-        "--watch",
-        src.to_str().unwrap(),
-        "--build",
-        &build,
-        hello.to_str().unwrap(),
-        "127.0.0.1:0",
-    ]);
-    cluster.wait_for("all workers ready", LIMIT);
+        Some(&build),
+        &[hello.to_str().unwrap(), "127.0.0.1:0"],
+    );
     let before = cluster.worker_pids();
     save(&src.join("lib.rs"), "// broken\n");
     cluster.wait_for("build failed", LIMIT);
@@ -189,17 +193,12 @@ fn fifty_saves_in_a_second_make_one_build_and_one_restart() {
     let hello = workspace_bin("hello-http");
     let src = dir.join("src");
     let build = format!("echo run >> {}", dir.join("runs").display());
-    let cluster = ClusterProcess::start(&[
-        "-w",
+    let cluster = watching(
+        &src,
         "1",
-        "--watch",
-        src.to_str().unwrap(),
-        "--build",
-        &build,
-        hello.to_str().unwrap(),
-        "127.0.0.1:0",
-    ]);
-    cluster.wait_for("all workers ready", LIMIT);
+        Some(&build),
+        &[hello.to_str().unwrap(), "127.0.0.1:0"],
+    );
     for i in 0..50 {
         save(&src.join("lib.rs"), &format!("// save {i}\n"));
         std::thread::sleep(Duration::from_millis(18));
@@ -279,17 +278,12 @@ fn saves_during_a_build_make_one_more_build_after_it() {
     let hello = workspace_bin("hello-http");
     let src = dir.join("src");
     let build = format!("echo run >> {} && sleep 1", dir.join("runs").display());
-    let cluster = ClusterProcess::start(&[
-        "-w",
+    let cluster = watching(
+        &src,
         "1",
-        "--watch",
-        src.to_str().unwrap(),
-        "--build",
-        &build,
-        hello.to_str().unwrap(),
-        "127.0.0.1:0",
-    ]);
-    cluster.wait_for("all workers ready", LIMIT);
+        Some(&build),
+        &[hello.to_str().unwrap(), "127.0.0.1:0"],
+    );
     save(&src.join("lib.rs"), "// v2\n");
     // The build started (it takes a second): ten more saves while it runs.
     let deadline = Instant::now() + LIMIT;

@@ -5,11 +5,12 @@
 //!   slots get new connections ([`Steering`] attaches the program).
 //! * A worker to be stopped while other slots are live is **drained** first: its slot stops
 //!   getting new connections, and the worker is asked to stop once the slot's accept queue
-//!   has stayed empty for [`DRAIN_QUIET`] (at most [`DRAIN_LIMIT`]). A slot being scaled away
-//!   then closes with nothing queued (a close resets its queue), and a program that drops the
-//!   connections it accepted but had not read when its stop signal came (uvicorn, hypercorn,
-//!   axum's graceful shutdown do) has none left to drop. In a rolling restart the slot's new
-//!   worker shares the socket and takes new connections again once the old one was told.
+//!   has stayed empty for [`DRAIN_QUIET`] (150 ms; at most [`DRAIN_LIMIT`]). A slot being
+//!   scaled away then closes with nothing queued (a close resets its queue), and a program
+//!   that drops the connections it accepted but had not read when its stop signal came
+//!   (uvicorn, hypercorn, axum's graceful shutdown do) has none left to drop. In a rolling
+//!   restart the slot's new worker shares the socket and takes new connections again once
+//!   the old one was told.
 //! * A live slot whose queue holds connections and has not shrunk for [`STALL_AFTER`] is
 //!   **stalled**: its worker reports ready (or heartbeats) but does not accept, because it is
 //!   still starting (a `--ready-after` guess that came too early), overloaded or stuck. It
@@ -30,8 +31,10 @@ use crate::{ClusterStatus, WorkerId, WorkerPhase};
 const DRAIN_LIMIT: Duration = Duration::from_secs(1);
 
 /// How long a slot's queue must stay empty before its worker is asked to stop: time for the
-/// worker to read the requests of the connections it accepted last.
-const DRAIN_QUIET: Duration = Duration::from_millis(50);
+/// worker to read the requests of the connections it accepted last. 50 ms was seen short
+/// once in about a dozen runs for a debug-built axum server on a loaded machine (it closed
+/// a connection it had accepted but not read); a restart barely notices 150.
+const DRAIN_QUIET: Duration = Duration::from_millis(150);
 
 /// How long a live slot's queue may hold connections without shrinking before the slot gets
 /// no new ones.
