@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
-use cluster_ipc::ListenAddress;
 use cluster_ipc::protocol::{Balance, WatcherToWorker};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
@@ -174,23 +173,13 @@ impl Driver {
             return;
         }
         self.next_memory_check = now + Duration::from_secs(1);
-        let table = crate::proc::ProcessTable::read();
         let status = self.core.status(now);
-        for worker in status.slots.iter().flat_map(|s| &s.workers) {
-            if !worker.current || worker.phase != crate::WorkerPhase::Ready {
-                continue;
-            }
-            let (rss, _) = table.tree_usage(worker.pid);
-            let spread = crate::core::jitter(worker.id, Duration::from_nanos(limit / 10));
-            let own_limit = limit + spread.as_nanos() as u64;
-            if rss >= limit + limit / 2 {
-                self.core.over_ceiling(worker.id, now);
-            } else if rss >= own_limit {
-                let why = crate::core::Recycle::Memory {
-                    rss,
-                    limit: own_limit,
-                };
-                self.core.recycle(worker.id, why, now);
+        for verdict in crate::samples::memory_verdicts(limit, &status) {
+            match verdict {
+                crate::samples::MemoryVerdict::Ceiling(id) => self.core.over_ceiling(id, now),
+                crate::samples::MemoryVerdict::Recycle(id, why) => {
+                    self.core.recycle(id, why, now);
+                }
             }
         }
     }
@@ -421,25 +410,7 @@ impl Driver {
     /// (reuseport) and the workers' open connections (least-conn).
     fn status(&self, now: Instant) -> ClusterStatus {
         let mut status = self.core.status(now);
-        let balance = self.shared.config.balance;
-        let open = if balance == Balance::LeastConn {
-            self.shared.balancer.open_connections()
-        } else {
-            HashMap::new()
-        };
-        let queued = if balance == Balance::Reuseport {
-            Some(crate::steering::queued_by_slot(&self.shared.provider))
-        } else {
-            None
-        };
-        for slot in &mut status.slots {
-            if let Some(queued) = &queued {
-                slot.queued = Some(queued.get(&slot.slot).copied().unwrap_or(0));
-            }
-            for worker in &mut slot.workers {
-                worker.open_connections = open.get(&worker.id).copied();
-            }
-        }
+        crate::samples::add_balancing(&mut status, &self.shared);
         status
     }
 
@@ -533,25 +504,7 @@ impl Driver {
             .filter(|w| w.current)
             .map(|w| w.id)
             .collect();
-        let mut held: std::collections::HashSet<ListenAddress> = {
-            let listens = self.shared.listens();
-            current
-                .iter()
-                .filter_map(|id| listens.get(id))
-                .flatten()
-                .cloned()
-                .collect()
-        };
-        // Program mode: the `--listen` sockets are the cluster's for its whole life (workers
-        // get them at exec and never ask).
-        held.extend(self.shared.config.listen.iter().map(|l| l.address.clone()));
-        for (address, _) in self.shared.provider.sockets() {
-            if !held.contains(&address) {
-                tracing::info!(%address, "no current worker listens here any more; closing the socket");
-                self.shared.balancer.release(&address);
-                self.shared.provider.release(&address);
-            }
-        }
+        listeners::release_unused(&self.shared, &current);
     }
 
     fn publish(&mut self) {

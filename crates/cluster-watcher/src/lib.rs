@@ -96,6 +96,7 @@ mod proc;
 mod process;
 mod program;
 mod remote;
+mod samples;
 mod shared;
 mod slots;
 mod status;

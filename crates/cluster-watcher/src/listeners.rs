@@ -53,6 +53,30 @@ pub(crate) fn check(provider: &ServerSocketProvider) -> bool {
     rebound
 }
 
+/// Closes every listening socket that none of the `current` workers asked for (the new
+/// generation listens elsewhere), so clients are refused instead of waiting on a socket
+/// nobody will ever accept on. Program mode's `--listen` sockets are the cluster's for its
+/// whole life: workers get them at exec and never ask.
+pub(crate) fn release_unused(shared: &crate::shared::Shared, current: &[crate::WorkerId]) {
+    let mut held: std::collections::HashSet<cluster_ipc::ListenAddress> = {
+        let listens = shared.listens();
+        current
+            .iter()
+            .filter_map(|id| listens.get(id))
+            .flatten()
+            .cloned()
+            .collect()
+    };
+    held.extend(shared.config.listen.iter().map(|l| l.address.clone()));
+    for (address, _) in shared.provider.sockets() {
+        if !held.contains(&address) {
+            tracing::info!(%address, "no current worker listens here any more; closing the socket");
+            shared.balancer.release(&address);
+            shared.provider.release(&address);
+        }
+    }
+}
+
 /// Program mode: listeners whose accept queue did not shrink between two checks although
 /// workers are ready. A program that ignores descriptor 3 and binds a port of its own
 /// reports ready all the same, while clients wait on the cluster's socket for ever: this is
