@@ -67,13 +67,15 @@ fn restart_under_load(cluster: &ClusterProcess, port: u16) -> (u64, Vec<String>)
     (ok, failed)
 }
 
-#[test]
-fn uvicorn_runs_unmodified_restarts_under_load_and_survives_a_kill() {
+/// `cluster -w 2 --balance BALANCE --listen 127.0.0.1:0 uvicorn --fd 3 app:app`, ready.
+fn uvicorn_cluster(balance: &str) -> ClusterProcess {
     let uvicorn = venv("uvicorn");
     let peers = peers();
-    let mut cluster = ClusterProcess::start(&[
+    let cluster = ClusterProcess::start(&[
         "-w",
         "2",
+        "--balance",
+        balance,
         "--listen",
         "127.0.0.1:0",
         &uvicorn,
@@ -83,8 +85,14 @@ fn uvicorn_runs_unmodified_restarts_under_load_and_survives_a_kill() {
         &peers,
         "app:app",
     ]);
-    let port = cluster.port();
     cluster.wait_for("all workers ready", LIMIT);
+    cluster
+}
+
+#[test]
+fn uvicorn_runs_unmodified_restarts_under_load_and_survives_a_kill() {
+    let mut cluster = uvicorn_cluster("shared");
+    let port = cluster.port();
     let before = cluster.worker_pids();
     assert_eq!(before.len(), 2);
     // Both workers answer, each with its own pid.
@@ -359,24 +367,8 @@ fn a_program_that_binds_its_own_port_is_reported() {
 
 #[test]
 fn uvicorn_in_reuseport_mode_loses_nothing_through_restarts_and_a_kill() {
-    let uvicorn = venv("uvicorn");
-    let peers = peers();
-    let mut cluster = ClusterProcess::start(&[
-        "-w",
-        "2",
-        "--balance",
-        "reuseport",
-        "--listen",
-        "127.0.0.1:0",
-        &uvicorn,
-        "--fd",
-        "3",
-        "--app-dir",
-        &peers,
-        "app:app",
-    ]);
+    let mut cluster = uvicorn_cluster("reuseport");
     let port = cluster.port();
-    cluster.wait_for("all workers ready", LIMIT);
     let before = cluster.worker_pids();
     // Each slot's socket is steered away from and drained before its old worker gets
     // SIGTERM, so uvicorn has no accepted-but-unread connection to drop.

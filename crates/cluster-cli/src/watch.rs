@@ -250,24 +250,8 @@ pub(crate) async fn run_build(command: &str) -> Result<Duration, String> {
         .spawn()
         .map_err(|e| format!("cannot run /bin/sh: {e}"))?;
     let group = BuildGroup(child.id());
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
-    let out = async {
-        if let Some(stdout) = stdout {
-            cluster_watcher::read_lines(stdout, |line| {
-                tracing::info!(target: "build", stream = "stdout", "{line}");
-            })
-            .await;
-        }
-    };
-    let err = async {
-        if let Some(stderr) = stderr {
-            cluster_watcher::read_lines(stderr, |line| {
-                tracing::info!(target: "build", stream = "stderr", "{line}");
-            })
-            .await;
-        }
-    };
+    let out = log_build_output(child.stdout.take(), "stdout");
+    let err = log_build_output(child.stderr.take(), "stderr");
     let ((), (), status) = tokio::join!(out, err, child.wait());
     drop(group);
     let status = status.map_err(|e| format!("cannot wait for the build: {e}"))?;
@@ -275,6 +259,16 @@ pub(crate) async fn run_build(command: &str) -> Result<Duration, String> {
         Ok(started.elapsed())
     } else {
         Err(format!("{status}"))
+    }
+}
+
+/// Re-emits each line of one of the build's output streams, tagged `build`.
+async fn log_build_output(stream: Option<impl tokio::io::AsyncRead + Unpin>, name: &'static str) {
+    if let Some(stream) = stream {
+        cluster_watcher::read_lines(stream, |line| {
+            tracing::info!(target: "build", stream = name, "{line}");
+        })
+        .await;
     }
 }
 

@@ -113,9 +113,9 @@ pub(crate) struct Balancer {
     loads: Mutex<HashMap<WorkerId, Arc<Load>>>,
     /// Where the loads' close times count from.
     epoch: std::time::Instant,
-    /// Set once a successor watcher took over: every connection this one would hand to a
-    /// worker goes there instead.
-    successor: Mutex<Option<ClientPipe>>,
+    /// Set once a successor watcher took over (never unset): every connection this one
+    /// would hand to a worker goes there instead.
+    successor: std::sync::OnceLock<ClientPipe>,
     /// The watcher's span, for the tasks spawned here.
     span: tracing::Span,
 }
@@ -135,7 +135,7 @@ impl Balancer {
             least_conn: balance == cluster_ipc::protocol::Balance::LeastConn,
             loads: Mutex::default(),
             epoch: std::time::Instant::now(),
-            successor: Mutex::default(),
+            successor: std::sync::OnceLock::new(),
             span,
         }
     }
@@ -304,10 +304,8 @@ impl Balancer {
     /// From now on every connection goes to `successor` (a watcher that took over), and
     /// this one stops accepting: the successor accepts on the same sockets.
     pub(crate) fn hand_to_successor(&self, successor: ClientPipe) {
-        *self
-            .successor
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(successor);
+        // A second successor is refused by the upgrade protocol before it gets here.
+        let _ = self.successor.set(successor);
         for (_, task) in self
             .accepting
             .lock()
@@ -318,16 +316,9 @@ impl Balancer {
         }
     }
 
-    fn successor(&self) -> Option<ClientPipe> {
-        self.successor
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
     /// Sends a connection to the successor; `false` if there is none.
     async fn to_successor(&self, socket: &OwnedFd, meta: &ClientMeta, prefix: &[u8]) -> bool {
-        let Some(successor) = self.successor() else {
+        let Some(successor) = self.successor.get() else {
             return false;
         };
         let send = successor.send_with_prefix(socket, meta, prefix);

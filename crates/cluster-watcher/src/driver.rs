@@ -191,7 +191,11 @@ impl Driver {
             return;
         }
         self.next_listener_check = now + listeners::CHECK_EVERY;
-        if self.shared.config.program_mode() && self.core.status(now).ready_workers() > 0 {
+        // Reuseport watches its slots' queues itself, more closely (`slots.rs`).
+        if self.shared.config.program_mode()
+            && self.shared.config.balance == Balance::Shared
+            && self.core.status(now).ready_workers() > 0
+        {
             self.queue_watch.check(&self.shared.provider);
         }
         if listeners::check(&self.shared.provider) && self.core.is_running() {

@@ -77,8 +77,8 @@ pub(crate) fn release_unused(shared: &crate::shared::Shared, current: &[crate::W
     }
 }
 
-/// Program mode: listeners whose accept queue did not shrink between two checks although
-/// workers are ready. A program that ignores descriptor 3 and binds a port of its own
+/// Program mode, shared sockets (reuseport watches each slot in `slots.rs`): listeners whose
+/// accept queue did not shrink between two checks although workers are ready. A program that ignores descriptor 3 and binds a port of its own
 /// reports ready all the same, while clients wait on the cluster's socket for ever: this is
 /// how the user hears of it.
 #[derive(Debug, Default)]
@@ -92,15 +92,12 @@ impl QueueWatch {
     /// Reads each listener's accept queue and warns about one whose connections waited a
     /// whole check interval.
     pub(crate) fn check(&mut self, provider: &ServerSocketProvider) {
-        for (address, _, slot, fd) in provider.sockets_with_options() {
+        for (address, fd) in provider.sockets() {
             let Ok(queue) = fdpass::listen_queue(&*fd) else {
                 continue; // a Unix socket: the kernel reports no queue for it
             };
             let queued = u64::from(queue.queued);
-            let key = match slot {
-                Some(slot) => format!("{address} (slot {slot})"),
-                None => address.to_string(),
-            };
+            let key = address.to_string();
             let before = self.last.insert(key.clone(), queued).unwrap_or(0);
             if queued == 0 {
                 self.warned.remove(&key);

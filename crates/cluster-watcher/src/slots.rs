@@ -171,7 +171,7 @@ impl Slots {
                     tracing::warn!(
                         worker = slot,
                         queued,
-                        "the slot's worker is ready but its queue does not shrink (starting, overloaded or stuck): it gets no new connections until it does"
+                        "the slot's worker is ready but its queue does not shrink (starting, overloaded, stuck, or a program ignoring the inherited descriptor and binding its own port): it gets no new connections until it does"
                     );
                 }
             }
