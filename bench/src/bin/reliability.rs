@@ -452,6 +452,17 @@ fn chaos(p: &Paths, balance: &str) -> bool {
             break last_kill.elapsed();
         }
         if last_kill.elapsed() > Duration::from_secs(10) {
+            // Say why: a slot backing off after a run of early deaths, or something stuck.
+            if let Ok(out) = std::process::Command::new(&p.cluster)
+                .arg("status")
+                .output()
+            {
+                eprintln!(
+                    "chaos, {balance}: not back to 4 workers; cluster status:\n{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
             break Duration::from_secs(999);
         }
         std::thread::sleep(Duration::from_millis(5));
