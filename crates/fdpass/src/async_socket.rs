@@ -86,7 +86,7 @@ impl AsyncFdSocket {
     /// # Errors
     /// When the path cannot be reached (`ENOENT`, `ECONNREFUSED`, `EACCES`, ...).
     pub async fn connect(path: &std::path::Path) -> io::Result<Self> {
-        let fd = crate::listener::new_socket()?;
+        let fd = crate::socket::new_seqpacket()?;
         let address = rustix::net::SocketAddrUnix::new(path)?;
         loop {
             match rustix::net::connect(&fd, &address) {

@@ -4,22 +4,13 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
-use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+use rustix::net::{SocketAddrUnix, SocketFlags};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
 use crate::async_socket::register;
+use crate::socket::new_seqpacket;
 use crate::{AsyncFdSocket, Limits};
-
-pub(crate) fn new_socket() -> io::Result<OwnedFd> {
-    let flags = SocketFlags::CLOEXEC | SocketFlags::NONBLOCK;
-    Ok(rustix::net::socket_with(
-        AddressFamily::UNIX,
-        SocketType::SEQPACKET,
-        flags,
-        None,
-    )?)
-}
 
 /// A listening `AF_UNIX` `SOCK_SEQPACKET` socket whose connections are [`AsyncFdSocket`]s.
 ///
@@ -36,7 +27,7 @@ impl SeqpacketListener {
     /// # Errors
     /// `EADDRINUSE` when the path exists, `EACCES`, `ENAMETOOLONG` (over 107 bytes), ...
     pub fn bind(path: &Path, backlog: i32) -> io::Result<Self> {
-        let fd = new_socket()?;
+        let fd = new_seqpacket()?;
         rustix::net::bind(&fd, &SocketAddrUnix::new(path)?)?;
         rustix::net::listen(&fd, backlog)?;
         Ok(Self {

@@ -255,3 +255,14 @@ impl From<FdSocket> for OwnedFd {
         socket.fd
     }
 }
+
+/// A fresh unconnected `AF_UNIX` `SOCK_SEQPACKET` socket, close-on-exec and non-blocking.
+pub(crate) fn new_seqpacket() -> io::Result<OwnedFd> {
+    let flags = SocketFlags::CLOEXEC | SocketFlags::NONBLOCK;
+    Ok(rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        flags,
+        None,
+    )?)
+}
