@@ -33,3 +33,17 @@ pub(crate) fn close_inherited_on_exec() {
         }
     }
 }
+
+/// Raises the soft limit on open descriptors to the hard limit: the watcher holds a few
+/// per worker, per listener and per control or metrics client, and a default soft limit of
+/// 1024 (or 256) is reached long before the kernel's real bound.
+pub(crate) fn raise_descriptor_limit() {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        let _ = rustix::process::setrlimit(rustix::process::Resource::Nofile, raised);
+    }
+}

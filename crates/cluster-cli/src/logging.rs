@@ -6,6 +6,7 @@
 //! through `tracing-appender`'s non-blocking writer: a bounded queue emptied by a thread of
 //! its own, which drops (and counts) lines when the queue is full instead of waiting.
 
+use std::cell::Cell;
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
@@ -13,6 +14,8 @@ use anyhow::Context;
 use cluster_watcher::LogFeed;
 use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::fmt::writer::{MakeWriter, MakeWriterExt};
+use tracing_subscriber::layer::{Context as LayerContext, Layer, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::args::{Args, LogFormat};
 
@@ -40,12 +43,50 @@ pub(crate) struct Logging {
     pub(crate) feed: LogFeed,
 }
 
-/// Tees each formatted event into the [`LogFeed`] (without colours).
+/// Tees each formatted event into the [`LogFeed`] (without colours), with the slot of the
+/// worker it is about.
 #[derive(Debug, Clone)]
 struct FeedWriter(LogFeed);
 
 /// One event's bytes, pushed to the feed when the formatter is done with it.
 struct FeedLine(LogFeed, Vec<u8>);
+
+thread_local! {
+    /// The `worker` field of the event being formatted on this thread, set by
+    /// [`SlotCapture`] just before the formatter runs.
+    static EVENT_SLOT: Cell<Option<u32>> = const { Cell::new(None) };
+}
+
+/// Notes each event's `worker` field (a slot number) for [`FeedLine`]: the feed keeps it as
+/// data, so `cluster logs --worker N` never has to search the formatted text.
+struct SlotCapture;
+
+impl<S: tracing::Subscriber> Layer<S> for SlotCapture {
+    fn on_event(&self, event: &tracing::Event<'_>, _: LayerContext<'_, S>) {
+        let mut slot = SlotField(None);
+        event.record(&mut slot);
+        EVENT_SLOT.set(slot.0);
+    }
+}
+
+/// Reads the `worker` field of an event.
+struct SlotField(Option<u32>);
+
+impl tracing::field::Visit for SlotField {
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        if field.name() == "worker" {
+            self.0 = u32::try_from(value).ok();
+        }
+    }
+
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        if field.name() == "worker" {
+            self.0 = u32::try_from(value).ok();
+        }
+    }
+
+    fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
+}
 
 impl<'a> MakeWriter<'a> for FeedWriter {
     type Writer = FeedLine;
@@ -68,8 +109,9 @@ impl Write for FeedLine {
 
 impl Drop for FeedLine {
     fn drop(&mut self) {
+        let slot = EVENT_SLOT.get();
         for line in String::from_utf8_lossy(&self.1).lines() {
-            self.0.push(&strip_ansi(line));
+            self.0.push(&strip_ansi(line), slot);
         }
     }
 }
@@ -121,14 +163,17 @@ pub(crate) fn init(args: &Args) -> anyhow::Result<Logging> {
         .finish(sink);
     let dropped = writer.error_counter();
     let feed = LogFeed::new();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let format = tracing_subscriber::fmt::layer()
         .with_target(false)
         .with_ansi(ansi)
         .with_writer(writer.and(FeedWriter(feed.clone())));
+    // The slot is captured before the formatter runs (layers nearer the registry go first).
+    let subscriber = tracing_subscriber::registry()
+        .with(filter)
+        .with(SlotCapture);
     match args.log_format {
-        LogFormat::Pretty => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Pretty => subscriber.with(format).init(),
+        LogFormat::Json => subscriber.with(format.json()).init(),
     }
     Ok(Logging {
         guard: Some(guard),

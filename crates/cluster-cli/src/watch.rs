@@ -18,14 +18,15 @@
 //! callback only filters the path and raises a flag, so a storm of events holds no memory.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use cluster_watcher::ClusterWatcher;
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use notify::Watcher;
+use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 /// What `--watch` was given.
@@ -35,6 +36,8 @@ pub(crate) struct WatchOptions {
     pub(crate) paths: Vec<PathBuf>,
     /// Run through `/bin/sh -c` before each restart; a failure keeps the old workers.
     pub(crate) build: Option<String>,
+    /// A build still running after this long is killed and counts as failed.
+    pub(crate) build_timeout: Duration,
     /// How long the tree must stay quiet before a round starts.
     pub(crate) debounce: Duration,
 }
@@ -163,10 +166,7 @@ pub(crate) async fn run(options: WatchOptions, watcher: &ClusterWatcher) -> anyh
             let Some(path) = event.paths.iter().find(|p| filter.wants(p)) else {
                 return;
             };
-            seen.first
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get_or_insert_with(|| path.clone());
+            seen.first.lock().get_or_insert_with(|| path.clone());
             seen.count.fetch_add(1, Ordering::SeqCst);
             seen.woken.notify_one();
         })
@@ -181,17 +181,13 @@ pub(crate) async fn run(options: WatchOptions, watcher: &ClusterWatcher) -> anyh
         changes.woken.notified().await;
         settle(&changes, options.debounce).await;
         let count = changes.count.load(Ordering::SeqCst);
-        let first = changes
-            .first
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let first = changes.first.lock().take();
         let path = first
             .as_deref()
             .map_or_else(String::new, |p| p.display().to_string());
         tracing::info!(path, "change detected");
         if let Some(build) = &options.build {
-            match run_build(build).await {
+            match run_build(build, options.build_timeout).await {
                 Ok(elapsed) => {
                     tracing::info!(
                         seconds = elapsed.as_secs_f64(),
@@ -233,8 +229,8 @@ async fn settle(changes: &Changes, debounce: Duration) {
 }
 
 /// Runs the build command, its output in the log tagged `build`; how long it took, or why
-/// it failed.
-pub(crate) async fn run_build(command: &str) -> Result<Duration, String> {
+/// it failed. A build still running after `timeout` is killed (with what it started).
+pub(crate) async fn run_build(command: &str, timeout: Duration) -> Result<Duration, String> {
     let started = Instant::now();
     tracing::info!(command, "building");
     let mut child = tokio::process::Command::new("/bin/sh")
@@ -252,8 +248,12 @@ pub(crate) async fn run_build(command: &str) -> Result<Duration, String> {
     let group = BuildGroup(child.id());
     let out = log_build_output(child.stdout.take(), "stdout");
     let err = log_build_output(child.stderr.take(), "stderr");
-    let ((), (), status) = tokio::join!(out, err, child.wait());
+    let finished =
+        tokio::time::timeout(timeout, async { tokio::join!(out, err, child.wait()).2 }).await;
     drop(group);
+    let Ok(status) = finished else {
+        return Err(format!("still running after {timeout:?}; killed"));
+    };
     let status = status.map_err(|e| format!("cannot wait for the build: {e}"))?;
     if status.success() {
         Ok(started.elapsed())

@@ -43,11 +43,13 @@ mod activation;
 mod channel;
 mod client_pipe;
 mod codec;
+pub mod control;
 mod error;
 mod hub;
 mod key;
 pub mod protocol;
 mod server_socket;
+pub mod status;
 
 pub use crate::{
     activation::{ActivatedSocket, activated_sockets},

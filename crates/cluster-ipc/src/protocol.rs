@@ -192,24 +192,52 @@ impl WorkerBootstrap {
 }
 
 /// How client connections reach workers.
+///
+/// What each mode means for the watcher and for a worker is answered in one place,
+/// [`Balance::traits`]: adding a mode is a variant here, its line there, and (if it picks
+/// workers by a new rule) one module of `cluster-watcher`'s `balance/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Balance {
+    /// Every worker accepts on one shared socket
+    ///
     /// Every worker accepts on a duplicate of one listening socket owned by the watcher; the
     /// kernel hands each connection to an idle worker. Costs nothing on the request path.
     #[default]
     Shared,
+    /// The watcher accepts and hands each connection to the next worker
+    ///
     /// The watcher accepts and sends each connection to the next ready worker in turn (Node's
     /// default on Linux): even spread, at the cost of one descriptor transfer per connection.
     RoundRobin,
-    /// One `SO_REUSEPORT` socket per worker slot, all owned by the watcher: the kernel
-    /// spreads new connections evenly over the slots, each worker accepts on its slot's
-    /// socket, and a slot with no ready worker is steered around. Costs nothing on the
-    /// request path.
+    /// One SO_REUSEPORT socket per worker slot, held by the watcher; the kernel spreads
+    /// connections evenly and slots without a ready worker are steered around
+    ///
+    /// Each worker accepts on its slot's socket; the sockets are all owned by the watcher,
+    /// so a slot's queue survives its worker. Costs nothing on the request path.
     Reuseport,
-    /// As [`RoundRobin`](Self::RoundRobin), but each connection goes to the ready worker with
-    /// the fewest open connections (ties in turn); workers report the connections they
+    /// The watcher accepts and hands each connection to the worker with the fewest open
+    /// connections (cluster-worker programs)
+    ///
+    /// As [`RoundRobin`](Self::RoundRobin), but each connection goes to the ready worker
+    /// with the fewest open connections (ties in turn); workers report the connections they
     /// closed.
     LeastConn,
+}
+
+/// What a [`Balance`] mode means, for the watcher and for its workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BalanceTraits {
+    /// The watcher accepts and hands each connection to a worker; workers get the
+    /// listening address, never the socket.
+    pub watcher_accepts: bool,
+    /// One `SO_REUSEPORT` socket per slot, held by the watcher and steered around slots
+    /// without a ready worker; a slot is drained before its worker stops.
+    pub socket_per_slot: bool,
+    /// Workers report each connection they close, and the watcher hands the next one to
+    /// the worker with the fewest open.
+    pub least_loaded: bool,
 }
 
 impl Balance {
@@ -220,6 +248,21 @@ impl Balance {
         Self::Reuseport,
         Self::LeastConn,
     ];
+
+    /// What this mode means: the one `match` every question about a mode is answered by.
+    pub const fn traits(self) -> BalanceTraits {
+        let (watcher_accepts, socket_per_slot, least_loaded) = match self {
+            Self::Shared => (false, false, false),
+            Self::RoundRobin => (true, false, false),
+            Self::Reuseport => (false, true, false),
+            Self::LeastConn => (true, false, true),
+        };
+        BalanceTraits {
+            watcher_accepts,
+            socket_per_slot,
+            least_loaded,
+        }
+    }
 
     /// The name used on the command line and in [`ENV_BALANCE`].
     pub fn as_str(self) -> &'static str {
@@ -239,7 +282,7 @@ impl Balance {
     /// Whether the watcher accepts and hands each connection to a worker (round-robin,
     /// least-conn), rather than workers accepting on sockets of their own.
     pub fn hands_off(self) -> bool {
-        matches!(self, Self::RoundRobin | Self::LeastConn)
+        self.traits().watcher_accepts
     }
 }
 

@@ -1,73 +1,26 @@
-//! [`ClusterWatcher`]: a thin handle that sends commands to the driver task and awaits their
-//! outcome; [`WorkerMessage`] and [`WorkerInfo`].
-
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+//! [`ClusterWatcher`]: a thin handle that asks the driver task (through its
+//! [`Remote`]) and awaits the outcome; [`WorkerInfo`].
 
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use cluster_ipc::protocol::{Balance, ClientMeta, WatcherToWorker};
+use cluster_ipc::protocol::{ClientMeta, WatcherToWorker};
 use cluster_ipc::{ClientSocketSendPipe, ServerSocketProvider};
+use parking_lot::Mutex;
 use serde::Serialize;
-use serde::de::DeserializeOwned;
-use tokio::sync::{OwnedSemaphorePermit, broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc};
 
-use crate::balancer::Balancer;
+use crate::balance::{Balancer, Mode};
+use crate::control::Remote;
 use crate::core::{Failure, Outcome};
-use crate::driver::{Command, Driver, message_queue, spawn_in};
-use crate::remote::Remote;
-use crate::shared::{Messages, Shared, lock};
-use crate::{ClusterStatus, Event, SendError, StartError, WatcherConfig, WorkerExit, WorkerId};
-use cluster_ipc::ChannelSender;
-
-/// A message from a worker, with a handle to answer that worker only.
-#[derive(Debug)]
-pub struct WorkerMessage {
-    /// Who sent it.
-    pub id: WorkerId,
-    /// Its pid.
-    pub pid: u32,
-    /// The postcard-encoded payload; see [`decode`](Self::decode).
-    pub payload: Vec<u8>,
-    reply: ChannelSender<WatcherToWorker>,
-    /// Its share of the queue's byte budget, returned when the message is dropped.
-    _budget: OwnedSemaphorePermit,
-}
-
-impl WorkerMessage {
-    pub(crate) fn new(
-        id: WorkerId,
-        pid: u32,
-        payload: Vec<u8>,
-        reply: ChannelSender<WatcherToWorker>,
-        budget: OwnedSemaphorePermit,
-    ) -> Self {
-        Self {
-            id,
-            pid,
-            payload,
-            reply,
-            _budget: budget,
-        }
-    }
-
-    /// Decodes the payload as `T` (the type the worker sent).
-    ///
-    /// # Errors
-    /// When the payload is not a `T`.
-    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, postcard::Error> {
-        postcard::from_bytes(&self.payload)
-    }
-
-    /// Answers the sender (and only it).
-    ///
-    /// # Errors
-    /// When the worker is gone.
-    pub async fn reply<T: Serialize>(&self, message: &T) -> Result<(), SendError> {
-        let bytes = postcard::to_stdvec(message).map_err(SendError::Encode)?;
-        Ok(self.reply.send(&WatcherToWorker::Message(bytes)).await?)
-    }
-}
+use crate::driver::{Command, Driver};
+use crate::messages::message_queue;
+use crate::shared::{Messages, Shared};
+use crate::task::spawn_in;
+use crate::{
+    ClusterStatus, Event, SendError, StartError, WatcherConfig, WorkerExit, WorkerId, WorkerMessage,
+};
 
 /// A snapshot of one live worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,7 +65,10 @@ pub struct WorkerInfo {
 #[derive(Debug)]
 pub struct ClusterWatcher {
     shared: Arc<Shared>,
-    commands: mpsc::UnboundedSender<Command>,
+    /// Keeps the driver running: once the last sender is gone, it stops the cluster.
+    _commands: mpsc::UnboundedSender<Command>,
+    /// How everything is asked.
+    remote: Remote,
     /// The driver's end, until the first `start` spawns the driver.
     driver: Mutex<Option<mpsc::UnboundedReceiver<Command>>>,
 }
@@ -126,39 +82,33 @@ impl ClusterWatcher {
     pub fn new(config: WatcherConfig) -> Self {
         let (events, _) = broadcast::channel(1024);
         let span = tracing::Span::current();
-        let provider = match config.balance {
-            // The watcher accepts: workers get the address, never the socket.
-            Balance::RoundRobin | Balance::LeastConn => {
-                ServerSocketProvider::new().without_descriptors()
-            }
-            Balance::Shared => ServerSocketProvider::new(),
-            Balance::Reuseport => ServerSocketProvider::new().per_slot(),
-        };
+        let provider = Mode::of(config.balance).provider();
         let dropped_messages = Arc::new(AtomicU64::new(0));
         let (sink, receiver) = message_queue(dropped_messages.clone());
         let (commands, driver) = mpsc::unbounded_channel();
         let balancer = Arc::new(Balancer::new(span.clone(), config.balance));
-        Self {
-            shared: Arc::new(Shared {
-                config,
-                events,
-                provider,
-                balancer,
-                span,
-                messages: Mutex::new(Messages {
-                    receiver: Some(receiver),
-                    sink: Some(sink),
-                }),
-                dropped_messages,
-                published: Mutex::default(),
-                listens: Mutex::default(),
-                notify: std::sync::OnceLock::new(),
-                driver_running: std::sync::atomic::AtomicBool::new(false),
-                created: std::time::Instant::now(),
-                draining: std::sync::atomic::AtomicBool::new(false),
-                handed_over: std::sync::atomic::AtomicBool::new(false),
+        let shared = Arc::new(Shared {
+            config,
+            events,
+            provider,
+            balancer,
+            span,
+            messages: Mutex::new(Messages {
+                receiver: Some(receiver),
+                sink: Some(sink),
             }),
-            commands,
+            dropped_messages,
+            published: Mutex::default(),
+            listens: Mutex::default(),
+            notify: std::sync::OnceLock::new(),
+            driver_running: std::sync::atomic::AtomicBool::new(false),
+            created: std::time::Instant::now(),
+            draining: std::sync::atomic::AtomicBool::new(false),
+        });
+        Self {
+            remote: Remote::new(commands.downgrade(), shared.clone()),
+            shared,
+            _commands: commands,
             driver: Mutex::new(Some(driver)),
         }
     }
@@ -182,7 +132,7 @@ impl ClusterWatcher {
     /// [`hand_over`](Self::hand_over); and this watcher stops accepting. Call it before
     /// stopping this watcher's workers.
     pub fn hand_connections_to(&self, successor: ClientSocketSendPipe<ClientMeta>) {
-        self.shared.handed_over.store(true, Ordering::SeqCst);
+        self.remote.send(Command::HandedOver);
         self.shared.balancer.hand_to_successor(Arc::new(successor));
     }
 
@@ -207,31 +157,12 @@ impl ClusterWatcher {
     /// (`recv` gives `None`) once [`stop`](Self::stop) has finished; a later `start` opens
     /// a new one.
     pub fn messages(&self) -> Option<mpsc::Receiver<WorkerMessage>> {
-        lock(&self.shared.messages).receiver.take()
+        self.shared.messages.lock().receiver.take()
     }
 
     /// Messages dropped because the queue of [`messages`](Self::messages) was full.
     pub fn dropped_messages(&self) -> u64 {
         self.shared.dropped_messages.load(Ordering::Relaxed)
-    }
-
-    fn send(&self, command: Command) {
-        // The driver lives as long as this handle: the send cannot fail while we exist.
-        let _ = self.commands.send(command);
-    }
-
-    fn driver_started(&self) -> bool {
-        lock(&self.driver).is_none()
-    }
-
-    /// Sends a command whose answer is an [`Outcome`]; `None` if the driver never started.
-    fn ask(&self, make: impl FnOnce(oneshot::Sender<Outcome>) -> Command) -> Pending {
-        if !self.driver_started() {
-            return Pending(None);
-        }
-        let (reply, outcome) = oneshot::channel();
-        self.send(make(reply));
-        Pending(Some(outcome))
     }
 
     /// Starts `workers` workers and returns once all are ready.
@@ -243,20 +174,20 @@ impl ClusterWatcher {
         if self.shared.config.program_mode() {
             self.shared
                 .span
-                .in_scope(|| self.shared.prepare_program_mode())?;
+                .in_scope(|| crate::driver::prepare_program_mode(&self.shared))?;
         }
-        if let Some(commands) = lock(&self.driver).take() {
+        if let Some(commands) = self.driver.lock().take() {
             let driver = Driver::new(self.shared.clone(), commands);
             spawn_in(self.shared.span.clone(), driver.run());
             self.shared.driver_running.store(true, Ordering::SeqCst);
         }
-        match self.ask(|reply| Command::Start(workers, reply)).await {
+        match self.remote.start(workers).await {
             Some(Outcome::Started(Ok(()))) => Ok(()),
             Some(Outcome::Started(Err(failure))) => {
                 if !matches!(failure, Failure::AlreadyStarted | Failure::ZeroWorkers) {
                     self.stop().await;
                 }
-                Err(self.error(failure))
+                Err(crate::control::error(&self.shared.config, failure))
             }
             _ => Err(StartError::NotRunning),
         }
@@ -267,20 +198,13 @@ impl ClusterWatcher {
     /// # Errors
     /// [`StartError`] if it fails to start (the slot stays and is respawned as usual).
     pub async fn add_worker(&self) -> Result<WorkerId, StartError> {
-        match self.ask(Command::AddWorker).await {
-            Some(Outcome::Added(Ok(id))) => Ok(id),
-            Some(Outcome::Added(Err(failure))) => Err(self.error(failure)),
-            _ => Err(StartError::NotRunning),
-        }
+        self.remote.add_worker().await
     }
 
     /// Stops the worker in the highest slot gracefully; never the last one. Returns how it
     /// ended.
     pub async fn remove_worker(&self) -> Option<WorkerExit> {
-        match self.ask(Command::RemoveWorker).await {
-            Some(Outcome::Removed(exit)) => exit,
-            _ => None,
-        }
+        self.remote.remove_worker().await
     }
 
     /// Runs exactly `workers` slots from now on: new slots start (without waiting for them
@@ -290,15 +214,7 @@ impl ClusterWatcher {
     /// # Errors
     /// [`StartError::NotRunning`] or [`StartError::ZeroWorkers`].
     pub fn scale(&self, workers: usize) -> impl Future<Output = Result<(), StartError>> + use<> {
-        let pending = self.ask(|reply| Command::Scale(workers, reply));
-        let config = self.shared.config.clone();
-        async move {
-            match pending.await {
-                Some(Outcome::Scaled(Ok(()))) => Ok(()),
-                Some(Outcome::Scaled(Err(failure))) => Err(error(&config, failure)),
-                _ => Err(StartError::NotRunning),
-            }
-        }
+        self.remote.scale(workers)
     }
 
     /// Rolling restart, one slot at a time (see [`WatcherConfig::restart_parallelism`]):
@@ -314,15 +230,7 @@ impl ClusterWatcher {
     /// # Errors
     /// The first [`StartError`] of a replacement; [`StartError::NotRunning`].
     pub fn restart(&self) -> impl Future<Output = Result<(), StartError>> + use<> {
-        let pending = self.ask(Command::Restart);
-        let config = self.shared.config.clone();
-        async move {
-            match pending.await {
-                Some(Outcome::Restarted(Ok(()))) => Ok(()),
-                Some(Outcome::Restarted(Err(failure))) => Err(error(&config, failure)),
-                _ => Err(StartError::NotRunning),
-            }
-        }
+        self.remote.restart()
     }
 
     /// Stops every worker: asks each to finish in-flight work, `SIGKILL`s those still running
@@ -330,23 +238,13 @@ impl ClusterWatcher {
     /// respawned afterwards; the message stream ends. The command takes effect when this is
     /// called.
     pub fn stop(&self) -> impl Future<Output = Vec<WorkerExit>> + use<> {
-        let pending = self.ask(Command::Stop);
-        async move {
-            match pending.await {
-                Some(Outcome::Stopped(exits)) => exits,
-                _ => Vec::new(),
-            }
-        }
+        self.remote.stop()
     }
 
-    /// A snapshot of every slot: processes, phases, counters, last exits.
+    /// A snapshot of every slot: processes, phases, counters, last exits (the control
+    /// socket's `status` adds each worker's memory and CPU).
     pub async fn status(&self) -> ClusterStatus {
-        if !self.driver_started() {
-            return ClusterStatus::default();
-        }
-        let (reply, status) = oneshot::channel();
-        self.send(Command::Status(reply));
-        status.await.unwrap_or_default()
+        self.remote.status(false).await
     }
 
     /// The live workers.
@@ -390,10 +288,6 @@ impl ClusterWatcher {
         Ok(delivered)
     }
 
-    fn error(&self, failure: Failure) -> StartError {
-        error(&self.shared.config, failure)
-    }
-
     /// Serves the control socket at `path` (see [`control`](crate::control) for the
     /// protocol): status, restart, scale, stop and, with a [`LogFeed`](crate::LogFeed), logs.
     /// Must be called inside a tokio runtime.
@@ -406,7 +300,7 @@ impl ClusterWatcher {
         path: &std::path::Path,
         logs: Option<crate::LogFeed>,
     ) -> std::io::Result<crate::ControlServer> {
-        crate::control::serve(self.remote(), path, logs)
+        crate::control::serve(self.remote.clone(), path, logs)
     }
 
     /// Serves `/metrics` (Prometheus text), `/healthz` and `/readyz` over HTTP on `address`.
@@ -418,52 +312,12 @@ impl ClusterWatcher {
         address: std::net::SocketAddr,
         readiness: crate::Readiness,
     ) -> std::io::Result<crate::MetricsServer> {
-        crate::metrics::serve(self.remote(), address, readiness).await
+        crate::control::serve_metrics(self.remote.clone(), address, readiness).await
     }
 
     /// While set, `/readyz` answers 503 although workers serve: a load balancer deregisters
     /// the instance before it stops (`--stop-delay`).
     pub fn set_draining(&self, draining: bool) {
         self.shared.draining.store(draining, Ordering::SeqCst);
-    }
-
-    fn remote(&self) -> Remote {
-        Remote::new(self.commands.downgrade(), self.shared.clone())
-    }
-}
-
-/// The answer to a command, or `None` when there is no driver to ask.
-pub(crate) struct Pending(pub(crate) Option<oneshot::Receiver<Outcome>>);
-
-impl IntoFuture for Pending {
-    type Output = Option<Outcome>;
-    type IntoFuture = std::pin::Pin<Box<dyn Future<Output = Option<Outcome>> + Send>>;
-
-    fn into_future(self) -> Self::IntoFuture {
-        Box::pin(async move {
-            match self.0 {
-                Some(outcome) => outcome.await.ok(),
-                None => None,
-            }
-        })
-    }
-}
-
-pub(crate) fn error(config: &WatcherConfig, failure: Failure) -> StartError {
-    match failure {
-        Failure::Spawn { os_error, message } => StartError::Spawn {
-            program: config.program.clone(),
-            source: match os_error {
-                Some(code) => std::io::Error::from_raw_os_error(code),
-                None => std::io::Error::other(message),
-            },
-        },
-        Failure::ExitedBeforeReady { id, pid, status } => {
-            StartError::ExitedBeforeReady { id, pid, status }
-        }
-        Failure::NotReady { id, pid, timeout } => StartError::NotReady { id, pid, timeout },
-        Failure::ZeroWorkers => StartError::ZeroWorkers,
-        Failure::AlreadyStarted => StartError::AlreadyStarted,
-        Failure::NotRunning => StartError::NotRunning,
     }
 }

@@ -78,7 +78,7 @@
 
 #![forbid(unsafe_code)]
 
-mod balancer;
+mod balance;
 mod config;
 pub mod control;
 mod core;
@@ -86,34 +86,31 @@ mod driver;
 mod error;
 mod event;
 mod handle;
-mod listeners;
-mod logfeed;
-mod logs;
-mod metrics;
+mod messages;
 mod notify;
-mod output;
-mod proc;
-mod process;
-mod program;
-mod remote;
-mod samples;
+mod sanitize;
 mod shared;
-mod slots;
-mod status;
-mod steering;
+mod task;
 mod upgrade;
 
 pub use crate::{
     config::{ConfigError, InheritedListener, WatcherConfig},
-    control::{ControlServer, UpgradeRequest, default_control_path, status_json},
+    control::{
+        ControlServer, LogFeed, MetricsServer, ProgramRequest, Readiness, Reply,
+        default_control_path, exposition,
+    },
+    driver::read_lines,
     error::{SendError, StartError},
-    event::{Event, ExitKind, KillReason, StopCause, WorkerExit, WorkerId},
-    handle::{ClusterWatcher, WorkerInfo, WorkerMessage},
-    logfeed::LogFeed,
-    metrics::{MetricsServer, Readiness, exposition},
-    output::read_lines,
-    status::{ClusterStatus, RestartCounts, SlotStatus, WorkerPhase, WorkerStatus},
-    upgrade::{ENV_UPGRADE, PredecessorLink, SuccessorEnds, SuccessorLink, UpgradeError},
+    event::Event,
+    handle::{ClusterWatcher, WorkerInfo},
+    messages::WorkerMessage,
+    upgrade::{
+        ENV_UPGRADE, HandedOver, PredecessorLink, SuccessorEnds, SuccessorLink, UpgradeError,
+    },
 };
 
 pub use cluster_ipc::protocol::Balance;
+pub use cluster_ipc::status::{
+    About, ClusterStatus, ExitKind, KillReason, RestartCounts, SlotStatus, StopCause, WorkerExit,
+    WorkerId, WorkerPhase, WorkerStatus,
+};

@@ -139,7 +139,7 @@ fn parse(text: &str) -> Notification {
             Some(("WATCHDOG", "1")) => notification.watchdog = true,
             Some(("STOPPING", "1")) => notification.stopping = true,
             Some(("STATUS", status)) => {
-                notification.status = Some(crate::logs::sanitize(status, 256).into_owned())
+                notification.status = Some(crate::sanitize::sanitize(status, 256).into_owned())
             }
             _ => {}
         }

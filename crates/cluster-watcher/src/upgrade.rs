@@ -18,6 +18,8 @@
 //!    hands every connection to the new one ([`ClusterWatcher::hand_connections_to`]) and
 //!    stops its workers gracefully; the new watcher passes what arrives to its own workers
 //!    ([`PredecessorLink::serve_connections`]) until the old one is gone.
+//! 4. New → old: `Serving` once it took the pid file and its control socket answers; the
+//!    old watcher answers `cluster upgrade` only then ([`HandedOver::wait_serving`]).
 //!
 //! The `cluster` binary does this on `SIGUSR2` and `cluster upgrade`; an embedding
 //! supervisor can do the same with [`SuccessorLink`] and [`PredecessorLink`].
@@ -51,6 +53,8 @@ enum UpgradeMessage {
     Failed(String),
     /// The old watcher let go of its pid file, control socket and the like.
     Yours,
+    /// The new watcher took them: its control socket answers.
+    Serving,
 }
 
 /// What can go wrong in an upgrade.
@@ -189,14 +193,39 @@ impl SuccessorLink {
 
     /// Tells the new watcher it is on its own (the old one let go of its pid file and
     /// the like), and passes it every connection `watcher` would hand to a worker from now
-    /// on. Stop `watcher` next.
+    /// on. Stop `watcher` next; [`HandedOver::wait_serving`] says when the new watcher
+    /// answers on its control socket.
     ///
     /// # Errors
     /// The new watcher went away.
-    pub async fn hand_over(self, watcher: &ClusterWatcher) -> Result<(), UpgradeError> {
+    pub async fn hand_over(self, watcher: &ClusterWatcher) -> Result<HandedOver, UpgradeError> {
         send(&self.protocol, &UpgradeMessage::Yours, &[]).await?;
         watcher.hand_connections_to(ClientSocketSendPipe::new(self.connections));
-        Ok(())
+        Ok(HandedOver {
+            protocol: self.protocol,
+        })
+    }
+}
+
+/// The old watcher's side once it handed over: what is left to hear from the new one.
+#[derive(Debug)]
+pub struct HandedOver {
+    protocol: AsyncFdSocket,
+}
+
+impl HandedOver {
+    /// Waits until the new watcher took the pid file and its control socket answers (so a
+    /// `cluster upgrade` that returns is followed by a `cluster status` that works).
+    ///
+    /// # Errors
+    /// It went away, or did not say so in time.
+    pub async fn wait_serving(self, timeout: Duration) -> Result<(), UpgradeError> {
+        match tokio::time::timeout(timeout, receive(&self.protocol)).await {
+            Err(_) => Err(UpgradeError::Timeout(timeout)),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok((UpgradeMessage::Serving, _))) => Ok(()),
+            Ok(Ok((other, _))) => Err(UpgradeError::Protocol(format!("{other:?}"))),
+        }
     }
 }
 
@@ -301,6 +330,14 @@ impl PredecessorLink {
             Ok(Ok((UpgradeMessage::Yours, _))) => Ok(()),
             Ok(Ok((other, _))) => Err(UpgradeError::Protocol(format!("{other:?}"))),
         }
+    }
+
+    /// Tells the old watcher this one took its pid file and control socket and answers.
+    ///
+    /// # Errors
+    /// The old watcher went away.
+    pub async fn serving(&self) -> Result<(), UpgradeError> {
+        send(&self.protocol, &UpgradeMessage::Serving, &[]).await
     }
 
     /// Passes every connection the old watcher sends to `watcher`'s workers, until the old

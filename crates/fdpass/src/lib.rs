@@ -28,6 +28,8 @@
 //!   new connections to chosen members only, at random; [`RoundRobinSteering`] does it in
 //!   strict turn with eBPF where that is allowed (`CAP_BPF`); [`listen_queue`] reads a listener's accept
 //!   queue (`TCP_INFO`).
+//! * [`peer_credentials`] says who is at the other end of a Unix socket (`SO_PEERCRED`),
+//!   also when it lives in another PID namespace.
 //! * [`Error`] is what can go wrong on the wire; [`SocketKindError`] what can go wrong when
 //!   adopting a descriptor.
 //!
@@ -83,6 +85,7 @@ mod error;
 mod frame;
 mod inherit;
 mod listener;
+mod peer;
 mod raw;
 mod reuseport;
 mod socket;
@@ -94,6 +97,7 @@ pub use crate::{
     frame::{DEFAULT_MAX_MESSAGE_LEN, Limits, MAX_CHUNK, MAX_FDS},
     inherit::{adopt_inherited_fd, inherit_fd, inherit_fds_at, kill_with_parent},
     listener::{RawAcceptor, SeqpacketListener},
+    peer::{PeerCredentials, peer_credentials},
     raw::{RawPacket, recv_raw, send_raw},
     reuseport::{
         ListenQueue, MAX_STEERED, RoundRobinSteering, listen_queue, steer_reuseport,

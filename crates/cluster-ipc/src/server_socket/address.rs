@@ -12,7 +12,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::ServerSocketError;
 
-
 /// Where to listen: a TCP address (IPv4 or IPv6) or a Unix socket path.
 ///
 /// Parsed from `127.0.0.1:8080`, `[::1]:0`, `tcp://127.0.0.1:80`, `localhost:3000`

@@ -63,7 +63,7 @@ impl AsFd for Listener {
 }
 
 /// Something that produces listening sockets: bound here ([`LocalServerSocketFactory`]) or
-/// obtained from another process ([`ServerSocketPipeFactory`]). Code written against this
+/// obtained from another process ([`ServerSocketPipeFactory`](crate::ServerSocketPipeFactory)). Code written against this
 /// trait runs unchanged in a cluster and standalone.
 pub trait ServerSocketFactory {
     /// A listener on `address` with `options`.

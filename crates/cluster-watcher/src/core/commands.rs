@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use super::{Failure, Outcome, Phase, ReadyWaiter, Stopping, Supervisor, Ticket};
+use super::{Failure, Outcome, Phase, ReadyWaiter, Stopping, Supervisor, Ticket, Timer};
 use crate::{Event, StopCause, WorkerId};
 
 impl Supervisor {
@@ -17,6 +17,7 @@ impl Supervisor {
         }
         self.running = true;
         self.slots.clear();
+        self.arm_periodic(now);
         let ids: Vec<WorkerId> = (1..=count as u32)
             .map(|slot| self.spawn_in_slot(slot, true, now))
             .collect();
@@ -53,10 +54,10 @@ impl Supervisor {
         if count == 0 {
             return self.complete(ticket, Outcome::Scaled(Err(Failure::ZeroWorkers)));
         }
-        while self.wanted_slots() < count {
+        while self.slots.wanted() < count {
             self.add_slot(now);
         }
-        while self.wanted_slots() > count {
+        while self.slots.wanted() > count {
             self.remove_slot(now);
         }
         self.complete(ticket, Outcome::Scaled(Ok(())));
@@ -68,7 +69,7 @@ impl Supervisor {
         if !self.running {
             return self.complete(ticket, Outcome::Restarted(Err(Failure::NotRunning)));
         }
-        self.rolling.request(ticket);
+        self.rolling.request(Some(ticket));
         self.step_rolling(now);
     }
 
@@ -90,10 +91,10 @@ impl Supervisor {
                     self.complete(ticket, Outcome::Added(Err(Failure::NotRunning)));
                 }
             }
-            for slot in &mut self.slots {
+            for (number, slot) in self.slots.iter_mut() {
                 slot.wanted = false;
                 slot.current = None;
-                slot.respawn_at = None;
+                self.timers.stop(Timer::Respawn(number));
             }
             let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
             for id in ids {
@@ -112,20 +113,23 @@ impl Supervisor {
     }
 
     pub(super) fn finish_stop_if_done(&mut self) {
-        let Some(stopping) = &mut self.stopping else {
-            return;
-        };
-        if self.running {
+        if self.stopping.is_none() || self.running {
             return;
         }
         if self.workers.is_empty() {
             self.finish_stop(false);
-        } else if stopping.give_up.is_none()
+        } else if self.timers.get(Timer::GiveUp).is_none()
             && self.workers.values().all(|w| w.phase == Phase::Killed)
         {
             // Only killed processes remain: they get KILL_GRACE, then the stop returns.
-            let latest = self.workers.values().filter_map(|w| w.deadline).max();
-            stopping.give_up = latest;
+            let latest = self
+                .workers
+                .keys()
+                .filter_map(|id| self.timers.get(Timer::Phase(*id)))
+                .max();
+            if let Some(at) = latest {
+                self.timers.set(Timer::GiveUp, at);
+            }
         }
     }
 
@@ -133,6 +137,7 @@ impl Supervisor {
         let Some(stopping) = self.stopping.take() else {
             return;
         };
+        self.timers.stop(Timer::GiveUp);
         let mut exits = stopping.exits;
         exits.sort_by_key(|e| (e.id.slot, e.id.generation));
         if gave_up {

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Action, Failure, Outcome, Phase, ReadyWaiter, Supervisor, Ticket};
+use super::{Action, Failure, Outcome, Phase, ReadyWaiter, Supervisor, Ticket, Timer};
 use crate::{Event, ExitKind, KillReason, StopCause, WorkerExit, WorkerId};
 
 impl Supervisor {
@@ -14,17 +14,19 @@ impl Supervisor {
         };
         worker.pid = pid;
         worker.started = now;
-        worker.deadline = Some(now + self.config.ready_timeout);
-        if self.config.program_mode() {
-            worker.ready_at = self.config.ready_after.map(|after| now + after);
-        }
         let stop = worker.stop;
-        self.changed = true;
+        self.timers
+            .set(Timer::Phase(id), now + self.config.ready_timeout);
+        if self.config.program_mode()
+            && let Some(after) = self.config.ready_after
+        {
+            self.timers.set(Timer::ReadyAfter(id), now + after);
+        }
+        self.touch();
         self.emit(Event::Started { id, pid });
         // Stopped while it was being spawned: tell it now that it can be told.
         if stop.is_some() {
-            self.actions.push_back(Action::Stop(id));
-            self.set_stopping_deadline(id, now);
+            self.send_stop(id, now);
         }
     }
 
@@ -46,9 +48,10 @@ impl Supervisor {
         self.recycling_failed(id);
         self.rolling_failed(id, failure, now);
         if self.workers.remove(&id).is_some() {
-            self.changed = true;
+            self.touch();
         }
-        let slot = &mut self.slots[id.slot as usize - 1];
+        self.timers.forget_worker(id);
+        let slot = &mut self.slots[id.slot];
         if slot.current == Some(id) {
             slot.current = None;
             slot.restarts.crashed += 1;
@@ -62,6 +65,7 @@ impl Supervisor {
     pub(crate) fn ready(&mut self, id: WorkerId, now: Instant) {
         self.advance(now);
         let heartbeat_timeout = self.config.heartbeat_timeout;
+        let program_mode = self.config.program_mode();
         let Some(worker) = self.workers.get_mut(&id) else {
             return;
         };
@@ -70,12 +74,17 @@ impl Supervisor {
         }
         // A program that never sends WATCHDOG=1 is not held to a heartbeat; one that sends
         // it once is held to it from then on.
-        let expects_heartbeats = !self.config.program_mode() || worker.last_heartbeat.is_some();
+        let expects_heartbeats = !program_mode || worker.last_heartbeat.is_some();
         worker.phase = Phase::Ready;
         worker.last_heartbeat = Some(now);
-        worker.deadline = expects_heartbeats.then(|| now + heartbeat_timeout);
-        let pid = worker.pid;
-        self.changed = true;
+        let (pid, started) = (worker.pid, worker.started);
+        self.timers.stop(Timer::ReadyAfter(id));
+        match expects_heartbeats {
+            true => self.timers.set(Timer::Phase(id), now + heartbeat_timeout),
+            false => self.timers.stop(Timer::Phase(id)),
+        }
+        self.arm_max_age(id, started);
+        self.touch();
         self.emit(Event::Ready { id, pid });
         self.actions.push_back(Action::Admit(id));
         let replacing = self.rolling.is_replacement(id);
@@ -92,14 +101,6 @@ impl Supervisor {
         }
     }
 
-    /// Connections the worker accepted so far.
-    pub(crate) fn accepted(&mut self, id: WorkerId, total: u64, now: Instant) {
-        self.advance(now);
-        if let Some(worker) = self.workers.get_mut(&id) {
-            worker.accepted = Some(total);
-        }
-    }
-
     /// A heartbeat from the worker.
     pub(crate) fn heartbeat(&mut self, id: WorkerId, now: Instant) {
         self.advance(now);
@@ -107,7 +108,7 @@ impl Supervisor {
         if let Some(worker) = self.workers.get_mut(&id) {
             worker.last_heartbeat = Some(now);
             if worker.phase == Phase::Ready {
-                worker.deadline = Some(now + timeout);
+                self.timers.set(Timer::Phase(id), now + timeout);
             }
         }
     }
@@ -115,7 +116,7 @@ impl Supervisor {
     /// The worker broke the protocol on its control socket: it is killed.
     pub(crate) fn bad_traffic(&mut self, id: WorkerId, now: Instant) {
         self.advance(now);
-        self.kill(id, KillReason::BadTraffic);
+        self.kill(id, KillReason::BadTraffic, now);
     }
 
     /// The worker closed its control socket: it is exiting, and gets the shutdown timeout
@@ -127,7 +128,12 @@ impl Supervisor {
             && worker.phase != Phase::Killed
         {
             worker.phase = Phase::Stopping;
-            worker.deadline = Some(worker.deadline.map_or(limit, |d| d.min(limit)));
+            let deadline = self
+                .timers
+                .get(Timer::Phase(id))
+                .map_or(limit, |d| d.min(limit));
+            self.timers.set(Timer::Phase(id), deadline);
+            self.touch();
         }
     }
 
@@ -137,7 +143,8 @@ impl Supervisor {
         let Some(worker) = self.workers.remove(&id) else {
             return;
         };
-        self.changed = true;
+        self.timers.forget_worker(id);
+        self.touch();
         let exit = WorkerExit {
             id,
             pid: worker.pid,
@@ -165,17 +172,8 @@ impl Supervisor {
         self.fail_ready_waiters(id, &failure);
         self.recycling_failed(id);
         self.rolling_failed(id, failure, now);
-        let waiting: Vec<Ticket> = self
-            .exit_waiters
-            .iter()
-            .filter(|(w, _)| *w == id)
-            .map(|(_, t)| *t)
-            .collect();
-        self.exit_waiters.retain(|(w, _)| *w != id);
-        for ticket in waiting {
-            self.complete(ticket, Outcome::Removed(Some(exit)));
-        }
-        let slot = &mut self.slots[id.slot as usize - 1];
+        self.answer_exit_waiters(id, exit);
+        let slot = &mut self.slots[id.slot];
         slot.last_exit = Some(exit);
         if slot.current == Some(id) {
             slot.current = None;
@@ -191,6 +189,30 @@ impl Supervisor {
                 self.respawn_after_exit(id, uptime, now);
             }
         }
+        self.reuseport_exited(id);
         self.finish_stop_if_done();
+    }
+
+    fn answer_exit_waiters(&mut self, id: WorkerId, exit: WorkerExit) {
+        let waiting: Vec<Ticket> = self
+            .exit_waiters
+            .iter()
+            .filter(|(w, _)| *w == id)
+            .map(|(_, t)| *t)
+            .collect();
+        self.exit_waiters.retain(|(w, _)| *w != id);
+        for ticket in waiting {
+            self.complete(ticket, Outcome::Removed(Some(exit)));
+        }
+    }
+
+    /// Shared sockets: one had stopped listening (a worker shut its copy) and was bound
+    /// anew; the workers are restarted onto it (nobody waits on that restart).
+    pub(crate) fn listener_rebound(&mut self, now: Instant) {
+        self.advance(now);
+        if self.running {
+            self.rolling.request(None);
+            self.step_rolling(now);
+        }
     }
 }

@@ -1,29 +1,43 @@
 //! The supervisor's policy as a state machine without I/O (quinn-proto style).
 //!
-//! [`Supervisor`] knows slots, generations, worker phases, deadlines, backoff, rolling
-//! restarts, scaling and stopping. It never touches a process, a socket or a clock: the
-//! driver feeds it inputs with `now` ([`Supervisor::spawned`], [`Supervisor::ready`],
-//! [`Supervisor::exited`], commands, [`Supervisor::handle_timeout`]), then drains the
-//! [`Action`]s it queued ([`Supervisor::poll_action`]) and sleeps until
-//! [`Supervisor::next_deadline`]. Every rule is therefore testable in microseconds with a
-//! fake clock (`core/tests.rs`).
+//! [`Supervisor`] knows slots, generations, worker phases, backoff, rolling restarts,
+//! recycling, scaling, stopping and, in reuseport mode, which slots take new connections. It
+//! never touches a process, a socket or a clock: the driver feeds it inputs with `now`
+//! (`inputs.rs`: spawned, ready, heartbeat, exited, and what it measured when asked:
+//! memory, accept queues, a rebound listener), commands (`commands.rs`), and
+//! [`Supervisor::handle_timeout`] when [`Supervisor::poll_timeout`] comes; then it drains the
+//! [`Action`]s queued ([`Supervisor::poll_action`]). Every timer is one entry of one
+//! [`TimerTable`](timers::TimerTable); every rule is unit-tested with a fake clock
+//! (`core/tests/`).
+//!
+//! * `slots.rs`: the slots, numbered from 1.
+//! * `rules.rs`: spawning, stopping, killing, backoff.
+//! * `rolling.rs`: rolling restarts ([`Rolling`]).
+//! * `recycle.rs`: recycling by age, memory and connection count.
+//! * `reuseport.rs`: draining a slot before its worker stops, stalled slots, steering.
+//! * `status.rs`: the [`ClusterStatus`] snapshot.
 
 mod commands;
 mod inputs;
 mod recycle;
+mod reuseport;
 mod rolling;
 mod rules;
+mod slots;
+mod status;
 #[cfg(test)]
 mod tests;
+mod timers;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::status::{ClusterStatus, RestartCounts, SlotStatus, WorkerPhase};
 use crate::{Event, ExitKind, KillReason, StopCause, WatcherConfig, WorkerExit, WorkerId};
 
-pub(crate) use self::recycle::{Recycle, jitter};
+use self::reuseport::Reuseport;
 pub(crate) use self::rolling::Rolling;
+use self::slots::SlotTable;
+use self::timers::{Timer, TimerTable};
 
 /// Identifies a caller waiting for the outcome of a command.
 pub(crate) type Ticket = u64;
@@ -40,6 +54,12 @@ pub(crate) const STALL: Duration = Duration::from_secs(2);
 /// How long after `SIGKILL` a stop waits for a process before it gives up on it (a process
 /// in uninterruptible sleep); it is still reaped whenever it ends.
 pub(crate) const KILL_GRACE: Duration = Duration::from_secs(10);
+
+/// How often the workers' memory is measured with `max_memory`.
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
+/// How often the shared listening sockets are checked.
+const CHECK_LISTENERS_EVERY: Duration = Duration::from_secs(2);
 
 /// Why a start, an added worker or a replacement failed (the cloneable core of
 /// [`StartError`](crate::StartError)).
@@ -91,6 +111,21 @@ pub(crate) enum Action {
     Emit(Event),
     /// Answer a waiting caller.
     Complete(Ticket, Outcome),
+    /// Measure these workers' memory (pid given) and report [`Supervisor::memory`].
+    SampleMemory(Vec<(WorkerId, u32)>),
+    /// Look at the shared listening sockets (and with `queues`, their accept queues) and
+    /// report [`Supervisor::listener_rebound`] if one had to be bound anew.
+    CheckListeners { queues: bool },
+    /// Reuseport: read every slot's accept queue and report [`Supervisor::queues`].
+    PollQueues,
+    /// Reuseport: new connections go to these slots only (none: every slot).
+    Steer(BTreeSet<u32>),
+    /// Reuseport: the slot is gone for good; close its sockets (and steer again, the
+    /// group's order changed).
+    ReleaseSlot(u32),
+    /// A rolling restart finished: close listening sockets none of these current workers
+    /// asked for.
+    ReleaseUnusedListeners(Vec<WorkerId>),
 }
 
 /// Where a worker process is in its life.
@@ -107,28 +142,11 @@ struct Worker {
     pid: u32,
     phase: Phase,
     started: Instant,
-    /// When the current phase's deadline passes, and what happens then.
-    deadline: Option<Instant>,
     last_heartbeat: Option<Instant>,
-    /// Program mode: when it counts as ready if it has not said so (`ready_after`).
-    ready_at: Option<Instant>,
     /// Connections it reported accepting (cluster-worker programs).
     accepted: Option<u64>,
     stop: Option<StopCause>,
     kill: Option<KillReason>,
-}
-
-#[derive(Debug, Default)]
-struct Slot {
-    wanted: bool,
-    generation: u32,
-    current: Option<WorkerId>,
-    /// Delay before the next respawn after an early end (0 for the first).
-    backoff: Duration,
-    /// A respawn waits for this moment.
-    respawn_at: Option<Instant>,
-    restarts: RestartCounts,
-    last_exit: Option<WorkerExit>,
 }
 
 /// A caller waiting for a worker to become ready.
@@ -143,15 +161,16 @@ enum ReadyWaiter {
 pub(crate) struct Supervisor {
     config: WatcherConfig,
     running: bool,
-    slots: Vec<Slot>,
+    slots: SlotTable,
     workers: BTreeMap<WorkerId, Worker>,
     /// `start`: its ticket and the initial workers not ready yet.
     starting: Option<(Ticket, Vec<WorkerId>)>,
     ready_waiters: Vec<(WorkerId, ReadyWaiter)>,
     exit_waiters: Vec<(WorkerId, Ticket)>,
     rolling: Rolling,
-    /// `stop`: tickets, the exits collected, and when to give up on killed workers.
+    /// `stop`: tickets and the exits collected.
     stopping: Option<Stopping>,
+    timers: TimerTable,
     last_call: Option<Instant>,
     actions: VecDeque<Action>,
     /// Set when the set of workers or their phases changed (the driver republishes).
@@ -160,37 +179,46 @@ pub(crate) struct Supervisor {
     rolling_done: (u64, u64),
     /// Recyclings in progress.
     recycling: Vec<recycle::Recycling>,
+    /// Reuseport: drains, stalled slots, steering.
+    reuseport: Reuseport,
 }
 
 #[derive(Debug, Default)]
 struct Stopping {
     tickets: Vec<Ticket>,
     exits: Vec<WorkerExit>,
-    give_up: Option<Instant>,
 }
 
 impl Supervisor {
     pub(crate) fn new(config: WatcherConfig) -> Self {
+        let reuseport = Reuseport::new(config.balance.traits().socket_per_slot);
         Self {
             config,
             running: false,
-            slots: Vec::new(),
+            slots: SlotTable::default(),
             workers: BTreeMap::new(),
             starting: None,
             ready_waiters: Vec::new(),
             exit_waiters: Vec::new(),
             rolling: Rolling::default(),
             stopping: None,
+            timers: TimerTable::default(),
             last_call: None,
             actions: VecDeque::new(),
             changed: false,
             rolling_done: (0, 0),
             recycling: Vec::new(),
+            reuseport,
         }
     }
 
     /// The next action for the driver.
     pub(crate) fn poll_action(&mut self) -> Option<Action> {
+        if self.actions.is_empty()
+            && let Some(live) = self.steering()
+        {
+            return Some(Action::Steer(live));
+        }
         self.actions.pop_front()
     }
 
@@ -208,26 +236,10 @@ impl Supervisor {
         !self.running && self.workers.is_empty()
     }
 
-    /// The earliest moment something is due. The driver calls
-    /// [`handle_timeout`](Self::handle_timeout) then, or after [`TICK`], whichever is first.
-    pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        let workers = self
-            .workers
-            .values()
-            .flat_map(|w| {
-                [
-                    w.deadline,
-                    w.ready_at.filter(|_| w.phase == Phase::Starting),
-                ]
-            })
-            .flatten();
-        let respawns = self.slots.iter().filter_map(|s| s.respawn_at);
-        let give_up = self.stopping.as_ref().and_then(|s| s.give_up);
-        workers
-            .chain(respawns)
-            .chain(give_up)
-            .chain(self.next_recycle())
-            .min()
+    /// When the driver must call [`handle_timeout`](Self::handle_timeout) next (if no input
+    /// comes first): the earliest armed timer.
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.next()
     }
 
     /// Notes that the driver runs at `now`; a long gap since its last call was a stall of
@@ -238,23 +250,11 @@ impl Supervisor {
             if gap > STALL {
                 // The driver was not running for about `gap - TICK`: nothing a worker sent
                 // was read, so nothing a worker did not send may be held against it.
-                let shift = gap - TICK;
-                for worker in self.workers.values_mut() {
-                    if let Some(deadline) = &mut worker.deadline {
-                        *deadline += shift;
-                    }
-                }
-                for slot in &mut self.slots {
-                    if let Some(at) = &mut slot.respawn_at {
-                        *at += shift;
-                    }
-                }
-                if let Some(give_up) = self.stopping.as_mut().and_then(|s| s.give_up.as_mut()) {
-                    *give_up += shift;
-                }
+                self.timers.shift(gap - TICK);
                 self.emit(Event::WatcherStalled { duration: gap });
             }
         }
+        self.timers.set(Timer::Tick, now + TICK);
     }
 
     pub(super) fn emit(&mut self, event: Event) {
@@ -265,119 +265,111 @@ impl Supervisor {
         self.actions.push_back(Action::Complete(ticket, outcome));
     }
 
-    /// Deadlines that passed: kills, respawns, giving up on unkillable processes.
+    /// The workers or their phases changed: the driver republishes, reuseport re-steers.
+    pub(super) fn touch(&mut self) {
+        self.changed = true;
+        self.reuseport.touch();
+    }
+
+    /// Every timer due at `now`.
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
         self.advance(now);
-        self.recycle_old(now);
-        // Program mode: alive for `ready_after` counts as ready.
-        let ready: Vec<WorkerId> = self
-            .workers
-            .iter()
-            .filter(|(_, w)| w.phase == Phase::Starting && w.ready_at.is_some_and(|t| t <= now))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ready {
-            self.ready(id, now);
-        }
-        let due: Vec<(WorkerId, Phase)> = self
-            .workers
-            .iter()
-            .filter(|(_, w)| w.deadline.is_some_and(|d| d <= now))
-            .map(|(id, w)| (*id, w.phase))
-            .collect();
-        for (id, phase) in due {
-            let reason = match phase {
-                Phase::Starting => KillReason::ReadyTimeout,
-                Phase::Ready => KillReason::HeartbeatTimeout,
-                Phase::Stopping => KillReason::ShutdownTimeout,
-                Phase::Killed => {
-                    // It ignored SIGKILL (uninterruptible sleep): stop waiting for it here.
-                    if let Some(worker) = self.workers.get_mut(&id) {
-                        worker.deadline = None;
-                    }
-                    continue;
-                }
-            };
-            self.kill(id, reason);
-            if let Some(worker) = self.workers.get_mut(&id) {
-                worker.deadline = Some(now + KILL_GRACE);
-            }
-        }
-        let respawns: Vec<u32> = (1..=self.slots.len() as u32)
-            .filter(|s| {
-                self.slots[*s as usize - 1]
-                    .respawn_at
-                    .is_some_and(|at| at <= now)
-            })
-            .collect();
-        for slot in respawns {
-            self.slots[slot as usize - 1].respawn_at = None;
-            if self.running && self.slots[slot as usize - 1].wanted {
-                self.spawn_in_slot(slot, true, now);
-            }
+        while let Some(timer) = self.timers.pop_expired(now) {
+            self.expire(timer, now);
         }
         self.finish_stop_if_done();
-        if let Some(stopping) = &mut self.stopping
-            && stopping.give_up.is_some_and(|at| at <= now)
-        {
-            stopping.give_up = None;
-            self.finish_stop(true);
+    }
+
+    fn expire(&mut self, timer: Timer, now: Instant) {
+        match timer {
+            Timer::Tick => {}
+            Timer::ReadyAfter(id) => {
+                // Program mode: alive for `ready_after` counts as ready.
+                if self.phase(id) == Some(Phase::Starting) {
+                    self.ready(id, now);
+                }
+            }
+            Timer::Phase(id) => self.phase_expired(id, now),
+            Timer::Respawn(slot) => {
+                if self.running && self.slots.contains(slot) && self.slots[slot].wanted {
+                    self.spawn_in_slot(slot, true, now);
+                }
+            }
+            Timer::GiveUp => self.finish_stop(true),
+            Timer::MaxAge(id) => self.recycle_old(id, now),
+            Timer::DrainLimit(id) => self.drain_limit(id, now),
+            Timer::SampleMemory => self.sample_memory(now),
+            Timer::CheckListeners => self.check_listeners(now),
+            Timer::PollQueues => self.poll_queues(now),
         }
     }
 
-    // ---- status
+    /// A worker's phase deadline passed: it is killed for it.
+    fn phase_expired(&mut self, id: WorkerId, now: Instant) {
+        let reason = match self.phase(id) {
+            Some(Phase::Starting) => KillReason::ReadyTimeout,
+            Some(Phase::Ready) => KillReason::HeartbeatTimeout,
+            Some(Phase::Stopping) => KillReason::ShutdownTimeout,
+            // It ignored SIGKILL (uninterruptible sleep): a stop gives up on it (GiveUp).
+            Some(Phase::Killed) | None => return,
+        };
+        self.kill(id, reason, now);
+    }
 
-    /// A snapshot for `ClusterWatcher::status`.
-    pub(crate) fn status(&self, now: Instant) -> ClusterStatus {
-        let slots = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter(|(index, s)| {
-                s.wanted || self.workers.keys().any(|id| id.slot as usize == index + 1)
-            })
-            .map(|(index, s)| {
-                let number = index as u32 + 1;
-                let workers = self
-                    .workers
-                    .iter()
-                    .filter(|(id, _)| id.slot == number)
-                    .map(|(id, w)| crate::status::WorkerStatus {
-                        id: *id,
-                        pid: w.pid,
-                        phase: match (w.phase, w.stop) {
-                            (Phase::Starting, _) => WorkerPhase::Starting,
-                            (Phase::Ready, _) => WorkerPhase::Ready,
-                            (Phase::Stopping, _) | (Phase::Killed, Some(_)) => {
-                                WorkerPhase::Stopping
-                            }
-                            (Phase::Killed, None) => WorkerPhase::Killed,
-                        },
-                        current: s.current == Some(*id),
-                        uptime: now.saturating_duration_since(w.started),
-                        heartbeat_age: w.last_heartbeat.map(|t| now.saturating_duration_since(t)),
-                        accepted: w.accepted,
-                        open_connections: None,
-                    })
-                    .collect();
-                SlotStatus {
-                    slot: number,
-                    wanted: s.wanted,
-                    generation: s.generation,
-                    workers,
-                    backing_off: s.respawn_at.map(|at| at.saturating_duration_since(now)),
-                    restarts: s.restarts,
-                    last_exit: s.last_exit,
-                    queued: None,
-                }
-            })
-            .collect();
-        ClusterStatus {
-            running: self.running,
-            slots,
-            rolling_restart: self.rolling.progress(),
-            rolling_restarts_completed: self.rolling_done.0,
-            rolling_restarts_failed: self.rolling_done.1,
+    fn phase(&self, id: WorkerId) -> Option<Phase> {
+        self.workers.get(&id).map(|w| w.phase)
+    }
+
+    /// Arms the periodic looks this configuration needs (at the start).
+    fn arm_periodic(&mut self, now: Instant) {
+        if self.config.max_memory.is_some() {
+            self.timers.set(Timer::SampleMemory, now + SAMPLE_EVERY);
         }
+        if !self.config.balance.traits().watcher_accepts {
+            self.timers
+                .set(Timer::CheckListeners, now + CHECK_LISTENERS_EVERY);
+        }
+        if self.reuseport.enabled() {
+            self.timers.set(Timer::PollQueues, now + reuseport::POLL);
+        }
+    }
+
+    /// `max_memory`: asks the driver to measure every ready current worker.
+    fn sample_memory(&mut self, now: Instant) {
+        if !self.running {
+            return;
+        }
+        self.timers.set(Timer::SampleMemory, now + SAMPLE_EVERY);
+        let ready: Vec<(WorkerId, u32)> = self
+            .current_workers()
+            .filter(|(_, w)| w.phase == Phase::Ready)
+            .map(|(id, w)| (id, w.pid))
+            .collect();
+        if !ready.is_empty() {
+            self.actions.push_back(Action::SampleMemory(ready));
+        }
+    }
+
+    /// Shared sockets: asks the driver to look at them (a worker may have broken one).
+    fn check_listeners(&mut self, now: Instant) {
+        if !self.running {
+            return;
+        }
+        self.timers
+            .set(Timer::CheckListeners, now + CHECK_LISTENERS_EVERY);
+        // Program mode, one shared socket: a program that binds its own port shows as a
+        // queue nobody empties (reuseport watches each slot's queue itself).
+        let queues = self.config.program_mode()
+            && !self.config.balance.traits().socket_per_slot
+            && self.current_workers().any(|(_, w)| w.phase == Phase::Ready);
+        self.actions.push_back(Action::CheckListeners { queues });
+    }
+
+    /// Each slot's current worker, if it has one.
+    fn current_workers(&self) -> impl Iterator<Item = (WorkerId, &Worker)> {
+        self.slots
+            .iter()
+            .filter_map(|(_, s)| s.current)
+            .filter_map(|id| self.workers.get(&id).map(|w| (id, w)))
     }
 }

@@ -1,9 +1,20 @@
-//! Recycling: replacing a worker that is too old or too big through the rolling-restart
-//! path, one slot at a time, its replacement ready before it drains.
+//! Recycling: replacing a worker that is too old, too big or has served enough, through
+//! the rolling-restart path, one slot at a time, its replacement ready before it drains.
+//!
+//! * **Age** (`max_age`): a [`Timer::MaxAge`] armed when the worker becomes ready.
+//! * **Memory** (`max_memory`): the driver measures the RSS of every ready current worker's
+//!   process tree when asked ([`Action::SampleMemory`](super::Action::SampleMemory), every
+//!   second) and reports it ([`Supervisor::memory`]). Over its limit a worker is recycled;
+//!   past 1.5 times the limit it is killed at once.
+//! * **Connections** (`max_requests`): the count a `cluster-worker` program reports with its
+//!   heartbeats ([`Supervisor::accepted`]).
+//!
+//! Each worker's limits get a spread of up to a tenth (its [`spread`], different from
+//! worker to worker), so workers started together do not all recycle together.
 
 use std::time::{Duration, Instant};
 
-use super::{Phase, Supervisor};
+use super::{Phase, Supervisor, TICK, Timer};
 use crate::{Event, KillReason, StopCause, WorkerId};
 
 /// Why a worker is recycled.
@@ -38,40 +49,44 @@ pub(super) struct Recycling {
     pub(super) new: WorkerId,
 }
 
-/// A spread in `0..jitter` that differs from worker to worker, so workers started together
-/// do not all reach a limit together.
-pub(crate) fn jitter(id: WorkerId, jitter: Duration) -> Duration {
-    if jitter.is_zero() {
-        return Duration::ZERO;
+/// A number in `0..range` that differs from worker to worker (a hash of its slot and
+/// generation): each worker's share of a limit's spread.
+pub(crate) fn spread(id: WorkerId, range: u64) -> u64 {
+    if range == 0 {
+        return 0;
     }
     let mut x = u64::from(id.slot).wrapping_mul(0x9E37_79B9_7F4A_7C15)
         ^ u64::from(id.generation).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
     x ^= x >> 33;
     x = x.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
     x ^= x >> 33;
-    Duration::from_nanos(x % jitter.as_nanos().max(1) as u64)
+    x % range
+}
+
+/// `limit` plus `id`'s share of a tenth more.
+fn own_limit(id: WorkerId, limit: u64) -> u64 {
+    limit.saturating_add(spread(id, limit / 10))
 }
 
 impl Supervisor {
     /// Replaces the slot's current worker `id` for `why`: its replacement starts, and once
-    /// it is ready `id` drains. Ignored while the slot is being replaced already (a rolling
-    /// restart, another recycling) or `restart_parallelism` slots are; the caller asks again.
-    pub(crate) fn recycle(&mut self, id: WorkerId, why: Recycle, now: Instant) {
-        self.advance(now);
+    /// it is ready `id` drains. Refused (`false`) while the slot is being replaced already (a
+    /// rolling restart, another recycling) or `restart_parallelism` slots are; the caller
+    /// asks again.
+    pub(crate) fn recycle(&mut self, id: WorkerId, why: Recycle, now: Instant) -> bool {
         let slot = id.slot;
-        let current = self.slots.get(slot as usize - 1).and_then(|s| s.current);
-        let ready = self
-            .workers
-            .get(&id)
-            .is_some_and(|w| w.phase == Phase::Ready);
+        let current = self
+            .slots
+            .contains(slot)
+            .then(|| self.slots[slot].current)
+            .flatten();
         if current != Some(id)
-            || !ready
+            || self.phase(id) != Some(Phase::Ready)
             || !self.running
-            || self.rolling.replaces(slot)
-            || self.recycling.iter().any(|r| r.slot == slot)
+            || self.replacing(slot)
             || self.recycling.len() >= self.config.restart_parallelism.max(1)
         {
-            return;
+            return false;
         }
         self.emit(Event::Recycling {
             id,
@@ -79,48 +94,63 @@ impl Supervisor {
         });
         let new = self.spawn_in_slot(slot, false, now);
         self.recycling.push(Recycling { slot, new });
+        true
     }
 
-    /// Past the hard ceiling (1.5 times the memory limit): killed now, not recycled.
-    pub(crate) fn over_ceiling(&mut self, id: WorkerId, now: Instant) {
+    /// What the driver measured: the RSS of `id`'s process tree. Over its limit it is
+    /// recycled; past 1.5 times the limit, killed now.
+    pub(crate) fn memory(&mut self, id: WorkerId, rss: u64, now: Instant) {
         self.advance(now);
-        self.kill(id, KillReason::MemoryCeiling);
-    }
-
-    /// Workers past `max_age` (plus their jitter) are recycled.
-    pub(super) fn recycle_old(&mut self, now: Instant) {
-        let Some(max_age) = self.config.max_age else {
+        let Some(limit) = self.config.max_memory else {
             return;
         };
-        let old: Vec<WorkerId> = self
-            .slots
-            .iter()
-            .filter_map(|s| s.current)
-            .filter(|id| {
-                self.workers.get(id).is_some_and(|w| {
-                    w.phase == Phase::Ready
-                        && now.saturating_duration_since(w.started)
-                            >= max_age + jitter(*id, self.config.recycle_jitter)
-                })
-            })
-            .collect();
-        for id in old {
-            self.recycle(id, Recycle::Age, now);
+        let own = own_limit(id, limit);
+        if rss >= limit.saturating_add(limit / 2) {
+            self.kill(id, KillReason::MemoryCeiling, now);
+        } else if rss >= own {
+            self.recycle(id, Recycle::Memory { rss, limit: own }, now);
         }
     }
 
-    /// When the next worker reaches its age limit.
-    pub(super) fn next_recycle(&self) -> Option<Instant> {
-        let max_age = self.config.max_age?;
-        self.slots
-            .iter()
-            .filter_map(|s| s.current)
-            .filter_map(|id| {
-                let w = self.workers.get(&id)?;
-                (w.phase == Phase::Ready)
-                    .then(|| w.started + max_age + jitter(id, self.config.recycle_jitter))
-            })
-            .min()
+    /// Connections `id` accepted so far; at `max_requests` (plus its spread) it is recycled.
+    pub(crate) fn accepted(&mut self, id: WorkerId, total: u64, now: Instant) {
+        self.advance(now);
+        let Some(worker) = self.workers.get_mut(&id) else {
+            return;
+        };
+        worker.accepted = Some(total);
+        if let Some(limit) = self.config.max_requests {
+            let own = own_limit(id, limit);
+            if total >= own {
+                let why = Recycle::Requests {
+                    count: total,
+                    limit: own,
+                };
+                self.recycle(id, why, now);
+            }
+        }
+    }
+
+    /// `max_age`: arms the worker's age limit (plus its spread of `recycle_jitter`).
+    pub(super) fn arm_max_age(&mut self, id: WorkerId, started: Instant) {
+        if let Some(max_age) = self.config.max_age {
+            let jitter = self.config.recycle_jitter.as_millis();
+            let extra = spread(id, u64::try_from(jitter).unwrap_or(u64::MAX));
+            let at = started + max_age + Duration::from_millis(extra);
+            self.timers.set(Timer::MaxAge(id), at);
+        }
+    }
+
+    /// `id` reached its age limit: recycled, or asked again shortly if its slot (or the
+    /// parallelism) is busy.
+    pub(super) fn recycle_old(&mut self, id: WorkerId, now: Instant) {
+        if self.phase(id) != Some(Phase::Ready) || !self.running {
+            return;
+        }
+        let current = self.slots.contains(id.slot) && self.slots[id.slot].current == Some(id);
+        if current && !self.recycle(id, Recycle::Age, now) {
+            self.timers.set(Timer::MaxAge(id), now + TICK);
+        }
     }
 
     /// Whether `id` is a recycling replacement; if it became ready, it takes over.
@@ -129,7 +159,7 @@ impl Supervisor {
             return false;
         };
         let recycling = self.recycling.remove(index);
-        let slot = &mut self.slots[recycling.slot as usize - 1];
+        let slot = &mut self.slots[recycling.slot];
         let old = slot.current.replace(id);
         slot.restarts.recycled += 1;
         if let Some(old) = old {

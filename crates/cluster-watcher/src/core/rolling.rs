@@ -30,16 +30,17 @@ pub(crate) struct Rolling {
 }
 
 impl Rolling {
-    /// Asks for a restart: a new round, or a place in the next one if a round runs.
-    pub(super) fn request(&mut self, ticket: Ticket) {
+    /// Asks for a restart (`ticket` waits for it, if any): a new round, or a place in the
+    /// next one if a round runs.
+    pub(super) fn request(&mut self, ticket: Option<Ticket>) {
         match &mut self.round {
             None => {
                 self.round = Some(Round {
-                    tickets: vec![ticket],
+                    tickets: ticket.into_iter().collect(),
                     ..Round::default()
                 })
             }
-            Some(_) => self.next.get_or_insert_with(Vec::new).push(ticket),
+            Some(_) => self.next.get_or_insert_with(Vec::new).extend(ticket),
         }
     }
 
@@ -100,11 +101,11 @@ impl Supervisor {
             };
             if !round.planned {
                 round.planned = true;
-                round.pending = (1..=self.slots.len() as u32)
-                    .filter(|s| {
-                        let slot = &self.slots[*s as usize - 1];
-                        slot.wanted && slot.current.is_some()
-                    })
+                round.pending = self
+                    .slots
+                    .iter()
+                    .filter(|(_, slot)| slot.wanted && slot.current.is_some())
+                    .map(|(number, _)| number)
                     .collect();
                 round.total = round.pending.len();
                 self.emit(Event::RestartStarted {
@@ -116,7 +117,7 @@ impl Supervisor {
                 let Some(slot) = round.pending.pop_front() else {
                     break;
                 };
-                let s = &self.slots[slot as usize - 1];
+                let s = &self.slots[slot];
                 if !s.wanted || s.current.is_none() {
                     // Gone, or respawning already (with the new program).
                     round.done += 1;
@@ -143,6 +144,9 @@ impl Supervisor {
                 replaced: round.done - round.failed.min(round.done),
                 failed: round.failed,
             });
+            let current = self.slots.iter().filter_map(|(_, s)| s.current).collect();
+            self.actions
+                .push_back(super::Action::ReleaseUnusedListeners(current));
             for ticket in round.tickets {
                 self.complete(ticket, Outcome::Restarted(result.clone()));
             }
@@ -160,7 +164,7 @@ impl Supervisor {
         };
         round.active.retain(|(_, w)| *w != id);
         round.done += 1;
-        let slot = &mut self.slots[id.slot as usize - 1];
+        let slot = &mut self.slots[id.slot];
         let old = slot.current.replace(id);
         slot.restarts.rolling += 1;
         if let Some(old) = old {
@@ -183,8 +187,9 @@ impl Supervisor {
         round.failed += 1;
         round.first_error.get_or_insert(failure);
         // The old worker may have ended while its successor was starting: respawn now.
-        let slot = &self.slots[id.slot as usize - 1];
-        if self.running && slot.wanted && slot.current.is_none() && slot.respawn_at.is_none() {
+        let slot = &self.slots[id.slot];
+        let backing_off = self.timers.get(super::Timer::Respawn(id.slot)).is_some();
+        if self.running && slot.wanted && slot.current.is_none() && !backing_off {
             self.respawn_after_exit(id, std::time::Duration::ZERO, now);
         }
         self.step_rolling(now);

@@ -2,57 +2,41 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Action, Failure, Outcome, Phase, ReadyWaiter, Slot, Supervisor, Worker};
+use super::{Action, Failure, KILL_GRACE, Outcome, Phase, ReadyWaiter, Supervisor, Timer, Worker};
 use crate::{Event, KillReason, StopCause, WorkerId};
 
 impl Supervisor {
-    pub(super) fn wanted_slots(&self) -> usize {
-        self.slots.iter().filter(|s| s.wanted).count()
-    }
-
+    /// A new slot (the lowest freed one, or one more) with its first worker.
     pub(super) fn add_slot(&mut self, now: Instant) -> WorkerId {
-        let slot = match self.slots.iter().position(|s| !s.wanted) {
-            Some(index) => {
-                self.slots[index] = Slot {
-                    generation: self.slots[index].generation,
-                    ..Slot::default()
-                };
-                index as u32 + 1
-            }
-            None => {
-                self.slots.push(Slot::default());
-                self.slots.len() as u32
-            }
-        };
-        self.slots[slot as usize - 1].wanted = true;
+        let slot = self.slots.claim();
         self.spawn_in_slot(slot, true, now)
     }
 
     /// Unwants the highest wanted slot (never the last one) and stops its workers; returns
     /// its current worker, if any (`None` when nothing was removed).
     pub(super) fn remove_slot(&mut self, now: Instant) -> Option<Option<WorkerId>> {
-        if !self.running || self.wanted_slots() <= 1 {
+        if !self.running || self.slots.wanted() <= 1 {
             return None;
         }
-        let index = self.slots.iter().rposition(|s| s.wanted)?;
-        let slot = &mut self.slots[index];
+        let number = self.slots.last_wanted()?;
+        let slot = &mut self.slots[number];
         slot.wanted = false;
-        slot.respawn_at = None;
         let current = slot.current.take();
-        let number = index as u32 + 1;
+        self.timers.stop(Timer::Respawn(number));
         for id in self.rolling.forget_slot(number) {
             self.stop_worker(id, StopCause::ScaledDown, now);
         }
         if let Some(id) = current {
             self.stop_worker(id, StopCause::ScaledDown, now);
         }
+        self.release_slot_if_gone(number);
         self.step_rolling(now);
         Some(current)
     }
 
     /// A new generation in `slot`; its current worker when `current`.
     pub(super) fn spawn_in_slot(&mut self, slot: u32, current: bool, now: Instant) -> WorkerId {
-        let s = &mut self.slots.resize_with_get(slot);
+        let s = self.slots.ensure(slot);
         s.generation += 1;
         let id = WorkerId {
             slot,
@@ -67,15 +51,13 @@ impl Supervisor {
                 pid: 0,
                 phase: Phase::Starting,
                 started: now,
-                deadline: None,
                 last_heartbeat: None,
-                ready_at: None,
                 accepted: None,
                 stop: None,
                 kill: None,
             },
         );
-        self.changed = true;
+        self.touch();
         self.actions.push_back(Action::Spawn(id));
         id
     }
@@ -88,22 +70,29 @@ impl Supervisor {
             return;
         }
         worker.stop = Some(cause);
-        self.changed = true;
-        if worker.pid != 0 {
-            self.actions.push_back(Action::Stop(id));
-            self.set_stopping_deadline(id, now);
+        let spawned = worker.pid != 0;
+        self.touch();
+        if spawned {
+            self.send_stop(id, now);
         }
     }
 
-    pub(super) fn set_stopping_deadline(&mut self, id: WorkerId, now: Instant) {
-        let timeout = self.config.shutdown_timeout;
+    /// The worker is asked to stop (reuseport: once its slot is drained) and given the
+    /// shutdown timeout from now.
+    pub(super) fn send_stop(&mut self, id: WorkerId, now: Instant) {
         if let Some(worker) = self.workers.get_mut(&id) {
             worker.phase = Phase::Stopping;
-            worker.deadline = Some(now + timeout);
+            self.timers
+                .set(Timer::Phase(id), now + self.config.shutdown_timeout);
+        }
+        if !self.drain_first(id, now) {
+            self.actions.push_back(Action::Stop(id));
         }
     }
 
-    pub(super) fn kill(&mut self, id: WorkerId, reason: KillReason) {
+    /// `SIGKILL` to the worker's process group, for `reason`; it gets [`KILL_GRACE`] to be
+    /// reaped.
+    pub(super) fn kill(&mut self, id: WorkerId, reason: KillReason, now: Instant) {
         let Some(worker) = self.workers.get_mut(&id) else {
             return;
         };
@@ -113,7 +102,8 @@ impl Supervisor {
         worker.phase = Phase::Killed;
         worker.kill.get_or_insert(reason);
         let pid = worker.pid;
-        self.changed = true;
+        self.timers.set(Timer::Phase(id), now + KILL_GRACE);
+        self.touch();
         self.actions.push_back(Action::Kill { id, pid });
         self.emit(Event::Killed { id, pid, reason });
     }
@@ -126,7 +116,7 @@ impl Supervisor {
     /// at once and clears the record.
     pub(super) fn respawn_after_exit(&mut self, id: WorkerId, uptime: Duration, now: Instant) {
         let config = &self.config;
-        let slot = &mut self.slots[id.slot as usize - 1];
+        let slot = &mut self.slots[id.slot];
         let delay = if uptime >= config.min_uptime {
             slot.backoff = Duration::ZERO;
             Duration::ZERO
@@ -139,18 +129,18 @@ impl Supervisor {
     }
 
     pub(super) fn schedule_respawn(&mut self, id: WorkerId, delay: Duration, now: Instant) {
-        if !self.running || !self.slots[id.slot as usize - 1].wanted {
+        if !self.running || !self.slots[id.slot].wanted {
             return;
         }
         let next = WorkerId {
             slot: id.slot,
-            generation: self.slots[id.slot as usize - 1].generation + 1,
+            generation: self.slots[id.slot].generation + 1,
         };
         self.emit(Event::Respawning { id: next, delay });
         if delay.is_zero() {
             self.spawn_in_slot(id.slot, true, now);
         } else {
-            self.slots[id.slot as usize - 1].respawn_at = Some(now + delay);
+            self.timers.set(Timer::Respawn(id.slot), now + delay);
         }
     }
 
@@ -190,23 +180,5 @@ impl Supervisor {
             self.starting = None;
             self.complete(ticket, Outcome::Started(Ok(())));
         }
-    }
-}
-
-/// `Vec::get_mut` that grows the vector to hold slot `slot` (1-based).
-trait ResizeWithGet {
-    fn resize_with_get(&mut self, slot: u32) -> &mut Slot;
-}
-
-impl ResizeWithGet for Vec<Slot> {
-    fn resize_with_get(&mut self, slot: u32) -> &mut Slot {
-        let index = slot as usize - 1;
-        if self.len() <= index {
-            self.resize_with(index + 1, || Slot {
-                wanted: true,
-                ..Slot::default()
-            });
-        }
-        &mut self[index]
     }
 }

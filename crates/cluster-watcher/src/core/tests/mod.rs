@@ -3,8 +3,11 @@
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::Balance;
 
+mod recycle;
 mod restart;
+mod reuseport;
 
 /// Plays the driver: answers `Spawn` with a pid at once and records everything else.
 pub(super) struct Harness {
@@ -32,7 +35,12 @@ impl Harness {
 
     /// Starts `n` workers, makes them all ready, and returns their ids.
     fn running(n: usize) -> Self {
-        let mut h = Self::new(config());
+        Self::with(config(), n)
+    }
+
+    /// Starts `n` workers with `config` and makes them all ready; the log starts empty.
+    fn with(config: WatcherConfig, n: usize) -> Self {
+        let mut h = Self::new(config);
         let t = h.ticket();
         h.core.start(t, n, h.now);
         h.drain();
@@ -60,11 +68,12 @@ impl Harness {
         }
     }
 
-    /// Lets `duration` pass in steps no longer than the driver's tick.
+    /// Lets `duration` pass as the driver would: waking at each timer the core asks for.
     fn run_for(&mut self, duration: Duration) {
         let end = self.now + duration;
         while self.now < end {
-            self.now = (self.now + TICK).min(end);
+            let wake = self.core.poll_timeout().unwrap_or(self.now + TICK);
+            self.now = wake.clamp(self.now, end);
             self.core.handle_timeout(self.now);
             self.drain();
         }
@@ -82,7 +91,7 @@ impl Harness {
     }
 
     fn current(&self, slot: u32) -> Option<WorkerId> {
-        self.core.slots[slot as usize - 1].current
+        self.core.slots[slot].current
     }
 
     fn pid(&self, id: WorkerId) -> u32 {
@@ -367,7 +376,7 @@ fn a_worker_killed_for_bad_traffic_backs_off() {
     );
     let delays = h.respawn_delays();
     assert!(delays[1..].iter().all(|d| !d.is_zero()), "{delays:?}");
-    assert_eq!(h.core.slots[0].restarts.crashed, 4);
+    assert_eq!(h.core.slots[1].restarts.crashed, 4);
 }
 
 #[test]
@@ -377,7 +386,7 @@ fn a_worker_that_ran_a_while_is_replaced_at_once() {
     h.exit(id(2, 1), ExitKind::Signal(9));
     assert_eq!(h.respawn_delays(), vec![Duration::ZERO]);
     assert_eq!(h.current(2), Some(id(2, 2)));
-    assert_eq!(h.core.slots[1].restarts.crashed, 1);
+    assert_eq!(h.core.slots[2].restarts.crashed, 1);
 }
 
 fn program_mode() -> WatcherConfig {
@@ -423,4 +432,66 @@ fn a_program_is_held_to_heartbeats_only_once_it_sends_one() {
     h.core.heartbeat(id(1, 1), h.now);
     h.run_for(Duration::from_secs(11));
     assert_eq!(h.kills(), vec![(id(1, 1), KillReason::HeartbeatTimeout)]);
+}
+
+#[test]
+fn shared_sockets_are_checked_every_two_seconds_but_not_when_the_watcher_accepts() {
+    let count = |h: &Harness| {
+        h.log
+            .iter()
+            .filter(|a| matches!(a, Action::CheckListeners { .. }))
+            .count()
+    };
+    let mut h = Harness::running(2);
+    h.serve_for(Duration::from_millis(6100));
+    assert_eq!(count(&h), 3);
+    let mut h = Harness::with(config().balance(Balance::RoundRobin), 2);
+    h.serve_for(Duration::from_secs(6));
+    assert_eq!(count(&h), 0);
+}
+
+#[test]
+fn a_rebound_listener_restarts_every_worker() {
+    let mut h = Harness::running(2);
+    h.core.listener_rebound(h.now);
+    h.drain();
+    assert_eq!(h.spawns(), vec![id(1, 2)]);
+    h.ready(id(1, 2));
+    h.ready(id(2, 2));
+    assert_eq!(h.stops(), vec![id(1, 1), id(2, 1)]);
+    // A finished restart closes the sockets no current worker asked for.
+    assert!(
+        h.log
+            .contains(&Action::ReleaseUnusedListeners(vec![id(1, 2), id(2, 2)]))
+    );
+}
+
+#[test]
+fn the_driver_is_woken_at_least_every_tick() {
+    let mut h = Harness::running(1);
+    for _ in 0..20 {
+        let next = h.core.poll_timeout().expect("a timer is always armed");
+        assert!(next <= h.now + TICK);
+        h.now = next;
+        h.core.handle_timeout(h.now);
+        h.drain();
+    }
+}
+
+#[test]
+fn a_killed_worker_that_never_ends_lets_the_stop_return_after_the_grace() {
+    let mut h = Harness::running(1);
+    h.core.bad_traffic(id(1, 1), h.now);
+    let t = h.ticket();
+    h.core.stop(Some(t), h.now);
+    h.drain();
+    h.run_for(KILL_GRACE - Duration::from_millis(300));
+    assert_eq!(h.outcome(t), None);
+    h.run_for(Duration::from_millis(600));
+    assert_eq!(h.outcome(t), Some(Outcome::Stopped(Vec::new())));
+    assert!(
+        h.log
+            .iter()
+            .any(|a| matches!(a, Action::Emit(Event::Abandoned { .. })))
+    );
 }

@@ -8,7 +8,7 @@
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use cluster_ipc::protocol::{
@@ -18,14 +18,14 @@ use cluster_ipc::{
     Channel, ChannelReceiver, ChannelSender, ClientSocketReceivePipe, ClientSocketSendPipe,
 };
 use fdpass::{AsyncFdSocket, FdSocket, Limits};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::WorkerMessage;
-use crate::balancer::{ClientPipe, bound_handoff_queue};
-use crate::logs::forward_logs;
-use crate::output::forward_output;
+use super::logs::forward_logs;
+use super::output::forward_output;
+use crate::balance::{ClientPipe, Mode, bound_handoff_queue};
+use crate::messages::{MessageSink, deliver};
 use crate::shared::Shared;
 use crate::{ExitKind, WorkerId};
 
@@ -49,15 +49,6 @@ pub(crate) enum Input {
     Exited(WorkerId, ExitKind),
     /// Program mode: an sd_notify datagram from a worker's process group.
     Notify(crate::notify::Notification),
-}
-
-/// Where workers' application messages go: a bounded queue, and a byte budget so a few
-/// large messages cannot hold much memory either.
-#[derive(Debug, Clone)]
-pub(crate) struct MessageSink {
-    pub(crate) queue: mpsc::Sender<WorkerMessage>,
-    pub(crate) budget: Arc<Semaphore>,
-    pub(crate) dropped: Arc<AtomicU64>,
 }
 
 /// The driver's handle on a live worker process.
@@ -114,7 +105,7 @@ pub(crate) fn spawn_worker(
     tasks: &mut JoinSet<()>,
 ) -> std::io::Result<Process> {
     if shared.config.program_mode() {
-        let mut command = crate::program::command(shared, id)?;
+        let mut command = super::program::command(shared, id)?;
         let child = command.spawn()?;
         drop(command);
         let pid = child.id().unwrap_or(0);
@@ -146,7 +137,7 @@ fn spawn_cluster_worker(
     // Round-robin and least-conn only (otherwise the pipe carries only hand-overs): bound the worker's queue,
     // and keep a duplicate of the worker's end, so connections still queued when the worker
     // exits can be read back and passed to other workers.
-    let worker_end = if config.balance.hands_off() {
+    let worker_end = if Mode::of(config.balance).accepts() {
         bound_handoff_queue(&clients)?;
         Some(rustix::io::fcntl_dupfd_cloexec(&clients_child, 0)?)
     } else {
@@ -447,26 +438,4 @@ async fn read_hand_backs(
             "idle keep-alive connections handed to the next generation"
         );
     }
-}
-
-/// Queues one message for `messages()`; `false` (counted) when the queue or the byte
-/// budget is full.
-fn deliver(
-    sink: &MessageSink,
-    id: WorkerId,
-    pid: u32,
-    payload: Vec<u8>,
-    reply: &ChannelSender<WatcherToWorker>,
-) -> bool {
-    let bytes = u32::try_from(payload.len().max(1)).unwrap_or(u32::MAX);
-    let Ok(permit) = sink.budget.clone().try_acquire_many_owned(bytes) else {
-        sink.dropped.fetch_add(1, Ordering::Relaxed);
-        return false;
-    };
-    let message = WorkerMessage::new(id, pid, payload, reply.clone(), permit);
-    if sink.queue.try_send(message).is_err() {
-        sink.dropped.fetch_add(1, Ordering::Relaxed);
-        return false;
-    }
-    true
 }

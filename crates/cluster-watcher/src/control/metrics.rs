@@ -5,6 +5,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
@@ -17,10 +18,12 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
-use crate::remote::Remote;
-use crate::status::{ClusterStatus, WorkerPhase};
+use super::remote::Remote;
+use crate::task::spawn_in;
+use crate::{ClusterStatus, WorkerPhase};
 
 /// When `/readyz` answers 200.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -52,6 +55,13 @@ impl Drop for MetricsServer {
     }
 }
 
+/// Scrapes and probes served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 32;
+
+/// How long one connection may take (keep-alive included): a scraper that keeps its
+/// connection idle holds a descriptor of the watcher's for no longer than this.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
+
 pub(crate) async fn serve(
     remote: Remote,
     address: SocketAddr,
@@ -60,8 +70,14 @@ pub(crate) async fn serve(
     let listener = tokio::net::TcpListener::bind(address).await?;
     let address = listener.local_addr()?;
     let span = remote.span();
-    let task = crate::driver::spawn_in(span.clone(), async move {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let task = spawn_in(span.clone(), async move {
         loop {
+            // Room first, then accept: past the cap, connections wait in the kernel's backlog
+            // and cost the watcher no descriptor.
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                return;
+            };
             let Ok((stream, _)) = listener.accept().await else {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
@@ -73,10 +89,11 @@ pub(crate) async fn serve(
                     Ok::<_, Infallible>(answer(&remote, request.uri().path(), readiness).await)
                 }
             });
-            crate::driver::spawn_in(span.clone(), async move {
+            spawn_in(span.clone(), async move {
                 let connection = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service);
-                let _ = tokio::time::timeout(Duration::from_secs(30), connection).await;
+                let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
+                drop(permit);
             });
         }
     });
@@ -90,7 +107,9 @@ async fn answer(remote: &Remote, path: &str, readiness: Readiness) -> Response<F
         response
     };
     // Every probe needs the supervision loop to answer; one that does not is not healthy.
-    let status = tokio::time::timeout(Duration::from_secs(1), remote.status()).await;
+    // Only a scrape measures each worker's memory and CPU (a pass over /proc).
+    let measure = path == "/metrics";
+    let status = tokio::time::timeout(Duration::from_secs(1), remote.status(measure)).await;
     match (path, status) {
         ("/healthz", Ok(_)) => text(StatusCode::OK, "ok\n".into()),
         ("/healthz" | "/readyz" | "/metrics", Err(_)) => text(
@@ -212,7 +231,6 @@ pub fn exposition(status: &ClusterStatus) -> String {
         rolling.clone(),
     );
 
-    let table = crate::proc::ProcessTable::read();
     let mut by_state = [
         ("starting", 0),
         ("ready", 0),
@@ -256,9 +274,13 @@ pub fn exposition(status: &ClusterStatus) -> String {
                 open.get_or_create(&label)
                     .set(i64::try_from(count).unwrap_or(i64::MAX));
             }
-            let (bytes, seconds) = table.tree_usage(worker.pid);
-            rss.get_or_create(&label).set(bytes as i64);
-            cpu.get_or_create(&label).inc_by(seconds);
+            if let Some(bytes) = worker.rss {
+                rss.get_or_create(&label)
+                    .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+            }
+            if let Some(used) = worker.cpu {
+                cpu.get_or_create(&label).inc_by(used.as_secs_f64());
+            }
             if let Some(age) = worker.heartbeat_age
                 && worker.phase == WorkerPhase::Ready
             {

@@ -9,7 +9,7 @@
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
 use crate::WorkerId;
-use crate::logs::{MAX_LINE, sanitize};
+use crate::sanitize::{MAX_LINE, sanitize};
 
 /// Reads `stream` until its end, emitting each line.
 pub(crate) async fn forward_output(

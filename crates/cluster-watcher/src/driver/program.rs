@@ -13,6 +13,9 @@
 use std::io;
 use std::sync::Arc;
 
+use cluster_ipc::ListenAddress;
+
+use crate::StartError;
 use crate::shared::Shared;
 
 /// Sets `LISTEN_PID` and `WATCHDOG_PID` to the shell's pid, which the program keeps.
@@ -35,7 +38,7 @@ pub(crate) fn command(
                 id.slot,
             )
             .map_err(io::Error::other)?;
-        crate::shared::set_nodelay(&socket);
+        set_nodelay(&socket);
         fds.push(rustix::io::fcntl_dupfd_cloexec(&*socket, 0)?);
     }
     let names: Vec<&str> = config.listen.iter().map(|l| l.name.as_str()).collect();
@@ -50,7 +53,7 @@ pub(crate) fn command(
     if let Some(cwd) = &config.cwd {
         command.current_dir(cwd);
     }
-    crate::process::prepare(&mut command);
+    super::process::prepare(&mut command);
     command
         .env("LISTEN_FDS", fds.len().to_string())
         .env("LISTEN_FDNAMES", names.join(":"))
@@ -64,4 +67,46 @@ pub(crate) fn command(
     // Last of the pre-exec hooks: the listeners land on 3, 4, …
     fdpass::inherit_fds_at(command.as_std_mut(), fds, 3);
     Ok(command)
+}
+
+/// Program mode: binds every listener (once; port 0 resolved here for good) and the
+/// notify socket.
+pub(crate) fn prepare_program_mode(shared: &Shared) -> Result<(), StartError> {
+    for listener in &shared.config.listen {
+        let options = cluster_ipc::ListenOptions::default();
+        let fresh = !shared
+            .provider
+            .sockets()
+            .iter()
+            .any(|(address, _)| *address == listener.address);
+        // Reuseport: slot 1's socket now (port 0 resolved for the group), the others'
+        // as their workers start.
+        let socket = shared
+            .provider
+            .socket_in_slot(&listener.address, &options, 1)?;
+        set_nodelay(&socket);
+        if let (ListenAddress::Unix(path), Some(mode)) = (&listener.address, listener.mode) {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+        }
+        if fresh {
+            let actual = ListenAddress::of(&*socket)
+                .map_or_else(|_| listener.address.to_string(), |a| a.to_string());
+            tracing::info!(name = %listener.name, address = %actual, "listening on {actual}");
+        }
+    }
+    if shared.notify.get().is_none() {
+        let socket = crate::notify::NotifySocket::bind()?;
+        let _ = shared.notify.set(socket);
+    }
+    Ok(())
+}
+
+/// Program mode: `TCP_NODELAY` on a listener, which accepted connections inherit: a server
+/// that writes a response in two parts (head, body) would otherwise wait 40 ms for the
+/// delayed ACK on every keep-alive request. gunicorn sets it on its listeners too.
+pub(crate) fn set_nodelay(socket: &std::os::fd::OwnedFd) {
+    if let Ok(ListenAddress::Tcp(_)) = ListenAddress::of(socket) {
+        let _ = rustix::net::sockopt::set_tcp_nodelay(socket, true);
+    }
 }

@@ -13,17 +13,21 @@
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+
+use parking_lot::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use cluster_ipc::protocol::ClientMeta;
-use cluster_ipc::{ChannelError, ClientSocketReceivePipe, ClientSocketSendPipe, ListenAddress};
+use cluster_ipc::{ChannelError, ClientSocketSendPipe, ListenAddress};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use super::Mode;
+use super::pick::{self, Rule, pick};
 use crate::WorkerId;
-use crate::driver::spawn_in;
+use crate::task::spawn_in;
 
 /// How long the accept loop waits on one full worker before looking at the others again.
 const FULL_WAIT: Duration = Duration::from_millis(2);
@@ -63,6 +67,18 @@ impl Load {
             .load(Ordering::Relaxed)
             .saturating_sub(self.closed.load(Ordering::Relaxed))
     }
+
+    /// What least-conn compares at `now` (microseconds since the balancer's epoch): open
+    /// connections, then the time since the last close while any is open.
+    fn weight(&self, now: u64) -> pick::Load {
+        let open = self.open();
+        let quiet = if open == 0 {
+            0
+        } else {
+            now.saturating_sub(self.last_close.load(Ordering::Relaxed))
+        };
+        (open, quiet)
+    }
 }
 
 #[derive(Debug)]
@@ -84,7 +100,7 @@ struct Pick {
 }
 
 #[derive(Debug, Default)]
-struct Route {
+pub(super) struct Route {
     targets: Vec<Target>,
     next: usize,
 }
@@ -93,7 +109,7 @@ struct Route {
 #[derive(Debug)]
 pub(crate) struct Balancer {
     // Each accept loop holds its own route, so the per-connection pick hashes nothing.
-    routes: Mutex<HashMap<ListenAddress, Arc<Mutex<Route>>>>,
+    pub(super) routes: Mutex<HashMap<ListenAddress, Arc<Mutex<Route>>>>,
     /// Workers that reported ready and are not stopping (kept under the routes lock).
     ready: Mutex<HashSet<WorkerId>>,
     /// Woken when a worker becomes ready or the balancer shuts down: a connection waiting
@@ -102,13 +118,13 @@ pub(crate) struct Balancer {
     /// Accept loops and reclaiming tasks, aborted at shutdown.
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Each address's accept loop, aborted when the address is released.
-    accepting: Mutex<HashMap<ListenAddress, tokio::task::AbortHandle>>,
+    pub(super) accepting: Mutex<HashMap<ListenAddress, tokio::task::AbortHandle>>,
     /// Set at shutdown: a connection with no ready worker left is closed, not kept waiting.
     closed: AtomicBool,
     /// Round-robin and least-conn: the watcher accepts on every registered address.
-    accepts: bool,
-    /// Least-conn: pick the worker with the fewest open connections.
-    least_conn: bool,
+    pub(super) accepts: bool,
+    /// How the next worker is picked.
+    rule: Rule,
     /// Each live worker's connection count (least-conn), shared by its targets.
     loads: Mutex<HashMap<WorkerId, Arc<Load>>>,
     /// Where the loads' close times count from.
@@ -117,7 +133,7 @@ pub(crate) struct Balancer {
     /// would hand to a worker goes there instead.
     successor: std::sync::OnceLock<ClientPipe>,
     /// The watcher's span, for the tasks spawned here.
-    span: tracing::Span,
+    pub(super) span: tracing::Span,
 }
 
 impl Balancer {
@@ -131,8 +147,8 @@ impl Balancer {
             tasks: Mutex::default(),
             accepting: Mutex::default(),
             closed: AtomicBool::new(false),
-            accepts: balance.hands_off(),
-            least_conn: balance == cluster_ipc::protocol::Balance::LeastConn,
+            accepts: Mode::of(balance).accepts(),
+            rule: Mode::of(balance).rule(),
             loads: Mutex::default(),
             epoch: std::time::Instant::now(),
             successor: std::sync::OnceLock::new(),
@@ -140,8 +156,8 @@ impl Balancer {
         }
     }
 
-    fn routes(&self) -> std::sync::MutexGuard<'_, HashMap<ListenAddress, Arc<Mutex<Route>>>> {
-        self.routes.lock().unwrap_or_else(PoisonError::into_inner)
+    pub(super) fn routes(&self) -> MutexGuard<'_, HashMap<ListenAddress, Arc<Mutex<Route>>>> {
+        self.routes.lock()
     }
 
     fn each_route(&self, f: impl FnMut(&mut Route)) {
@@ -155,7 +171,7 @@ impl Balancer {
         mut f: impl FnMut(&mut Route),
     ) {
         for route in routes.values() {
-            f(&mut lock(route));
+            f(&mut route.lock());
         }
     }
 
@@ -178,7 +194,7 @@ impl Balancer {
         let route = routes.entry(address.clone()).or_default().clone();
         let load = self.load(id);
         {
-            let mut route = lock(&route);
+            let mut route = route.lock();
             route.targets.retain(|t| t.id != id);
             route.targets.push(Target {
                 id,
@@ -197,7 +213,6 @@ impl Balancer {
                     });
                     self.accepting
                         .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
                         .insert(address.clone(), task.abort_handle());
                     self.track(task);
                 }
@@ -210,22 +225,12 @@ impl Balancer {
     }
 
     fn load(&self, id: WorkerId) -> Arc<Load> {
-        self.loads
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(id)
-            .or_default()
-            .clone()
+        self.loads.lock().entry(id).or_default().clone()
     }
 
     /// Worker `id` reports `total` connections closed so far (least-conn).
     pub(crate) fn closed(&self, id: WorkerId, total: u64) {
-        let load = self
-            .loads
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&id)
-            .cloned();
+        let load = self.loads.lock().get(&id).cloned();
         if let Some(load) = load {
             load.closed.fetch_max(total, Ordering::Relaxed);
             load.last_close
@@ -241,14 +246,13 @@ impl Balancer {
     pub(crate) fn open_connections(&self) -> HashMap<WorkerId, u64> {
         self.loads
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .map(|(id, load)| (*id, load.open()))
             .collect()
     }
 
-    fn ready_set(&self) -> std::sync::MutexGuard<'_, HashSet<WorkerId>> {
-        self.ready.lock().unwrap_or_else(PoisonError::into_inner)
+    fn ready_set(&self) -> MutexGuard<'_, HashSet<WorkerId>> {
+        self.ready.lock()
     }
 
     pub(crate) fn set_ready(&self, id: WorkerId) {
@@ -273,10 +277,7 @@ impl Balancer {
     /// `id` exited: its connection count goes too.
     pub(crate) fn forget(&self, id: WorkerId) {
         self.remove(id);
-        self.loads
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&id);
+        self.loads.lock().remove(&id);
     }
 
     /// Closes the sending side of `pipe`: the worker reads every connection already sent,
@@ -291,12 +292,7 @@ impl Balancer {
     pub(crate) fn release(&self, address: &ListenAddress) {
         let mut routes = self.routes();
         routes.remove(address);
-        if let Some(task) = self
-            .accepting
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(address)
-        {
+        if let Some(task) = self.accepting.lock().remove(address) {
             task.abort();
         }
     }
@@ -306,18 +302,18 @@ impl Balancer {
     pub(crate) fn hand_to_successor(&self, successor: ClientPipe) {
         // A second successor is refused by the upgrade protocol before it gets here.
         let _ = self.successor.set(successor);
-        for (_, task) in self
-            .accepting
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .drain()
-        {
+        for (_, task) in self.accepting.lock().drain() {
             task.abort();
         }
     }
 
     /// Sends a connection to the successor; `false` if there is none.
-    async fn to_successor(&self, socket: &OwnedFd, meta: &ClientMeta, prefix: &[u8]) -> bool {
+    pub(super) async fn to_successor(
+        &self,
+        socket: &OwnedFd,
+        meta: &ClientMeta,
+        prefix: &[u8],
+    ) -> bool {
         let Some(successor) = self.successor.get() else {
             return false;
         };
@@ -339,22 +335,11 @@ impl Balancer {
         // A later start registers its workers afresh and starts new accept loops.
         routes.clear();
         self.ready_set().clear();
-        self.loads
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
-        self.accepting
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
+        self.loads.lock().clear();
+        self.accepting.lock().clear();
         drop(routes);
         self.changed.notify_waiters();
-        for task in self
-            .tasks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .drain(..)
-        {
+        for task in self.tasks.lock().drain(..) {
             task.abort();
         }
     }
@@ -364,77 +349,10 @@ impl Balancer {
         self.closed.store(false, Ordering::SeqCst);
     }
 
-    fn track(&self, task: JoinHandle<()>) {
-        let mut tasks = self.tasks.lock().unwrap_or_else(PoisonError::into_inner);
+    pub(super) fn track(&self, task: JoinHandle<()>) {
+        let mut tasks = self.tasks.lock();
         tasks.retain(|t| !t.is_finished());
         tasks.push(task);
-    }
-
-    /// Connections still queued for a worker that has exited go to the other workers, so a
-    /// crash or a kill loses only the connections the worker had taken (and, during a
-    /// shutdown, those no worker is left to take). `worker_end` is the
-    /// watcher's duplicate of the worker's end of its hand-off pipe, kept for this: the
-    /// queue lives as long as any descriptor of that end.
-    pub(crate) fn reclaim(self: &Arc<Self>, pipe: &ClientPipe, worker_end: OwnedFd) {
-        // With our end shut for writing, reading the worker's end stops at end of file.
-        Self::close_pipe(pipe);
-        let queued = match fdpass::AsyncFdSocket::from_fd(worker_end) {
-            Ok(socket) => ClientSocketReceivePipe::<ClientMeta, OwnedFd>::new(socket),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read an exited worker's queued connections");
-                return;
-            }
-        };
-        let this = self.clone();
-        self.track(spawn_in(self.span.clone(), async move {
-            let mut reclaimed = 0usize;
-            // The queue holds a few dozen connections at most (HANDOFF_SEND_BUFFER); the cap
-            // and the timeout only guard against the unexpected.
-            for _ in 0..4096 {
-                let client =
-                    match tokio::time::timeout(Duration::from_secs(1), queued.receive()).await {
-                        Ok(Ok(Some(client))) => client,
-                        // End of file: everything queued was read.
-                        Ok(Ok(None)) | Err(_) => break,
-                        Ok(Err(e)) => match e.io_error() {
-                            Some(io) => {
-                                tracing::warn!(error = %io, "reading back an exited worker's queue failed");
-                                break;
-                            }
-                            // One bad message costs only itself.
-                            None => {
-                                tracing::warn!(error = %e, "unreadable hand-off in an exited worker's queue");
-                                continue;
-                            }
-                        },
-                    };
-                if this
-                    .to_successor(&client.socket, &client.data, &client.prefix)
-                    .await
-                {
-                    reclaimed += 1;
-                    continue;
-                }
-                let route = this.routes().get(&client.data.listener).cloned();
-                match route {
-                    Some(route) => {
-                        this.hand_off(&route, client.socket, &client.data, &client.prefix)
-                            .await;
-                        reclaimed += 1;
-                    }
-                    None => tracing::warn!(
-                        listener = %client.data.listener,
-                        "no worker listens there any more; a connection queued for an exited worker was closed"
-                    ),
-                }
-            }
-            if reclaimed > 0 {
-                tracing::info!(
-                    reclaimed,
-                    "connections queued for an exited worker were passed to others"
-                );
-            }
-        }));
     }
 
     /// A connection a stopping worker handed back (idle between requests, with the bytes it
@@ -454,54 +372,19 @@ impl Balancer {
         }
     }
 
-    /// The ready worker to try next, skipping those in `full`: in turn, or in least-conn
-    /// mode the one with the fewest open connections, ties in turn. When every ready
-    /// worker is in `full`, the next one by the same rule, flagged
-    /// [`all_full`](Pick::all_full). `None` when no worker is ready.
+    /// The ready worker to try next, skipping those in `full` (see [`pick`]): `None` when
+    /// no worker is ready.
     fn pick(&self, route: &Mutex<Route>, full: &[WorkerId]) -> Option<Pick> {
-        let mut route = lock(route);
-        let n = route.targets.len();
-        let now = if self.least_conn {
-            self.micros_since_epoch()
-        } else {
-            0
+        let mut route = route.lock();
+        let now = match self.rule {
+            Rule::LeastLoaded => self.micros_since_epoch(),
+            Rule::InTurn => 0,
         };
-        // (open connections, time since the last close while any is open): lower is better.
-        let mut best: Option<(usize, (u64, u64))> = None;
-        let mut fallback: Option<usize> = None;
-        for i in 0..n {
-            let index = (route.next + i) % n;
-            let target = &route.targets[index];
-            if !target.ready {
-                continue;
-            }
-            fallback.get_or_insert(index);
-            if full.contains(&target.id) {
-                continue;
-            }
-            let load = if self.least_conn {
-                let open = target.load.open();
-                let quiet = if open == 0 {
-                    0
-                } else {
-                    now.saturating_sub(target.load.last_close.load(Ordering::Relaxed))
-                };
-                (open, quiet)
-            } else {
-                (0, 0)
-            };
-            if best.is_none_or(|(_, least)| load < least) {
-                best = Some((index, load));
-                if load.0 == 0 {
-                    break; // nobody can beat it
-                }
-            }
-        }
-        let (index, all_full) = match (best, fallback) {
-            (Some((index, _)), _) => (index, false),
-            (None, Some(index)) => (index, true),
-            (None, None) => return None,
-        };
+        let targets = &route.targets;
+        let (index, all_full) = pick(self.rule, targets.len(), route.next, full, |i| {
+            let target = &targets[i];
+            target.ready.then(|| (target.id, target.load.weight(now)))
+        })?;
         route.next = index + 1;
         let target = &route.targets[index];
         Some(Pick {
@@ -512,36 +395,6 @@ impl Balancer {
         })
     }
 
-    async fn accept_loop(
-        self: Arc<Self>,
-        listener: fdpass::RawAcceptor,
-        address: ListenAddress,
-        route: Arc<Mutex<Route>>,
-    ) {
-        let mut backoff = Duration::from_millis(10);
-        loop {
-            // A bare descriptor: the worker sets TCP_NODELAY and registers it with its reactor.
-            let (socket, peer) = match listener.accept().await {
-                Ok(accepted) => {
-                    backoff = Duration::from_millis(10);
-                    accepted
-                }
-                Err(e) => {
-                    // Out of descriptors and the like: back off instead of spinning.
-                    tracing::warn!(%address, error = %e, "round-robin accept failed; retrying in {backoff:?}");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                    continue;
-                }
-            };
-            let meta = ClientMeta {
-                listener: address.clone(),
-                peer,
-            };
-            self.hand_off(&route, socket, &meta, &[]).await;
-        }
-    }
-
     /// Hands `socket` to the next ready worker on `route` (see [`pick`](Self::pick)). An
     /// accepted connection is never dropped: it waits for a ready worker, and a failed
     /// transfer moves on to the next one; only after shutdown, with no worker left, is it
@@ -549,7 +402,7 @@ impl Balancer {
     /// timeout) is passed over; only when every ready worker is full does the loop wait,
     /// briefly, on one of them, and then look again, so one stuck worker never holds up the
     /// others.
-    async fn hand_off(
+    pub(super) async fn hand_off(
         &self,
         route: &Mutex<Route>,
         socket: OwnedFd,
@@ -614,8 +467,4 @@ fn is_gone(error: &ChannelError) -> bool {
                 | std::io::ErrorKind::NotConnected
         )
     })
-}
-
-fn lock(route: &Mutex<Route>) -> std::sync::MutexGuard<'_, Route> {
-    route.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -5,17 +5,12 @@
 //! `shutdown()` apply to all of them. A worker that clears `O_NONBLOCK` makes every other
 //! worker's accept block its runtime; one that calls `shutdown()` on its copy (a common way
 //! to wake a thread blocked in `accept`) stops the socket listening for the whole cluster,
-//! for good. The watcher looks at its sockets every [`CHECK_EVERY`], restores the flag, and
+//! for good. The watcher looks at its sockets every 2 s (when the core asks), restores the flag, and
 //! replaces a socket that stopped listening with a new one bound to the same address (the
 //! workers then get it as they are restarted).
 
-use std::time::Duration;
-
 use cluster_ipc::ServerSocketProvider;
 use rustix::fs::OFlags;
-
-/// How often the sockets are checked.
-pub(crate) const CHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// Checks every socket of `provider`; returns whether one had to be rebound (the workers
 /// must be restarted to pick it up).

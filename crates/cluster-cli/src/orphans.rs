@@ -1,0 +1,65 @@
+//! Processes the cluster inherits: orphans of workers that double-fork come to the watcher
+//! (a child subreaper, or PID 1 in a container) and are reaped, and killed when the cluster
+//! stops.
+
+use std::time::Duration;
+
+use cluster_watcher::ClusterWatcher;
+
+/// This process's children, with whether each is a zombie.
+fn children() -> Vec<(i32, bool)> {
+    let me = std::process::id() as i32;
+    procfs::process::all_processes()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|process| process.stat().ok())
+        .filter(|stat| stat.ppid == me)
+        .map(|stat| (stat.pid, stat.state == 'Z'))
+        .collect()
+}
+
+/// Reaps every zombie child that is not a worker: orphans of double-forking workers
+/// re-parented to this subreaper (or PID 1). Workers are left to the watcher, which waits for
+/// each itself (the list of workers is published before any of them can be reaped).
+fn reap(workers: &[u32]) {
+    for (pid, zombie) in children() {
+        if zombie
+            && !workers.contains(&(pid as u32))
+            && let Some(pid) = rustix::process::Pid::from_raw(pid)
+        {
+            let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG);
+        }
+    }
+}
+
+/// SIGKILLs and reaps every remaining child (the workers are gone by now), but `spare` (a
+/// new watcher that took over).
+pub(crate) fn kill_all(spare: Option<u32>) {
+    for _ in 0..3 {
+        let left: Vec<i32> = children()
+            .into_iter()
+            .map(|(pid, _)| pid)
+            .filter(|&pid| spare != Some(pid as u32))
+            .collect();
+        if left.is_empty() {
+            return;
+        }
+        for pid in left {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+            }
+        }
+    }
+}
+
+/// Reaps orphans every second, for as long as the cluster runs.
+pub(crate) async fn reaper(watcher: &ClusterWatcher) {
+    let mut ticks = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        ticks.tick().await;
+        let workers: Vec<u32> = watcher.workers().iter().map(|w| w.pid).collect();
+        reap(&workers);
+    }
+}

@@ -1,0 +1,519 @@
+//! What a cluster's state looks like from outside: the snapshot a watcher takes of its
+//! workers ([`ClusterStatus`]) and how a worker ended ([`WorkerExit`]).
+//!
+//! These types cross process boundaries (the control socket answers `status` with a
+//! [`ClusterStatus`]), so they live here, below both the watcher that builds them and the
+//! clients that read them; `cluster-watcher` re-exports them under the same names. One
+//! definition serves the JSON of `cluster status --json`, the text table and the metrics.
+//! Times serialize as seconds (fractions allowed), exit statuses and reasons as text.
+
+use std::fmt;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A worker process: its slot (stable across restarts), generation and pid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct WorkerId {
+    /// Slot number, from 1.
+    pub slot: u32,
+    /// Start count of the slot, from 1.
+    pub generation: u32,
+}
+
+impl fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.slot)
+    }
+}
+
+/// How a worker process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitKind {
+    /// It exited with this status code.
+    Code(i32),
+    /// A signal ended it.
+    Signal(i32),
+}
+
+impl From<ExitStatus> for ExitKind {
+    fn from(status: ExitStatus) -> Self {
+        use std::os::unix::process::ExitStatusExt;
+        match (status.code(), status.signal()) {
+            (Some(code), _) => Self::Code(code),
+            (None, Some(signal)) => Self::Signal(signal),
+            (None, None) => Self::Code(-1),
+        }
+    }
+}
+
+impl fmt::Display for ExitKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Code(code) => write!(f, "exit status {code}"),
+            Self::Signal(9) => f.write_str("signal 9 (SIGKILL)"),
+            Self::Signal(15) => f.write_str("signal 15 (SIGTERM)"),
+            Self::Signal(signal) => write!(f, "signal {signal}"),
+        }
+    }
+}
+
+impl std::str::FromStr for ExitKind {
+    type Err = String;
+
+    /// Reads back what [`Display`](fmt::Display) wrote.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let number = |rest: &str| {
+            rest.split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| format!("{text:?} is not an exit status"))
+        };
+        match (
+            text.strip_prefix("exit status "),
+            text.strip_prefix("signal "),
+        ) {
+            (Some(rest), _) => number(rest).map(Self::Code),
+            (_, Some(rest)) => number(rest).map(Self::Signal),
+            _ => Err(format!("{text:?} is not an exit status")),
+        }
+    }
+}
+
+impl Serialize for ExitKind {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ExitKind {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Why the watcher killed a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum KillReason {
+    /// No heartbeat within the heartbeat timeout: its runtime is blocked or it hangs.
+    HeartbeatTimeout,
+    /// It did not report ready within the ready timeout.
+    ReadyTimeout,
+    /// It did not finish within the shutdown timeout after being asked to stop (or after it
+    /// closed its control socket).
+    ShutdownTimeout,
+    /// It broke the protocol on its control socket.
+    BadTraffic,
+    /// Its memory went past the hard ceiling (1.5 times `max_memory`) faster than it could
+    /// be recycled.
+    MemoryCeiling,
+}
+
+impl fmt::Display for KillReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::HeartbeatTimeout => "heartbeat timeout",
+            Self::ReadyTimeout => "ready timeout",
+            Self::ShutdownTimeout => "shutdown timeout",
+            Self::BadTraffic => "bad control traffic",
+            Self::MemoryCeiling => "memory past the hard ceiling",
+        })
+    }
+}
+
+/// Why a worker was stopped, if the watcher asked it to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum StopCause {
+    /// The cluster is stopping.
+    Stop,
+    /// A newer generation replaced it (rolling restart).
+    Replaced,
+    /// The cluster was scaled down.
+    ScaledDown,
+    /// The worker asked for it (`cluster_worker::shutdown`).
+    Requested,
+    /// It was replaced for its age or memory (recycling).
+    Recycled,
+}
+
+impl fmt::Display for StopCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Stop => "stop",
+            Self::Replaced => "replaced",
+            Self::ScaledDown => "scaled down",
+            Self::Requested => "requested",
+            Self::Recycled => "recycled",
+        })
+    }
+}
+
+/// How one worker ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerExit {
+    /// Which worker.
+    #[serde(flatten)]
+    pub id: WorkerId,
+    /// Its pid.
+    pub pid: u32,
+    /// How the process ended.
+    pub status: ExitKind,
+    /// Why the watcher stopped it, if it did; `None` means it exited on its own (a crash).
+    pub stopped: Option<StopCause>,
+    /// Why the watcher killed it, if it did.
+    pub killed: Option<KillReason>,
+}
+
+impl WorkerExit {
+    /// Why it ended, in a word or three: the kill reason, else the stop cause, else "crash".
+    pub fn why(&self) -> String {
+        match (self.killed, self.stopped) {
+            (Some(reason), _) => reason.to_string(),
+            (None, Some(cause)) => cause.to_string(),
+            (None, None) => "crash".to_owned(),
+        }
+    }
+}
+
+/// What the process serving a cluster says of itself in a status: filled in by whoever
+/// answers the control socket.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct About {
+    /// The cluster's name.
+    pub name: String,
+    /// The watcher's pid.
+    pub pid: u32,
+    /// The balance mode, by name.
+    pub balance: String,
+    /// Whether workers are programs given listeners (`--listen`).
+    pub program_mode: bool,
+    /// The listening addresses, as bound.
+    pub listeners: Vec<String>,
+    /// How long the watcher has run.
+    #[serde(with = "seconds")]
+    pub uptime: Duration,
+}
+
+impl About {
+    /// An `About` with every field given.
+    pub fn new(
+        name: String,
+        pid: u32,
+        balance: String,
+        program_mode: bool,
+        listeners: Vec<String>,
+        uptime: Duration,
+    ) -> Self {
+        Self {
+            name,
+            pid,
+            balance,
+            program_mode,
+            listeners,
+            uptime,
+        }
+    }
+}
+
+/// The whole cluster at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ClusterStatus {
+    /// Who answers, when asked over the control socket.
+    #[serde(flatten, default)]
+    pub about: Option<About>,
+    /// Whether the cluster runs (started and not stopped).
+    pub running: bool,
+    /// Slots whose current worker is ready (as [`ready_workers`](Self::ready_workers)).
+    #[serde(rename = "ready_workers", default)]
+    pub ready: usize,
+    /// Slots the cluster is meant to run (as [`wanted_workers`](Self::wanted_workers)).
+    #[serde(rename = "wanted_workers", default)]
+    pub wanted: usize,
+    /// Every slot that is wanted or still has a process, in slot order.
+    pub slots: Vec<SlotStatus>,
+    /// `(replaced so far, slots in the round)` while a rolling restart runs.
+    #[serde(with = "progress")]
+    pub rolling_restart: Option<(usize, usize)>,
+    /// Rolling restarts that replaced every worker.
+    pub rolling_restarts_completed: u64,
+    /// Rolling restarts in which a replacement failed (its old worker was kept).
+    pub rolling_restarts_failed: u64,
+}
+
+impl ClusterStatus {
+    /// A status of these slots; the counts are worked out here.
+    pub fn new(running: bool, slots: Vec<SlotStatus>) -> Self {
+        let mut status = Self {
+            running,
+            slots,
+            ..Self::default()
+        };
+        status.ready = status.ready_workers();
+        status.wanted = status.wanted_workers();
+        status
+    }
+
+    /// Slots whose current worker is ready.
+    pub fn ready_workers(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| {
+                s.workers
+                    .iter()
+                    .any(|w| w.current && w.phase == WorkerPhase::Ready)
+            })
+            .count()
+    }
+
+    /// Slots the cluster is meant to run.
+    pub fn wanted_workers(&self) -> usize {
+        self.slots.iter().filter(|s| s.wanted).count()
+    }
+
+    /// Every live worker, with its slot.
+    pub fn workers(&self) -> impl Iterator<Item = &WorkerStatus> {
+        self.slots.iter().flat_map(|s| &s.workers)
+    }
+}
+
+/// One slot: its processes (usually one; two during its rolling restart or while an old
+/// one drains), counters that survive its restarts, and its last exit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct SlotStatus {
+    /// Slot number, from 1.
+    pub slot: u32,
+    /// Whether the cluster wants it (false: scaled away, its last process draining).
+    pub wanted: bool,
+    /// The latest generation started in it.
+    pub generation: u32,
+    /// Its live processes.
+    pub workers: Vec<WorkerStatus>,
+    /// Time left before the next start, while the slot backs off after early ends.
+    #[serde(with = "optional_seconds")]
+    pub backing_off: Option<Duration>,
+    /// Why its workers were replaced, by cause.
+    pub restarts: RestartCounts,
+    /// How its last process ended.
+    pub last_exit: Option<WorkerExit>,
+    /// Reuseport: connections waiting in the accept queues of the slot's sockets (one that
+    /// stays up while the worker is ready means the worker is not accepting).
+    pub queued: Option<u32>,
+}
+
+impl SlotStatus {
+    /// A slot's status with no balancing figures.
+    pub fn new(
+        slot: u32,
+        wanted: bool,
+        generation: u32,
+        workers: Vec<WorkerStatus>,
+        backing_off: Option<Duration>,
+        restarts: RestartCounts,
+        last_exit: Option<WorkerExit>,
+    ) -> Self {
+        Self {
+            slot,
+            wanted,
+            generation,
+            workers,
+            backing_off,
+            restarts,
+            last_exit,
+            queued: None,
+        }
+    }
+}
+
+/// Replacements of one slot's worker, by cause.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct RestartCounts {
+    /// It ended on its own, or was killed from outside, or could not be started.
+    pub crashed: u64,
+    /// Killed by the watcher: no heartbeat, or not ready in time.
+    pub hung: u64,
+    /// Replaced by a rolling restart.
+    pub rolling: u64,
+    /// It asked to be stopped (`cluster_worker::shutdown`).
+    pub requested: u64,
+    /// Replaced for its age or memory.
+    pub recycled: u64,
+}
+
+/// One live process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct WorkerStatus {
+    /// Which worker.
+    #[serde(flatten)]
+    pub id: WorkerId,
+    /// Its pid (0 while it is being spawned).
+    pub pid: u32,
+    /// Where it is in its life.
+    #[serde(rename = "state")]
+    pub phase: WorkerPhase,
+    /// Whether it is the slot's worker (false: a replacement starting, or one draining).
+    pub current: bool,
+    /// Time since it was started.
+    #[serde(with = "seconds")]
+    pub uptime: Duration,
+    /// Time since its last heartbeat (or ready report).
+    #[serde(with = "optional_seconds")]
+    pub heartbeat_age: Option<Duration>,
+    /// Connections it accepted (reported by `cluster-worker` programs with heartbeats).
+    pub accepted: Option<u64>,
+    /// Least-conn: connections handed to it and not yet closed, as the watcher counts them.
+    pub open_connections: Option<u64>,
+    /// Resident memory of its whole process tree, in bytes, when measured.
+    #[serde(rename = "rss_bytes")]
+    pub rss: Option<u64>,
+    /// CPU time of its whole process tree, when measured.
+    #[serde(rename = "cpu_seconds", with = "optional_seconds")]
+    pub cpu: Option<Duration>,
+}
+
+impl WorkerStatus {
+    /// A worker's status with nothing measured yet.
+    pub fn new(
+        id: WorkerId,
+        pid: u32,
+        phase: WorkerPhase,
+        current: bool,
+        uptime: Duration,
+    ) -> Self {
+        Self {
+            id,
+            pid,
+            phase,
+            current,
+            uptime,
+            heartbeat_age: None,
+            accepted: None,
+            open_connections: None,
+            rss: None,
+            cpu: None,
+        }
+    }
+}
+
+/// Where a worker process is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum WorkerPhase {
+    /// Started, not ready yet.
+    Starting,
+    /// Serving.
+    Ready,
+    /// Asked to stop, finishing its work.
+    Stopping,
+    /// Sent `SIGKILL`, not reaped yet.
+    Killed,
+}
+
+impl WorkerPhase {
+    /// Lower-case name, as shown by status tools.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Ready => "ready",
+            Self::Stopping => "stopping",
+            Self::Killed => "killed",
+        }
+    }
+}
+
+/// A `Duration` as seconds (`1.5`).
+mod seconds {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(value.as_secs_f64())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let seconds = f64::deserialize(d)?;
+        Duration::try_from_secs_f64(seconds).map_err(serde::de::Error::custom)
+    }
+}
+
+/// An `Option<Duration>` as seconds or `null`.
+mod optional_seconds {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        value: &Option<Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(duration) => s.serialize_some(&duration.as_secs_f64()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        Option::<f64>::deserialize(d)?
+            .map(|seconds| Duration::try_from_secs_f64(seconds).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// A rolling restart's `(done, total)` as `{"done": D, "total": T}`.
+mod progress {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    struct Progress {
+        done: usize,
+        total: usize,
+    }
+
+    pub(super) fn serialize<S: Serializer>(
+        value: &Option<(usize, usize)>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        value
+            .map(|(done, total)| Progress { done, total })
+            .serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<(usize, usize)>, D::Error> {
+        Ok(Option::<Progress>::deserialize(d)?.map(|p| (p.done, p.total)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_statuses_read_back_what_they_print() {
+        for kind in [
+            ExitKind::Code(0),
+            ExitKind::Code(-1),
+            ExitKind::Signal(9),
+            ExitKind::Signal(15),
+            ExitKind::Signal(6),
+        ] {
+            assert_eq!(kind.to_string().parse::<ExitKind>(), Ok(kind));
+        }
+        assert!("soon".parse::<ExitKind>().is_err());
+    }
+}

@@ -1,0 +1,112 @@
+//! Where the watcher's connections come from: its own accept loops (round-robin,
+//! least-conn), and the connections still queued for a worker that exited, read back.
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cluster_ipc::protocol::ClientMeta;
+use cluster_ipc::{ClientSocketReceivePipe, ListenAddress};
+use parking_lot::Mutex;
+
+use super::handoff::{Balancer, ClientPipe, Route};
+use crate::task::spawn_in;
+
+impl Balancer {
+    /// Connections still queued for a worker that has exited go to the other workers, so a
+    /// crash or a kill loses only the connections the worker had taken (and, during a
+    /// shutdown, those no worker is left to take). `worker_end` is the
+    /// watcher's duplicate of the worker's end of its hand-off pipe, kept for this: the
+    /// queue lives as long as any descriptor of that end.
+    pub(crate) fn reclaim(self: &Arc<Self>, pipe: &ClientPipe, worker_end: OwnedFd) {
+        // With our end shut for writing, reading the worker's end stops at end of file.
+        Self::close_pipe(pipe);
+        let queued = match fdpass::AsyncFdSocket::from_fd(worker_end) {
+            Ok(socket) => ClientSocketReceivePipe::<ClientMeta, OwnedFd>::new(socket),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read an exited worker's queued connections");
+                return;
+            }
+        };
+        let this = self.clone();
+        self.track(spawn_in(self.span.clone(), async move {
+            let mut reclaimed = 0usize;
+            // The queue holds a few dozen connections at most (HANDOFF_SEND_BUFFER); the cap
+            // and the timeout only guard against the unexpected.
+            for _ in 0..4096 {
+                let client =
+                    match tokio::time::timeout(Duration::from_secs(1), queued.receive()).await {
+                        Ok(Ok(Some(client))) => client,
+                        // End of file: everything queued was read.
+                        Ok(Ok(None)) | Err(_) => break,
+                        Ok(Err(e)) => match e.io_error() {
+                            Some(io) => {
+                                tracing::warn!(error = %io, "reading back an exited worker's queue failed");
+                                break;
+                            }
+                            // One bad message costs only itself.
+                            None => {
+                                tracing::warn!(error = %e, "unreadable hand-off in an exited worker's queue");
+                                continue;
+                            }
+                        },
+                    };
+                if this
+                    .to_successor(&client.socket, &client.data, &client.prefix)
+                    .await
+                {
+                    reclaimed += 1;
+                    continue;
+                }
+                let route = this.routes().get(&client.data.listener).cloned();
+                match route {
+                    Some(route) => {
+                        this.hand_off(&route, client.socket, &client.data, &client.prefix)
+                            .await;
+                        reclaimed += 1;
+                    }
+                    None => tracing::warn!(
+                        listener = %client.data.listener,
+                        "no worker listens there any more; a connection queued for an exited worker was closed"
+                    ),
+                }
+            }
+            if reclaimed > 0 {
+                tracing::info!(
+                    reclaimed,
+                    "connections queued for an exited worker were passed to others"
+                );
+            }
+        }));
+    }
+
+    pub(super) async fn accept_loop(
+        self: Arc<Self>,
+        listener: fdpass::RawAcceptor,
+        address: ListenAddress,
+        route: Arc<Mutex<Route>>,
+    ) {
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            // A bare descriptor: the worker sets TCP_NODELAY and registers it with its reactor.
+            let (socket, peer) = match listener.accept().await {
+                Ok(accepted) => {
+                    backoff = Duration::from_millis(10);
+                    accepted
+                }
+                Err(e) => {
+                    // Out of descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%address, error = %e, "round-robin accept failed; retrying in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            let meta = ClientMeta {
+                listener: address.clone(),
+                peer,
+            };
+            self.hand_off(&route, socket, &meta, &[]).await;
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! Which worker gets the next connection: a pure function over the candidates, so the
+//! rule is tested without a socket.
+
+use crate::WorkerId;
+
+/// How a mode picks among ready workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rule {
+    /// The next ready worker in turn.
+    InTurn,
+    /// The ready worker with the fewest open connections; between equal counts (not
+    /// zero), the one that closed a connection most recently; ties in turn.
+    LeastLoaded,
+}
+
+/// What the rule compares, lower first: (open connections, time since the worker's last
+/// close while any is open).
+pub(crate) type Load = (u64, u64);
+
+/// The candidate to try next among `n` targets, starting at `start` (the one after the last
+/// pick), skipping those in `full`. `target(i)` is target `i`'s id and load, `None` when it
+/// is not ready; the load is only read under [`Rule::LeastLoaded`].
+///
+/// Returns the index and whether every ready target was in `full` (then the pick is the
+/// next ready one by the same order, to wait on). `None` when no target is ready.
+pub(crate) fn pick(
+    rule: Rule,
+    n: usize,
+    start: usize,
+    full: &[WorkerId],
+    target: impl Fn(usize) -> Option<(WorkerId, Load)>,
+) -> Option<(usize, bool)> {
+    let mut best: Option<(usize, Load)> = None;
+    let mut fallback: Option<usize> = None;
+    for i in 0..n {
+        let index = (start + i) % n;
+        let Some((id, load)) = target(index) else {
+            continue;
+        };
+        fallback.get_or_insert(index);
+        if full.contains(&id) {
+            continue;
+        }
+        let load = match rule {
+            Rule::InTurn => return Some((index, false)),
+            Rule::LeastLoaded => load,
+        };
+        if best.is_none_or(|(_, least)| load < least) {
+            best = Some((index, load));
+            if load.0 == 0 {
+                break; // nobody can beat it
+            }
+        }
+    }
+    match (best, fallback) {
+        (Some((index, _)), _) => Some((index, false)),
+        (None, Some(index)) => Some((index, true)),
+        (None, None) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(slot: u32) -> WorkerId {
+        WorkerId {
+            slot,
+            generation: 1,
+        }
+    }
+
+    /// Targets given as (slot, ready, open, quiet).
+    fn run(
+        rule: Rule,
+        targets: &[(u32, bool, u64, u64)],
+        start: usize,
+        full: &[u32],
+    ) -> Option<(u32, bool)> {
+        let full: Vec<WorkerId> = full.iter().map(|s| id(*s)).collect();
+        pick(rule, targets.len(), start, &full, |i| {
+            let (slot, ready, open, quiet) = targets[i];
+            ready.then_some((id(slot), (open, quiet)))
+        })
+        .map(|(index, all_full)| (targets[index].0, all_full))
+    }
+
+    #[test]
+    fn in_turn_takes_the_next_ready_worker() {
+        let targets = [(1, true, 0, 0), (2, false, 0, 0), (3, true, 0, 0)];
+        assert_eq!(run(Rule::InTurn, &targets, 0, &[]), Some((1, false)));
+        assert_eq!(run(Rule::InTurn, &targets, 1, &[]), Some((3, false)));
+        assert_eq!(run(Rule::InTurn, &targets, 3, &[]), Some((1, false)));
+    }
+
+    #[test]
+    fn full_workers_are_passed_over_until_all_are_full() {
+        let targets = [(1, true, 0, 0), (2, true, 0, 0)];
+        assert_eq!(run(Rule::InTurn, &targets, 0, &[1]), Some((2, false)));
+        assert_eq!(run(Rule::InTurn, &targets, 0, &[1, 2]), Some((1, true)));
+        assert_eq!(
+            run(Rule::LeastLoaded, &targets, 1, &[1, 2]),
+            Some((2, true))
+        );
+    }
+
+    #[test]
+    fn nobody_ready_is_no_pick() {
+        let targets = [(1, false, 0, 0), (2, false, 0, 0)];
+        assert_eq!(run(Rule::InTurn, &targets, 0, &[]), None);
+        assert_eq!(run(Rule::LeastLoaded, &[], 0, &[]), None);
+    }
+
+    #[test]
+    fn least_loaded_takes_the_fewest_open_connections() {
+        let targets = [(1, true, 5, 0), (2, true, 2, 0), (3, true, 3, 0)];
+        assert_eq!(run(Rule::LeastLoaded, &targets, 0, &[]), Some((2, false)));
+        // The idle one wins wherever the turn starts.
+        let targets = [(1, true, 1, 9), (2, true, 0, 0), (3, true, 1, 1)];
+        assert_eq!(run(Rule::LeastLoaded, &targets, 2, &[]), Some((2, false)));
+    }
+
+    #[test]
+    fn between_equal_counts_the_worker_that_closed_last_goes_first() {
+        // Slot 1 is stuck on a slow request (no close for long); slot 2 closed just now.
+        let targets = [(1, true, 1, 5_000_000), (2, true, 1, 100)];
+        assert_eq!(run(Rule::LeastLoaded, &targets, 0, &[]), Some((2, false)));
+        // Equal in everything: in turn.
+        let targets = [(1, true, 1, 7), (2, true, 1, 7)];
+        assert_eq!(run(Rule::LeastLoaded, &targets, 1, &[]), Some((2, false)));
+    }
+
+    #[test]
+    fn least_loaded_skips_the_full_and_the_not_ready() {
+        let targets = [(1, true, 0, 0), (2, false, 0, 0), (3, true, 4, 0)];
+        assert_eq!(run(Rule::LeastLoaded, &targets, 0, &[1]), Some((3, false)));
+    }
+}

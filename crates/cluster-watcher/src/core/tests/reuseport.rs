@@ -1,0 +1,167 @@
+//! Reuseport: steering, drains before stops, stalled slots, released slots.
+
+use std::collections::{BTreeSet, HashMap};
+
+use super::*;
+
+fn reuseport(n: usize) -> Harness {
+    Harness::with(config().balance(Balance::Reuseport), n)
+}
+
+fn slots(list: &[u32]) -> BTreeSet<u32> {
+    list.iter().copied().collect()
+}
+
+impl Harness {
+    fn steered(&self) -> Vec<BTreeSet<u32>> {
+        self.log
+            .iter()
+            .filter_map(|a| match a {
+                Action::Steer(live) => Some(live.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Reports these queues (slot, connections waiting) as the driver would.
+    fn queues(&mut self, queued: &[(u32, u32)]) {
+        let queued: HashMap<u32, u32> = queued.iter().copied().collect();
+        self.core.queues(&queued, self.now);
+        self.drain();
+    }
+
+    /// Reports the same queues every 20 ms for `duration`.
+    fn queues_for(&mut self, queued: &[(u32, u32)], duration: Duration) {
+        let end = self.now + duration;
+        while self.now < end {
+            self.now += Duration::from_millis(20);
+            self.queues(queued);
+        }
+    }
+}
+
+#[test]
+fn new_connections_go_to_the_slots_with_a_ready_worker() {
+    let mut h = Harness::new(config().balance(Balance::Reuseport));
+    let t = h.ticket();
+    h.core.start(t, 3, h.now);
+    h.drain();
+    h.ready(id(1, 1));
+    h.ready(id(3, 1));
+    h.exit(id(3, 1), ExitKind::Signal(9));
+    assert_eq!(
+        h.steered(),
+        vec![slots(&[]), slots(&[1]), slots(&[1, 3]), slots(&[1])]
+    );
+}
+
+#[test]
+fn a_worker_is_stopped_once_its_slot_stayed_empty_long_enough() {
+    let mut h = reuseport(2);
+    let t = h.ticket();
+    h.core.scale(t, 1, h.now);
+    h.drain();
+    // Steered away at once; not told yet.
+    assert_eq!(h.steered(), vec![slots(&[1])]);
+    assert!(h.stops().is_empty());
+    h.queues_for(&[(2, 3)], Duration::from_millis(500));
+    assert!(h.stops().is_empty(), "connections still queued");
+    h.queues_for(&[(2, 0)], Duration::from_millis(100));
+    assert!(h.stops().is_empty(), "not empty for 150 ms yet");
+    h.queues_for(&[(2, 0)], Duration::from_millis(100));
+    assert_eq!(h.stops(), vec![id(2, 1)]);
+}
+
+#[test]
+fn a_drain_that_does_not_empty_stops_the_worker_at_its_limit() {
+    let mut h = reuseport(2);
+    let t = h.ticket();
+    h.core.scale(t, 1, h.now);
+    h.drain();
+    h.queues_for(&[(2, 5)], Duration::from_millis(900));
+    assert!(h.stops().is_empty());
+    h.run_for(Duration::from_millis(200));
+    assert_eq!(h.stops(), vec![id(2, 1)]);
+}
+
+#[test]
+fn the_last_live_slot_is_stopped_without_a_drain() {
+    let mut h = reuseport(1);
+    h.core.stop(None, h.now);
+    h.drain();
+    assert_eq!(h.stops(), vec![id(1, 1)]);
+}
+
+#[test]
+fn a_rolling_restart_drains_each_old_worker_after_its_successor_is_ready() {
+    let mut h = reuseport(2);
+    let t = h.ticket();
+    h.core.restart(t, h.now);
+    h.drain();
+    h.ready(id(1, 2));
+    assert!(h.stops().is_empty(), "drained first");
+    h.queues_for(&[], Duration::from_millis(200));
+    assert_eq!(h.stops(), vec![id(1, 1)]);
+    // The slot's new worker takes new connections again.
+    assert_eq!(h.steered().last(), Some(&slots(&[1, 2])));
+}
+
+#[test]
+fn a_stalled_slot_gets_no_new_connections_until_its_queue_shrinks() {
+    let mut h = reuseport(2);
+    h.queues_for(&[(1, 4)], Duration::from_millis(100));
+    assert!(h.steered().is_empty(), "not stalled yet");
+    h.queues_for(&[(1, 4)], Duration::from_millis(200));
+    assert_eq!(h.steered(), vec![slots(&[2])]);
+    h.queues(&[(1, 2)]);
+    assert_eq!(h.steered(), vec![slots(&[2]), slots(&[1, 2])]);
+}
+
+#[test]
+fn a_slot_scaled_away_gives_up_its_sockets_once_its_worker_is_gone() {
+    let mut h = reuseport(2);
+    let t = h.ticket();
+    h.core.scale(t, 1, h.now);
+    h.drain();
+    h.queues_for(&[], Duration::from_millis(200));
+    assert!(
+        !h.log.contains(&Action::ReleaseSlot(2)),
+        "its worker still runs"
+    );
+    h.exit(id(2, 1), ExitKind::Code(0));
+    assert!(h.log.contains(&Action::ReleaseSlot(2)));
+    // The group's order changed: steered again although the live slots did not.
+    assert_eq!(h.steered().last(), Some(&slots(&[1])));
+    assert_eq!(h.steered().len(), 2);
+}
+
+#[test]
+fn after_a_hand_over_waiting_stops_go_out_and_nothing_is_steered() {
+    let mut h = reuseport(2);
+    let t = h.ticket();
+    h.core.scale(t, 1, h.now);
+    h.drain();
+    h.log.clear();
+    h.core.handed_over(h.now);
+    h.drain();
+    assert_eq!(h.stops(), vec![id(2, 1)]);
+    h.core.stop(None, h.now);
+    h.drain();
+    assert_eq!(h.stops(), vec![id(2, 1), id(1, 1)]);
+    assert!(h.steered().is_empty());
+}
+
+#[test]
+fn queues_are_read_every_20_ms_in_reuseport_mode_only() {
+    let mut h = reuseport(2);
+    h.run_for(Duration::from_millis(200));
+    let polls = h
+        .log
+        .iter()
+        .filter(|a| matches!(a, Action::PollQueues))
+        .count();
+    assert!((9..=11).contains(&polls), "{polls}");
+    let mut h = Harness::running(2);
+    h.run_for(Duration::from_secs(2));
+    assert!(!h.log.iter().any(|a| matches!(a, Action::PollQueues)));
+}

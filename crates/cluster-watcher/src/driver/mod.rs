@@ -1,0 +1,439 @@
+//! The one task that owns every worker process: it feeds the [`Supervisor`] its inputs
+//! with `now`, applies the actions it returns, and sleeps until the core's next timer.
+//!
+//! The driver decides nothing: it measures (memory, accept queues, the shared sockets) when
+//! the core asks, reports what it saw, and acts. It reads the clock once per turn and keeps
+//! no timer of its own. Nothing else spawns, stops or kills a worker. The round-robin
+//! hand-off does not pass through here (the balancer's accept loops hand connections
+//! straight to workers), so the driver adds no hop to the request path.
+//!
+//! * `process.rs`: spawning a worker and the tasks that read what it sends.
+//! * `program.rs`: the command of a program given listeners (`LISTEN_FDS`).
+//! * `notify.rs`: the `NOTIFY_SOCKET` such programs report to.
+//! * `output.rs`, `logs.rs`: workers' output and log records in the watcher's log.
+//! * `listeners.rs`: the shared listening sockets kept healthy.
+//! * `measure.rs`: memory and CPU from `/proc`, and the balancing figures of a status.
+
+mod listeners;
+mod logs;
+mod measure;
+mod output;
+mod process;
+mod program;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cluster_ipc::protocol::WatcherToWorker;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+pub use self::output::read_lines;
+pub(crate) use self::program::prepare_program_mode;
+
+use self::logs::log_event;
+use self::process::{Input, Process, kill_group, kill_leftovers, spawn_worker};
+use crate::balance::{Balancer, Steering, queued_by_slot};
+use crate::core::{Action, Outcome, Supervisor, TICK, Ticket};
+use crate::shared::{Published, Shared};
+use crate::task::spawn_in;
+use crate::{ClusterStatus, WorkerId};
+
+/// Worker inputs waiting for the driver; a worker that sends faster waits (its own socket
+/// fills), never the watcher's memory.
+const INPUT_QUEUE: usize = 1024;
+
+/// How long the stop request to one worker may take to be written.
+const STOP_SEND_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What the handle (and the control socket, through it) asks of the driver.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Start(usize, oneshot::Sender<Outcome>),
+    AddWorker(oneshot::Sender<Outcome>),
+    RemoveWorker(oneshot::Sender<Outcome>),
+    Scale(usize, oneshot::Sender<Outcome>),
+    Restart(oneshot::Sender<Outcome>),
+    Stop(oneshot::Sender<Outcome>),
+    /// A snapshot; with `measure`, memory and CPU of each worker's process tree too.
+    Status {
+        measure: bool,
+        reply: oneshot::Sender<ClusterStatus>,
+    },
+    /// A successor watcher took the sockets over.
+    HandedOver,
+}
+
+/// One turn of the loop: what woke it.
+enum Turn {
+    Input(Input),
+    Command(Option<Command>),
+    Reaped,
+    Timeout,
+}
+
+pub(crate) struct Driver {
+    shared: Arc<Shared>,
+    core: Supervisor,
+    commands: mpsc::UnboundedReceiver<Command>,
+    handle_gone: bool,
+    inputs_tx: mpsc::Sender<Input>,
+    inputs: mpsc::Receiver<Input>,
+    processes: HashMap<WorkerId, Process>,
+    /// Each worker's watch task; dropping the driver aborts them (and `kill_on_drop`).
+    tasks: JoinSet<()>,
+    waiters: HashMap<Ticket, oneshot::Sender<Outcome>>,
+    next_ticket: Ticket,
+    /// Set by a stop: once idle, the message stream ends.
+    stopping: bool,
+    /// Program mode: each worker's last `STATUS=` text.
+    statuses: HashMap<WorkerId, String>,
+    /// Program mode: whether the notify socket's reader runs.
+    notify_reader: bool,
+    /// Program mode: accept queues that keep growing (a program that binds its own port).
+    queue_watch: listeners::QueueWatch,
+    /// Reuseport: the programs attached to the slots' groups, and the slots last steered to.
+    steering: Steering,
+    live: std::collections::BTreeSet<u32>,
+    /// This turn's time: read once when the turn begins.
+    now: Instant,
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver")
+            .field("processes", &self.processes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Driver {
+    pub(crate) fn new(shared: Arc<Shared>, commands: mpsc::UnboundedReceiver<Command>) -> Self {
+        let (inputs_tx, inputs) = mpsc::channel(INPUT_QUEUE);
+        Self {
+            core: Supervisor::new(shared.config.clone()),
+            shared,
+            commands,
+            handle_gone: false,
+            inputs_tx,
+            inputs,
+            processes: HashMap::new(),
+            tasks: JoinSet::new(),
+            waiters: HashMap::new(),
+            next_ticket: 0,
+            stopping: false,
+            statuses: HashMap::new(),
+            notify_reader: false,
+            queue_watch: listeners::QueueWatch::default(),
+            steering: Steering::default(),
+            live: std::collections::BTreeSet::new(),
+            now: Instant::now(),
+        }
+    }
+
+    /// Runs until the handle is gone and every worker has exited.
+    pub(crate) async fn run(mut self) {
+        loop {
+            self.apply_actions();
+            if self.handle_gone && self.core.is_idle() {
+                break;
+            }
+            let wake = self.core.poll_timeout().unwrap_or(self.now + TICK);
+            let turn = tokio::select! {
+                // Inputs first: after a stall, what workers sent is read before any timer.
+                biased;
+                Some(input) = self.inputs.recv() => Turn::Input(input),
+                command = self.commands.recv(), if !self.handle_gone => Turn::Command(command),
+                // Reap finished watch tasks so the set does not grow.
+                Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => Turn::Reaped,
+                () = tokio::time::sleep_until(wake.into()) => Turn::Timeout,
+            };
+            self.now = Instant::now();
+            match turn {
+                Turn::Input(input) => self.handle_input(input),
+                Turn::Command(Some(command)) => self.handle_command(command),
+                Turn::Command(None) => {
+                    // The handle was dropped: stop gracefully, then end.
+                    self.handle_gone = true;
+                    self.stopping = true;
+                    self.core.stop(None, self.now);
+                }
+                Turn::Reaped => {}
+                Turn::Timeout => self.core.handle_timeout(self.now),
+            }
+        }
+        self.shared.balancer.shutdown();
+    }
+
+    /// Program mode: reads the notify socket into the driver's inputs (once).
+    fn start_notify_reader(&mut self) {
+        if self.notify_reader || self.shared.notify.get().is_none() {
+            return;
+        }
+        self.notify_reader = true;
+        let shared = self.shared.clone();
+        let inputs = self.inputs_tx.clone();
+        self.tasks.spawn(
+            async move {
+                let Some(socket) = shared.notify.get() else {
+                    return;
+                };
+                while let Ok(notification) = socket.recv().await {
+                    if inputs.send(Input::Notify(notification)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            .instrument(self.shared.span.clone()),
+        );
+    }
+
+    fn ticket(&mut self, reply: oneshot::Sender<Outcome>) -> Ticket {
+        self.next_ticket += 1;
+        self.waiters.insert(self.next_ticket, reply);
+        self.next_ticket
+    }
+
+    fn handle_command(&mut self, command: Command) {
+        let now = self.now;
+        match command {
+            Command::Start(count, reply) => {
+                self.start_notify_reader();
+                if !self.core.is_running() {
+                    self.stopping = false;
+                    self.shared.balancer.reopen();
+                    self.shared.open_messages();
+                }
+                let ticket = self.ticket(reply);
+                self.core.start(ticket, count, now);
+            }
+            Command::AddWorker(reply) => {
+                let ticket = self.ticket(reply);
+                self.core.add_worker(ticket, now);
+            }
+            Command::RemoveWorker(reply) => {
+                let ticket = self.ticket(reply);
+                self.core.remove_worker(ticket, now);
+            }
+            Command::Scale(count, reply) => {
+                let ticket = self.ticket(reply);
+                self.core.scale(ticket, count, now);
+            }
+            Command::Restart(reply) => {
+                let ticket = self.ticket(reply);
+                self.core.restart(ticket, now);
+            }
+            Command::Stop(reply) => {
+                self.stopping = true;
+                let ticket = self.ticket(reply);
+                self.core.stop(Some(ticket), now);
+            }
+            Command::Status { measure, reply } => {
+                let mut status = self.core.status(now);
+                measure::add_balancing(&mut status, &self.shared);
+                if measure {
+                    measure::add_usage(&mut status);
+                }
+                let _ = reply.send(status);
+            }
+            Command::HandedOver => self.core.handed_over(now),
+        }
+    }
+
+    fn handle_input(&mut self, input: Input) {
+        let now = self.now;
+        match input {
+            Input::Ready(id) => self.core.ready(id, now),
+            Input::Heartbeat(id) => self.core.heartbeat(id, now),
+            Input::Accepted(id, total) => self.core.accepted(id, total, now),
+            Input::StopRequested(id) => self.core.stop_requested(id, now),
+            Input::BadTraffic(id) => self.core.bad_traffic(id, now),
+            Input::ControlClosed(id) => self.core.control_closed(id, now),
+            Input::Notify(notification) => self.notified(notification),
+            Input::Exited(id, status) => {
+                self.statuses.remove(&id);
+                self.shared.listens().remove(&id);
+                if let Some(process) = self.processes.remove(&id) {
+                    // Children it forked go with it.
+                    kill_leftovers(process.pid);
+                    self.shared.balancer.forget(id);
+                    if let Some(link) = process.link
+                        && let Some(worker_end) = link.worker_end
+                    {
+                        self.shared.balancer.reclaim(&link.clients, worker_end);
+                    }
+                }
+                self.core.exited(id, status, now);
+            }
+        }
+    }
+
+    /// Program mode: an sd_notify datagram, attributed to the worker whose process group
+    /// sent it.
+    fn notified(&mut self, notification: crate::notify::Notification) {
+        let now = self.now;
+        let Some(id) = self
+            .processes
+            .iter()
+            .find(|(_, p)| p.pid == notification.group)
+            .map(|(id, _)| *id)
+        else {
+            return;
+        };
+        if notification.ready {
+            self.core.ready(id, now);
+        }
+        if notification.watchdog {
+            self.core.heartbeat(id, now);
+        }
+        if let Some(status) = notification.status {
+            tracing::debug!(worker = id.slot, status, "worker status");
+            self.statuses.insert(id, status);
+        }
+        if notification.stopping {
+            tracing::debug!(worker = id.slot, "worker says it is stopping");
+        }
+    }
+
+    fn apply_actions(&mut self) {
+        while let Some(action) = self.core.poll_action() {
+            match action {
+                Action::Spawn(id) => self.spawn(id),
+                Action::Admit(id) => self.shared.balancer.set_ready(id),
+                Action::Stop(id) => self.stop(id),
+                Action::Kill { pid, .. } => kill_group(pid),
+                Action::Emit(event) => {
+                    self.shared.span.in_scope(|| log_event(&event));
+                    let _ = self.shared.events.send(event);
+                }
+                Action::Complete(ticket, outcome) => {
+                    // A caller woken by this sees the workers as they are now.
+                    if self.core.take_changed() {
+                        self.publish();
+                    }
+                    if let Some(waiter) = self.waiters.remove(&ticket) {
+                        let _ = waiter.send(outcome);
+                    }
+                }
+                Action::SampleMemory(workers) => self.sample_memory(&workers),
+                Action::CheckListeners { queues } => self.check_listeners(queues),
+                Action::PollQueues => {
+                    let queued = queued_by_slot(&self.shared.provider);
+                    self.core.queues(&queued, self.now);
+                }
+                Action::Steer(live) => {
+                    self.steering.update(&self.shared.provider, &live);
+                    self.live = live;
+                }
+                Action::ReleaseSlot(slot) => {
+                    if !self.shared.provider.release_slot(slot).is_empty() {
+                        tracing::debug!(slot, "the slot's listening sockets were closed");
+                    }
+                    self.steering.update(&self.shared.provider, &self.live);
+                }
+                Action::ReleaseUnusedListeners(current) => {
+                    listeners::release_unused(&self.shared, &current);
+                }
+            }
+        }
+        if self.core.take_changed() {
+            self.publish();
+        }
+        if self.stopping && self.core.is_idle() {
+            // Stopped: the message stream ends once every reader is gone.
+            self.shared.close_messages();
+        }
+    }
+
+    fn spawn(&mut self, id: WorkerId) {
+        let now = self.now;
+        let messages = self.shared.message_sink();
+        match spawn_worker(&self.shared, id, &self.inputs_tx, messages, &mut self.tasks) {
+            Ok(process) => {
+                let pid = process.pid;
+                self.processes.insert(id, process);
+                self.core.spawned(id, pid, now);
+            }
+            Err(error) => {
+                let message = format!(
+                    "cannot run {}: {error}",
+                    self.shared.config.program.display()
+                );
+                self.core
+                    .spawn_failed(id, error.raw_os_error(), message, now);
+            }
+        }
+    }
+
+    /// `max_memory`: the RSS of each named worker's process tree, reported to the core.
+    fn sample_memory(&mut self, workers: &[(WorkerId, u32)]) {
+        let table = measure::ProcessTable::read();
+        for &(id, pid) in workers {
+            let (rss, _) = table.tree_usage(pid);
+            self.core.memory(id, rss, self.now);
+        }
+    }
+
+    /// Shared sockets: restores what a worker broke; a socket bound anew is reported (the
+    /// core restarts the workers onto it).
+    fn check_listeners(&mut self, queues: bool) {
+        if queues {
+            self.queue_watch.check(&self.shared.provider);
+        }
+        if listeners::check(&self.shared.provider) {
+            self.core.listener_rebound(self.now);
+        }
+    }
+
+    /// No new connections for the worker; the stop request goes out without holding up the
+    /// driver (a worker that does not read its control socket cannot block it).
+    fn stop(&mut self, id: WorkerId) {
+        let Some(process) = self.processes.get(&id) else {
+            return;
+        };
+        self.shared.balancer.remove(id);
+        let Some(link) = &process.link else {
+            // A program that does not link cluster-worker: the stop signal, to its group.
+            if let Some(group) = rustix::process::Pid::from_raw(process.pid as i32) {
+                let signal =
+                    rustix::process::Signal::from_named_raw(self.shared.config.stop_signal)
+                        .unwrap_or(rustix::process::Signal::TERM);
+                let _ = rustix::process::kill_process_group(group, signal);
+            }
+            return;
+        };
+        Balancer::close_pipe(&link.clients);
+        let control = link.control.clone();
+        spawn_in(self.shared.span.clone(), async move {
+            let _ =
+                tokio::time::timeout(STOP_SEND_TIMEOUT, control.send(&WatcherToWorker::Stop)).await;
+        });
+    }
+
+    fn publish(&mut self) {
+        let mut published = Published::default();
+        for (info, current) in self.core.live_workers() {
+            let link = self.processes.get(&info.id).and_then(|p| p.link.as_ref());
+            if let Some(link) = link {
+                if current {
+                    published.current.insert(info.id.slot, link.control.clone());
+                }
+                published.controls.push(link.control.clone());
+            }
+            published.workers.push(info);
+        }
+        *self.shared.published() = published;
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // The runtime is going away with workers still alive (or the task was aborted):
+        // there is no time for a graceful stop, so nothing may outlive the watcher.
+        for process in self.processes.values() {
+            kill_group(process.pid);
+        }
+    }
+}
