@@ -5,7 +5,9 @@
 //! instead of binding.
 
 use std::os::fd::OwnedFd;
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::OnceLock;
+
+use parking_lot::Mutex;
 
 use cluster_ipc::ListenAddress;
 
@@ -36,7 +38,7 @@ fn read() -> Vec<Inherited> {
 /// Takes the inherited listener for `address`: the one bound to it (port 0 matches any
 /// port on that IP), or the one named like it (`listen("http")` under systemd).
 pub(crate) fn take(address: &ListenAddress, name: Option<&str>) -> Option<OwnedFd> {
-    let mut inherited = inherited().lock().unwrap_or_else(PoisonError::into_inner);
+    let mut inherited = inherited().lock();
     let position = inherited.iter().position(|i| {
         let by_address = i.local.as_ref().is_some_and(|local| local.serves(address));
         by_address || (name.is_some() && i.name.as_deref() == name)

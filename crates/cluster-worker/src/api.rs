@@ -99,7 +99,7 @@ pub async fn await_termination() -> Termination {
             let current = *state.borrow_and_update();
             match current {
                 WatcherState::StopRequested => {
-                    link.drain_transferred().await;
+                    link.handoff.drain_transferred().await;
                     return Termination::StopRequested;
                 }
                 WatcherState::Gone => return Termination::WatcherGone,

@@ -2,7 +2,9 @@
 //! identity, settings and the four inherited sockets, each taken exactly once.
 
 use std::os::fd::OwnedFd;
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::OnceLock;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use cluster_ipc::protocol::{Balance, BootstrapError, WorkerBootstrap};
@@ -28,7 +30,7 @@ pub(crate) struct WorkerEnv {
 impl WorkerEnv {
     /// Takes an inherited socket; `None` if already taken.
     pub(crate) fn take(&self, endpoint: Endpoint) -> Option<OwnedFd> {
-        self.fds.lock().unwrap_or_else(PoisonError::into_inner)[endpoint as usize].take()
+        self.fds.lock()[endpoint as usize].take()
     }
 }
 

@@ -52,6 +52,7 @@ mod activation;
 mod api;
 mod env;
 mod error;
+mod handoff;
 mod link;
 mod listener;
 mod log;

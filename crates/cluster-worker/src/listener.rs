@@ -44,14 +44,14 @@ impl TransferredSource {
             if let Ok(client) = passed_on.try_recv() {
                 break Some(client);
             }
-            if link.clients.is_none() || link.clients_closed() {
+            if !link.handoff.has_pipe() || link.handoff.clients_closed() {
                 // Nothing more will come from the watcher, and whatever another listener
                 // read for this one is already in the queue.
                 break passed_on.recv().await;
             }
             tokio::select! {
                 client = passed_on.recv() => break client,
-                ours = link.read_clients(&self.address) => {
+                ours = link.handoff.read_clients(&self.address) => {
                     if let Some(client) = ours {
                         return Ok(client);
                     }
@@ -60,7 +60,7 @@ impl TransferredSource {
         };
         // Only what another listener passed on gets here.
         let client = client.ok_or_else(watcher_gone)?;
-        link.taken();
+        link.handoff.taken();
         Ok(client)
     }
 
@@ -76,7 +76,7 @@ impl TransferredSource {
 
 impl Drop for TransferredSource {
     fn drop(&mut self) {
-        self.link.remove_route(&self.address);
+        self.link.handoff.remove_route(&self.address);
     }
 }
 
@@ -98,6 +98,8 @@ pub struct Listener {
     nodelay: bool,
     /// The address as asked for, in a cluster: what a handed-back connection is for.
     address: Option<ListenAddress>,
+    /// In a cluster: where accepted connections are counted.
+    link: Option<Arc<Link>>,
 }
 
 /// Listens on `address` (`127.0.0.1:8080`, `[::1]:0`, `localhost:3000`): in a cluster on the
@@ -146,7 +148,7 @@ pub async fn listen_with(
         Balance::Shared | Balance::Reuseport => {
             let mut listener = Listener::from_accepting(factory.listen(address, options).await?)?;
             // Connections handed over by stopping workers come through the pipe.
-            let passed_on = Mutex::new(link.add_route(address.clone()));
+            let passed_on = Mutex::new(link.handoff.add_route(address.clone()));
             if let Source::Accept(_, transferred) = &mut listener.source {
                 *transferred = Some(TransferredSource {
                     address: address.clone(),
@@ -155,6 +157,7 @@ pub async fn listen_with(
                 });
             }
             listener.address = Some(address.clone());
+            listener.link = Some(link.clone());
             listener
         }
         Balance::RoundRobin | Balance::LeastConn => {
@@ -164,7 +167,7 @@ pub async fn listen_with(
                 ListenAddress::Tcp(addr) => addr,
                 ListenAddress::Unix(_) => return Err(unix_unsupported()),
             };
-            let passed_on = Mutex::new(link.add_route(address.clone()));
+            let passed_on = Mutex::new(link.handoff.add_route(address.clone()));
             Listener {
                 source: Source::Transferred(TransferredSource {
                     address: address.clone(),
@@ -174,6 +177,7 @@ pub async fn listen_with(
                 local_addr,
                 nodelay: true,
                 address: Some(address.clone()),
+                link: Some(link.clone()),
             }
         }
     };
@@ -208,6 +212,7 @@ impl Listener {
             local_addr,
             nodelay: true,
             address: None,
+            link: None,
         })
     }
 
@@ -245,16 +250,20 @@ impl Listener {
                 }
                 Source::Accept(listener, Some(source)) => tokio::select! {
                     accepted = listener.accept() => accepted.map(|(s, peer)| (s.into(), peer)),
-                    client = source.next_or_pending() => transferred(client),
+                    client = source.next_or_pending() => transferred(client, self.link.as_ref()),
                 },
-                Source::Transferred(source) => transferred(source.next().await?),
+                Source::Transferred(source) => {
+                    transferred(source.next().await?, self.link.as_ref())
+                }
             };
             match accepted {
                 Ok((stream, peer)) => {
                     if self.nodelay {
                         let _ = stream.set_nodelay(true);
                     }
-                    crate::link::ACCEPTED.fetch_add(1, Ordering::Relaxed);
+                    if let Some(link) = &self.link {
+                        link.counters.accepted.fetch_add(1, Ordering::Relaxed);
+                    }
                     return Ok((stream, peer));
                 }
                 // The client gave up before we got to it: not our problem.
@@ -276,15 +285,20 @@ impl Listener {
     }
 }
 
-fn transferred(client: Transferred) -> io::Result<(ClientStream, SocketAddr)> {
+fn transferred(
+    client: Transferred,
+    link: Option<&Arc<Link>>,
+) -> io::Result<(ClientStream, SocketAddr)> {
     let peer = match client.peer {
         Some(peer) => peer,
         None => client.stream.peer_addr()?,
     };
     let stream = ClientStream::new(client.stream, client.prefix);
     // Least-conn: the watcher counts this connection open until we report it closed.
-    let least_conn = link().is_ok_and(|link| link.env.balance == Balance::LeastConn);
-    Ok((if least_conn { stream.counted() } else { stream }, peer))
+    match link.filter(|link| link.env.balance.traits().least_loaded) {
+        Some(link) => Ok((stream.counted(&link.counters), peer)),
+        None => Ok((stream, peer)),
+    }
 }
 
 fn is_resource_error(e: &io::Error) -> bool {

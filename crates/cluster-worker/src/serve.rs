@@ -221,7 +221,7 @@ async fn serve_connection<S, B>(
     let parts = connection.into_parts();
     let (socket, mut prefix) = parts.io.into_inner().into_parts();
     prefix.extend_from_slice(&parts.read_buf);
-    if let Err(socket) = link.hand_back(socket, address, &prefix).await {
+    if let Err(socket) = link.handoff.hand_back(socket, address, &prefix).await {
         tracing::debug!("could not hand the connection back; closing it");
         drop(socket);
     }

@@ -4,10 +4,14 @@
 use std::io;
 use std::ops::Deref;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+
+use crate::link::Counters;
 
 /// A TCP client connection from [`Listener::accept`](crate::Listener::accept).
 ///
@@ -27,12 +31,15 @@ pub struct ClientStream {
 
 /// Counts a connection from the watcher closed when dropped (least-conn).
 #[derive(Debug)]
-struct CloseReport;
+struct CloseReport {
+    closed: Arc<AtomicU64>,
+    changed: Arc<tokio::sync::Notify>,
+}
 
 impl Drop for CloseReport {
     fn drop(&mut self) {
-        crate::link::CLOSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        crate::link::CLOSED_CHANGED.notify_one();
+        self.closed.fetch_add(1, Ordering::Relaxed);
+        self.changed.notify_one();
     }
 }
 
@@ -48,8 +55,11 @@ impl ClientStream {
 
     /// Reports its close to the watcher (least-conn); the socket itself, or the bytes it
     /// came with, leaving through [`into_parts`](Self::into_parts) count as a close too.
-    pub(crate) fn counted(mut self) -> Self {
-        self._closed = Some(CloseReport);
+    pub(crate) fn counted(mut self, counters: &Counters) -> Self {
+        self._closed = Some(CloseReport {
+            closed: counters.closed.clone(),
+            changed: counters.closed_changed.clone(),
+        });
         self
     }
 

@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use rustix::net::sockopt;
 use serde::{Deserialize, Serialize};
@@ -150,8 +152,8 @@ impl ServerSocketProvider {
         self
     }
 
-    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
-        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    fn table(&self) -> parking_lot::MutexGuard<'_, Table> {
+        self.table.lock()
     }
 
     /// Takes over a listening socket this process inherited (socket activation: systemd,
@@ -173,22 +175,19 @@ impl ServerSocketProvider {
             rustix::fs::fcntl_getfl(&fd)? | rustix::fs::OFlags::NONBLOCK,
         )?;
         let address = ListenAddress::of(&fd)?;
-        self.adopted
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push((address.clone(), fd));
+        self.adopted.lock().push((address.clone(), fd));
         Ok(address)
     }
 
     /// Inherited sockets no request has asked for (yet).
     pub fn unused_adopted(&self) -> Vec<ListenAddress> {
-        let adopted = self.adopted.lock().unwrap_or_else(PoisonError::into_inner);
+        let adopted = self.adopted.lock();
         adopted.iter().map(|(address, _)| address.clone()).collect()
     }
 
     /// The inherited socket for `address`, taken out of the adopted list.
     fn take_adopted(&self, address: &ListenAddress) -> Option<OwnedFd> {
-        let mut adopted = self.adopted.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut adopted = self.adopted.lock();
         let index = adopted
             .iter()
             .position(|(local, _)| local.serves(address))?;

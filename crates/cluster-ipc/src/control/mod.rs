@@ -27,11 +27,10 @@
 //! answers only its own user and root, and a client believes only a server run by its own
 //! user or root, so a socket planted by another local user is refused, not trusted.
 
-use std::io::{self, BufRead, BufReader, Write};
-use std::os::fd::AsFd;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::os::unix::net::UnixStream;
-use std::path::Path;
+mod client;
+mod trust;
+
+use std::io;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -39,6 +38,9 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
 use crate::status::ClusterStatus;
+
+pub use self::client::ControlClient;
+pub use self::trust::{check_peer, check_socket_path};
 
 /// The longest request line a server reads; a longer one is refused and the connection
 /// closed.
@@ -281,143 +283,6 @@ pub async fn read_line(
         return Err(ControlError::TooLong(max));
     }
     Ok(Some(line))
-}
-
-/// Checks that a control socket at `path` cannot have been planted, nor be replaced, by
-/// another user: its directory is a directory (not a link) of this user's (or, with
-/// `or_root`, root's) that no one else can write to, or a sticky one (`/tmp`: nobody can
-/// remove or rename what another created there); and the socket, if it exists already,
-/// belongs to this user (or, with `or_root`, to root). A server checks its own path
-/// without `or_root`; a client may talk to a cluster root runs.
-///
-/// # Errors
-/// [`ControlError::NotTrusted`] saying what is wrong; [`ControlError::Io`].
-pub fn check_socket_path(path: &Path, or_root: bool) -> Result<(), ControlError> {
-    let me = rustix::process::geteuid().as_raw();
-    let trusted = |uid: u32| uid == me || (or_root && uid == 0);
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or_else(|| Path::new("."));
-    let meta = std::fs::symlink_metadata(dir)?;
-    let mode = meta.permissions().mode();
-    let sticky = mode & 0o1000 != 0;
-    if !meta.is_dir() || !(sticky || (trusted(meta.uid()) && mode & 0o022 == 0)) {
-        return Err(ControlError::NotTrusted(format!(
-            "{} is not a directory of this user (uid {me}) that no one else can write to, \
-             nor a sticky one (owner uid {}, mode {:o}): refusing it, someone else may have \
-             made it",
-            dir.display(),
-            meta.uid(),
-            mode & 0o7777
-        )));
-    }
-    match std::fs::symlink_metadata(path) {
-        Ok(socket) if !trusted(socket.uid()) => Err(ControlError::NotTrusted(format!(
-            "{} belongs to uid {}, not to this user (uid {me}){}",
-            path.display(),
-            socket.uid(),
-            if or_root { " or root" } else { "" }
-        ))),
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Checks the process at the other end of `socket` (`SO_PEERCRED`) runs as this user or as
-/// root; its uid otherwise.
-///
-/// # Errors
-/// [`ControlError::NotTrusted`] naming the uid, [`ControlError::Io`].
-pub fn check_peer(socket: impl AsFd) -> Result<(), ControlError> {
-    // Only the uid: a peer in another PID namespace has no pid here.
-    let peer = fdpass::peer_credentials(socket)?;
-    let me = rustix::process::geteuid().as_raw();
-    if peer.uid != me && peer.uid != 0 {
-        return Err(ControlError::NotTrusted(format!(
-            "the other end of the control socket runs as uid {}, not as this user ({me}) or root",
-            peer.uid
-        )));
-    }
-    Ok(())
-}
-
-/// A blocking client of a control socket: checks whom it talks to, sends [`Request`]s and
-/// reads [`Response`]s, each bounded in size and time.
-#[derive(Debug)]
-pub struct ControlClient {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
-}
-
-impl ControlClient {
-    /// Connects to the socket at `path` after checking its directory, and checks the process
-    /// that answers. Each answer must arrive within `timeout` (`None`: wait as long as it
-    /// takes, for a restart or a followed log).
-    ///
-    /// # Errors
-    /// [`ControlError::NotTrusted`] for a socket someone else may have planted,
-    /// [`ControlError::Io`] when nobody answers.
-    pub fn connect(path: &Path, timeout: Option<Duration>) -> Result<Self, ControlError> {
-        check_socket_path(path, true)?;
-        let stream = UnixStream::connect(path)?;
-        check_peer(&stream)?;
-        stream.set_read_timeout(timeout)?;
-        Ok(Self {
-            reader: BufReader::new(stream.try_clone()?),
-            writer: stream,
-        })
-    }
-
-    /// Sends one request.
-    ///
-    /// # Errors
-    /// [`ControlError::Io`].
-    pub fn send(&mut self, request: &Request) -> Result<(), ControlError> {
-        self.writer.write_all(&encode_line(request)?)?;
-        Ok(())
-    }
-
-    /// The next answer; `None` once the server closed the connection.
-    ///
-    /// # Errors
-    /// [`ControlError::Malformed`], [`ControlError::TooLong`], [`ControlError::Timeout`],
-    /// [`ControlError::Io`].
-    pub fn receive(&mut self) -> Result<Option<Response>, ControlError> {
-        let mut line = Vec::new();
-        let read = io::Read::take(&mut self.reader, MAX_RESPONSE as u64 + 1)
-            .read_until(b'\n', &mut line)
-            .map_err(|e| match e.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ControlError::Timeout(
-                    self.writer
-                        .read_timeout()
-                        .ok()
-                        .flatten()
-                        .unwrap_or_default(),
-                ),
-                _ => ControlError::Io(e),
-            })?;
-        if read == 0 {
-            return Ok(None);
-        }
-        if line.last() == Some(&b'\n') {
-            line.pop();
-        } else if line.len() > MAX_RESPONSE {
-            return Err(ControlError::TooLong(MAX_RESPONSE));
-        }
-        decode_line(&line).map(Some)
-    }
-
-    /// Sends `request` and reads its one answer.
-    ///
-    /// # Errors
-    /// As [`send`](Self::send) and [`receive`](Self::receive); [`ControlError::Closed`] when the
-    /// server closed without answering.
-    pub fn ask(&mut self, request: &Request) -> Result<Response, ControlError> {
-        self.send(request)?;
-        self.receive()?.ok_or(ControlError::Closed)
-    }
 }
 
 #[cfg(test)]
