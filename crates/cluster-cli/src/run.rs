@@ -6,12 +6,13 @@
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use cluster_watcher::{ClusterWatcher, PredecessorLink, Reply, WatcherConfig};
+use cluster_watcher::{
+    ClusterWatcher, ControlServer, MetricsServer, PredecessorLink, Reply, WatcherConfig,
+};
 
 use crate::args::Args;
 use crate::logging::Logging;
 use crate::pid_file::PidFile;
-use crate::serve::{Ending, Endpoints};
 use crate::signals::Signals;
 use crate::{orphans, systemd, upgrade, watch};
 
@@ -28,6 +29,34 @@ pub(crate) struct Cluster {
     pub(crate) ready_timeout: Duration,
     /// The control socket and the metrics endpoint, once serving.
     pub(crate) endpoints: Endpoints,
+}
+
+/// What answers on behalf of the cluster while it serves: its control socket and its
+/// metrics endpoint.
+#[derive(Default)]
+pub(crate) struct Endpoints {
+    pub(crate) control: Option<ControlServer>,
+    pub(crate) metrics: Option<MetricsServer>,
+}
+
+impl Endpoints {
+    /// Lets go of the control socket's path and the metrics port, for a new watcher to bind.
+    pub(crate) async fn release(&mut self) {
+        self.control = None;
+        self.metrics = None;
+        // Their tasks end on this thread's next turn.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What ended the loop.
+pub(crate) enum Ending {
+    /// A stop, and what asked for it.
+    Stop(&'static str),
+    /// A new watcher is ready to take over; the `cluster upgrade` that asked, if one did.
+    Upgrade(Box<upgrade::Successor>, Option<Reply<Result<u32, String>>>),
+    /// Something this process needs failed (`--watch` cannot watch).
+    Failed(anyhow::Error),
 }
 
 /// How a run ends, for `main`.

@@ -8,37 +8,9 @@ use cluster_watcher::{ClusterWatcher, ControlServer, MetricsServer, ProgramReque
 
 use crate::args::{Args, ReadyzArg};
 use crate::logging::Logging;
-use crate::run::Cluster;
+use crate::run::{Cluster, Ending};
 use crate::signals::Supervised;
 use crate::{one_line, orphans, systemd, upgrade, watch};
-
-/// What answers on behalf of the cluster while it serves: its control socket and its
-/// metrics endpoint.
-#[derive(Default)]
-pub(crate) struct Endpoints {
-    pub(crate) control: Option<ControlServer>,
-    pub(crate) metrics: Option<MetricsServer>,
-}
-
-impl Endpoints {
-    /// Lets go of the control socket's path and the metrics port, for a new watcher to bind.
-    pub(crate) async fn release(&mut self) {
-        self.control = None;
-        self.metrics = None;
-        // Their tasks end on this thread's next turn.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// What ended the loop.
-pub(crate) enum Ending {
-    /// A stop, and what asked for it.
-    Stop(&'static str),
-    /// A new watcher is ready to take over; the `cluster upgrade` that asked, if one did.
-    Upgrade(Box<upgrade::Successor>, Option<Reply<Result<u32, String>>>),
-    /// Something this process needs failed (`--watch` cannot watch).
-    Failed(anyhow::Error),
-}
 
 /// Why an upgrade is wanted.
 enum Trigger {

@@ -79,3 +79,16 @@ pub enum Event {
         pids: Vec<u32>,
     },
 }
+
+/// A snapshot of one live worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerInfo {
+    /// Which worker.
+    pub id: WorkerId,
+    /// Its pid.
+    pub pid: u32,
+    /// Whether it reported ready.
+    pub ready: bool,
+    /// Whether it is being stopped.
+    pub stopping: bool,
+}

@@ -19,21 +19,9 @@ use crate::messages::message_queue;
 use crate::shared::{Messages, Shared};
 use crate::task::spawn_in;
 use crate::{
-    ClusterStatus, Event, SendError, StartError, WatcherConfig, WorkerExit, WorkerId, WorkerMessage,
+    ClusterStatus, Event, SendError, StartError, WatcherConfig, WorkerExit, WorkerId, WorkerInfo,
+    WorkerMessage,
 };
-
-/// A snapshot of one live worker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WorkerInfo {
-    /// Which worker.
-    pub id: WorkerId,
-    /// Its pid.
-    pub pid: u32,
-    /// Whether it reported ready.
-    pub ready: bool,
-    /// Whether it is being stopped.
-    pub stopping: bool,
-}
 
 /// Supervises a cluster of worker processes running one program.
 ///

@@ -16,13 +16,15 @@
 //!   [`remove_worker`](ClusterWatcher::remove_worker), [`stop`](ClusterWatcher::stop)
 //!   (graceful, then `SIGKILL`, every child reaped), [`status`](ClusterWatcher::status)
 //!   (a [`ClusterStatus`] per slot: pids, phases, restarts by cause, last exit).
-//! * Inside, the handle sends commands to **one driver task** (`driver.rs`) that owns every
-//!   worker process. The driver feeds the **supervisor core** (`core/`: slots, generations,
-//!   phases, deadlines, backoff, rolling restarts, scaling, stop; no tokio, no processes,
-//!   no clock) its inputs with `now`, and applies the actions the core returns: spawn
-//!   (`process.rs`), ask to stop, kill (`SIGKILL` to the worker's process group, the only
-//!   kill path), report an event, answer a caller. The core's rules are unit-tested with a
-//!   fake clock.
+//! * Inside, the handle asks **one driver task** (`driver/`) that owns every worker process.
+//!   The driver feeds the **supervisor core** (`core/`: slots, generations, phases, backoff,
+//!   rolling restarts, recycling, scaling, stop, reuseport drains; no tokio, no processes,
+//!   no clock) its inputs with `now`, sleeps until the core's next timer (every timer is one
+//!   entry of one table, `core/timers.rs`), and applies the actions the core returns: spawn,
+//!   ask to stop, kill (`SIGKILL` to the worker's process group, the only kill path),
+//!   measure what the core asks about (memory, accept queues, the shared sockets) and
+//!   report it, report an event, answer a caller. Every rule is unit-tested with a fake
+//!   clock (`core/tests/`).
 //! * [`events`](ClusterWatcher::events) reports every [`Event`]: started, ready, killed (and
 //!   why), exited ([`WorkerExit`]: status, stop cause, kill reason), respawning, rolling
 //!   restarts, a stall of the watcher itself.
@@ -32,14 +34,33 @@
 //!   other way.
 //! * Worker `tracing` events are re-emitted through this process's subscriber with target
 //!   `worker` and fields `worker` (slot) and `pid`, line breaks escaped and length capped;
-//!   so is each line workers write to stdout and stderr (`output.rs`, field `stream`), and
-//!   [`read_lines`] does the same for any child's output.
-//! * In [`Balance::RoundRobin`] and [`Balance::LeastConn`] the balancer (`balancer.rs`)
-//!   accepts and hands connections to workers directly, never through the driver. In
-//!   [`Balance::Reuseport`] each slot has a socket of its own, steered by `steering.rs`.
+//!   so is each line workers write to stdout and stderr (field `stream`), and [`read_lines`]
+//!   does the same for any child's output.
+//! * How connections reach workers is `balance/`: in [`Balance::RoundRobin`] and
+//!   [`Balance::LeastConn`] the balancer accepts and hands connections to workers directly,
+//!   never through the driver; in [`Balance::Reuseport`] each slot has a socket of its own,
+//!   steered around slots that cannot take connections.
+//! * [`control`] answers the world: the control socket ([`ClusterWatcher::serve_control`],
+//!   the protocol of `cluster_ipc::control`), `/metrics` and the health probes
+//!   ([`ClusterWatcher::serve_metrics`]); the status they show is one [`ClusterStatus`],
+//!   serialized.
 //! * [`SuccessorLink`] and [`PredecessorLink`] (`upgrade.rs`) upgrade the watcher itself:
 //!   the old one hands its listening sockets and, later, its connections to a new one.
 //!
+//! # Extending it
+//!
+//! * **A control command** is one variant of `cluster_ipc::control::Request` (and, if it
+//!   answers something new, of `Response`). The compiler then walks you through the rest:
+//!   the control server's `answer` must handle it (here, or as a [`ProgramRequest`] for the
+//!   embedding program), and the `cluster` binary's client must build and print it.
+//! * **A balance mode** is one variant of [`Balance`] and its line in `Balance::traits` (the
+//!   one `match` every question about a mode is answered by, on both sides); if it picks
+//!   workers by a rule of its own, that rule is one more arm of `balance/pick.rs`'s `Rule`,
+//!   a pure function with its own tests.
+//! * **A timer** is one variant of the core's `Timer` and one arm of `Supervisor::expire`;
+//!   **a measurement** the driver takes is one `Action` it applies and one input of the
+//!   core it reports to.
+
 //! # Supervision rules
 //!
 //! * A worker that exits while the cluster runs is respawned at once. A slot whose workers
@@ -101,8 +122,8 @@ pub use crate::{
     },
     driver::read_lines,
     error::{SendError, StartError},
-    event::Event,
-    handle::{ClusterWatcher, WorkerInfo},
+    event::{Event, WorkerInfo},
+    handle::ClusterWatcher,
     messages::WorkerMessage,
     upgrade::{
         ENV_UPGRADE, HandedOver, PredecessorLink, SuccessorEnds, SuccessorLink, UpgradeError,

@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use cluster_ipc::protocol::{WatcherToWorker, WorkerToWatcher};
-use cluster_ipc::{Channel, ChannelSender, ServerSocketPipeFactory};
+use cluster_ipc::{Channel, ChannelReceiver, ChannelSender, ServerSocketPipeFactory};
 use fdpass::AsyncFdSocket;
 use tokio::sync::{mpsc, watch};
 
@@ -67,70 +67,15 @@ fn connect(env: &'static WorkerEnv) -> Result<Link, WorkerError> {
             .split();
     let (state_tx, state) = watch::channel(WatcherState::Running);
     let (inbox_tx, inbox) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            match events.recv().await {
-                Ok(Some(WatcherToWorker::Stop)) => {
-                    let _ = state_tx.send(WatcherState::StopRequested);
-                }
-                Ok(Some(WatcherToWorker::Message(bytes))) => {
-                    let _ = inbox_tx.send(bytes);
-                }
-                Ok(None) | Err(_) => {
-                    let _ = state_tx.send(WatcherState::Gone);
-                    // The watcher is gone: give the program a moment to finish, then go too,
-                    // so no orphan outlives its supervisor.
-                    std::thread::spawn(|| {
-                        std::thread::sleep(Duration::from_millis(1500));
-                        std::process::exit(1);
-                    });
-                    return;
-                }
-            }
-        }
-    });
+    tokio::spawn(read_watcher(events, state_tx, inbox_tx));
     let counters = Counters::default();
-    let heartbeat = control.clone();
-    let interval = env.heartbeat;
-    let accepted = counters.accepted.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut reported = 0;
-        loop {
-            tick.tick().await;
-            let total = accepted.load(Ordering::Relaxed);
-            if total != reported {
-                reported = total;
-                if heartbeat
-                    .send(&WorkerToWatcher::Accepted(total))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
-            if heartbeat.send(&WorkerToWatcher::Heartbeat).await.is_err() {
-                return;
-            }
-        }
-    });
-    if env.balance == cluster_ipc::protocol::Balance::LeastConn {
-        let credit = control.clone();
-        let (closed, changed) = (counters.closed.clone(), counters.closed_changed.clone());
-        tokio::spawn(async move {
-            let mut reported = 0;
-            loop {
-                changed.notified().await;
-                let closed = closed.load(Ordering::Relaxed);
-                if closed != reported {
-                    reported = closed;
-                    if credit.send(&WorkerToWatcher::Closed(closed)).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        });
+    tokio::spawn(send_heartbeats(
+        control.clone(),
+        env.heartbeat,
+        counters.accepted.clone(),
+    ));
+    if env.balance.traits().least_loaded {
+        tokio::spawn(report_closes(control.clone(), counters.clone()));
     }
     let listen = env
         .take(Endpoint::Listen)
@@ -150,6 +95,82 @@ fn connect(env: &'static WorkerEnv) -> Result<Link, WorkerError> {
     })
 }
 
+/// Reads what the watcher says: a stop request, messages; its end means it is gone.
+async fn read_watcher(
+    events: ChannelReceiver<WatcherToWorker>,
+    state: watch::Sender<WatcherState>,
+    inbox: mpsc::UnboundedSender<Vec<u8>>,
+) {
+    loop {
+        match events.recv().await {
+            Ok(Some(WatcherToWorker::Stop)) => {
+                let _ = state.send(WatcherState::StopRequested);
+            }
+            Ok(Some(WatcherToWorker::Message(bytes))) => {
+                let _ = inbox.send(bytes);
+            }
+            Ok(None) | Err(_) => {
+                let _ = state.send(WatcherState::Gone);
+                // The watcher is gone: give the program a moment to finish, then go too, so
+                // no orphan outlives its supervisor.
+                std::thread::spawn(|| {
+                    std::thread::sleep(Duration::from_millis(1500));
+                    std::process::exit(1);
+                });
+                return;
+            }
+        }
+    }
+}
+
+/// A heartbeat every `interval` from this runtime (a blocked runtime sends none), with the
+/// count of accepted connections when it changed.
+async fn send_heartbeats(
+    control: ChannelSender<WorkerToWatcher>,
+    interval: Duration,
+    accepted: Arc<AtomicU64>,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reported = 0;
+    loop {
+        tick.tick().await;
+        let total = accepted.load(Ordering::Relaxed);
+        if total != reported {
+            reported = total;
+            if control
+                .send(&WorkerToWatcher::Accepted(total))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        if control.send(&WorkerToWatcher::Heartbeat).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Least-conn: the count of closed connections, soon after each close.
+async fn report_closes(control: ChannelSender<WorkerToWatcher>, counters: Counters) {
+    let mut reported = 0;
+    loop {
+        counters.closed_changed.notified().await;
+        let closed = counters.closed.load(Ordering::Relaxed);
+        if closed != reported {
+            reported = closed;
+            if control
+                .send(&WorkerToWatcher::Closed(closed))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+}
+
 impl Link {
     pub(crate) async fn ready(&self) -> Result<(), WorkerError> {
         if !self.ready_sent.swap(true, Ordering::SeqCst) {
@@ -160,7 +181,7 @@ impl Link {
 }
 
 /// What a worker counts and reports to its watcher.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct Counters {
     /// Connections its listeners accepted, reported with heartbeats.
     pub(crate) accepted: Arc<AtomicU64>,

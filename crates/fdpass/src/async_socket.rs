@@ -303,3 +303,14 @@ impl From<AsyncFdSocket> for OwnedFd {
         socket.fd.into_inner()
     }
 }
+
+impl crate::FdSocket {
+    /// Switches to non-blocking mode and registers with the current tokio runtime.
+    ///
+    /// # Errors
+    /// Outside a tokio runtime, or when the descriptor cannot be registered.
+    pub fn into_async(self) -> io::Result<AsyncFdSocket> {
+        rustix::io::ioctl_fionbio(&self.fd, true)?;
+        AsyncFdSocket::from_parts(self.fd, self.limits)
+    }
+}

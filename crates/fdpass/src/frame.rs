@@ -14,7 +14,18 @@
 
 use std::os::fd::OwnedFd;
 
-use crate::{Error, Message};
+use crate::Error;
+
+/// One whole message: its payload and the descriptors that travelled with it.
+///
+/// Received descriptors are close-on-exec and owned: dropping the message closes them.
+#[derive(Debug)]
+pub struct Message {
+    /// The payload bytes.
+    pub data: Vec<u8>,
+    /// The descriptors, in the order the sender gave them.
+    pub fds: Vec<OwnedFd>,
+}
 
 /// The most descriptors one message may carry: the kernel's `SCM_MAX_FD`.
 pub const MAX_FDS: usize = 253;

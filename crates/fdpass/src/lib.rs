@@ -94,7 +94,7 @@ pub use crate::{
     async_socket::{AsyncFdSocket, register},
     convert::{FromSocketFd, SocketKind, into_socket},
     error::{Error, SocketKindError},
-    frame::{DEFAULT_MAX_MESSAGE_LEN, Limits, MAX_CHUNK, MAX_FDS},
+    frame::{DEFAULT_MAX_MESSAGE_LEN, Limits, MAX_CHUNK, MAX_FDS, Message},
     inherit::{adopt_inherited_fd, inherit_fd, inherit_fds_at, kill_with_parent},
     listener::{RawAcceptor, SeqpacketListener},
     peer::{PeerCredentials, peer_credentials},
@@ -103,7 +103,7 @@ pub use crate::{
         ListenQueue, MAX_STEERED, RoundRobinSteering, listen_queue, steer_reuseport,
         unsteer_reuseport,
     },
-    socket::{FdSocket, Message},
+    socket::FdSocket,
 };
 
 pub use std::os::fd::OwnedFd;

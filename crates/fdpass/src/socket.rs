@@ -10,18 +10,7 @@ use rustix::net::{AddressFamily, SocketFlags, SocketType};
 
 use crate::frame::{self, CONTINUATION_HEADER, MAX_CHUNK, MAX_PACKET, Reassembly, Step};
 use crate::raw::{self, Packet};
-use crate::{Error, Limits, SocketKindError};
-
-/// One whole message: its payload and the descriptors that travelled with it.
-///
-/// Received descriptors are close-on-exec and owned: dropping the message closes them.
-#[derive(Debug)]
-pub struct Message {
-    /// The payload bytes.
-    pub data: Vec<u8>,
-    /// The descriptors, in the order the sender gave them.
-    pub fds: Vec<OwnedFd>,
-}
+use crate::{Error, Limits, Message, SocketKindError};
 
 /// Buffers and reassembly state of a receiving socket, kept between calls.
 #[derive(Debug)]
@@ -126,8 +115,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// ```
 #[derive(Debug)]
 pub struct FdSocket {
-    fd: OwnedFd,
-    limits: Limits,
+    pub(crate) fd: OwnedFd,
+    pub(crate) limits: Limits,
     send_lock: Mutex<()>,
     recv: Mutex<RecvState>,
 }
@@ -226,15 +215,6 @@ impl FdSocket {
                 Progress::More => {}
             }
         }
-    }
-
-    /// Switches to non-blocking mode and registers with the current tokio runtime.
-    ///
-    /// # Errors
-    /// Outside a tokio runtime, or when the descriptor cannot be registered.
-    pub fn into_async(self) -> io::Result<crate::AsyncFdSocket> {
-        rustix::io::ioctl_fionbio(&self.fd, true)?;
-        crate::AsyncFdSocket::from_parts(self.fd, self.limits)
     }
 }
 

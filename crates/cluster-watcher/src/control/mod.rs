@@ -3,13 +3,15 @@
 //! `cluster logs` reads (`logfeed.rs`), and `Remote`, through which all of them, and the
 //! [`ClusterWatcher`](crate::ClusterWatcher) handle, ask the driver.
 
+mod exposition;
 mod logfeed;
 mod metrics;
 mod remote;
 mod server;
 
+pub use self::exposition::exposition;
 pub use self::logfeed::{FeedLine, LogFeed};
-pub use self::metrics::{MetricsServer, Readiness, exposition};
+pub use self::metrics::{MetricsServer, Readiness};
 pub use self::server::{ControlServer, ProgramRequest, Reply, default_control_path};
 
 pub(crate) use self::metrics::serve as serve_metrics;

@@ -7,13 +7,15 @@
 //! hand-off does not pass through here (the balancer's accept loops hand connections
 //! straight to workers), so the driver adds no hop to the request path.
 //!
-//! * `process.rs`: spawning a worker and the tasks that read what it sends.
+//! * `process.rs`: spawning a worker and the tasks that read what it sends; `command.rs`:
+//!   what every worker's command gets (no inherited activation, a process group).
 //! * `program.rs`: the command of a program given listeners (`LISTEN_FDS`).
 //! * `notify.rs`: the `NOTIFY_SOCKET` such programs report to.
 //! * `output.rs`, `logs.rs`: workers' output and log records in the watcher's log.
 //! * `listeners.rs`: the shared listening sockets kept healthy.
 //! * `measure.rs`: memory and CPU from `/proc`, and the balancing figures of a status.
 
+mod command;
 mod listeners;
 mod logs;
 mod measure;

@@ -121,6 +121,72 @@ pub(crate) fn spawn_worker(
     spawn_cluster_worker(shared, id, inputs, messages, tasks)
 }
 
+/// A `cluster-worker` program's four sockets: the watcher's ends and the worker's.
+struct WorkerSockets {
+    control: (FdSocket, FdSocket),
+    log: (FdSocket, FdSocket),
+    listen: (FdSocket, FdSocket),
+    clients: (FdSocket, FdSocket),
+    /// Round-robin and least-conn: a duplicate of the worker's end of its hand-off pipe.
+    worker_end: Option<OwnedFd>,
+}
+
+impl WorkerSockets {
+    fn new(config: &crate::WatcherConfig) -> std::io::Result<Self> {
+        let clients = FdSocket::pair()?;
+        // Round-robin and least-conn only (otherwise the pipe carries only hand-overs): bound
+        // the worker's queue, and keep a duplicate of the worker's end, so connections still
+        // queued when the worker exits can be read back and passed to other workers.
+        let worker_end = if Mode::of(config.balance).accepts() {
+            bound_handoff_queue(&clients.0)?;
+            Some(rustix::io::fcntl_dupfd_cloexec(&clients.1, 0)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            control: FdSocket::pair()?,
+            log: FdSocket::pair()?,
+            listen: FdSocket::pair()?,
+            clients,
+            worker_end,
+        })
+    }
+
+    /// The worker's command: its ends inherited, the bootstrap contract in its environment.
+    /// The watcher's ends are returned.
+    fn command(
+        self,
+        config: &crate::WatcherConfig,
+        id: WorkerId,
+    ) -> (tokio::process::Command, [FdSocket; 4], Option<OwnedFd>) {
+        let mut command = tokio::process::Command::new(&config.program);
+        command
+            .args(&config.args)
+            .envs(config.env.iter().map(|(k, v)| (k, v)));
+        if let Some(cwd) = &config.cwd {
+            command.current_dir(cwd);
+        }
+        let mut inherit = |fd: FdSocket| fdpass::inherit_fd(command.as_std_mut(), fd.into());
+        let fds = WorkerFds {
+            control: inherit(self.control.1),
+            log: inherit(self.log.1),
+            listen: inherit(self.listen.1),
+            clients: inherit(self.clients.1),
+        };
+        let bootstrap = WorkerBootstrap {
+            id: id.slot,
+            generation: id.generation,
+            fds,
+            heartbeat: config.heartbeat_interval,
+            balance: config.balance,
+        };
+        command.envs(bootstrap.to_env());
+        super::command::prepare(&mut command);
+        let ours = [self.control.0, self.log.0, self.listen.0, self.clients.0];
+        (command, ours, self.worker_end)
+    }
+}
+
 /// A `cluster-worker` program: four sockets and the bootstrap contract in its environment.
 fn spawn_cluster_worker(
     shared: &Arc<Shared>,
@@ -129,43 +195,9 @@ fn spawn_cluster_worker(
     messages: Option<MessageSink>,
     tasks: &mut JoinSet<()>,
 ) -> std::io::Result<Process> {
-    let config = &shared.config;
-    let (control, control_child) = FdSocket::pair()?;
-    let (log, log_child) = FdSocket::pair()?;
-    let (listen, listen_child) = FdSocket::pair()?;
-    let (clients, clients_child) = FdSocket::pair()?;
-    // Round-robin and least-conn only (otherwise the pipe carries only hand-overs): bound the worker's queue,
-    // and keep a duplicate of the worker's end, so connections still queued when the worker
-    // exits can be read back and passed to other workers.
-    let worker_end = if Mode::of(config.balance).accepts() {
-        bound_handoff_queue(&clients)?;
-        Some(rustix::io::fcntl_dupfd_cloexec(&clients_child, 0)?)
-    } else {
-        None
-    };
-    let mut command = tokio::process::Command::new(&config.program);
-    command
-        .args(&config.args)
-        .envs(config.env.iter().map(|(k, v)| (k, v)));
-    if let Some(cwd) = &config.cwd {
-        command.current_dir(cwd);
-    }
-    let mut inherit = |fd: FdSocket| fdpass::inherit_fd(command.as_std_mut(), fd.into());
-    let fds = WorkerFds {
-        control: inherit(control_child),
-        log: inherit(log_child),
-        listen: inherit(listen_child),
-        clients: inherit(clients_child),
-    };
-    let bootstrap = WorkerBootstrap {
-        id: id.slot,
-        generation: id.generation,
-        fds,
-        heartbeat: config.heartbeat_interval,
-        balance: config.balance,
-    };
-    command.envs(bootstrap.to_env());
-    prepare(&mut command);
+    let sockets = WorkerSockets::new(&shared.config)?;
+    let (mut command, [control, log, listen, clients], worker_end) =
+        sockets.command(&shared.config, id);
     let child = command.spawn()?;
     // Our copies of the children's ends close with the command.
     drop(command);
@@ -178,31 +210,29 @@ fn spawn_cluster_worker(
     let log = log
         .into_async()?
         .with_limits(Limits::default().max_message_len(MAX_LOG_RECORD).max_fds(0));
-    let listen = listen.into_async()?;
-    let watch = Watch {
-        shared: shared.clone(),
-        id,
-        pid,
-        inputs: inputs.clone(),
-    };
     // Idle connections the worker hands back when it stops come the other way on its
     // hand-off pipe: a task of their own reads them until the worker's end is gone.
     let hand_backs = rustix::io::fcntl_dupfd_cloexec(&*clients, 0)?;
     let hand_backs = ClientSocketReceivePipe::<ClientMeta>::new(
         AsyncFdSocket::from_fd(hand_backs).map_err(std::io::Error::other)?,
     );
-    tasks.spawn(
-        read_hand_backs(shared.clone(), hand_backs, id, pid).instrument(shared.span.clone()),
-    );
+    let span = shared.span.clone();
+    tasks.spawn(read_hand_backs(shared.clone(), hand_backs, id, pid).instrument(span.clone()));
     let link = LinkTasks {
         control: control_rx,
         reply: control_tx.clone(),
         messages,
         log,
-        listen,
+        listen: listen.into_async()?,
         clients: clients.clone(),
     };
-    tasks.spawn(watch.run(child, Some(link)).instrument(shared.span.clone()));
+    let watch = Watch {
+        shared: shared.clone(),
+        id,
+        pid,
+        inputs: inputs.clone(),
+    };
+    tasks.spawn(watch.run(child, Some(link)).instrument(span));
     Ok(Process {
         pid,
         link: Some(WorkerLink {
@@ -211,34 +241,6 @@ fn spawn_cluster_worker(
             worker_end,
         }),
     })
-}
-
-/// What every worker's command gets, whatever the program.
-pub(crate) fn prepare(command: &mut tokio::process::Command) {
-    // What systemd or a socket activator gave the watcher is not for its workers.
-    for name in [
-        "LISTEN_FDS",
-        "LISTEN_PID",
-        "LISTEN_FDNAMES",
-        "LISTEN_PIDFDID",
-        "NOTIFY_SOCKET",
-        "WATCHDOG_USEC",
-        "WATCHDOG_PID",
-    ] {
-        command.env_remove(name);
-    }
-    command
-        .stdin(std::process::Stdio::null())
-        // Re-emitted line by line in the watcher's log stream, tagged with the worker.
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        // A group of its own: a terminal's Ctrl-C reaches only the watcher, and the watcher
-        // can kill the worker together with whatever it forked.
-        .process_group(0)
-        .kill_on_drop(true);
-    // A watcher killed with SIGKILL must not leave workers behind, even ones that never got
-    // as far as connecting (a cluster-worker program then picks SIGTERM for itself).
-    fdpass::kill_with_parent(command.as_std_mut());
 }
 
 /// The tasks of one worker.
@@ -298,42 +300,11 @@ impl Watch {
         reply: ChannelSender<WatcherToWorker>,
         messages: Option<MessageSink>,
     ) {
-        let id = self.id;
-        let pid = self.pid;
-        // A flood of heartbeats reaches the driver as at most two per interval.
-        let heartbeat_every = self.shared.config.heartbeat_interval / 2;
-        let mut last_heartbeat: Option<Instant> = None;
-        let mut last_accepted: Option<Instant> = None;
-        let (mut ready, mut shutdown) = (false, false);
-        let mut last_drop_warning: Option<Instant> = None;
+        let (id, pid) = (self.id, self.pid);
+        let mut forwarding = Forwarding::new(id, self.shared.config.heartbeat_interval);
+        let mut dropped_warnings = 0u64;
         loop {
             let input = match control.recv().await {
-                Ok(Some(WorkerToWatcher::Heartbeat)) => {
-                    let now = Instant::now();
-                    if last_heartbeat.is_some_and(|t| now.duration_since(t) < heartbeat_every) {
-                        continue;
-                    }
-                    last_heartbeat = Some(now);
-                    Input::Heartbeat(id)
-                }
-                Ok(Some(WorkerToWatcher::Ready)) if !ready => {
-                    ready = true;
-                    Input::Ready(id)
-                }
-                Ok(Some(WorkerToWatcher::Shutdown)) if !shutdown => {
-                    shutdown = true;
-                    Input::StopRequested(id)
-                }
-                Ok(Some(WorkerToWatcher::Ready | WorkerToWatcher::Shutdown)) => continue,
-                Ok(Some(WorkerToWatcher::Accepted(total))) => {
-                    // At most one per heartbeat is useful: a flood is read, not forwarded.
-                    let now = Instant::now();
-                    if last_accepted.is_some_and(|t| now.duration_since(t) < heartbeat_every) {
-                        continue;
-                    }
-                    last_accepted = Some(now);
-                    Input::Accepted(id, total)
-                }
                 Ok(Some(WorkerToWatcher::Closed(total))) => {
                     // Straight to the balancer: least-conn reads it on the next hand-off.
                     self.shared.balancer.closed(id, total);
@@ -343,19 +314,14 @@ impl Watch {
                     if let Some(sink) = &messages
                         && !deliver(sink, id, pid, payload, &reply)
                     {
-                        let now = Instant::now();
-                        if last_drop_warning.is_none_or(|t| now.duration_since(t).as_secs() >= 1) {
-                            last_drop_warning = Some(now);
-                            tracing::warn!(
-                                worker = id.slot,
-                                pid,
-                                dropped = sink.dropped.load(Ordering::Relaxed),
-                                "message queue full (nobody reads `messages()` fast enough); messages dropped"
-                            );
-                        }
+                        warn_dropped(sink, id, pid, &mut dropped_warnings);
                     }
                     continue;
                 }
+                Ok(Some(message)) => match forwarding.input(message, Instant::now()) {
+                    Some(input) => input,
+                    None => continue,
+                },
                 Ok(None) => Input::ControlClosed(id),
                 // Closed with our last message unread: a peer that went away, not bad traffic.
                 Err(e)
@@ -398,6 +364,73 @@ impl Watch {
         if let Err(e) = result {
             tracing::warn!(worker = self.id.slot, pid = self.pid, error = %e, "bad server-socket request; closing that channel");
         }
+    }
+}
+
+/// What a worker's control messages become for the driver: each once it means something
+/// new; a flood of heartbeats or counts is read and reaches the driver as at most two per
+/// heartbeat interval.
+struct Forwarding {
+    id: WorkerId,
+    every: Duration,
+    last_heartbeat: Option<Instant>,
+    last_accepted: Option<Instant>,
+    ready: bool,
+    shutdown: bool,
+}
+
+impl Forwarding {
+    fn new(id: WorkerId, heartbeat_interval: Duration) -> Self {
+        Self {
+            id,
+            every: heartbeat_interval / 2,
+            last_heartbeat: None,
+            last_accepted: None,
+            ready: false,
+            shutdown: false,
+        }
+    }
+
+    /// The input for `message` received at `now`, if it is to be forwarded.
+    fn input(&mut self, message: WorkerToWatcher, now: Instant) -> Option<Input> {
+        let every = self.every;
+        let due = |last: &mut Option<Instant>| {
+            let due = last.is_none_or(|t| now.duration_since(t) >= every);
+            if due {
+                *last = Some(now);
+            }
+            due
+        };
+        match message {
+            WorkerToWatcher::Heartbeat => {
+                due(&mut self.last_heartbeat).then_some(Input::Heartbeat(self.id))
+            }
+            WorkerToWatcher::Accepted(total) => {
+                due(&mut self.last_accepted).then_some(Input::Accepted(self.id, total))
+            }
+            WorkerToWatcher::Ready => {
+                (!std::mem::replace(&mut self.ready, true)).then_some(Input::Ready(self.id))
+            }
+            WorkerToWatcher::Shutdown => (!std::mem::replace(&mut self.shutdown, true))
+                .then_some(Input::StopRequested(self.id)),
+            // Handled by the reader itself.
+            WorkerToWatcher::Closed(_) | WorkerToWatcher::Message(_) => None,
+        }
+    }
+}
+
+/// Says that a worker's messages are dropped (nobody reads `messages()` fast enough): at
+/// the first drop, then at every tenfold more, so a flood writes a handful of lines.
+fn warn_dropped(sink: &MessageSink, id: WorkerId, pid: u32, warned: &mut u64) {
+    let dropped = sink.dropped.load(Ordering::Relaxed);
+    if dropped >= warned.saturating_mul(10).max(1) {
+        *warned = dropped;
+        tracing::warn!(
+            worker = id.slot,
+            pid,
+            dropped,
+            "message queue full (nobody reads `messages()` fast enough); messages dropped"
+        );
     }
 }
 

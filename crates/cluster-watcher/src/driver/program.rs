@@ -53,7 +53,7 @@ pub(crate) fn command(
     if let Some(cwd) = &config.cwd {
         command.current_dir(cwd);
     }
-    super::process::prepare(&mut command);
+    super::command::prepare(&mut command);
     command
         .env("LISTEN_FDS", fds.len().to_string())
         .env("LISTEN_FDNAMES", names.join(":"))
