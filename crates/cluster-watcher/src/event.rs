@@ -60,6 +60,18 @@ pub enum Event {
         /// Why, as text ("RSS 530 MiB over 512 MiB").
         reason: String,
     },
+    /// A slot's workers keep going over the memory limit soon after they start (three in a
+    /// row): the limit cannot be met by this program; recycling the slot backs off.
+    MemoryLimitUnmet {
+        /// The slot.
+        slot: u32,
+        /// The last reading of its worker's process tree.
+        rss: u64,
+        /// Its limit.
+        limit: u64,
+        /// How long the slot waits before it is recycled (or restarted) for memory again.
+        backoff: Duration,
+    },
     /// A rolling restart began.
     RestartStarted {
         /// Workers it will replace.

@@ -1,11 +1,11 @@
 //! The `NOTIFY_SOCKET` that programs which do not link `cluster-worker` report to, in the
 //! sd_notify protocol (`READY=1`, `STATUS=…`, `WATCHDOG=1`, `STOPPING=1`).
 //!
-//! One datagram socket for the whole cluster, in a directory only this user can enter
-//! (0700, created fresh: nothing planted there can be followed). Senders are identified by
-//! the kernel's credentials (`SO_PASSCRED`), never by what they write: the datagram's pid
-//! is mapped to its process group, which is the worker's (each worker leads its own), so a
-//! program's own children (gunicorn's master and workers) can report for it.
+//! One datagram socket per worker, in a directory made fresh for the cluster (0711: nobody
+//! can list it, nothing planted there can be followed), each socket 0600 and owned by the
+//! user its worker runs as. What arrives on a worker's socket is that worker's: any of its
+//! processes can report for it (gunicorn's master and workers, a `systemd-notify` that
+//! exits right after sending), and no other user can.
 
 use std::io::{self, IoSliceMut};
 use std::mem::MaybeUninit;
@@ -13,8 +13,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use rustix::net::{
-    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SocketAddrUnix,
-    SocketFlags, SocketType,
+    AddressFamily, RecvAncillaryBuffer, RecvFlags, SocketAddrUnix, SocketFlags, SocketType,
 };
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
@@ -22,29 +21,26 @@ use tokio::io::unix::AsyncFd;
 /// The largest datagram read; longer ones are cut (the protocol's messages are short).
 const MAX_DATAGRAM: usize = 4096;
 
-/// What one datagram said, and who sent it.
+/// What one datagram said.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Notification {
-    /// The process group of the sender: the worker's pid.
-    pub(crate) group: u32,
     pub(crate) ready: bool,
     pub(crate) watchdog: bool,
     pub(crate) stopping: bool,
     pub(crate) status: Option<String>,
 }
 
-/// The bound socket; its directory is removed on drop.
+/// The private directory every worker's notify socket lives in; removed on drop.
 #[derive(Debug)]
-pub(crate) struct NotifySocket {
-    dir: PathBuf,
+pub(crate) struct NotifyDir {
     path: PathBuf,
-    socket: AsyncFd<OwnedFd>,
 }
 
-impl NotifySocket {
-    /// Binds a fresh socket in a new private directory under `$XDG_RUNTIME_DIR` or the
-    /// temporary directory.
-    pub(crate) fn bind() -> io::Result<Self> {
+impl NotifyDir {
+    /// A fresh directory under `$XDG_RUNTIME_DIR` or the temporary directory: 0711, so a
+    /// worker running as another user (`--user`) can reach its own socket by name, while
+    /// no one can list the directory.
+    pub(crate) fn create() -> io::Result<Self> {
         let base = std::env::var_os("XDG_RUNTIME_DIR")
             .map(PathBuf::from)
             .filter(|dir| dir.is_dir())
@@ -52,30 +48,50 @@ impl NotifySocket {
         let mut random = [0u8; 8];
         rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty())?;
         let suffix: String = random.iter().map(|b| format!("{b:02x}")).collect();
-        let dir = base.join(format!("cluster-notify-{}-{suffix}", std::process::id()));
+        let path = base.join(format!("cluster-notify-{}-{suffix}", std::process::id()));
         // `create`, not `create_all`: it fails if anything already has the name.
-        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
-            .create(&dir)?;
-        let path = dir.join("notify.sock");
-        let bound = (|| -> io::Result<OwnedFd> {
-            let fd = rustix::net::socket_with(
-                AddressFamily::UNIX,
-                SocketType::DGRAM,
-                SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-                None,
-            )?;
-            rustix::net::sockopt::set_socket_passcred(&fd, true)?;
-            rustix::net::bind(&fd, &SocketAddrUnix::new(path.as_path())?)?;
-            Ok(fd)
-        })();
-        let socket = match bound.and_then(|fd| fdpass::register(fd, Interest::READABLE)) {
-            Ok(socket) => socket,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(e);
-            }
-        };
-        Ok(Self { dir, path, socket })
+        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o711)
+            .create(&path)?;
+        // The umask may have taken the search bits away.
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o711))?;
+        Ok(Self { path })
+    }
+}
+
+impl Drop for NotifyDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// One worker's notify socket: what arrives on it is that worker's, whoever of its
+/// processes sent it (a child that exits right after sending included). Its file is
+/// removed on drop.
+#[derive(Debug)]
+pub(crate) struct NotifySocket {
+    path: PathBuf,
+    socket: AsyncFd<OwnedFd>,
+}
+
+impl NotifySocket {
+    /// Binds `name` in `dir`, mode 0600 (for `owner`'s processes only, when given: the
+    /// user a worker runs as).
+    pub(crate) fn bind(dir: &NotifyDir, name: &str, owner: Option<u32>) -> io::Result<Self> {
+        let path = dir.path.join(name);
+        let _ = std::fs::remove_file(&path);
+        let fd = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::DGRAM,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            None,
+        )?;
+        rustix::net::bind(&fd, &SocketAddrUnix::new(path.as_path())?)?;
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        if let Some(uid) = owner {
+            std::os::unix::fs::chown(&path, Some(uid), None)?;
+        }
+        let socket = fdpass::register(fd, Interest::READABLE)?;
+        Ok(Self { path, socket })
     }
 
     /// The socket's path, for `NOTIFY_SOCKET`.
@@ -83,33 +99,29 @@ impl NotifySocket {
         &self.path
     }
 
-    /// The next notification from a process this user may have started (datagrams without
-    /// credentials, or from a process that is gone, are skipped).
+    /// The next notification.
     pub(crate) async fn recv(&self) -> io::Result<Notification> {
-        loop {
-            let (pid, text) = self
-                .socket
-                .async_io(Interest::READABLE, |fd| Ok(receive(fd)?))
-                .await?;
-            let Some(pid) = pid else { continue };
-            let Ok(group) = rustix::process::getpgid(Some(pid)) else {
-                continue;
-            };
-            let mut notification = parse(&text);
-            notification.group = group.as_raw_nonzero().get() as u32;
-            return Ok(notification);
-        }
+        let text = self
+            .socket
+            .async_io(Interest::READABLE, |fd| Ok(receive(fd)?))
+            .await?;
+        Ok(parse(&text))
+    }
+
+    /// A notification already waiting, if any (after the worker exited: what it sent last).
+    pub(crate) fn try_recv(&self) -> Option<Notification> {
+        receive(self.socket.get_ref()).ok().map(|text| parse(&text))
     }
 }
 
 impl Drop for NotifySocket {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 
-/// One datagram: the sender's pid (from its credentials) and the text.
-fn receive(fd: &OwnedFd) -> rustix::io::Result<(Option<rustix::process::Pid>, String)> {
+/// One datagram's text (anything a sender attached, descriptors included, is closed).
+fn receive(fd: &OwnedFd) -> rustix::io::Result<String> {
     let mut buf = [0u8; MAX_DATAGRAM];
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmCredentials(1))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
@@ -119,15 +131,10 @@ fn receive(fd: &OwnedFd) -> rustix::io::Result<(Option<rustix::process::Pid>, St
         &mut control,
         RecvFlags::CMSG_CLOEXEC,
     )?;
-    let mut pid = None;
-    // Anything else a sender attached (descriptors) is closed as the messages drop.
-    for message in control.drain() {
-        if let RecvAncillaryMessage::ScmCredentials(credentials) = message {
-            pid = Some(credentials.pid);
-        }
-    }
+    // Anything a sender attached (descriptors) is closed as the messages drop.
+    control.drain().for_each(drop);
     let len = received.bytes.min(MAX_DATAGRAM);
-    Ok((pid, String::from_utf8_lossy(&buf[..len]).into_owned()))
+    Ok(String::from_utf8_lossy(&buf[..len]).into_owned())
 }
 
 /// The sd_notify fields this watcher understands; others are ignored.
@@ -161,23 +168,33 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_datagram_is_attributed_by_credentials() {
-        let socket = NotifySocket::bind().unwrap();
-        let mode = std::fs::metadata(socket.path().parent().unwrap()).unwrap();
+    async fn a_datagram_is_its_sockets_worker_s_even_when_its_sender_is_gone() {
+        let dir = NotifyDir::create().unwrap();
+        let mode = std::fs::metadata(&dir.path).unwrap();
         assert_eq!(
             std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
-            0o700
+            0o711
         );
-        let sender = std::os::unix::net::UnixDatagram::unbound().unwrap();
-        sender
-            .send_to(b"READY=1\nSTATUS=up", socket.path())
+        let socket = NotifySocket::bind(&dir, "1-1.sock", None).unwrap();
+        // A child that sends and exits at once: nothing about the sender is needed.
+        let status = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import socket,sys; s=socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.sendto(b'READY=1\\nSTATUS=up', sys.argv[1])",
+            ])
+            .arg(socket.path())
+            .status()
             .unwrap();
+        assert!(status.success());
         let n = socket.recv().await.unwrap();
         assert!(n.ready);
-        let own_group = rustix::process::getpgid(None).unwrap();
-        assert_eq!(n.group, own_group.as_raw_nonzero().get() as u32);
-        let dir = socket.path().parent().unwrap().to_owned();
+        assert_eq!(n.status.as_deref(), Some("up"));
+        assert_eq!(socket.try_recv(), None);
+        let path = socket.path().to_owned();
         drop(socket);
-        assert!(!dir.exists());
+        assert!(!path.exists());
+        let dir_path = dir.path.clone();
+        drop(dir);
+        assert!(!dir_path.exists());
     }
 }

@@ -30,8 +30,8 @@ pub(crate) struct Shared {
     pub(crate) published: Mutex<Published>,
     /// Which addresses each live worker asked to listen on.
     pub(crate) listens: Mutex<HashMap<WorkerId, HashSet<ListenAddress>>>,
-    /// Program mode: the socket workers report readiness to, bound at the first start.
-    pub(crate) notify: std::sync::OnceLock<crate::notify::NotifySocket>,
+    /// Program mode: the directory of the workers' notify sockets, made at the first start.
+    pub(crate) notify: std::sync::OnceLock<crate::notify::NotifyDir>,
     /// When the watcher was made (its uptime, in status).
     pub(crate) created: std::time::Instant,
     /// Set once the driver task runs (commands are answered).
@@ -68,11 +68,6 @@ pub(crate) struct Published {
 }
 
 impl Shared {
-    /// Program mode: the path of the notify socket, once bound.
-    pub(crate) fn notify_path(&self) -> Option<&std::path::Path> {
-        self.notify.get().map(crate::notify::NotifySocket::path)
-    }
-
     /// Which addresses each live worker asked to listen on.
     pub(crate) fn listens(&self) -> MutexGuard<'_, HashMap<WorkerId, HashSet<ListenAddress>>> {
         self.listens.lock()

@@ -72,7 +72,7 @@ fn connect(env: &'static WorkerEnv) -> Result<Link, WorkerError> {
     tokio::spawn(send_heartbeats(
         control.clone(),
         env.heartbeat,
-        counters.accepted.clone(),
+        counters.clone(),
     ));
     if env.balance.traits().least_loaded {
         tokio::spawn(report_closes(control.clone(), counters.clone()));
@@ -124,18 +124,22 @@ async fn read_watcher(
 }
 
 /// A heartbeat every `interval` from this runtime (a blocked runtime sends none), with the
-/// count of accepted connections when it changed.
+/// count of accepted connections when it changed, and that count at once when the first
+/// connection comes (the watcher then knows this worker served).
 async fn send_heartbeats(
     control: ChannelSender<WorkerToWatcher>,
     interval: Duration,
-    accepted: Arc<AtomicU64>,
+    counters: Counters,
 ) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reported = 0;
     loop {
-        tick.tick().await;
-        let total = accepted.load(Ordering::Relaxed);
+        let beat = tokio::select! {
+            _ = tick.tick() => true,
+            () = counters.first_accept.notified() => false,
+        };
+        let total = counters.accepted.load(Ordering::Relaxed);
         if total != reported {
             reported = total;
             if control
@@ -146,7 +150,7 @@ async fn send_heartbeats(
                 return;
             }
         }
-        if control.send(&WorkerToWatcher::Heartbeat).await.is_err() {
+        if beat && control.send(&WorkerToWatcher::Heartbeat).await.is_err() {
             return;
         }
     }
@@ -190,4 +194,6 @@ pub(crate) struct Counters {
     pub(crate) closed: Arc<AtomicU64>,
     /// Woken at each close (least-conn).
     pub(crate) closed_changed: Arc<tokio::sync::Notify>,
+    /// Woken at the first accepted connection.
+    pub(crate) first_accept: Arc<tokio::sync::Notify>,
 }

@@ -261,8 +261,10 @@ impl Listener {
                     if self.nodelay {
                         let _ = stream.set_nodelay(true);
                     }
-                    if let Some(link) = &self.link {
-                        link.counters.accepted.fetch_add(1, Ordering::Relaxed);
+                    if let Some(link) = &self.link
+                        && link.counters.accepted.fetch_add(1, Ordering::Relaxed) == 0
+                    {
+                        link.counters.first_accept.notify_one();
                     }
                     return Ok((stream, peer));
                 }

@@ -23,7 +23,8 @@
 //!   framing, for talking to other implementations such as `passfd` or C programs.
 //! * [`inherit_fd`] hands a descriptor to a child process on purpose: it stays close-on-exec
 //!   here and is cleared only in the forked child; [`adopt_inherited_fd`] is the child's side;
-//!   [`kill_with_parent`] makes a child die with its supervisor from its first instruction.
+//!   [`kill_with_parent`] makes a child die with its supervisor from its first instruction;
+//!   [`join_cgroup`] puts it in a cgroup before it runs (so its descendants can be found).
 //! * [`steer_reuseport`] attaches a classic-BPF program that sends a `SO_REUSEPORT` group's
 //!   new connections to chosen members only, at random; [`RoundRobinSteering`] does it in
 //!   strict turn with eBPF where that is allowed (`CAP_BPF`); [`listen_queue`] reads a listener's accept
@@ -82,6 +83,7 @@
 mod async_socket;
 mod convert;
 mod error;
+mod exec;
 mod frame;
 mod inherit;
 mod listener;
@@ -94,6 +96,7 @@ pub use crate::{
     async_socket::{AsyncFdSocket, register},
     convert::{FromSocketFd, SocketKind, into_socket},
     error::{Error, SocketKindError},
+    exec::join_cgroup,
     frame::{DEFAULT_MAX_MESSAGE_LEN, Limits, MAX_CHUNK, MAX_FDS, Message},
     inherit::{adopt_inherited_fd, inherit_fd, inherit_fds_at, kill_with_parent},
     listener::{RawAcceptor, SeqpacketListener},

@@ -51,6 +51,11 @@ async fn main() {
             }
             serve(&arg(1), Duration::ZERO, Duration::ZERO).await
         }
+        "serve-after" => {
+            // A slow start (a stuck import, a cache warm-up) before it even links.
+            std::thread::sleep(Duration::from_millis(num(1)));
+            serve(&arg(2), Duration::ZERO, Duration::ZERO).await
+        }
         "serve-slow-stop" => serve(&arg(1), Duration::from_millis(num(2)), Duration::ZERO).await,
         "crash-after" => {
             cluster_worker::ready().await.unwrap();

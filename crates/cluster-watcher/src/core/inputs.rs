@@ -2,7 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Action, Failure, Outcome, Phase, ReadyWaiter, Supervisor, Ticket, Timer};
+use super::rules::End;
+use super::{Action, Failure, Outcome, Phase, ReadyWaiter, Supervisor, Ticket, Timer, Worker};
 use crate::{Event, ExitKind, KillReason, StopCause, WorkerExit, WorkerId};
 
 impl Supervisor {
@@ -56,7 +57,7 @@ impl Supervisor {
             slot.current = None;
             slot.restarts.crashed += 1;
             // Counts as an end at start-up: a missing binary must not respawn hot.
-            self.respawn_after_exit(id, Duration::ZERO, now);
+            self.respawn_after_exit(id, End::at_start(), now);
         }
         self.finish_stop_if_done();
     }
@@ -76,6 +77,7 @@ impl Supervisor {
         // it once is held to it from then on.
         let expects_heartbeats = !program_mode || worker.last_heartbeat.is_some();
         worker.phase = Phase::Ready;
+        worker.was_ready = true;
         worker.last_heartbeat = Some(now);
         let (pid, started) = (worker.pid, worker.started);
         self.timers.stop(Timer::ReadyAfter(id));
@@ -137,6 +139,23 @@ impl Supervisor {
         }
     }
 
+    /// The worker's main process ended (what it sent is still being read): it serves no
+    /// more, and its uptime ends now.
+    pub(crate) fn main_exited(&mut self, id: WorkerId, now: Instant) {
+        self.advance(now);
+        let grace = self.config.shutdown_timeout;
+        let Some(worker) = self.workers.get_mut(&id) else {
+            return;
+        };
+        worker.ended = Some(now);
+        if matches!(worker.phase, Phase::Starting | Phase::Ready) {
+            worker.phase = Phase::Stopping;
+            self.timers.stop(Timer::ReadyAfter(id));
+            self.timers.set(Timer::Phase(id), now + grace);
+            self.touch();
+        }
+    }
+
     /// The process ended (and everything it sent was read).
     pub(crate) fn exited(&mut self, id: WorkerId, status: ExitKind, now: Instant) {
         self.advance(now);
@@ -185,12 +204,60 @@ impl Supervisor {
                 _ => slot.restarts.crashed += 1,
             }
             if self.running && slot.wanted && !self.replacing(id.slot) {
-                let uptime = now.saturating_duration_since(worker.started);
-                self.respawn_after_exit(id, uptime, now);
+                let end = self.end_of(id, &worker, status, now);
+                self.slots[id.slot].could_serve = end.was_ready && end.killed_from_outside;
+                self.respawn_after_exit(id, end, now);
             }
         }
         self.reuseport_exited(id);
+        self.keep_capacity(now);
         self.finish_stop_if_done();
+    }
+
+    /// How `worker` ended, as the backoff weighs it.
+    fn end_of(&self, id: WorkerId, worker: &Worker, status: ExitKind, now: Instant) -> End {
+        let served = worker.was_ready
+            && (self.config.program_mode() || worker.accepted.is_some_and(|n| n > 0));
+        let hold = match worker.kill {
+            Some(KillReason::MemoryCeiling) => self.memory_hold(id.slot, now),
+            _ => Duration::ZERO,
+        };
+        End {
+            uptime: worker
+                .ended
+                .unwrap_or(now)
+                .saturating_duration_since(worker.started),
+            was_ready: worker.was_ready,
+            served,
+            killed_from_outside: End::from_outside(
+                status,
+                worker.stop.is_some(),
+                worker.kill.is_some(),
+            ),
+            hold,
+        }
+    }
+
+    /// Never nothing ready while a slot could serve: when no worker is ready, every slot
+    /// backing off whose last worker had been ready and was killed from outside starts now.
+    fn keep_capacity(&mut self, now: Instant) {
+        if !self.running || self.ready_count() > 0 {
+            return;
+        }
+        let waiting: Vec<u32> = self
+            .slots
+            .iter()
+            .filter(|(number, slot)| {
+                slot.wanted
+                    && slot.could_serve
+                    && self.timers.get(Timer::Respawn(*number)).is_some()
+            })
+            .map(|(number, _)| number)
+            .collect();
+        for slot in waiting {
+            self.timers.stop(Timer::Respawn(slot));
+            self.spawn_in_slot(slot, true, now);
+        }
     }
 
     fn answer_exit_waiters(&mut self, id: WorkerId, exit: WorkerExit) {

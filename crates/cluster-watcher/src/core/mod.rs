@@ -142,6 +142,10 @@ struct Worker {
     pid: u32,
     phase: Phase,
     started: Instant,
+    /// Whether it ever reported ready.
+    was_ready: bool,
+    /// When its main process ended (its output may still be read).
+    ended: Option<Instant>,
     last_heartbeat: Option<Instant>,
     /// Connections it reported accepting (cluster-worker programs).
     accepted: Option<u64>,

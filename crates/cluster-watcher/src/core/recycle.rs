@@ -42,6 +42,10 @@ impl std::fmt::Display for Recycle {
     }
 }
 
+/// A worker over its memory limit this soon after its start counts as a strike: its
+/// program cannot meet the limit, and recycling it at once would only start another.
+pub(super) const MEMORY_YOUNG: Duration = Duration::from_secs(10);
+
 /// A recycling in progress: the slot and the replacement starting in it.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Recycling {
@@ -98,18 +102,65 @@ impl Supervisor {
     }
 
     /// What the driver measured: the RSS of `id`'s process tree. Over its limit it is
-    /// recycled; past 1.5 times the limit, killed now.
+    /// recycled; past 1.5 times the limit, killed now. A worker over the limit within
+    /// [`MEMORY_YOUNG`] of its start is a strike against its slot: recycling it (or starting
+    /// the next after a kill) waits a backoff that doubles with each strike in a row, and
+    /// at the third the limit is said to be unmeetable ([`Event::MemoryLimitUnmet`]).
     pub(crate) fn memory(&mut self, id: WorkerId, rss: u64, now: Instant) {
         self.advance(now);
         let Some(limit) = self.config.max_memory else {
             return;
         };
+        let Some(started) = self.workers.get(&id).map(|w| w.started) else {
+            return;
+        };
+        let young = now.saturating_duration_since(started) < MEMORY_YOUNG;
         let own = own_limit(id, limit);
+        let over = rss >= own;
+        if over && young {
+            self.memory_strike(id, rss, own, now);
+        } else if !over && !young {
+            self.slots[id.slot].memory_strikes = 0;
+        }
         if rss >= limit.saturating_add(limit / 2) {
             self.kill(id, KillReason::MemoryCeiling, now);
-        } else if rss >= own {
+        } else if over && self.memory_hold(id.slot, now).is_zero() {
             self.recycle(id, Recycle::Memory { rss, limit: own }, now);
         }
+    }
+
+    /// One more worker of `id`'s slot over the limit young: the slot waits longer before
+    /// the next recycling.
+    fn memory_strike(&mut self, id: WorkerId, rss: u64, limit: u64, now: Instant) {
+        let (initial, max) = (self.config.backoff_initial, self.config.backoff_max);
+        let slot = &mut self.slots[id.slot];
+        if slot.memory_struck == Some(id) {
+            return; // the same worker, sampled again: one strike
+        }
+        slot.memory_struck = Some(id);
+        slot.memory_strikes += 1;
+        // As the respawn backoff: the first is recycled at once (a fluke, perhaps), each
+        // further one in a row waits twice as long as the last.
+        let hold = match slot.memory_strikes {
+            1 => Duration::ZERO,
+            strikes => (initial * 2u32.pow((strikes - 2).min(16))).min(max),
+        };
+        slot.memory_hold = Some(now + hold);
+        if slot.memory_strikes == 3 {
+            self.emit(Event::MemoryLimitUnmet {
+                slot: id.slot,
+                rss,
+                limit,
+                backoff: hold,
+            });
+        }
+    }
+
+    /// How long the slot still waits before a worker is recycled for memory again.
+    pub(super) fn memory_hold(&self, slot: u32, now: Instant) -> Duration {
+        self.slots[slot]
+            .memory_hold
+            .map_or(Duration::ZERO, |until| until.saturating_duration_since(now))
     }
 
     /// Connections `id` accepted so far; at `max_requests` (plus its spread) it is recycled.

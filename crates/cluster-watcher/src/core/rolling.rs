@@ -190,7 +190,7 @@ impl Supervisor {
         let slot = &self.slots[id.slot];
         let backing_off = self.timers.get(super::Timer::Respawn(id.slot)).is_some();
         if self.running && slot.wanted && slot.current.is_none() && !backing_off {
-            self.respawn_after_exit(id, std::time::Duration::ZERO, now);
+            self.respawn_after_exit(id, super::rules::End::at_start(), now);
         }
         self.step_rolling(now);
     }

@@ -3,7 +3,39 @@
 use std::time::{Duration, Instant};
 
 use super::{Action, Failure, KILL_GRACE, Outcome, Phase, ReadyWaiter, Supervisor, Timer, Worker};
-use crate::{Event, KillReason, StopCause, WorkerId};
+use crate::{Event, ExitKind, KillReason, StopCause, WorkerId};
+
+/// How long a worker that never became ready may take to stop before it is killed.
+pub(super) const NEVER_READY_GRACE: Duration = Duration::from_secs(1);
+
+/// How a worker ended, as the backoff weighs it.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct End {
+    /// How long it ran.
+    pub(super) uptime: Duration,
+    /// It had reported ready.
+    pub(super) was_ready: bool,
+    /// It had served: ready, and (for a program that reports it) accepted a connection.
+    pub(super) served: bool,
+    /// A signal ended it that neither it nor the watcher asked for: SIGKILL, SIGTERM,
+    /// SIGINT, SIGQUIT, SIGHUP from outside (the OOM killer, an operator).
+    pub(super) killed_from_outside: bool,
+    /// A delay the slot must wait whatever the backoff says (memory that cannot be met).
+    pub(super) hold: Duration,
+}
+
+impl End {
+    /// An end at start-up: it never ran (a spawn that failed).
+    pub(super) fn at_start() -> Self {
+        Self::default()
+    }
+
+    /// Whether `status` is a signal sent from outside, the watcher and the worker not
+    /// having asked for it.
+    pub(super) fn from_outside(status: ExitKind, stopped: bool, killed: bool) -> bool {
+        matches!(status, ExitKind::Signal(1 | 2 | 3 | 9 | 15)) && !stopped && !killed
+    }
+}
 
 impl Supervisor {
     /// A new slot (the lowest freed one, or one more) with its first worker.
@@ -51,6 +83,8 @@ impl Supervisor {
                 pid: 0,
                 phase: Phase::Starting,
                 started: now,
+                was_ready: false,
+                ended: None,
                 last_heartbeat: None,
                 accepted: None,
                 stop: None,
@@ -78,12 +112,17 @@ impl Supervisor {
     }
 
     /// The worker is asked to stop (reuseport: once its slot is drained) and given the
-    /// shutdown timeout from now.
+    /// shutdown timeout from now; one that never became ready has no clients to finish
+    /// with, and gets [`NEVER_READY_GRACE`] at most, so a stop is prompt whatever state
+    /// workers are in.
     pub(super) fn send_stop(&mut self, id: WorkerId, now: Instant) {
         if let Some(worker) = self.workers.get_mut(&id) {
             worker.phase = Phase::Stopping;
-            self.timers
-                .set(Timer::Phase(id), now + self.config.shutdown_timeout);
+            let grace = match worker.was_ready {
+                true => self.config.shutdown_timeout,
+                false => self.config.shutdown_timeout.min(NEVER_READY_GRACE),
+            };
+            self.timers.set(Timer::Phase(id), now + grace);
         }
         if !self.drain_first(id, now) {
             self.actions.push_back(Action::Stop(id));
@@ -108,16 +147,18 @@ impl Supervisor {
         self.emit(Event::Killed { id, pid, reason });
     }
 
-    /// Backoff: a worker that ended within `min_uptime` of starting, for whatever reason
-    /// (a crash, a signal from outside, a kill by this watcher, its own request) unless the
-    /// watcher stopped it as part of a stop, restart or scale-down, counts toward the slot's
-    /// backoff. The first such end is replaced at once, each further one in a row waits
-    /// twice as long as the last, up to `backoff_max`. A worker that ran longer is replaced
-    /// at once and clears the record.
-    pub(super) fn respawn_after_exit(&mut self, id: WorkerId, uptime: Duration, now: Instant) {
+    /// When the slot of a worker that ended gets its next one (see the crate's supervision
+    /// rules): at once after a healthy end (it ran at least `min_uptime`, or it had served
+    /// and something outside killed it: the OOM killer, an operator, a chaos test), which
+    /// clears the slot's record; otherwise after a backoff that starts at 0 and doubles with
+    /// each such end in a row, from `backoff_initial` up to `backoff_max`. Never while the
+    /// cluster has no ready worker and this slot's worker had been ready and was killed from
+    /// outside: a slot that can serve is not held back to leave nothing serving.
+    pub(super) fn respawn_after_exit(&mut self, id: WorkerId, end: End, now: Instant) {
         let config = &self.config;
+        let healthy = end.uptime >= config.min_uptime || (end.served && end.killed_from_outside);
         let slot = &mut self.slots[id.slot];
-        let delay = if uptime >= config.min_uptime {
+        let mut delay = if healthy {
             slot.backoff = Duration::ZERO;
             Duration::ZERO
         } else {
@@ -125,7 +166,18 @@ impl Supervisor {
             slot.backoff = (delay * 2).clamp(config.backoff_initial, config.backoff_max);
             delay
         };
-        self.schedule_respawn(id, delay, now);
+        if !delay.is_zero() && end.was_ready && end.killed_from_outside && self.ready_count() == 0 {
+            delay = Duration::ZERO;
+        }
+        self.schedule_respawn(id, delay.max(end.hold), now);
+    }
+
+    /// Workers that are ready, of any generation.
+    pub(super) fn ready_count(&self) -> usize {
+        self.workers
+            .values()
+            .filter(|w| w.phase == Phase::Ready)
+            .count()
     }
 
     pub(super) fn schedule_respawn(&mut self, id: WorkerId, delay: Duration, now: Instant) {

@@ -1,7 +1,7 @@
 //! [`SlotTable`]: the cluster's slots, numbered from 1 as everywhere else.
 
 use std::ops::{Index, IndexMut};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::{RestartCounts, WorkerExit, WorkerId};
 
@@ -18,6 +18,14 @@ pub(crate) struct Slot {
     pub(crate) backoff: Duration,
     pub(crate) restarts: RestartCounts,
     pub(crate) last_exit: Option<WorkerExit>,
+    /// Its last worker had been ready and was killed from outside: it can serve.
+    pub(crate) could_serve: bool,
+    /// Its workers went over the memory limit young, this many times in a row.
+    pub(crate) memory_strikes: u32,
+    /// The worker that struck last (each worker strikes once).
+    pub(crate) memory_struck: Option<WorkerId>,
+    /// Until then, it is not recycled (nor restarted after a kill) for memory again.
+    pub(crate) memory_hold: Option<Instant>,
 }
 
 /// The slots, indexed by slot number (from 1).

@@ -13,11 +13,14 @@ use cluster_ipc::ServerSocketProvider;
 use rustix::fs::OFlags;
 
 /// Checks every socket of `provider`; returns whether one had to be rebound (the workers
-/// must be restarted to pick it up).
-pub(crate) fn check(provider: &ServerSocketProvider) -> bool {
+/// must be restarted to pick it up). With `nonblocking`, a socket some worker made blocking
+/// is made non-blocking again (programs given listeners get them blocking, as systemd
+/// gives them, and may set the flag as they like: all workers run the same program).
+pub(crate) fn check(provider: &ServerSocketProvider, nonblocking: bool) -> bool {
     let mut rebound = false;
     for (address, options, slot, fd) in provider.sockets_with_options() {
         if let Ok(flags) = rustix::fs::fcntl_getfl(&*fd)
+            && nonblocking
             && !flags.contains(OFlags::NONBLOCK)
         {
             tracing::warn!(
@@ -31,7 +34,10 @@ pub(crate) fn check(provider: &ServerSocketProvider) -> bool {
             continue;
         }
         match provider.rebind(&address, &options, slot) {
-            Ok(_) => {
+            Ok(fd) => {
+                if !nonblocking {
+                    let _ = super::program::set_blocking(&fd);
+                }
                 tracing::error!(
                     %address,
                     "the shared listening socket stopped listening: a worker called shutdown() on its copy, which shuts it for every worker; bound a new socket, restarting the workers onto it"

@@ -31,8 +31,43 @@ pub(crate) fn emit_record(record: &LogRecord, id: WorkerId, pid: u32) {
     }
 }
 
+/// The log lines of events, with repeats of one failure thinned out: a cluster scaled past
+/// the system's process limit fails to start thousands of workers, and says so once, then
+/// at the 10th, 100th, 1000th… time, until a start succeeds.
+#[derive(Debug, Default)]
+pub(crate) struct EventLog {
+    spawn_failures: std::collections::HashMap<String, u64>,
+}
+
+impl EventLog {
+    pub(crate) fn log(&mut self, event: &Event) {
+        match event {
+            Event::Started { .. } => self.spawn_failures.clear(),
+            Event::SpawnFailed { id, error } => {
+                let count = self.spawn_failures.entry(error.clone()).or_default();
+                *count += 1;
+                if power_of_ten(*count) {
+                    tracing::error!(worker = id.slot, %error, times = *count, "cannot start worker");
+                }
+                return;
+            }
+            _ => {}
+        }
+        log_event(event);
+    }
+}
+
+/// Whether a count is 1, 10, 100, …
+fn power_of_ten(count: u64) -> bool {
+    let mut n = count;
+    while n >= 10 && n.is_multiple_of(10) {
+        n /= 10;
+    }
+    n == 1
+}
+
 /// The log line for an event.
-pub(crate) fn log_event(event: &Event) {
+fn log_event(event: &Event) {
     match event {
         Event::Started { id, pid } => {
             tracing::info!(
@@ -70,6 +105,18 @@ pub(crate) fn log_event(event: &Event) {
         Event::Recycling { id, reason } => {
             tracing::info!(worker = id.slot, %reason, "recycling worker: its replacement starts")
         }
+        Event::MemoryLimitUnmet {
+            slot,
+            rss,
+            limit,
+            backoff,
+        } => tracing::error!(
+            worker = slot,
+            rss_mib = rss >> 20,
+            limit_mib = limit >> 20,
+            ?backoff,
+            "the memory limit cannot be met: three workers in a row went over it within 10 s of starting; recycling this slot backs off"
+        ),
         Event::RestartStarted { workers } => tracing::info!(workers, "rolling restart started"),
         Event::RestartFinished { replaced, failed } => match failed {
             0 => tracing::info!(replaced, "rolling restart complete"),

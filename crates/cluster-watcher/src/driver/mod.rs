@@ -16,6 +16,7 @@
 //! * `measure.rs`: memory and CPU from `/proc`, and the balancing figures of a status.
 
 mod command;
+mod containment;
 mod listeners;
 mod logs;
 mod measure;
@@ -30,12 +31,12 @@ use std::time::{Duration, Instant};
 use cluster_ipc::protocol::WatcherToWorker;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
-use tracing::Instrument;
 
 pub use self::output::read_lines;
 pub(crate) use self::program::prepare_program_mode;
 
-use self::logs::log_event;
+use self::containment::Containment;
+use self::logs::EventLog;
 use self::process::{Input, Process, kill_group, kill_leftovers, spawn_worker};
 use crate::balance::{Balancer, Steering, queued_by_slot};
 use crate::core::{Action, Outcome, Supervisor, TICK, Ticket};
@@ -92,13 +93,15 @@ pub(crate) struct Driver {
     stopping: bool,
     /// Program mode: each worker's last `STATUS=` text.
     statuses: HashMap<WorkerId, String>,
-    /// Program mode: whether the notify socket's reader runs.
-    notify_reader: bool,
+    /// How every process a worker starts is found and ended.
+    containment: Containment,
     /// Program mode: accept queues that keep growing (a program that binds its own port).
     queue_watch: listeners::QueueWatch,
     /// Reuseport: the programs attached to the slots' groups, and the slots last steered to.
     steering: Steering,
     live: std::collections::BTreeSet<u32>,
+    /// The log lines of events.
+    event_log: EventLog,
     /// This turn's time: read once when the turn begins.
     now: Instant,
 }
@@ -127,10 +130,11 @@ impl Driver {
             next_ticket: 0,
             stopping: false,
             statuses: HashMap::new(),
-            notify_reader: false,
+            containment: Containment::detect(),
             queue_watch: listeners::QueueWatch::default(),
             steering: Steering::default(),
             live: std::collections::BTreeSet::new(),
+            event_log: EventLog::default(),
             now: Instant::now(),
         }
     }
@@ -169,29 +173,6 @@ impl Driver {
         self.shared.balancer.shutdown();
     }
 
-    /// Program mode: reads the notify socket into the driver's inputs (once).
-    fn start_notify_reader(&mut self) {
-        if self.notify_reader || self.shared.notify.get().is_none() {
-            return;
-        }
-        self.notify_reader = true;
-        let shared = self.shared.clone();
-        let inputs = self.inputs_tx.clone();
-        self.tasks.spawn(
-            async move {
-                let Some(socket) = shared.notify.get() else {
-                    return;
-                };
-                while let Ok(notification) = socket.recv().await {
-                    if inputs.send(Input::Notify(notification)).await.is_err() {
-                        return;
-                    }
-                }
-            }
-            .instrument(self.shared.span.clone()),
-        );
-    }
-
     fn ticket(&mut self, reply: oneshot::Sender<Outcome>) -> Ticket {
         self.next_ticket += 1;
         self.waiters.insert(self.next_ticket, reply);
@@ -202,7 +183,6 @@ impl Driver {
         let now = self.now;
         match command {
             Command::Start(count, reply) => {
-                self.start_notify_reader();
                 if !self.core.is_running() {
                     self.stopping = false;
                     self.shared.balancer.reopen();
@@ -253,13 +233,19 @@ impl Driver {
             Input::StopRequested(id) => self.core.stop_requested(id, now),
             Input::BadTraffic(id) => self.core.bad_traffic(id, now),
             Input::ControlClosed(id) => self.core.control_closed(id, now),
-            Input::Notify(notification) => self.notified(notification),
+            Input::Notify(id, notification) => self.notified(id, notification),
+            Input::MainExited(id) => {
+                self.shared.balancer.remove(id);
+                self.core.main_exited(id, now);
+            }
             Input::Exited(id, status) => {
                 self.statuses.remove(&id);
                 self.shared.listens().remove(&id);
                 if let Some(process) = self.processes.remove(&id) {
-                    // Children it forked go with it.
+                    // Whatever it started goes with it: its process group, and daemons that
+                    // left it (its cgroup, or its mark).
                     kill_leftovers(process.pid);
+                    self.containment.end(id);
                     self.shared.balancer.forget(id);
                     if let Some(link) = process.link
                         && let Some(worker_end) = link.worker_end
@@ -272,18 +258,9 @@ impl Driver {
         }
     }
 
-    /// Program mode: an sd_notify datagram, attributed to the worker whose process group
-    /// sent it.
-    fn notified(&mut self, notification: crate::notify::Notification) {
+    /// Program mode: an sd_notify datagram on `id`'s socket.
+    fn notified(&mut self, id: WorkerId, notification: crate::notify::Notification) {
         let now = self.now;
-        let Some(id) = self
-            .processes
-            .iter()
-            .find(|(_, p)| p.pid == notification.group)
-            .map(|(id, _)| *id)
-        else {
-            return;
-        };
         if notification.ready {
             self.core.ready(id, now);
         }
@@ -307,7 +284,8 @@ impl Driver {
                 Action::Stop(id) => self.stop(id),
                 Action::Kill { pid, .. } => kill_group(pid),
                 Action::Emit(event) => {
-                    self.shared.span.in_scope(|| log_event(&event));
+                    let log = &mut self.event_log;
+                    self.shared.span.in_scope(|| log.log(&event));
                     let _ = self.shared.events.send(event);
                 }
                 Action::Complete(ticket, outcome) => {
@@ -352,7 +330,15 @@ impl Driver {
     fn spawn(&mut self, id: WorkerId) {
         let now = self.now;
         let messages = self.shared.message_sink();
-        match spawn_worker(&self.shared, id, &self.inputs_tx, messages, &mut self.tasks) {
+        let spawned = spawn_worker(
+            &self.shared,
+            id,
+            &self.inputs_tx,
+            messages,
+            &mut self.tasks,
+            &self.containment,
+        );
+        match spawned {
             Ok(process) => {
                 let pid = process.pid;
                 self.processes.insert(id, process);
@@ -384,7 +370,8 @@ impl Driver {
         if queues {
             self.queue_watch.check(&self.shared.provider);
         }
-        if listeners::check(&self.shared.provider) {
+        let nonblocking = !self.shared.config.program_mode();
+        if listeners::check(&self.shared.provider, nonblocking) {
             self.core.listener_rebound(self.now);
         }
     }

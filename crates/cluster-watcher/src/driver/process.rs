@@ -22,10 +22,12 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use super::containment::Containment;
 use super::logs::forward_logs;
 use super::output::forward_output;
 use crate::balance::{ClientPipe, Mode, bound_handoff_queue};
 use crate::messages::{MessageSink, deliver};
+use crate::notify::NotifySocket;
 use crate::shared::Shared;
 use crate::{ExitKind, WorkerId};
 
@@ -45,10 +47,12 @@ pub(crate) enum Input {
     ControlClosed(WorkerId),
     /// Connections the worker accepted so far.
     Accepted(WorkerId, u64),
+    /// The process ended: it serves no more.
+    MainExited(WorkerId),
     /// The process ended and everything it sent was read.
     Exited(WorkerId, ExitKind),
-    /// Program mode: an sd_notify datagram from a worker's process group.
-    Notify(crate::notify::Notification),
+    /// Program mode: an sd_notify datagram on the worker's socket.
+    Notify(WorkerId, crate::notify::Notification),
 }
 
 /// The driver's handle on a live worker process.
@@ -103,9 +107,10 @@ pub(crate) fn spawn_worker(
     inputs: &mpsc::Sender<Input>,
     messages: Option<MessageSink>,
     tasks: &mut JoinSet<()>,
+    containment: &Containment,
 ) -> std::io::Result<Process> {
     if shared.config.program_mode() {
-        let mut command = super::program::command(shared, id)?;
+        let (mut command, notify) = super::program::command(shared, id, containment)?;
         let child = command.spawn()?;
         drop(command);
         let pid = child.id().unwrap_or(0);
@@ -115,10 +120,19 @@ pub(crate) fn spawn_worker(
             pid,
             inputs: inputs.clone(),
         };
-        tasks.spawn(watch.run(child, None).instrument(shared.span.clone()));
+        let talk = Talk::Program(notify);
+        tasks.spawn(watch.run(child, talk).instrument(shared.span.clone()));
         return Ok(Process { pid, link: None });
     }
-    spawn_cluster_worker(shared, id, inputs, messages, tasks)
+    spawn_cluster_worker(shared, id, inputs, messages, tasks, containment)
+}
+
+/// How a worker talks to the watcher besides its output.
+enum Talk {
+    /// A `cluster-worker` program: its sockets.
+    Link(Box<LinkTasks>),
+    /// A program given listeners: its notify socket (if any).
+    Program(Option<NotifySocket>),
 }
 
 /// A `cluster-worker` program's four sockets: the watcher's ends and the worker's.
@@ -158,8 +172,10 @@ impl WorkerSockets {
         self,
         config: &crate::WatcherConfig,
         id: WorkerId,
+        containment: &Containment,
     ) -> (tokio::process::Command, [FdSocket; 4], Option<OwnedFd>) {
         let mut command = tokio::process::Command::new(&config.program);
+        containment.prepare(command.as_std_mut(), id);
         command
             .args(&config.args)
             .envs(config.env.iter().map(|(k, v)| (k, v)));
@@ -194,10 +210,11 @@ fn spawn_cluster_worker(
     inputs: &mpsc::Sender<Input>,
     messages: Option<MessageSink>,
     tasks: &mut JoinSet<()>,
+    containment: &Containment,
 ) -> std::io::Result<Process> {
     let sockets = WorkerSockets::new(&shared.config)?;
     let (mut command, [control, log, listen, clients], worker_end) =
-        sockets.command(&shared.config, id);
+        sockets.command(&shared.config, id, containment);
     let child = command.spawn()?;
     // Our copies of the children's ends close with the command.
     drop(command);
@@ -232,7 +249,11 @@ fn spawn_cluster_worker(
         pid,
         inputs: inputs.clone(),
     };
-    tasks.spawn(watch.run(child, Some(link)).instrument(span));
+    tasks.spawn(
+        watch
+            .run(child, Talk::Link(Box::new(link)))
+            .instrument(span),
+    );
     Ok(Process {
         pid,
         link: Some(WorkerLink {
@@ -253,8 +274,10 @@ struct Watch {
 }
 
 impl Watch {
-    /// Waits for the process to end, reads all it sent, then reports the exit.
-    async fn run(self, mut child: tokio::process::Child, link: Option<LinkTasks>) {
+    /// Waits for the process to end and says so at once (it serves no more); then reads
+    /// all it sent (at most [`READ_AFTER_EXIT`]: a daemon it left may hold its output open)
+    /// and reports the exit.
+    async fn run(self, mut child: tokio::process::Child, talk: Talk) {
         let span = self.shared.span.clone();
         let mut readers = JoinSet::new();
         if let Some(stdout) = child.stdout.take() {
@@ -267,31 +290,59 @@ impl Watch {
                 forward_output(stderr, self.id, self.pid, "stderr").instrument(span.clone()),
             );
         }
-        // Answers listen requests for as long as the worker lives; aborted with `listens`.
-        let mut listens = JoinSet::new();
-        if let Some(link) = link {
-            readers.spawn(
-                self.clone()
-                    .read_control(link.control, link.reply, link.messages)
-                    .instrument(span.clone()),
-            );
-            readers.spawn(forward_logs(link.log, self.id, self.pid).instrument(span.clone()));
-            listens.spawn(
-                self.clone()
-                    .serve_listen(link.listen, link.clients)
-                    .instrument(span),
-            );
+        // Tasks for as long as the worker lives: listen requests, notifications.
+        let mut living = JoinSet::new();
+        let mut notify = None;
+        match talk {
+            Talk::Link(link) => {
+                readers.spawn(
+                    self.clone()
+                        .read_control(link.control, link.reply, link.messages)
+                        .instrument(span.clone()),
+                );
+                readers.spawn(forward_logs(link.log, self.id, self.pid).instrument(span.clone()));
+                living.spawn(
+                    self.clone()
+                        .serve_listen(link.listen, link.clients)
+                        .instrument(span),
+                );
+            }
+            Talk::Program(Some(socket)) => {
+                let socket = Arc::new(socket);
+                living.spawn(self.clone().read_notify(socket.clone()).instrument(span));
+                notify = Some(socket);
+            }
+            Talk::Program(None) => {}
         }
         let status = child
             .wait()
             .await
             .map_or(ExitKind::Code(-1), ExitKind::from);
+        let _ = self.inputs.send(Input::MainExited(self.id)).await;
+        drop(living);
+        // What it said just before it went.
+        while let Some(notification) = notify.as_ref().and_then(|s| s.try_recv()) {
+            let _ = self.inputs.send(Input::Notify(self.id, notification)).await;
+        }
         let _ = tokio::time::timeout(READ_AFTER_EXIT, async {
             while readers.join_next().await.is_some() {}
         })
         .await;
-        drop(listens);
         let _ = self.inputs.send(Input::Exited(self.id, status)).await;
+    }
+
+    /// Program mode: the worker's notifications, to the driver.
+    async fn read_notify(self, socket: Arc<NotifySocket>) {
+        while let Ok(notification) = socket.recv().await {
+            if self
+                .inputs
+                .send(Input::Notify(self.id, notification))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
     }
 
     async fn read_control(

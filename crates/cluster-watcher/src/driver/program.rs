@@ -3,8 +3,8 @@
 //!
 //! The worker gets the cluster's listening sockets as descriptors 3, 4, … (in
 //! [`WatcherConfig::listen`](crate::WatcherConfig::listen) order, not close-on-exec) with
-//! `LISTEN_FDS`, `LISTEN_FDNAMES` and `LISTEN_PID`, and the watcher's `NOTIFY_SOCKET` (with
-//! `WATCHDOG_USEC` from the heartbeat timeout). `LISTEN_PID` must be the pid of the process
+//! `LISTEN_FDS`, `LISTEN_FDNAMES` and `LISTEN_PID`, blocking as systemd passes them, and a
+//! `NOTIFY_SOCKET` of its own (with `WATCHDOG_USEC` from the heartbeat timeout). `LISTEN_PID` must be the pid of the process
 //! that runs the server, known only after the fork; `std::process::Command` builds the
 //! environment before it. The program is therefore started through `/bin/sh -c 'LISTEN_PID=$$
 //! … exec "$@"'`: `$$` is the shell's pid, which `exec` keeps for the server. (A wrong
@@ -15,34 +15,30 @@ use std::sync::Arc;
 
 use cluster_ipc::ListenAddress;
 
+use super::containment::Containment;
 use crate::StartError;
+use crate::notify::NotifySocket;
 use crate::shared::Shared;
 
 /// Sets `LISTEN_PID` and `WATCHDOG_PID` to the shell's pid, which the program keeps.
 const SHIM: &str = "LISTEN_PID=$$; WATCHDOG_PID=$$; export LISTEN_PID WATCHDOG_PID; exec \"$@\"";
 
-/// The command that runs the program with the cluster's listeners (sockets bound already).
+/// The command that runs the program with the cluster's listeners (sockets bound already),
+/// and the worker's notify socket.
 pub(crate) fn command(
     shared: &Arc<Shared>,
     id: crate::WorkerId,
-) -> io::Result<tokio::process::Command> {
+    containment: &Containment,
+) -> io::Result<(tokio::process::Command, Option<NotifySocket>)> {
     let config = &shared.config;
     let mut fds = Vec::with_capacity(config.listen.len());
     for listener in &config.listen {
-        // Per slot in reuseport mode (the provider binds one socket per slot); else shared.
-        let socket = shared
-            .provider
-            .socket_in_slot(
-                &listener.address,
-                &cluster_ipc::ListenOptions::default(),
-                id.slot,
-            )
-            .map_err(io::Error::other)?;
-        set_nodelay(&socket);
+        let socket = listener_socket(shared, &listener.address, id.slot)?;
         fds.push(rustix::io::fcntl_dupfd_cloexec(&*socket, 0)?);
     }
     let names: Vec<&str> = config.listen.iter().map(|l| l.name.as_str()).collect();
     let mut command = tokio::process::Command::new("/bin/sh");
+    containment.prepare(command.as_std_mut(), id);
     command
         .arg("-c")
         .arg(SHIM)
@@ -61,19 +57,60 @@ pub(crate) fn command(
             "WATCHDOG_USEC",
             config.heartbeat_timeout.as_micros().to_string(),
         );
-    if let Some(notify) = shared.notify_path() {
-        command.env("NOTIFY_SOCKET", notify);
-    }
+    let notify = match shared.notify.get() {
+        Some(dir) => {
+            let name = format!("{}-{}.sock", id.slot, id.generation);
+            let socket = NotifySocket::bind(dir, &name, None)?;
+            command.env("NOTIFY_SOCKET", socket.path());
+            Some(socket)
+        }
+        None => None,
+    };
     // Last of the pre-exec hooks: the listeners land on 3, 4, …
     fdpass::inherit_fds_at(command.as_std_mut(), fds, 3);
-    Ok(command)
+    Ok((command, notify))
 }
 
-/// Program mode: binds every listener (once; port 0 resolved here for good) and the
-/// notify socket.
+/// The socket for `address` in `slot` (per slot in reuseport mode, where the provider binds
+/// one socket per slot; else the one shared socket). A socket bound here and now is made
+/// blocking and gets `TCP_NODELAY`; one that workers already hold is left as they made it.
+fn listener_socket(
+    shared: &Shared,
+    address: &ListenAddress,
+    slot: u32,
+) -> io::Result<Arc<std::os::fd::OwnedFd>> {
+    let options = cluster_ipc::ListenOptions::default();
+    let held = shared.provider.sockets_with_options();
+    let fresh = !held
+        .iter()
+        .any(|(a, _, s, _)| a == address && s.is_none_or(|s| s == slot));
+    let socket = shared
+        .provider
+        .socket_in_slot(address, &options, slot)
+        .map_err(io::Error::other)?;
+    if fresh {
+        set_nodelay(&socket);
+        set_blocking(&socket)?;
+    }
+    Ok(socket)
+}
+
+/// Clears `O_NONBLOCK`, once, on a socket no worker holds yet: systemd hands out
+/// listening sockets blocking, and a plain `accept()` server expects that. A program that
+/// wants them non-blocking (asyncio, Node) sets the flag itself; it is shared by every copy,
+/// and all workers run the same program, so it is never touched again.
+pub(crate) fn set_blocking(socket: &std::os::fd::OwnedFd) -> io::Result<()> {
+    let flags = rustix::fs::fcntl_getfl(socket)?;
+    if flags.contains(rustix::fs::OFlags::NONBLOCK) {
+        rustix::fs::fcntl_setfl(socket, flags - rustix::fs::OFlags::NONBLOCK)?;
+    }
+    Ok(())
+}
+
+/// Program mode: binds every listener (once; port 0 resolved here for good) and makes the
+/// notify sockets' directory.
 pub(crate) fn prepare_program_mode(shared: &Shared) -> Result<(), StartError> {
     for listener in &shared.config.listen {
-        let options = cluster_ipc::ListenOptions::default();
         let fresh = !shared
             .provider
             .sockets()
@@ -81,10 +118,7 @@ pub(crate) fn prepare_program_mode(shared: &Shared) -> Result<(), StartError> {
             .any(|(address, _)| *address == listener.address);
         // Reuseport: slot 1's socket now (port 0 resolved for the group), the others'
         // as their workers start.
-        let socket = shared
-            .provider
-            .socket_in_slot(&listener.address, &options, 1)?;
-        set_nodelay(&socket);
+        let socket = listener_socket(shared, &listener.address, 1)?;
         if let (ListenAddress::Unix(path), Some(mode)) = (&listener.address, listener.mode) {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
@@ -96,8 +130,8 @@ pub(crate) fn prepare_program_mode(shared: &Shared) -> Result<(), StartError> {
         }
     }
     if shared.notify.get().is_none() {
-        let socket = crate::notify::NotifySocket::bind()?;
-        let _ = shared.notify.set(socket);
+        let dir = crate::notify::NotifyDir::create()?;
+        let _ = shared.notify.set(dir);
     }
     Ok(())
 }

@@ -495,3 +495,99 @@ fn a_killed_worker_that_never_ends_lets_the_stop_return_after_the_grace() {
             .any(|a| matches!(a, Action::Emit(Event::Abandoned { .. })))
     );
 }
+
+#[test]
+fn a_worker_that_never_became_ready_is_killed_a_second_after_its_stop() {
+    let mut h = Harness::new(config().shutdown_timeout(Duration::from_secs(10)));
+    let t = h.ticket();
+    h.core.start(t, 1, h.now);
+    h.drain();
+    let stop = h.ticket();
+    h.core.stop(Some(stop), h.now);
+    h.drain();
+    h.run_for(Duration::from_millis(900));
+    assert!(h.kills().is_empty());
+    h.run_for(Duration::from_millis(200));
+    assert_eq!(h.kills(), vec![(id(1, 1), KillReason::ShutdownTimeout)]);
+    // A ready one gets the whole shutdown timeout.
+    let mut h = Harness::running(1);
+    h.core.stop(None, h.now);
+    h.drain();
+    h.run_for(Duration::from_secs(9));
+    assert!(h.kills().is_empty());
+}
+
+#[test]
+fn a_worker_killed_from_outside_after_it_served_is_replaced_at_once_every_time() {
+    let mut h = Harness::running(2);
+    for _ in 0..6 {
+        let current = h.current(1).unwrap();
+        h.core.accepted(current, 3, h.now);
+        h.run_for(Duration::from_millis(100));
+        // SIGKILL from outside (a chaos test, an operator), young but after serving.
+        h.exit(current, ExitKind::Signal(9));
+        let next = h.current(1).expect("respawned at once");
+        h.ready(next);
+    }
+    assert!(
+        h.respawn_delays().iter().all(Duration::is_zero),
+        "{:?}",
+        h.respawn_delays()
+    );
+}
+
+#[test]
+fn the_backoff_never_leaves_the_cluster_with_nothing_ready_while_a_slot_can_serve() {
+    let mut h = Harness::new(
+        config()
+            .backoff(Duration::from_secs(1), Duration::from_secs(10))
+            .min_uptime(Duration::from_secs(5)),
+    );
+    let t = h.ticket();
+    h.core.start(t, 2, h.now);
+    h.drain();
+    // Slot 2 crash-loops at start-up: it backs off.
+    h.ready(id(1, 1));
+    h.exit(id(2, 1), ExitKind::Code(1));
+    h.run_for(Duration::from_millis(10));
+    h.exit(id(2, 2), ExitKind::Code(1));
+    assert!(h.core.timers.get(Timer::Respawn(2)).is_some());
+    // Slot 1, ready, is killed from outside before it served, twice in a row: it backs off
+    // too, unless nothing else is ready.
+    h.run_for(Duration::from_millis(10));
+    h.exit(id(1, 1), ExitKind::Signal(9));
+    assert!(h.current(1).is_some(), "the first end is replaced at once");
+    h.ready(h.current(1).unwrap());
+    h.run_for(Duration::from_millis(10));
+    let again = h.current(1).unwrap();
+    h.exit(again, ExitKind::Signal(9));
+    assert!(
+        h.current(1).is_some(),
+        "nothing else is ready: slot 1 starts at once"
+    );
+    // Slot 2, which never served, still waits.
+    assert!(h.core.timers.get(Timer::Respawn(2)).is_some());
+}
+
+#[test]
+fn a_main_process_that_exits_serves_no_more_and_its_uptime_ends_then() {
+    let mut h = Harness::new(program_mode().min_uptime(Duration::from_secs(1)));
+    let t = h.ticket();
+    h.core.start(t, 1, h.now);
+    h.drain();
+    // It daemonizes: the main process exits at 200 ms, the daemon holds its output open.
+    h.run_for(Duration::from_millis(200));
+    h.core.main_exited(id(1, 1), h.now);
+    h.drain();
+    h.run_for(Duration::from_secs(2));
+    assert_eq!(h.outcome(t), None, "not ready after ready_after: it exited");
+    h.exit(id(1, 1), ExitKind::Code(0));
+    h.run_for(Duration::from_millis(100));
+    h.core.main_exited(id(1, 2), h.now);
+    h.drain();
+    h.run_for(Duration::from_secs(2));
+    h.exit(id(1, 2), ExitKind::Code(0));
+    // The second end at 100 ms of uptime backs off (not the 2 s its output took to close).
+    let delays = h.respawn_delays();
+    assert!(!delays[1].is_zero(), "{delays:?}");
+}

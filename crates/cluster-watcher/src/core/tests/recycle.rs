@@ -173,3 +173,84 @@ fn workers_started_together_reach_their_age_limit_apart() {
     h.serve_for(Duration::from_secs(67));
     assert_eq!(h.spawns().len(), 8);
 }
+
+/// Starts the next worker of slot 1 and makes it ready, as the driver would report it.
+fn next_ready(h: &mut Harness) -> WorkerId {
+    while h
+        .current(1)
+        .is_none_or(|id| h.core.phase(id) != Some(Phase::Starting))
+    {
+        h.run_for(Duration::from_millis(100));
+    }
+    let id = h.current(1).expect("a worker");
+    h.ready(id);
+    id
+}
+
+#[test]
+fn a_program_over_its_limit_at_start_backs_off_and_is_said_unable_to_meet_it() {
+    let mut h = with_memory_limit(64 << 20);
+    let mut spawned_at = Vec::new();
+    for _ in 0..5 {
+        // Each new worker is over the limit at its first sample, and is recycled.
+        let id = h.current(1).expect("a worker");
+        h.core.memory(id, 70 << 20, h.now);
+        h.drain();
+        let replacement = loop {
+            if let Some(new) = h
+                .spawns()
+                .last()
+                .copied()
+                .filter(|new| new.slot == 1 && *new != id)
+            {
+                break new;
+            }
+            h.run_for(Duration::from_millis(100));
+            h.core.memory(id, 70 << 20, h.now);
+            h.drain();
+        };
+        spawned_at.push(h.now);
+        h.ready(replacement);
+        assert_eq!(h.current(1), Some(replacement));
+    }
+    // Recycled at once, then after 0.1, 0.2, 0.4 … s: not once a second for ever.
+    let gaps: Vec<Duration> = spawned_at.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps[1] >= Duration::from_millis(100), "{gaps:?}");
+    assert!(gaps[3] > gaps[1], "{gaps:?}");
+    let unmet = h
+        .log
+        .iter()
+        .filter(|a| matches!(a, Action::Emit(Event::MemoryLimitUnmet { slot: 1, .. })))
+        .count();
+    assert_eq!(unmet, 1, "said once, at the third strike");
+}
+
+#[test]
+fn killed_at_the_ceiling_at_start_the_next_worker_waits() {
+    let mut h = with_memory_limit(64 << 20);
+    for round in 0..4 {
+        let id = h.current(1).expect("a worker");
+        h.core.memory(id, 200 << 20, h.now);
+        h.drain();
+        assert!(
+            h.kills().contains(&(id, KillReason::MemoryCeiling)),
+            "round {round}"
+        );
+        h.exit(id, ExitKind::Signal(9));
+        next_ready(&mut h);
+    }
+    let delays = h.respawn_delays();
+    assert_eq!(delays[0], Duration::ZERO);
+    assert!(delays[2..].iter().all(|d| !d.is_zero()), "{delays:?}");
+}
+
+#[test]
+fn a_worker_that_lived_under_its_limit_clears_the_strikes() {
+    let mut h = with_memory_limit(64 << 20);
+    h.core.memory(id(1, 1), 70 << 20, h.now);
+    h.drain();
+    h.ready(id(1, 2));
+    h.serve_for(Duration::from_secs(11));
+    h.core.memory(id(1, 2), 10 << 20, h.now);
+    assert_eq!(h.core.slots[1].memory_strikes, 0);
+}
