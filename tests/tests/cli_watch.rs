@@ -315,3 +315,24 @@ fn saves_during_a_build_make_one_more_build_after_it() {
     assert_eq!(cluster.count("every worker runs the new code"), 2);
     stop(cluster, &dir);
 }
+
+#[test]
+fn a_watched_directory_deleted_and_made_again_is_still_watched() {
+    let dir = project("recreated");
+    let src = dir.join("src");
+    let hello = workspace_bin("hello-http");
+    let cluster = watching(&src, "1", None, &[hello.to_str().unwrap(), "127.0.0.1:0"]);
+    let first = cluster.worker_pids();
+    // A checkout that replaces the directory: the old inode is gone, a new one takes its
+    // name, and it is watched again (a round runs for what it now holds).
+    std::fs::remove_dir_all(&src).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    std::fs::create_dir(&src).unwrap();
+    save(&src.join("lib.rs"), "// v2\n");
+    let second = wait_replaced(&cluster, &first);
+    // And a save inside the new directory is seen too.
+    std::thread::sleep(Duration::from_millis(1500));
+    save(&src.join("lib.rs"), "// v3\n");
+    wait_replaced(&cluster, &second);
+    stop(cluster, &dir);
+}

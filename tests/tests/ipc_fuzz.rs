@@ -10,6 +10,7 @@ use std::time::Duration;
 use cluster_ipc::{Channel, HubConfig, IpcHub, connect};
 use fdpass::AsyncFdSocket;
 use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
 
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
@@ -23,12 +24,20 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    // Failures are kept under target/, not beside the sources.
+    #![proptest_config(ProptestConfig {
+        cases: 64,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
+            "../target/proptest-regressions/ipc_fuzz.txt",
+        ))),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn the_hub_rejects_random_hellos_and_keeps_serving(
         hellos in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..128), 1..8)
     ) {
+        let _serial = support::serial();
         runtime().block_on(async {
             let hub = IpcHub::with_config(HubConfig {
                 handshake_timeout: Duration::from_millis(200),
@@ -54,6 +63,7 @@ proptest! {
     fn channels_decode_random_frames_to_values_or_errors(
         frames in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..256), 1..16)
     ) {
+        let _serial = support::serial();
         runtime().block_on(async {
             let (raw, theirs) = AsyncFdSocket::pair().unwrap();
             let channel = Channel::<(), (u8, String, Vec<u32>, Option<i64>)>::new(theirs);

@@ -18,6 +18,7 @@ fn open_fds() -> usize {
 }
 
 async fn hostile_worker_on(endpoint: &str) {
+    let _serial = support::serial_async().await;
     let logs = captured_logs();
     // One healthy cluster, one whose only worker attacks its watcher.
     let healthy = ClusterWatcher::new(test_worker(&["serve", "127.0.0.1:0"]));
@@ -88,6 +89,7 @@ fn connect_as_nobody(path: &std::path::Path, key: &cluster_ipc::Key) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_user_can_neither_reach_nor_hijack_the_hub() {
+    let _serial = support::serial_async().await;
     if !rustix::process::geteuid().is_root() {
         eprintln!("skipped: dropping privileges needs root");
         return;

@@ -25,11 +25,12 @@ const FORWARDED: [Signal; 9] = [
     Signal::WINCH,
 ];
 
-/// Runs as init until every child is gone; the exit status of `successor` (or of the
-/// watcher that followed it), or 1 if it was never seen to exit.
-pub(crate) async fn stay_as_init(successor: u32) -> ExitCode {
+/// Runs as init until every child is gone; the exit status of the last watcher (or 1 if
+/// none was seen to exit).
+pub(crate) async fn stay_as_init(mut successor: tokio::process::Child) -> ExitCode {
+    let first = successor.id().unwrap_or(0);
     tracing::info!(
-        successor,
+        successor = first,
         "PID 1: staying as the namespace's init while the new watcher runs"
     );
     let mut streams = Vec::new();
@@ -41,17 +42,24 @@ pub(crate) async fn stay_as_init(successor: u32) -> ExitCode {
     let Ok(mut children) = signal(SignalKind::child()) else {
         return ExitCode::FAILURE;
     };
-    let mut status = ExitCode::FAILURE;
+    let mut status: Option<ExitCode> = None;
+    let mut successor_done = false;
     loop {
-        if let Some(code) = reap() {
-            status = code;
+        // The first successor is tokio's child (it reaps it); the rest come to us as orphans.
+        if let Some(code) = reap(successor_done.then_some(0).unwrap_or(first)) {
+            status = Some(code);
         }
-        if !has_children() {
-            return status;
+        if successor_done && child_pids().is_empty() {
+            return status.unwrap_or(ExitCode::FAILURE);
         }
-        let received = futures_any(&mut streams);
         tokio::select! {
-            forwarded = received => forward(forwarded),
+            forwarded = futures_any(&mut streams) => forward(forwarded),
+            exited = successor.wait(), if !successor_done => {
+                successor_done = true;
+                status = Some(exited.map_or(ExitCode::FAILURE, |s| {
+                    ExitCode::from(u8::try_from(s.code().unwrap_or(1)).unwrap_or(1))
+                }));
+            }
             _ = children.recv() => {}
             () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
         }
@@ -80,14 +88,33 @@ fn forward(which: Signal) {
     }
 }
 
-/// Reaps every exited child; the status of the last watcher among them, if any.
-fn reap() -> Option<ExitCode> {
+/// Reaps every exited child but `spare` (tokio's own); the status of the last reaped.
+fn reap(spare: u32) -> Option<ExitCode> {
     let mut last = None;
-    while let Ok(Some((_, status))) = rustix::process::wait(WaitOptions::NOHANG) {
-        let code = status.exit_status().map_or(1, |code| code & 0xff);
-        last = Some(ExitCode::from(u8::try_from(code).unwrap_or(1)));
+    for pid in zombie_children() {
+        if pid as u32 == spare {
+            continue;
+        }
+        if let Some(pid) = Pid::from_raw(pid)
+            && let Ok(Some((_, status))) = rustix::process::waitpid(Some(pid), WaitOptions::NOHANG)
+        {
+            let code = status.exit_status().unwrap_or(1) & 0xff;
+            last = Some(ExitCode::from(u8::try_from(code).unwrap_or(1)));
+        }
     }
     last
+}
+
+fn zombie_children() -> Vec<i32> {
+    let me = std::process::id() as i32;
+    procfs::process::all_processes()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|process| process.stat().ok())
+        .filter(|stat| stat.ppid == me && stat.state == 'Z')
+        .map(|stat| stat.pid)
+        .collect()
 }
 
 fn child_pids() -> Vec<i32> {
@@ -100,8 +127,4 @@ fn child_pids() -> Vec<i32> {
         .filter(|stat| stat.ppid == me)
         .map(|stat| stat.pid)
         .collect()
-}
-
-fn has_children() -> bool {
-    !child_pids().is_empty()
 }

@@ -65,7 +65,7 @@ pub(crate) enum Exit {
     Done,
     /// This process is PID 1 (a container's init) and handed over to a new watcher, its
     /// child: it must stay, reaping and passing signals on, until that one is gone.
-    StayAsInit { successor: u32 },
+    StayAsInit { successor: tokio::process::Child },
 }
 
 /// Everything before the first start. `None` when a stop signal came during the first
@@ -227,11 +227,11 @@ impl Cluster {
     ) -> anyhow::Result<Exit> {
         // The new watcher binds the same paths and ports: ours go first.
         self.endpoints.release().await;
-        let pid = successor.pid;
+        let upgrade::Successor { link, pid, child } = successor;
         self.notifier.notify(&format!(
             "MAINPID={pid}\nSTATUS=handed over to the new watcher (pid {pid})"
         ));
-        match successor.link.hand_over(&self.watcher).await {
+        match link.hand_over(&self.watcher).await {
             Ok(handed) => {
                 let serving = handed.wait_serving(Duration::from_secs(10)).await;
                 if let Err(e) = &serving {
@@ -259,8 +259,9 @@ impl Cluster {
         // Removed only if it still names this process (the new watcher rewrote it).
         drop(self.pid_file);
         if std::process::id() == 1 {
-            return Ok(Exit::StayAsInit { successor: pid });
+            return Ok(Exit::StayAsInit { successor: child });
         }
+        drop(child);
         Ok(Exit::Done)
     }
 

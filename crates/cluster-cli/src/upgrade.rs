@@ -32,7 +32,7 @@ pub(crate) struct Successor {
     pub(crate) link: SuccessorLink,
     pub(crate) pid: u32,
     /// Kept so the process is not reaped behind our back; never killed once handed over.
-    _child: tokio::process::Child,
+    pub(crate) child: tokio::process::Child,
 }
 
 /// Starts a new watcher from the binary's path and hands it the sockets; returns once its
@@ -92,11 +92,7 @@ pub(crate) async fn start_successor(
     match outcome {
         Ok(_) => {
             abandon.0 = None;
-            Ok(Successor {
-                link,
-                pid,
-                _child: child,
-            })
+            Ok(Successor { link, pid, child })
         }
         Err(error) => {
             // Its workers die with it (they are killed when their watcher goes).

@@ -177,8 +177,20 @@ pub(crate) async fn run(options: WatchOptions, watcher: &ClusterWatcher) -> anyh
             .with_context(|| format!("cannot watch {}", path.display()))?;
     }
     tracing::info!(paths = ?options.paths, build = options.build.as_deref().unwrap_or("-"), "watching for changes");
+    let mut roots = Roots::new(&options.paths);
+    let mut look = tokio::time::interval(ROOT_CHECK);
+    look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        changes.woken.notified().await;
+        tokio::select! {
+            () = changes.woken.notified() => {}
+            _ = look.tick() => {
+                // A watched path deleted and made again (a `git checkout`, a rebuilt
+                // directory) is a new inode that inotify does not follow: watch it anew.
+                if !roots.renew(&mut fs_watcher) {
+                    continue;
+                }
+            }
+        }
         settle(&changes, options.debounce).await;
         let count = changes.count.load(Ordering::SeqCst);
         let first = changes.first.lock().take();
@@ -214,6 +226,51 @@ pub(crate) async fn run(options: WatchOptions, watcher: &ClusterWatcher) -> anyh
             let _ = tokio::time::timeout(Duration::ZERO, changes.woken.notified()).await;
         }
     }
+}
+
+/// How often the watched paths themselves are looked at (deleted, made again).
+const ROOT_CHECK: Duration = Duration::from_secs(1);
+
+/// The watched paths, and the inode each had when last watched (`None`: missing).
+struct Roots(Vec<(PathBuf, Option<u64>)>);
+
+impl Roots {
+    fn new(paths: &[PathBuf]) -> Self {
+        Self(paths.iter().map(|p| (p.clone(), inode(p))).collect())
+    }
+
+    /// Watches again every path made anew since the last look; whether one was (a round
+    /// is due: its contents are new). A path that went away is said once.
+    fn renew(&mut self, watcher: &mut impl Watcher) -> bool {
+        let mut renewed = false;
+        for (path, known) in &mut self.0 {
+            let now = inode(path);
+            if now == *known {
+                continue;
+            }
+            match now {
+                None => {
+                    tracing::warn!(path = %path.display(), "a watched path is gone; watching for it to come back")
+                }
+                Some(_) => match watcher.watch(path, notify::RecursiveMode::Recursive) {
+                    Ok(()) => {
+                        tracing::info!(path = %path.display(), "a watched path was made again; watching it anew");
+                        renewed = true;
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot watch a path made again");
+                        continue;
+                    }
+                },
+            }
+            *known = now;
+        }
+        renewed
+    }
+}
+
+fn inode(path: &Path) -> Option<u64> {
+    std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).ok()?).into()
 }
 
 /// Waits until no change came for `debounce` (at most [`MAX_SETTLE`]).

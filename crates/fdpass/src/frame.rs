@@ -354,6 +354,16 @@ mod tests {
     }
 
     proptest::proptest! {
+        // Failures are kept under target/, not beside the sources.
+        #![proptest_config(proptest::test_runner::Config {
+            failure_persistence: Some(Box::new(
+                proptest::test_runner::FileFailurePersistence::Direct(
+                    "../../target/proptest-regressions/fdpass-frame.txt",
+                ),
+            )),
+            ..proptest::test_runner::Config::default()
+        })]
+
         /// Whatever a peer sends, the decoder answers with a step or a typed error: no panic,
         /// and never more payload than the limit.
         #[test]

@@ -56,6 +56,13 @@ async fn main() {
             std::thread::sleep(Duration::from_millis(num(1)));
             serve(&arg(2), Duration::ZERO, Duration::ZERO).await
         }
+        "slow-if-file" => {
+            // Hangs before it even links while FILE exists (a slow start of a later deploy).
+            while std::path::Path::new(&arg(1)).exists() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            serve(&arg(2), Duration::ZERO, Duration::ZERO).await
+        }
         "serve-slow-stop" => serve(&arg(1), Duration::from_millis(num(2)), Duration::ZERO).await,
         "crash-after" => {
             cluster_worker::ready().await.unwrap();

@@ -177,3 +177,19 @@ pub fn response(client: &mut BufReader<std::net::TcpStream>, request: &[u8]) -> 
     std::io::Read::read_exact(client, &mut body).unwrap();
     (status, pid)
 }
+
+/// Taken by every test of a binary whose tests count this process's descriptors: under
+/// plain `cargo test` the tests of one binary run on threads of one process, and a
+/// descriptor another test opens meanwhile would look like a leak.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// [`serial`] for async tests.
+pub async fn serial_async() -> tokio::sync::MutexGuard<'static, ()> {
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    SERIAL.lock().await
+}
