@@ -46,7 +46,8 @@ pub(crate) async fn stay_as_init(mut successor: tokio::process::Child) -> ExitCo
     let mut successor_done = false;
     loop {
         // The first successor is tokio's child (it reaps it); the rest come to us as orphans.
-        if let Some(code) = reap(successor_done.then_some(0).unwrap_or(first)) {
+        let spare = if successor_done { 0 } else { first };
+        if let Some(code) = reap(spare) {
             status = Some(code);
         }
         if successor_done && child_pids().is_empty() {
