@@ -183,9 +183,8 @@ fn daemonizing_program(test: &str, env: &[(&str, &str)]) {
     // process exits), and the old workers are kept.
     for round in 1..=2 {
         cluster.signal(Signal::USR1);
-        let done = format!("rolling restart incomplete");
         assert!(
-            eventually(LIMIT, || cluster.count(&done) >= round),
+            eventually(LIMIT, || cluster.count("rolling restart incomplete") >= round),
             "{}",
             cluster.output()
         );
