@@ -184,7 +184,8 @@ fn daemonizing_program(test: &str, env: &[(&str, &str)]) {
     for round in 1..=2 {
         cluster.signal(Signal::USR1);
         assert!(
-            eventually(LIMIT, || cluster.count("rolling restart incomplete") >= round),
+            eventually(LIMIT, || cluster.count("rolling restart incomplete")
+                >= round),
             "{}",
             cluster.output()
         );

@@ -424,12 +424,79 @@ fn which(program: &str) -> Option<PathBuf> {
         .find(|path| path.is_file())
 }
 
+/// Polls `/readyz` every 10 ms until stopped; how many answers said no worker was ready.
+fn watch_capacity(metrics: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(u64, u64)> {
+    std::thread::spawn(move || {
+        let (mut polls, mut empty) = (0, 0);
+        while !stop.load(Ordering::SeqCst) {
+            if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", metrics)) {
+                use std::io::{Read, Write};
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ = stream
+                    .write_all(b"GET /readyz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+                let mut answer = String::new();
+                let _ = stream.read_to_string(&mut answer);
+                polls += 1;
+                if answer.starts_with("HTTP/1.1 503") {
+                    empty += 1;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        (polls, empty)
+    })
+}
+
+/// The longest backoff any slot is in now, from `cluster status --json`.
+fn longest_backoff(p: &Paths, control: &str) -> Duration {
+    let out = std::process::Command::new(&p.cluster)
+        .args(["status", "--json", "--control", control])
+        .output();
+    let text = out
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    // "backing_off": 1.23 in each slot (null when the slot does not back off).
+    text.match_indices("\"backing_off\":")
+        .filter_map(|(at, key)| {
+            let rest = text[at + key.len()..].trim_start();
+            let number: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '.')
+                .collect();
+            number.parse::<f64>().ok()
+        })
+        .map(Duration::from_secs_f64)
+        .max()
+        .unwrap_or_default()
+}
+
 fn chaos(p: &Paths, balance: &str) -> bool {
     let secs = env_or("CHAOS_SECS", 60);
-    let (server, port) = serve_hello(p, 4, balance);
+    let metrics = free_port();
+    let control = std::env::temp_dir()
+        .join(format!(
+            "cluster-chaos-{}-{balance}.sock",
+            std::process::id()
+        ))
+        .to_string_lossy()
+        .into_owned();
+    let mut command = cluster_cmd(p, 4, balance, &p.hello);
+    command.splice(
+        1..1,
+        [
+            "--metrics".into(),
+            format!("127.0.0.1:{metrics}"),
+            "--control".into(),
+            control.clone(),
+        ],
+    );
+    let port = free_port();
+    let server = ServerProcess::command(&command, &[], port);
+    server.wait_ready(port);
     let stop = Arc::new(AtomicBool::new(false));
     const CLIENTS: usize = 2;
     let clients = load(port, CLIENTS, stop.clone());
+    let capacity = watch_capacity(metrics, stop.clone());
     let clock = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
@@ -446,23 +513,15 @@ fn chaos(p: &Paths, balance: &str) -> bool {
             last_kill = Instant::now();
         }
     }
-    // Recovery: four workers, all answering.
+    // Recovery: four workers again, within the longest backoff a slot was in (a slot whose
+    // worker was killed before it served backs off; one killed after is replaced at once).
+    std::thread::sleep(Duration::from_millis(20));
+    let bound = longest_backoff(p, &control) + Duration::from_secs(1);
     let recovered = loop {
         if children_of(server.pid()).len() == 4 {
             break last_kill.elapsed();
         }
-        if last_kill.elapsed() > Duration::from_secs(10) {
-            // Say why: a slot backing off after a run of early deaths, or something stuck.
-            if let Ok(out) = std::process::Command::new(&p.cluster)
-                .arg("status")
-                .output()
-            {
-                eprintln!(
-                    "chaos, {balance}: not back to 4 workers; cluster status:\n{}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
+        if last_kill.elapsed() > bound.max(Duration::from_secs(11)) {
             break Duration::from_secs(999);
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -473,14 +532,19 @@ fn chaos(p: &Paths, balance: &str) -> bool {
         .into_iter()
         .map(|c| c.join().unwrap())
         .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    let (polls, empty) = capacity.join().unwrap_or_default();
     let watcher_alive = process_exists(server.pid());
     // Each client has at most one request in flight, so a kill can fail at most CLIENTS.
-    let pass =
-        watcher_alive && recovered < Duration::from_secs(1) && failed <= kills * CLIENTS as u64;
+    let pass = watcher_alive
+        && recovered <= bound
+        && empty == 0
+        && polls > 0
+        && failed <= kills * CLIENTS as u64;
     println!(
-        "| chaos, {balance}, {secs} s, 4 workers, {CLIENTS} clients | {kills} SIGKILLs survived; {ok} requests ok, {failed} failed (bound: {} in flight on killed workers); back to 4 workers {:.0} ms after the last kill; watcher alive: {watcher_alive} | {} |",
+        "| chaos, {balance}, {secs} s, 4 workers, {CLIENTS} clients | {kills} SIGKILLs survived; {ok} requests ok, {failed} failed (bound: {} in flight on killed workers); no ready worker in {empty} of {polls} /readyz polls; back to 4 workers {:.0} ms after the last kill (bound {:.0} ms: the longest backoff then, plus 1 s); watcher alive: {watcher_alive} | {} |",
         kills * CLIENTS as u64,
         recovered.as_secs_f64() * 1000.0,
+        bound.as_secs_f64() * 1000.0,
         verdict(pass)
     );
     pass
