@@ -11,12 +11,14 @@
 //! * HTTP on 127.0.0.1: [`free_port`], [`http_get`], [`http_get_at`], [`http_ok`].
 //! * Load: [`Load`] runs client threads (a new connection per request), [`KeepAliveLoad`]
 //!   clients that keep their connection open as a proxy's pool does; both bounded in time
-//!   and count, both say how many requests succeeded and why the others failed.
+//!   and count, both say how many requests succeeded and why the others failed;
+//!   [`WsLoad`] WebSocket sessions that check every echo and say how each connection ended.
 
 mod http;
 mod load;
 mod process;
 mod server;
+mod ws;
 
 pub use crate::{
     http::{free_port, http_get, http_get_at, http_ok},
@@ -26,4 +28,5 @@ pub use crate::{
         rss_kib, signal,
     },
     server::{Output, ServerProcess, workspace_bin},
+    ws::{WsEnd, WsLoad, WsSession, normal_close},
 };

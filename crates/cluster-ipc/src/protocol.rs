@@ -293,6 +293,15 @@ pub enum WatcherToWorker {
     Stop,
     /// An application message (postcard-encoded by the sender).
     Message(Vec<u8>),
+    /// Finish in-flight work and exit, saying goodbye to long-lived connections (HTTP/2
+    /// GOAWAY, WebSocket Close 1012, the end of event streams) spread evenly over `spread`,
+    /// and cutting whatever is left at `timeout`.
+    Drain {
+        /// The window the goodbyes are spread over (zero: all at once).
+        spread: Duration,
+        /// When whatever is left is cut, counted from now.
+        timeout: Duration,
+    },
 }
 
 /// What a worker tells the watcher.
@@ -312,6 +321,9 @@ pub enum WorkerToWatcher {
     /// Connections handed to this worker that it closed (or handed back) so far, sent soon
     /// after each close in least-conn mode: the watcher's count of its open connections.
     Closed(u64),
+    /// Connections open in this worker now (sent with a heartbeat when it changed, and while
+    /// it drains): for status and metrics.
+    Open(u64),
 }
 
 /// A log event forwarded from a worker's `tracing` subscriber.

@@ -31,8 +31,15 @@ pub struct WatcherConfig {
     /// How connections reach workers (default [`Balance::Shared`]).
     pub balance: Balance,
     /// How long a stopping worker may take to finish in-flight work before `SIGKILL`
-    /// (default 10 s).
+    /// (default 10 s): also the drain's hard cap, after which a `cluster-worker` program
+    /// cuts its long-lived connections that are left (HAProxy's `hard-stop-after`).
     pub shutdown_timeout: Duration,
+    /// The window a stopping `cluster-worker` program spreads its goodbyes to long-lived
+    /// connections over (HTTP/2 GOAWAY, WebSocket Close 1012, the end of event streams),
+    /// evenly, so their clients do not all reconnect in the same instant (HAProxy's
+    /// `close-spread-time`): for restarts, scale-downs and recyclings; a stop of the cluster
+    /// says them at once (default 0: at once).
+    pub drain_spread: Duration,
     /// How long a new worker may take to report ready before it is killed (default 30 s).
     pub ready_timeout: Duration,
     /// How often workers send a heartbeat (default 1 s).
@@ -103,6 +110,7 @@ impl WatcherConfig {
             cwd: None,
             balance: Balance::Shared,
             shutdown_timeout: Duration::from_secs(10),
+            drain_spread: Duration::ZERO,
             ready_timeout: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(1),
             heartbeat_timeout: Duration::from_secs(10),
@@ -239,6 +247,12 @@ impl WatcherConfig {
                  (cluster-worker programs); programs given listeners accept by themselves: \
                  use shared or reuseport",
                 self.balance.as_str()
+            )));
+        }
+        if self.drain_spread > self.shutdown_timeout {
+            return Err(ConfigError(format!(
+                "the drain spread ({:?}) must fit in the shutdown timeout ({:?}), which cuts what is left of the drain",
+                self.drain_spread, self.shutdown_timeout
             )));
         }
         if self.backoff_max < self.backoff_initial {

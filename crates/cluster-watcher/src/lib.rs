@@ -64,11 +64,28 @@
 //! # Supervision rules
 //!
 //! * A worker that exits while the cluster runs is respawned at once. A slot whose workers
-//!   keep ending within [`WatcherConfig::min_uptime`] (1 s) of starting, for whatever reason
-//!   (a crash, `SIGKILL` from outside such as the OOM killer, a kill by the watcher, their
-//!   own request) waits `backoff_initial` before the second respawn, then twice that for
-//!   each further one, up to `backoff_max`; the other slots keep serving. Only stops the
-//!   watcher itself asked for (stop, restart, scale-down) never count.
+//!   keep ending within [`WatcherConfig::min_uptime`] (1 s) of starting (a crash, a kill
+//!   by the watcher, their own request, a `SIGKILL` from outside before they served) waits
+//!   `backoff_initial` before the second respawn, then twice that for each further one, up
+//!   to `backoff_max`; the other slots keep serving. Stops the watcher itself asked for
+//!   (stop, restart, scale-down) never count, and neither does a worker that had served
+//!   (ready, and for a `cluster-worker` program at least one connection accepted) and was
+//!   then ended by a signal from outside (`SIGKILL`, `SIGTERM`, `SIGINT`, `SIGQUIT`,
+//!   `SIGHUP` that neither it nor the watcher sent: the OOM killer, an operator, a chaos
+//!   test): that is not a crash loop, and it is replaced at once. The backoff never leaves
+//!   the cluster with no ready worker while a slot whose last worker had been ready and
+//!   was killed from outside could serve: such a slot starts at once then.
+//! * A worker's uptime ends when its main process exits, and from then on it serves no
+//!   more (a program that daemonizes is not ready because its daemon holds the socket).
+//!   Whatever a worker started is ended with it: its process group, and daemons that left
+//!   it (each worker runs in a cgroup of its own where the watcher can make one; otherwise
+//!   its processes are found by the `CLUSTER_WORKER_MARK` in their environment).
+//! * A stop is prompt whatever state a worker is in: one that never became ready (a slow
+//!   start, a stuck import) is killed a second after it was asked to stop.
+//! * Memory: a worker over `max_memory` is recycled, past 1.5 times it killed; a slot whose
+//!   workers are over it within 10 s of starting, time after time, waits longer each time
+//!   (as the respawn backoff), and at the third says the limit cannot be met
+//!   ([`Event::MemoryLimitUnmet`]).
 //! * A ready worker silent for `heartbeat_timeout` is killed and replaced; so is a new one
 //!   not ready within `ready_timeout`. Liveness is judged on what workers sent: when the
 //!   watcher itself did not run for a while (`SIGSTOP`, a paused VM, a starved thread), its
@@ -85,14 +102,16 @@
 //! * In [`Balance::Shared`] every worker accepts on a duplicate of the watcher's socket (one
 //!   open file description): a worker that calls `shutdown` on its copy, or clears
 //!   `O_NONBLOCK`, changes it for every holder. The watcher checks its sockets every few
-//!   seconds, restores `O_NONBLOCK`, and rebinds a socket that stopped listening.
+//!   seconds, restores `O_NONBLOCK` (for `cluster-worker` programs; programs given
+//!   listeners get them blocking, as systemd gives them, and may set the flag as they
+//!   like), and rebinds a socket that stopped listening.
 //! * In [`Balance::LeastConn`] the hand-off goes to the ready worker with the fewest open
 //!   connections (sent, less those it reported closed), ties in turn.
 //! * In [`Balance::Reuseport`] each slot has a `SO_REUSEPORT` socket of its own for its
 //!   whole life, shared by the slot's successive workers: a crash resets nothing queued.
 //!   New connections go only to slots with a ready worker whose queue is not stuck; a worker
-//!   to be stopped has its slot drained first (`slots.rs`), and a slot scaled away is closed
-//!   only once its queue is empty.
+//!   to be stopped has its slot drained first (`core/reuseport.rs`), and a slot scaled away
+//!   is closed only once its queue is empty.
 //! * An upgrade ([`SuccessorLink`], [`PredecessorLink`]) hands the sockets to a new watcher,
 //!   which starts its own workers; the old one stops its workers only once they are all
 //!   ready, and passes on every connection it would have given them.

@@ -50,6 +50,7 @@
 
 mod activation;
 mod api;
+mod drain;
 mod env;
 mod error;
 mod handoff;
@@ -59,12 +60,15 @@ mod log;
 #[cfg(feature = "http")]
 mod serve;
 mod stream;
+#[cfg(feature = "ws")]
+pub mod ws;
 
 pub use crate::{
     api::{
         Termination, WorkerChannel, WorkerSocketFactory, await_termination, channel, defer_ready,
         generation, id, is_worker, pid, ready, server_socket_factory, shutdown,
     },
+    drain::{DrainNotice, drained},
     error::WorkerError,
     listener::{Listener, listen, listen_with},
     log::{ForwardingLayer, init_tracing},

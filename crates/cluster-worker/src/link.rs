@@ -104,6 +104,14 @@ async fn read_watcher(
     loop {
         match events.recv().await {
             Ok(Some(WatcherToWorker::Stop)) => {
+                crate::drain::begin(crate::drain::Plan {
+                    spread: Duration::ZERO,
+                    timeout: crate::drain::DEFAULT_TIMEOUT,
+                });
+                let _ = state.send(WatcherState::StopRequested);
+            }
+            Ok(Some(WatcherToWorker::Drain { spread, timeout })) => {
+                crate::drain::begin(crate::drain::Plan { spread, timeout });
                 let _ = state.send(WatcherState::StopRequested);
             }
             Ok(Some(WatcherToWorker::Message(bytes))) => {
@@ -133,7 +141,7 @@ async fn send_heartbeats(
 ) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut reported = 0;
+    let (mut reported, mut reported_open) = (0, 0);
     loop {
         let beat = tokio::select! {
             _ = tick.tick() => true,
@@ -147,6 +155,13 @@ async fn send_heartbeats(
                 .await
                 .is_err()
             {
+                return;
+            }
+        }
+        let open = counters.open.load(Ordering::Relaxed);
+        if beat && open != reported_open {
+            reported_open = open;
+            if control.send(&WorkerToWatcher::Open(open)).await.is_err() {
                 return;
             }
         }
@@ -196,4 +211,6 @@ pub(crate) struct Counters {
     pub(crate) closed_changed: Arc<tokio::sync::Notify>,
     /// Woken at the first accepted connection.
     pub(crate) first_accept: Arc<tokio::sync::Notify>,
+    /// Connections open now (accepted and not yet dropped).
+    pub(crate) open: Arc<AtomicU64>,
 }

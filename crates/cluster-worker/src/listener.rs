@@ -257,9 +257,12 @@ impl Listener {
                 }
             };
             match accepted {
-                Ok((stream, peer)) => {
+                Ok((mut stream, peer)) => {
                     if self.nodelay {
                         let _ = stream.set_nodelay(true);
+                    }
+                    if let Some(link) = &self.link {
+                        stream = stream.track_open(&link.counters);
                     }
                     if let Some(link) = &self.link
                         && link.counters.accepted.fetch_add(1, Ordering::Relaxed) == 0

@@ -27,6 +27,20 @@ pub struct ClientStream {
     offset: usize,
     /// Least-conn: tells the watcher when the connection is gone from this worker.
     _closed: Option<CloseReport>,
+    /// In a cluster: counted among the worker's open connections while it lives.
+    _open: Option<OpenCount>,
+    /// Counted among a serve loop's open connections while it lives.
+    _lease: Option<Lease>,
+}
+
+/// One open connection in the worker's count, from accept to drop.
+#[derive(Debug)]
+struct OpenCount(Arc<AtomicU64>);
+
+impl Drop for OpenCount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Counts a connection from the watcher closed when dropped (least-conn).
@@ -50,6 +64,8 @@ impl ClientStream {
             prefix,
             offset: 0,
             _closed: None,
+            _open: None,
+            _lease: None,
         }
     }
 
@@ -61,6 +77,29 @@ impl ClientStream {
             changed: counters.closed_changed.clone(),
         });
         self
+    }
+
+    /// Counts it among the worker's open connections until it is dropped.
+    pub(crate) fn track_open(mut self, counters: &Counters) -> Self {
+        counters.open.fetch_add(1, Ordering::Relaxed);
+        self._open = Some(OpenCount(counters.open.clone()));
+        self
+    }
+
+    /// Counts it among a serve loop's open connections until it is dropped.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn with_lease(mut self, lease: Lease) -> Self {
+        self._lease = Some(lease);
+        self
+    }
+
+    /// Puts `bytes` back in front of what is left to read (a peek at a connection's first
+    /// bytes, to tell HTTP/2 from HTTP/1.1).
+    pub(crate) fn unread(&mut self, bytes: &[u8]) {
+        let mut prefix = bytes.to_vec();
+        prefix.extend_from_slice(&self.prefix[self.offset.min(self.prefix.len())..]);
+        self.prefix = prefix;
+        self.offset = 0;
     }
 
     /// The socket and the bytes read from it that nobody consumed yet (empty for a plain
@@ -134,5 +173,48 @@ impl AsyncWrite for ClientStream {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+/// The connections a serve loop accepted that are still open, wherever they are now (an
+/// upgraded one lives in the application's task).
+#[derive(Debug, Default)]
+pub(crate) struct Live {
+    count: std::sync::atomic::AtomicUsize,
+    changed: tokio::sync::Notify,
+}
+
+impl Live {
+    pub(crate) fn count(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once none is open.
+    pub(crate) async fn idle(&self) {
+        loop {
+            let changed = self.changed.notified();
+            if self.count() == 0 {
+                return;
+            }
+            changed.await;
+        }
+    }
+}
+
+/// One open connection of a serve loop, from accept to drop.
+#[derive(Debug)]
+pub(crate) struct Lease(Arc<Live>);
+
+impl Lease {
+    pub(crate) fn new(live: &Arc<Live>) -> Self {
+        live.count.fetch_add(1, Ordering::SeqCst);
+        Self(live.clone())
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.0.count.fetch_sub(1, Ordering::SeqCst);
+        self.0.changed.notify_waiters();
     }
 }

@@ -79,9 +79,16 @@ pub(crate) struct Args {
     )]
     pub(crate) log_file: Option<PathBuf>,
 
-    /// How long a stopping worker may take to finish in-flight work before it is killed
-    #[arg(short = 't', long, env = "CLUSTER_SHUTDOWN_TIMEOUT", default_value = "10s", value_name = "DURATION", value_parser = parse_duration)]
+    /// How long a stopping worker may take to finish in-flight work before it is killed;
+    /// also the drain's hard cap, after which its long-lived connections left are cut
+    #[arg(short = 't', long, visible_alias = "drain-timeout", env = "CLUSTER_SHUTDOWN_TIMEOUT", default_value = "10s", value_name = "DURATION", value_parser = parse_duration)]
     shutdown_timeout: Duration,
+
+    /// At a restart, scale-down or recycling, spread the goodbyes to long-lived connections
+    /// (WebSocket Close 1012, HTTP/2 GOAWAY, the end of event streams) evenly over this
+    /// window, so their clients do not all reconnect at once; at most the shutdown timeout
+    #[arg(long, env = "CLUSTER_DRAIN_SPREAD", default_value = "0s", value_name = "DURATION", value_parser = parse_duration)]
+    drain_spread: Duration,
 
     /// How long a new worker may take to report ready before it is killed
     #[arg(long, env = "CLUSTER_READY_TIMEOUT", default_value = "30s", value_name = "DURATION", value_parser = parse_duration)]
@@ -276,6 +283,7 @@ impl Args {
             .restart_parallelism(self.restart_parallelism as usize);
         let mut config = config;
         config.name = self.name.clone();
+        config.drain_spread = self.drain_spread;
         config.max_memory = self.max_memory;
         config.max_age = self.max_age;
         config.max_requests = self.max_requests;

@@ -103,6 +103,14 @@ impl Supervisor {
         }
     }
 
+    /// Connections open in the worker now, as it reported.
+    pub(crate) fn open(&mut self, id: WorkerId, open: u64, now: Instant) {
+        self.advance(now);
+        if let Some(worker) = self.workers.get_mut(&id) {
+            worker.open = Some(open);
+        }
+    }
+
     /// A heartbeat from the worker.
     pub(crate) fn heartbeat(&mut self, id: WorkerId, now: Instant) {
         self.advance(now);
@@ -211,6 +219,8 @@ impl Supervisor {
         }
         self.reuseport_exited(id);
         self.keep_capacity(now);
+        // A slot that waited for this one to drain may be replaced now.
+        self.step_rolling(now);
         self.finish_stop_if_done();
     }
 

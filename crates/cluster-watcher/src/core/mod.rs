@@ -103,8 +103,10 @@ pub(crate) enum Action {
     Spawn(WorkerId),
     /// The worker may receive connections (round-robin).
     Admit(WorkerId),
-    /// Ask the worker to finish in-flight work and exit; it gets no new connections.
-    Stop(WorkerId),
+    /// Ask the worker to finish in-flight work and exit; it gets no new connections. With
+    /// `spread`, its goodbyes to long-lived connections are spread over the drain window
+    /// (a restart, a scale-down, a recycling); a stop of the cluster says them at once.
+    Stop { id: WorkerId, spread: bool },
     /// `SIGKILL` to the worker's process group.
     Kill { id: WorkerId, pid: u32 },
     /// Report an event.
@@ -144,6 +146,8 @@ struct Worker {
     started: Instant,
     /// Whether it ever reported ready.
     was_ready: bool,
+    /// Connections open in it, as it last reported.
+    open: Option<u64>,
     /// When its main process ended (its output may still be read).
     ended: Option<Instant>,
     last_heartbeat: Option<Instant>,

@@ -88,6 +88,7 @@ impl Supervisor {
             || self.phase(id) != Some(Phase::Ready)
             || !self.running
             || self.replacing(slot)
+            || self.draining_in(slot)
             || self.recycling.len() >= self.config.restart_parallelism.max(1)
         {
             return false;

@@ -215,7 +215,7 @@ impl Supervisor {
         );
         self.reuseport.draining.retain(|d| d.id != id);
         self.reuseport.dirty = true;
-        self.actions.push_back(Action::Stop(id));
+        self.push_stop(id);
     }
 
     /// Reuseport: asks the driver for the queues while a slot is live or draining.
@@ -246,7 +246,7 @@ impl Supervisor {
         }
         for id in done {
             self.timers.stop(Timer::DrainLimit(id));
-            self.actions.push_back(Action::Stop(id));
+            self.push_stop(id);
         }
     }
 
@@ -277,7 +277,7 @@ impl Supervisor {
         self.reuseport.enabled = false;
         for draining in std::mem::take(&mut self.reuseport.draining) {
             self.timers.stop(Timer::DrainLimit(draining.id));
-            self.actions.push_back(Action::Stop(draining.id));
+            self.push_stop(draining.id);
         }
     }
 

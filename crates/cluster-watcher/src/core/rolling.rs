@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use super::{Failure, Outcome, Supervisor, Ticket};
+use super::{Failure, Outcome, Phase, Supervisor, Ticket};
 use crate::{Event, StopCause, WorkerId};
 
 /// One rolling restart: every slot that had a worker when it began, replaced in turn.
@@ -92,6 +92,13 @@ impl Rolling {
 }
 
 impl Supervisor {
+    /// Whether a worker of `slot` is still being stopped (draining its connections).
+    pub(super) fn draining_in(&self, slot: u32) -> bool {
+        self.workers
+            .iter()
+            .any(|(id, w)| id.slot == slot && matches!(w.phase, Phase::Stopping | Phase::Killed))
+    }
+
     /// Starts replacements up to `restart_parallelism`; finishes the round when nothing is
     /// left, and starts the coalesced next one.
     pub(super) fn step_rolling(&mut self, now: Instant) {
@@ -114,7 +121,12 @@ impl Supervisor {
             }
             let parallelism = self.config.restart_parallelism.max(1);
             while round.active.len() < parallelism {
-                let Some(slot) = round.pending.pop_front() else {
+                // At most two generations alive in a slot: one whose previous worker still
+                // drains waits until it is gone.
+                let Some(next) = round.pending.iter().position(|s| !self.draining_in(*s)) else {
+                    break;
+                };
+                let Some(slot) = round.pending.remove(next) else {
                     break;
                 };
                 let s = &self.slots[slot];

@@ -84,6 +84,7 @@ impl Supervisor {
                 phase: Phase::Starting,
                 started: now,
                 was_ready: false,
+                open: None,
                 ended: None,
                 last_heartbeat: None,
                 accepted: None,
@@ -125,8 +126,17 @@ impl Supervisor {
             self.timers.set(Timer::Phase(id), now + grace);
         }
         if !self.drain_first(id, now) {
-            self.actions.push_back(Action::Stop(id));
+            self.push_stop(id);
         }
+    }
+
+    /// Asks the driver to stop `id`, its goodbyes spread unless the cluster stops.
+    pub(super) fn push_stop(&mut self, id: WorkerId) {
+        let spread = self
+            .workers
+            .get(&id)
+            .is_some_and(|w| w.stop != Some(StopCause::Stop));
+        self.actions.push_back(Action::Stop { id, spread });
     }
 
     /// `SIGKILL` to the worker's process group, for `reason`; it gets [`KILL_GRACE`] to be

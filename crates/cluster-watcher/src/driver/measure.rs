@@ -92,7 +92,10 @@ pub(crate) fn add_balancing(status: &mut ClusterStatus, shared: &Shared) {
             slot.queued = Some(queued.get(&slot.slot).copied().unwrap_or(0));
         }
         for worker in &mut slot.workers {
-            worker.open_connections = open.get(&worker.id).copied();
+            // What the worker says it holds; else (least-conn) what the watcher counts.
+            worker.open_connections = worker
+                .open_connections
+                .or_else(|| open.get(&worker.id).copied());
         }
     }
 }

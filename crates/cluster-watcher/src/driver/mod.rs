@@ -230,6 +230,7 @@ impl Driver {
             Input::Ready(id) => self.core.ready(id, now),
             Input::Heartbeat(id) => self.core.heartbeat(id, now),
             Input::Accepted(id, total) => self.core.accepted(id, total, now),
+            Input::Open(id, open) => self.core.open(id, open, now),
             Input::StopRequested(id) => self.core.stop_requested(id, now),
             Input::BadTraffic(id) => self.core.bad_traffic(id, now),
             Input::ControlClosed(id) => self.core.control_closed(id, now),
@@ -281,7 +282,7 @@ impl Driver {
             match action {
                 Action::Spawn(id) => self.spawn(id),
                 Action::Admit(id) => self.shared.balancer.set_ready(id),
-                Action::Stop(id) => self.stop(id),
+                Action::Stop { id, spread } => self.stop(id, spread),
                 Action::Kill { pid, .. } => kill_group(pid),
                 Action::Emit(event) => {
                     let log = &mut self.event_log;
@@ -377,8 +378,10 @@ impl Driver {
     }
 
     /// No new connections for the worker; the stop request goes out without holding up the
-    /// driver (a worker that does not read its control socket cannot block it).
-    fn stop(&mut self, id: WorkerId) {
+    /// driver (a worker that does not read its control socket cannot block it). A
+    /// `cluster-worker` program is asked to drain: goodbyes to its long-lived connections
+    /// spread over `drain_spread` (with `spread`), what is left cut at the shutdown timeout.
+    fn stop(&mut self, id: WorkerId, spread: bool) {
         let Some(process) = self.processes.get(&id) else {
             return;
         };
@@ -395,9 +398,17 @@ impl Driver {
         };
         Balancer::close_pipe(&link.clients);
         let control = link.control.clone();
+        let config = &self.shared.config;
+        let drain = WatcherToWorker::Drain {
+            spread: if spread {
+                config.drain_spread.min(config.shutdown_timeout)
+            } else {
+                Duration::ZERO
+            },
+            timeout: config.shutdown_timeout,
+        };
         spawn_in(self.shared.span.clone(), async move {
-            let _ =
-                tokio::time::timeout(STOP_SEND_TIMEOUT, control.send(&WatcherToWorker::Stop)).await;
+            let _ = tokio::time::timeout(STOP_SEND_TIMEOUT, control.send(&drain)).await;
         });
     }
 

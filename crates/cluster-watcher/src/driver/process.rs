@@ -47,6 +47,8 @@ pub(crate) enum Input {
     ControlClosed(WorkerId),
     /// Connections the worker accepted so far.
     Accepted(WorkerId, u64),
+    /// Connections open in the worker now.
+    Open(WorkerId, u64),
     /// The process ended: it serves no more.
     MainExited(WorkerId),
     /// The process ended and everything it sent was read.
@@ -426,6 +428,7 @@ struct Forwarding {
     every: Duration,
     last_heartbeat: Option<Instant>,
     last_accepted: Option<Instant>,
+    last_open: Option<Instant>,
     ready: bool,
     shutdown: bool,
 }
@@ -437,6 +440,7 @@ impl Forwarding {
             every: heartbeat_interval / 2,
             last_heartbeat: None,
             last_accepted: None,
+            last_open: None,
             ready: false,
             shutdown: false,
         }
@@ -458,6 +462,9 @@ impl Forwarding {
             }
             WorkerToWatcher::Accepted(total) => {
                 due(&mut self.last_accepted).then_some(Input::Accepted(self.id, total))
+            }
+            WorkerToWatcher::Open(open) => {
+                due(&mut self.last_open).then_some(Input::Open(self.id, open))
             }
             WorkerToWatcher::Ready => {
                 (!std::mem::replace(&mut self.ready, true)).then_some(Input::Ready(self.id))

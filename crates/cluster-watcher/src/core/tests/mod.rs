@@ -122,7 +122,7 @@ impl Harness {
         self.log
             .iter()
             .filter_map(|a| match a {
-                Action::Stop(id) => Some(*id),
+                Action::Stop { id, .. } => Some(*id),
                 _ => None,
             })
             .collect()

@@ -146,6 +146,7 @@ fn an_age_limit_waits_for_a_rolling_restart_then_recycles() {
     assert_eq!(h.spawns(), vec![id(1, 2)]);
     h.ready(id(1, 2));
     assert_eq!(h.outcome(t), Some(Outcome::Restarted(Ok(()))));
+    h.exit(id(1, 1), ExitKind::Code(0));
     // The new worker's own age counts from its start (at 9 s).
     h.serve_for(Duration::from_secs(7));
     assert_eq!(h.spawns(), vec![id(1, 2)]);
@@ -212,6 +213,7 @@ fn a_program_over_its_limit_at_start_backs_off_and_is_said_unable_to_meet_it() {
         spawned_at.push(h.now);
         h.ready(replacement);
         assert_eq!(h.current(1), Some(replacement));
+        h.exit(id, ExitKind::Code(0));
     }
     // Recycled at once, then after 0.1, 0.2, 0.4 … s: not once a second for ever.
     let gaps: Vec<Duration> = spawned_at.windows(2).map(|w| w[1] - w[0]).collect();

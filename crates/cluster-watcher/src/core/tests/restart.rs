@@ -75,7 +75,9 @@ fn restart_requests_during_a_restart_coalesce_into_one_more() {
     h.ready(id(2, 2));
     assert_eq!(h.outcome(first), Some(Outcome::Restarted(Ok(()))));
     assert_eq!(h.outcome(later[0]), None);
-    // One more round, not five.
+    // One more round, not five, once the first generation has drained.
+    h.exit(id(1, 1), ExitKind::Code(0));
+    h.exit(id(2, 1), ExitKind::Code(0));
     h.ready(id(1, 3));
     h.ready(id(2, 3));
     for t in &later {
@@ -288,4 +290,24 @@ fn status_counts_restarts_by_cause() {
     assert_eq!(status.slots[0].generation, 3);
     assert_eq!(status.rolling_restarts_completed, 1);
     assert_eq!(status.ready_workers(), 2);
+}
+
+#[test]
+fn restarts_never_leave_more_than_two_generations_alive() {
+    let mut h = Harness::running(1);
+    let first = h.ticket();
+    h.core.restart(first, h.now);
+    h.drain();
+    h.ready(id(1, 2));
+    // Generation 1 drains (its long-lived connections take their time); a second restart
+    // waits for it instead of starting a third generation.
+    let second = h.ticket();
+    h.core.restart(second, h.now);
+    h.drain();
+    h.run_for(Duration::from_secs(2));
+    assert_eq!(h.spawns(), vec![id(1, 2)]);
+    h.exit(id(1, 1), ExitKind::Code(0));
+    assert_eq!(h.spawns(), vec![id(1, 2), id(1, 3)]);
+    h.ready(id(1, 3));
+    assert_eq!(h.outcome(second), Some(Outcome::Restarted(Ok(()))));
 }

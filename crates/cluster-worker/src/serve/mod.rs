@@ -1,0 +1,280 @@
+//! HTTP serving loops that restart without losing a request or dropping a long-lived
+//! connection rudely: [`serve_http`] for a hyper service, [`serve_axum`] for an axum
+//! `Router` (feature `axum`).
+//!
+//! * **HTTP/1.1 and HTTP/2 on one listener** (h2c with prior knowledge): each connection's
+//!   first bytes tell which (`sniff`).
+//! * **Upgrades** (axum's `WebSocketUpgrade`, hyper's `upgrade::on`) work as they do with
+//!   hyper's own server; [`ws`](crate::ws) closes WebSockets with 1012 at the drain.
+//! * **When the worker stops**, the loop stops accepting and drains (see [`drained`]):
+//!   - an HTTP/1.1 connection idle between requests is handed back to the watcher with the
+//!     bytes read from it, and a worker of the next generation serves its next request;
+//!     one with a request in flight is answered first;
+//!   - an HTTP/2 connection gets the two-phase GOAWAY at its turn of the drain; its streams
+//!     in flight finish;
+//!   - an event stream (`text/event-stream`) ends at its turn with a clean terminator;
+//!   - whatever is still open at the drain's hard cap (the watcher's shutdown timeout) is
+//!     cut, so the worker exits on its own before it would be killed.
+//!
+//! Standalone, a stop signal drains the same way (nothing is handed back).
+//!
+//! [`drained`]: crate::drained
+
+mod body;
+mod h1;
+mod h2;
+mod io;
+
+use std::error::Error as StdError;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use cluster_ipc::ListenAddress;
+use hyper::body::{Body, Incoming};
+use hyper::service::Service;
+use hyper::{Request, Response};
+use tokio::io::AsyncReadExt;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use self::body::ServeBody;
+use crate::drain::{self, Plan};
+use crate::link::{Link, link};
+use crate::stream::{Lease, Live};
+use crate::{ClientStream, Listener, Termination, await_termination};
+
+pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// Serves HTTP/1.1 and HTTP/2 with `service` on `listener` until [`await_termination`]
+/// resolves, then drains as the module docs say; returns why it stopped.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use http_body_util::Full;
+/// use hyper::body::Bytes;
+/// let listener = cluster_worker::listen("127.0.0.1:8080").await?;
+/// let service = hyper::service::service_fn(|_request| async {
+///     Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from("hi"))))
+/// });
+/// cluster_worker::serve_http(listener, service).await;
+/// # Ok(()) }
+/// ```
+pub async fn serve_http<S, B>(listener: Listener, service: S) -> Termination
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    serve_with(listener, move |_peer| service.clone()).await
+}
+
+/// Serves an axum `Router` like [`serve_http`]; `ConnectInfo<SocketAddr>` extractors get the
+/// client's address (the real peer in every balance mode).
+#[cfg(feature = "axum")]
+pub async fn serve_axum(listener: Listener, router: axum::Router) -> Termination {
+    serve_with(listener, move |peer| WithPeer {
+        router: router.clone(),
+        peer,
+    })
+    .await
+}
+
+/// An axum router called with the client's address in the request's extensions.
+#[cfg(feature = "axum")]
+#[derive(Clone)]
+struct WithPeer {
+    router: axum::Router,
+    peer: SocketAddr,
+}
+
+#[cfg(feature = "axum")]
+impl Service<Request<Incoming>> for WithPeer {
+    type Response = Response<axum::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
+        use tower_service::Service as _;
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(self.peer));
+        let mut router = self.router.clone();
+        Box::pin(async move { router.call(request.map(axum::body::Body::new)).await })
+    }
+}
+
+/// The application's service as a connection runs it: its futures boxed (a connection can
+/// be polled unpinned, to take its socket back afterwards), a note that a request arrived,
+/// and event streams ended at the drain.
+pub(crate) struct Traced<S> {
+    service: Arc<S>,
+    requested: h1::Requested,
+}
+
+impl<S> Clone for Traced<S> {
+    fn clone(&self) -> Self {
+        Self {
+            service: self.service.clone(),
+            requested: self.requested.clone(),
+        }
+    }
+}
+
+impl<S> Traced<S> {
+    fn new(service: S) -> Self {
+        Self {
+            service: Arc::new(service),
+            requested: Arc::default(),
+        }
+    }
+
+    fn requested(&self) -> h1::Requested {
+        self.requested.clone()
+    }
+}
+
+impl<S, B> Service<Request<Incoming>> for Traced<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<ServeBody<B>>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        self.requested.store(true, Ordering::Relaxed);
+        let answer = self.service.call(request);
+        Box::pin(async move { answer.await.map(body::wrap) })
+    }
+}
+
+/// The loop behind both: `make` builds the service of one connection from its peer.
+async fn serve_with<S, B>(listener: Listener, make: impl Fn(SocketAddr) -> S) -> Termination
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    // In a cluster, stopped connections go back to the watcher.
+    let hand_back = match (link(), listener.cluster_address()) {
+        (Ok(link), Some(address)) => Some((link, address.clone())),
+        _ => None,
+    };
+    let (stop, stopped) = watch::channel(false);
+    let live = Arc::new(Live::default());
+    let mut connections = JoinSet::new();
+    // One future for the whole loop: a signal arriving between two turns is not lost.
+    let termination = await_termination();
+    tokio::pin!(termination);
+    let why = loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let stream = stream.with_lease(Lease::new(&live));
+                    let service = Traced::new(make(peer));
+                    connections.spawn(serve_connection(stream, service, stopped.clone(), hand_back.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed; retrying in 100 ms");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            why = &mut termination => break why,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    };
+    drop(listener);
+    // A signal (or standalone): the drain begins here; from the watcher, it began already.
+    drain::begin(Plan {
+        spread: Duration::ZERO,
+        timeout: drain::DEFAULT_TIMEOUT,
+    });
+    let _ = stop.send(true);
+    let (began, plan) = drain::started().expect("begun above");
+    let cut = began + drain::cut_after(plan.timeout);
+    let finished = tokio::time::timeout_at(cut, async {
+        while connections.join_next().await.is_some() {}
+        // Upgraded connections (WebSockets) run in the application's tasks: they are
+        // waited for through their sockets.
+        live.idle().await;
+    })
+    .await;
+    if finished.is_err() {
+        let left = live.count();
+        tracing::info!(
+            connections = left,
+            "the drain's hard cap passed; cutting the connections left"
+        );
+        connections.abort_all();
+    }
+    why
+}
+
+/// Serves one connection, HTTP/2 or HTTP/1.1 as its first bytes say.
+async fn serve_connection<S, B>(
+    mut stream: ClientStream,
+    service: Traced<S>,
+    stopped: watch::Receiver<bool>,
+    hand_back: Option<(Arc<Link>, ListenAddress)>,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>> + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    match sniff(&mut stream).await {
+        Protocol::Http2 => h2::serve(stream, service).await,
+        Protocol::Http1 => h1::serve(stream, service, stopped, hand_back).await,
+        Protocol::Gone => {}
+    }
+}
+
+/// What a connection speaks.
+enum Protocol {
+    Http1,
+    Http2,
+    /// It closed (or failed) before saying.
+    Gone,
+}
+
+/// The HTTP/2 client connection preface (RFC 9113 §3.4).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads as much of the connection's first bytes as it takes to tell (the HTTP/2 preface,
+/// or anything else), and puts them back for the protocol to read.
+async fn sniff(stream: &mut ClientStream) -> Protocol {
+    let mut seen = Vec::with_capacity(PREFACE.len());
+    let mut buf = [0u8; 24];
+    while seen.len() < PREFACE.len() {
+        let want = PREFACE.len() - seen.len();
+        let read = match stream.read(&mut buf[..want]).await {
+            Ok(0) | Err(_) if seen.is_empty() => return Protocol::Gone,
+            Ok(0) | Err(_) => break,
+            Ok(read) => read,
+        };
+        seen.extend_from_slice(&buf[..read]);
+        if !PREFACE.starts_with(&seen) {
+            break;
+        }
+    }
+    let http2 = seen == PREFACE;
+    stream.unread(&seen);
+    if http2 {
+        Protocol::Http2
+    } else {
+        Protocol::Http1
+    }
+}
