@@ -25,7 +25,7 @@ pub use crate::{
     load::{KeepAliveLoad, KeepAliveResult, Load, LoadResult},
     process::{
         children_of, context_switches, cpu_ticks, fd_count, process_exists, process_running,
-        rss_kib, signal,
+        raise_fd_limit, rss_kib, signal,
     },
     server::{Output, ServerProcess, workspace_bin},
     ws::{WsEnd, WsLoad, WsSession, normal_close},

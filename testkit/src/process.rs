@@ -74,3 +74,17 @@ pub fn signal(pid: u32, signal: Signal) {
         let _ = rustix::process::kill_process(pid, signal);
     }
 }
+
+/// Raises this process's soft descriptor limit to its hard limit: a load of thousands of
+/// connections needs more than the usual 1,024.
+pub fn raise_fd_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        let _ = setrlimit(Resource::Nofile, raised);
+    }
+}

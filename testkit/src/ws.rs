@@ -47,6 +47,7 @@ pub struct WsLoad {
 impl WsLoad {
     /// Starts `sessions` sessions against `url` (`ws://127.0.0.1:PORT/ws`), on two threads.
     pub fn start(url: &str, sessions: usize, every: Duration) -> Self {
+        crate::raise_fd_limit();
         let stop = Arc::new(AtomicBool::new(false));
         let url = url.to_owned();
         let flag = stop.clone();

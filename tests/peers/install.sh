@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The real peer programs the tests run under `cluster --listen` (uvicorn, gunicorn), and the
+# The real peer programs the tests run under `cluster --listen` (uvicorn, gunicorn), h2load, and the
 # Prometheus project's parser the metrics test checks the exposition with, in a
 # virtual environment under target/, never globally. Idempotent: a second run checks and
 # returns. Node.js comes with the machine (its `net` module is all the Node test needs).
@@ -7,6 +7,10 @@
 # peer-restarts only, not the tests).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# h2load (the HTTP/2 load of the long-lived tests) comes from Debian's nghttp2-client.
+if ! command -v h2load >/dev/null; then
+    (apt-get update -qq && apt-get install -y -qq nghttp2-client) >/dev/null
+fi
 venv=target/peers/venv
 stamp="$venv/.installed-2"
 if [ ! -f "$stamp" ]; then

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::{KillReason, WorkerExit, WorkerId};
+use crate::{KillReason, StopCause, WorkerExit, WorkerId};
 
 /// Something that happened to a worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +21,16 @@ pub enum Event {
         id: WorkerId,
         /// Its pid.
         pid: u32,
+    },
+    /// It was asked to stop (a restart, a scale-down, a recycling, the cluster's stop): it
+    /// drains its connections from now on, until its stop timeout.
+    Stopping {
+        /// Which.
+        id: WorkerId,
+        /// Its pid.
+        pid: u32,
+        /// Why.
+        cause: StopCause,
     },
     /// The watcher sent it `SIGKILL`.
     Killed {

@@ -68,6 +68,7 @@ pub(crate) fn begin(plan: Plan) {
 }
 
 /// When the drain began and its plan, once it has.
+#[cfg_attr(not(feature = "http"), allow(dead_code))]
 pub(crate) fn started() -> Option<(Instant, Plan)> {
     DRAIN.started.borrow().map(|s| (s.at, s.plan))
 }

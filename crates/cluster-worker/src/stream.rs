@@ -95,6 +95,7 @@ impl ClientStream {
 
     /// Puts `bytes` back in front of what is left to read (a peek at a connection's first
     /// bytes, to tell HTTP/2 from HTTP/1.1).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) fn unread(&mut self, bytes: &[u8]) {
         let mut prefix = bytes.to_vec();
         prefix.extend_from_slice(&self.prefix[self.offset.min(self.prefix.len())..]);
@@ -184,6 +185,7 @@ pub(crate) struct Live {
     changed: tokio::sync::Notify,
 }
 
+#[cfg_attr(not(feature = "http"), allow(dead_code))]
 impl Live {
     pub(crate) fn count(&self) -> usize {
         self.count.load(Ordering::SeqCst)
@@ -205,6 +207,7 @@ impl Live {
 #[derive(Debug)]
 pub(crate) struct Lease(Arc<Live>);
 
+#[cfg_attr(not(feature = "http"), allow(dead_code))]
 impl Lease {
     pub(crate) fn new(live: &Arc<Live>) -> Self {
         live.count.fetch_add(1, Ordering::SeqCst);

@@ -2,6 +2,8 @@
 //! lives in `cluster-testkit`, re-exported here.
 #![allow(dead_code, unreachable_pub, unused_imports)]
 
+pub mod long_lived;
+
 pub use cluster_testkit::{
     Load, LoadResult, ServerProcess, ServerProcess as ClusterProcess, children_of, fd_count,
     free_port, http_get, http_get_at, process_exists, process_running, rss_kib, signal,

@@ -132,11 +132,13 @@ impl Supervisor {
 
     /// Asks the driver to stop `id`, its goodbyes spread unless the cluster stops.
     pub(super) fn push_stop(&mut self, id: WorkerId) {
-        let spread = self
-            .workers
-            .get(&id)
-            .is_some_and(|w| w.stop != Some(StopCause::Stop));
+        let (pid, cause) = self.workers.get(&id).map_or((0, None), |w| (w.pid, w.stop));
+        // The cluster's own stop is not spread: nobody will take the clients over.
+        let spread = cause.is_some_and(|c| c != StopCause::Stop);
         self.actions.push_back(Action::Stop { id, spread });
+        if let (Some(cause), true) = (cause, pid != 0) {
+            self.emit(Event::Stopping { id, pid, cause });
+        }
     }
 
     /// `SIGKILL` to the worker's process group, for `reason`; it gets [`KILL_GRACE`] to be

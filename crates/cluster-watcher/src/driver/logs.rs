@@ -78,6 +78,14 @@ fn log_event(event: &Event) {
             )
         }
         Event::Ready { id, pid } => tracing::info!(worker = id.slot, pid, "worker ready"),
+        Event::Stopping { id, pid, cause } => {
+            tracing::info!(
+                worker = id.slot,
+                pid,
+                ?cause,
+                "worker stopping: draining its connections"
+            )
+        }
         Event::Killed { id, pid, reason } => {
             tracing::warn!(worker = id.slot, pid, %reason, "watcher kills worker (SIGKILL to its process group)")
         }
