@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use cluster_testkit::{WsEnd, WsLoad, WsSession};
 use rustix::process::Signal;
-use support::long_lived::{deaf_websocket, pushy_http2, read_event_stream, stalled_event_stream};
+use support::long_lived::{
+    deaf_websocket, h2load_rows, pushy_http2, read_event_stream, stalled_event_stream,
+};
 use support::{ClusterProcess, Load, free_port, process_running, workspace_bin};
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -158,24 +160,6 @@ fn event_streams_end_cleanly_at_a_restart() {
     }
     cluster.signal(Signal::TERM);
     assert!(cluster.wait(LIMIT).success(), "{}", cluster.output());
-}
-
-/// h2load's per-request log (`--log-file`): (succeeded, failed after being sent, never
-/// sent). A row's start time is taken when its HEADERS frame is about to be written; a
-/// request h2load queued but nghttp2 refused to send, because the server's GOAWAY arrived
-/// first (RFC 9113 §6.8: no new stream after a GOAWAY), has none and status -1: it never
-/// reached a server, and h2load counts it failed rather than retrying it elsewhere.
-fn h2load_rows(log: &str) -> (u64, u64, u64) {
-    let (mut ok, mut failed, mut unsent) = (0, 0, 0);
-    for row in log.lines() {
-        let columns: Vec<&str> = row.split('\t').collect();
-        match (columns.first(), columns.get(1)) {
-            (Some(_), Some(&"200")) => ok += 1,
-            (Some(&"0"), Some(_)) => unsent += 1,
-            _ => failed += 1,
-        }
-    }
-    (ok, failed, unsent)
 }
 
 #[test]

@@ -73,6 +73,14 @@ pub(crate) fn started() -> Option<(Instant, Plan)> {
     DRAIN.started.borrow().map(|s| (s.at, s.plan))
 }
 
+/// Resolves when the drain begins (everyone's, not at a turn).
+#[cfg_attr(not(feature = "http"), allow(dead_code))]
+pub(crate) async fn begun() {
+    let mut started = DRAIN.started.subscribe();
+    // The sender lives in a static: this cannot fail.
+    let _ = started.wait_for(Option::is_some).await;
+}
+
 /// What a connection is told at its turn of the drain.
 #[derive(Debug, Clone, Copy)]
 pub struct DrainNotice {

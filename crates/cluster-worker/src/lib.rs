@@ -75,9 +75,9 @@ pub use crate::{
     stream::ClientStream,
 };
 
-#[cfg(all(feature = "http", feature = "axum"))]
-pub use crate::serve::serve_axum;
 #[cfg(feature = "http")]
-pub use crate::serve::serve_http;
+pub use crate::serve::{Accept, HANDSHAKE_TIMEOUT, Negotiated, serve_http, serve_http_with};
+#[cfg(all(feature = "http", feature = "axum"))]
+pub use crate::serve::{serve_axum, serve_axum_with};
 
 pub use cluster_ipc::{ListenAddress, ListenOptions};

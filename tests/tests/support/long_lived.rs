@@ -145,3 +145,21 @@ pub fn pushy_http2(port: u16) -> JoinHandle<Option<Instant>> {
         read.join().expect("the reader")
     })
 }
+
+/// h2load's per-request log (`--log-file`): (succeeded, failed after being sent, never
+/// sent). A row's start time is taken when its HEADERS frame is about to be written; a
+/// request h2load queued but nghttp2 refused to send, because the server's GOAWAY arrived
+/// first (RFC 9113 §6.8: no new stream after a GOAWAY), has none and status -1: it never
+/// reached a server, and h2load counts it failed rather than retrying it elsewhere.
+pub fn h2load_rows(log: &str) -> (u64, u64, u64) {
+    let (mut ok, mut failed, mut unsent) = (0, 0, 0);
+    for row in log.lines() {
+        let columns: Vec<&str> = row.split('\t').collect();
+        match (columns.first(), columns.get(1)) {
+            (Some(_), Some(&"200")) => ok += 1,
+            (Some(&"0"), Some(_)) => unsent += 1,
+            _ => failed += 1,
+        }
+    }
+    (ok, failed, unsent)
+}

@@ -10,34 +10,33 @@ use std::task::{Context, Poll};
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::{Response, header};
 
+use super::activity::InFlight;
 use crate::drain::{DrainNotice, drained};
 
 type Turn = Pin<Box<dyn Future<Output = DrainNotice> + Send>>;
 
 pin_project_lite::pin_project! {
-    /// A response body the serve loops send.
-    #[project = ServeBodyProjection]
-    pub(crate) enum ServeBody<B> {
-        /// Sent as it is.
-        Plain { #[pin] body: B },
-        /// An event stream, ended at the drain.
-        Events { #[pin] body: B, turn: Turn },
+    /// A response body the serve loops send; its request is in flight until it is dropped.
+    /// `turn`: an event stream's turn of the drain, at which it ends.
+    pub(crate) struct ServeBody<B> {
+        #[pin]
+        body: B,
+        turn: Option<Turn>,
+        in_flight: InFlight,
     }
 }
 
 /// The response with its body wrapped: an event stream gets its turn of the drain now.
-pub(crate) fn wrap<B>(response: Response<B>) -> Response<ServeBody<B>> {
+pub(crate) fn wrap<B>(response: Response<B>, in_flight: InFlight) -> Response<ServeBody<B>> {
     let events = response
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
         .is_some_and(|value| value.starts_with("text/event-stream"));
-    response.map(|body| match events {
-        true => ServeBody::Events {
-            body,
-            turn: Box::pin(drained()),
-        },
-        false => ServeBody::Plain { body },
+    response.map(|body| ServeBody {
+        body,
+        turn: events.then(|| Box::pin(drained()) as Turn),
+        in_flight,
     })
 }
 
@@ -49,28 +48,24 @@ impl<B: Body> Body for ServeBody<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        match self.project() {
-            ServeBodyProjection::Plain { body } => body.poll_frame(cx),
-            ServeBodyProjection::Events { body, turn } => {
-                if turn.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(None);
-                }
-                body.poll_frame(cx)
-            }
+        let this = self.project();
+        if let Some(turn) = this.turn
+            && turn.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(None);
         }
+        this.body.poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Plain { body } | Self::Events { body, .. } => body.is_end_stream(),
-        }
+        self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            Self::Plain { body } => body.size_hint(),
+        match self.turn {
+            None => self.body.size_hint(),
             // Ended early at the drain: no exact length can be promised.
-            Self::Events { .. } => SizeHint::default(),
+            Some(_) => SizeHint::default(),
         }
     }
 }

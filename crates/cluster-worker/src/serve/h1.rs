@@ -9,13 +9,14 @@
 use std::future::Future;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use cluster_ipc::ListenAddress;
 use hyper::body::{Body, Incoming};
 use hyper::service::Service;
 use hyper::{Request, Response};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
 use super::io::HoldIo;
@@ -28,12 +29,12 @@ use crate::link::Link;
 /// would see its connection reset, when the whole cluster stops and nobody takes it over.
 pub(super) const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 
-/// Serves one HTTP/1.1 connection; once `stopped` turns true, ends it gracefully and, when
-/// it ended idle between requests, hands it back.
-pub(super) async fn serve<S, B>(
+/// Serves one plain HTTP/1.1 connection; once `stopped` turns true, ends it gracefully and,
+/// when it ended idle between requests, hands it back.
+pub(super) async fn serve_plain<S, B>(
     stream: ClientStream,
     service: Traced<S>,
-    mut stopped: watch::Receiver<bool>,
+    stopped: watch::Receiver<bool>,
     hand_back: Option<(Arc<Link>, ListenAddress)>,
 ) where
     S: Service<Request<Incoming>, Response = Response<B>> + Send + Sync + 'static,
@@ -43,8 +44,41 @@ pub(super) async fn serve<S, B>(
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let requested = service.requested();
-    let io = HoldIo::new(stream);
+    let Some((link, address)) = hand_back else {
+        serve(stream, service, stopped, false).await;
+        return;
+    };
+    let Some((stream, read)) = serve(stream, service, stopped, true).await else {
+        return;
+    };
+    let (socket, mut prefix) = stream.into_parts();
+    prefix.extend_from_slice(&read);
+    if let Err(socket) = link.handoff.hand_back(socket, address, &prefix).await {
+        tracing::debug!("could not hand the connection back; closing it");
+        drop(socket);
+    }
+}
+
+/// Serves one HTTP/1.1 connection (any transport); once `stopped` turns true, ends it
+/// gracefully. With `hold`, a connection that ended idle between requests is not shut down
+/// but returned, with the bytes read from it and not used, to be handed on.
+pub(super) async fn serve<S, B, I>(
+    io: I,
+    service: Traced<S>,
+    mut stopped: watch::Receiver<bool>,
+    hold_back: bool,
+) -> Option<(I, hyper::body::Bytes)>
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = service.activity();
+    let io = HoldIo::new(io);
     let hold = io.hold();
     let mut connection = hyper::server::conn::http1::Builder::new()
         .serve_connection(io, service)
@@ -61,7 +95,7 @@ pub(super) async fn serve<S, B>(
         if stop_seen && !shutting_down {
             // Idle between requests: it ends now. Busy: it finishes its request first. Fresh
             // (no request yet): its first request gets a moment to arrive.
-            let fresh = !requested.load(Ordering::Relaxed);
+            let fresh = !activity.requested();
             let expired = fresh
                 && grace
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(FIRST_REQUEST_GRACE)))
@@ -71,15 +105,15 @@ pub(super) async fn serve<S, B>(
             if !fresh || expired {
                 shutting_down = true;
                 // Handed back whole: no FIN for the client.
-                hold.store(hand_back.is_some(), Ordering::SeqCst);
+                hold.store(hold_back, Ordering::SeqCst);
                 Pin::new(&mut connection).graceful_shutdown();
             }
         }
         let polled = Pin::new(&mut connection).poll(cx);
-        if polled.is_pending() && stop_seen && !shutting_down && requested.load(Ordering::Relaxed) {
+        if polled.is_pending() && stop_seen && !shutting_down && activity.requested() {
             // Its first request began during that poll: it is answered, then the end.
             shutting_down = true;
-            hold.store(hand_back.is_some(), Ordering::SeqCst);
+            hold.store(hold_back, Ordering::SeqCst);
             Pin::new(&mut connection).graceful_shutdown();
             return Pin::new(&mut connection).poll(cx);
         }
@@ -88,22 +122,12 @@ pub(super) async fn serve<S, B>(
     .await;
     if let Err(e) = ended {
         tracing::debug!(error = %e, "connection ended with an error");
-        return;
+        return None;
     }
-    let (Some((link, address)), true) = (hand_back, shutting_down) else {
-        return;
-    };
+    if !(hold_back && shutting_down) {
+        return None;
+    }
     // `None`: it was upgraded (a WebSocket), and is the application's now.
-    let Some(parts) = connection.into_parts() else {
-        return;
-    };
-    let (socket, mut prefix) = parts.io.into_inner().into_parts();
-    prefix.extend_from_slice(&parts.read_buf);
-    if let Err(socket) = link.handoff.hand_back(socket, address, &prefix).await {
-        tracing::debug!("could not hand the connection back; closing it");
-        drop(socket);
-    }
+    let parts = connection.into_parts()?;
+    Some((parts.io.into_inner(), parts.read_buf))
 }
-
-/// Whether a request was ever made on a connection (set by its service).
-pub(super) type Requested = Arc<AtomicBool>;

@@ -9,18 +9,16 @@ use std::task::{Context, Poll};
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::rt::TokioIo;
 
-use crate::ClientStream;
-
 /// A client connection for hyper; with [`hold`](Self::hold) set, hyper's `shutdown` at the
 /// end of the connection sends nothing to the client (no `FIN`): the socket is about to be
 /// handed back to the watcher, whole.
-pub(crate) struct HoldIo {
-    inner: TokioIo<ClientStream>,
+pub(crate) struct HoldIo<I> {
+    inner: TokioIo<I>,
     hold: Arc<AtomicBool>,
 }
 
-impl HoldIo {
-    pub(crate) fn new(stream: ClientStream) -> Self {
+impl<I> HoldIo<I> {
+    pub(crate) fn new(stream: I) -> Self {
         Self {
             inner: TokioIo::new(stream),
             hold: Arc::default(),
@@ -32,12 +30,12 @@ impl HoldIo {
         self.hold.clone()
     }
 
-    pub(crate) fn into_inner(self) -> ClientStream {
+    pub(crate) fn into_inner(self) -> I {
         self.inner.into_inner()
     }
 }
 
-impl Read for HoldIo {
+impl<I: tokio::io::AsyncRead + Unpin> Read for HoldIo<I> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -47,7 +45,7 @@ impl Read for HoldIo {
     }
 }
 
-impl Write for HoldIo {
+impl<I: tokio::io::AsyncWrite + Unpin> Write for HoldIo<I> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

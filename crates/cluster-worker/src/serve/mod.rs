@@ -20,6 +20,8 @@
 //!
 //! [`drained`]: crate::drained
 
+mod accept;
+mod activity;
 mod body;
 mod h1;
 mod h2;
@@ -30,7 +32,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use cluster_ipc::ListenAddress;
@@ -41,6 +42,8 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+pub use self::accept::{Accept, HANDSHAKE_TIMEOUT, Negotiated};
+use self::activity::Activity;
 use self::body::ServeBody;
 use crate::drain::{self, Plan};
 use crate::link::{Link, link};
@@ -72,18 +75,70 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    serve_with(listener, move |_peer| service.clone()).await
+    serve_with(
+        listener,
+        move |_peer| service.clone(),
+        None::<Arc<NoHandshake>>,
+    )
+    .await
+}
+
+/// [`serve_http`] with a handshake first: TLS through `acceptor` (with feature `tls`, a
+/// `tokio_rustls::TlsAcceptor` whose ALPN offers `h2` and `http/1.1`), HTTP/1.1 or HTTP/2
+/// as it negotiated. Idle HTTP/1.1 connections are closed at a stop rather than handed on
+/// (see [`Accept`]).
+pub async fn serve_http_with<A, S, B>(listener: Listener, acceptor: A, service: S) -> Termination
+where
+    A: Accept,
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    serve_with(
+        listener,
+        move |_peer| service.clone(),
+        Some(Arc::new(acceptor)),
+    )
+    .await
+}
+
+/// The acceptor of the plain loops, never called: they sniff HTTP/2 from the first bytes.
+struct NoHandshake;
+
+impl Accept for NoHandshake {
+    type Stream = ClientStream;
+
+    async fn accept(&self, stream: ClientStream) -> std::io::Result<(ClientStream, Negotiated)> {
+        Ok((stream, Negotiated::Http1))
+    }
 }
 
 /// Serves an axum `Router` like [`serve_http`]; `ConnectInfo<SocketAddr>` extractors get the
 /// client's address (the real peer in every balance mode).
 #[cfg(feature = "axum")]
 pub async fn serve_axum(listener: Listener, router: axum::Router) -> Termination {
-    serve_with(listener, move |peer| WithPeer {
+    let make = move |peer| WithPeer {
         router: router.clone(),
         peer,
-    })
-    .await
+    };
+    serve_with(listener, make, None::<Arc<NoHandshake>>).await
+}
+
+/// [`serve_axum`] with a handshake first, as [`serve_http_with`].
+#[cfg(feature = "axum")]
+pub async fn serve_axum_with<A: Accept>(
+    listener: Listener,
+    acceptor: A,
+    router: axum::Router,
+) -> Termination {
+    let make = move |peer| WithPeer {
+        router: router.clone(),
+        peer,
+    };
+    serve_with(listener, make, Some(Arc::new(acceptor))).await
 }
 
 /// An axum router called with the client's address in the request's extensions.
@@ -111,18 +166,18 @@ impl Service<Request<Incoming>> for WithPeer {
 }
 
 /// The application's service as a connection runs it: its futures boxed (a connection can
-/// be polled unpinned, to take its socket back afterwards), a note that a request arrived,
-/// and event streams ended at the drain.
+/// be polled unpinned, to take its socket back afterwards), its requests counted (see
+/// [`Activity`]), and event streams ended at the drain.
 pub(crate) struct Traced<S> {
     service: Arc<S>,
-    requested: h1::Requested,
+    activity: Arc<Activity>,
 }
 
 impl<S> Clone for Traced<S> {
     fn clone(&self) -> Self {
         Self {
             service: self.service.clone(),
-            requested: self.requested.clone(),
+            activity: self.activity.clone(),
         }
     }
 }
@@ -131,12 +186,12 @@ impl<S> Traced<S> {
     fn new(service: S) -> Self {
         Self {
             service: Arc::new(service),
-            requested: Arc::default(),
+            activity: Arc::default(),
         }
     }
 
-    fn requested(&self) -> h1::Requested {
-        self.requested.clone()
+    fn activity(&self) -> Arc<Activity> {
+        self.activity.clone()
     }
 }
 
@@ -150,14 +205,19 @@ where
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
-        self.requested.store(true, Ordering::Relaxed);
+        let in_flight = self.activity.begin();
         let answer = self.service.call(request);
-        Box::pin(async move { answer.await.map(body::wrap) })
+        Box::pin(async move { Ok(body::wrap(answer.await?, in_flight)) })
     }
 }
 
-/// The loop behind both: `make` builds the service of one connection from its peer.
-async fn serve_with<S, B>(listener: Listener, make: impl Fn(SocketAddr) -> S) -> Termination
+/// The loop behind them all: `make` builds the service of one connection from its peer;
+/// with an `acceptor`, each connection's handshake comes first.
+async fn serve_with<S, B, A: Accept>(
+    listener: Listener,
+    make: impl Fn(SocketAddr) -> S,
+    acceptor: Option<Arc<A>>,
+) -> Termination
 where
     S: Service<Request<Incoming>, Response = Response<B>> + Send + Sync + 'static,
     S::Future: Send + 'static,
@@ -183,7 +243,11 @@ where
                 Ok((stream, peer)) => {
                     let stream = stream.with_lease(Lease::new(&live));
                     let service = Traced::new(make(peer));
-                    connections.spawn(serve_connection(stream, service, stopped.clone(), hand_back.clone()));
+                    let stopped = stopped.clone();
+                    match &acceptor {
+                        None => connections.spawn(serve_connection(stream, service, stopped, hand_back.clone())),
+                        Some(a) => connections.spawn(accept::serve_connection(a.clone(), stream, service, stopped)),
+                    };
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed; retrying in 100 ms");
@@ -221,7 +285,7 @@ where
     why
 }
 
-/// Serves one connection, HTTP/2 or HTTP/1.1 as its first bytes say.
+/// Serves one plain connection, HTTP/2 or HTTP/1.1 as its first bytes say.
 async fn serve_connection<S, B>(
     mut stream: ClientStream,
     service: Traced<S>,
@@ -237,7 +301,7 @@ async fn serve_connection<S, B>(
 {
     match sniff(&mut stream).await {
         Protocol::Http2 => h2::serve(stream, service).await,
-        Protocol::Http1 => h1::serve(stream, service, stopped, hand_back).await,
+        Protocol::Http1 => h1::serve_plain(stream, service, stopped, hand_back).await,
         Protocol::Gone => {}
     }
 }
