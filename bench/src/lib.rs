@@ -103,6 +103,63 @@ pub async fn serve_hello(stream: tokio::net::TcpStream, worker: &'static str) {
         .await;
 }
 
+/// `hello-http`'s handler exactly (both its headers) over HTTP/2 (h2c with prior
+/// knowledge): the plain hyper HTTP/2 server the long-lived benchmark holds `serve_http` to.
+pub async fn serve_hello_h2(stream: tokio::net::TcpStream, worker: &'static str) {
+    use http_body_util::Full;
+    use hyper::body::{Bytes, Incoming};
+    let pid = hyper::header::HeaderValue::from(std::process::id());
+    let service = hyper::service::service_fn(move |_: hyper::Request<Incoming>| {
+        let mut response = hyper::Response::new(Full::new(Bytes::from_static(b"Hello, World!")));
+        let headers = response.headers_mut();
+        headers.insert(
+            "x-cluster-worker",
+            hyper::header::HeaderValue::from_static(worker),
+        );
+        headers.insert("x-cluster-pid", pid.clone());
+        async move { Ok::<_, std::convert::Infallible>(response) }
+    });
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .serve_connection(io, service)
+        .await;
+}
+
+/// A plain tokio-tungstenite echo of every text and binary message: the reference of the
+/// WebSocket benchmark.
+pub async fn serve_ws_echo(stream: tokio::net::TcpStream) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let Ok(mut socket) = tokio_tungstenite::accept_async(stream).await else {
+        return;
+    };
+    while let Some(Ok(message)) = socket.next().await {
+        if matches!(message, Message::Text(_) | Message::Binary(_))
+            && socket.send(message).await.is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// An axum router with the same echo on `/ws` through axum's own `WebSocketUpgrade`, for
+/// `axum::serve`: the reference that tells axum's cost from the serve loop's.
+pub fn axum_ws_echo() -> axum::Router {
+    use axum::extract::ws::{Message, WebSocketUpgrade};
+    async fn echo(upgrade: WebSocketUpgrade) -> axum::response::Response {
+        upgrade.on_upgrade(|mut socket| async move {
+            while let Some(Ok(message)) = socket.recv().await {
+                if matches!(message, Message::Text(_) | Message::Binary(_))
+                    && socket.send(message).await.is_err()
+                {
+                    return;
+                }
+            }
+        })
+    }
+    axum::Router::new().route("/ws", axum::routing::get(echo))
+}
+
 pub use cluster_testkit::{
     ServerProcess, children_of, context_switches, cpu_ticks, fd_count, free_port, http_ok,
     process_exists, rss_kib, signal,

@@ -12,7 +12,7 @@ if ! command -v h2load >/dev/null; then
     (apt-get update -qq && apt-get install -y -qq nghttp2-client) >/dev/null
 fi
 venv=target/peers/venv
-stamp="$venv/.installed-2"
+stamp="$venv/.installed-3"
 if [ ! -f "$stamp" ]; then
     python3 -m venv "$venv" || {
         # Debian keeps ensurepip in a package of its own.
@@ -20,8 +20,12 @@ if [ ! -f "$stamp" ]; then
         python3 -m venv "$venv"
     }
     "$venv/bin/pip" install --quiet --disable-pip-version-check \
-        'uvicorn==0.34.*' 'gunicorn==23.*' 'prometheus-client==0.21.*'
+        'uvicorn==0.34.*' 'gunicorn==23.*' 'prometheus-client==0.21.*' 'wsproto==1.2.*'
     touch "$stamp"
+fi
+# The `ws` package, for the WebSocket peer comparison (target/release/ws-peers), not the tests.
+if [ "${CLUSTER_PEERS_WS:-0}" = 1 ] && [ ! -d target/peers/node_modules/ws ]; then
+    npm install --silent --prefix target/peers ws@8 >/dev/null
 fi
 if [ "${CLUSTER_PEERS_PM2:-0}" = 1 ] && [ ! -x target/peers/node_modules/.bin/pm2 ]; then
     npm install --silent --prefix target/peers pm2@5 >/dev/null

@@ -7,6 +7,12 @@
 //! * `ref-server fdpass N ADDR`: a parent accepts in a loop and sends each client socket round
 //!   robin to N single-threaded children over SOCK_SEQPACKET pairs (reference c, the bar of
 //!   `round-robin` mode).
+//! * `ref-server h2 ADDR`: the hello handler over plain hyper HTTP/2 (h2c), one thread, as a
+//!   `hello-http` worker runs.
+//! * `ref-server ws ADDR`: a plain tokio-tungstenite echo, on tokio's default runtime as the
+//!   `long-lived` example runs.
+//! * `ref-server axum-ws ADDR`: the same echo through axum's `WebSocketUpgrade` and
+//!   `axum::serve`.
 
 use std::net::TcpListener;
 use std::os::fd::{AsFd, OwnedFd};
@@ -44,6 +50,37 @@ fn main() {
                 }
             });
         }
+        Some("h2") => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(accept_loop(&args[1], |stream| {
+                tokio::spawn(cluster_bench::serve_hello_h2(stream, "h2"));
+            }));
+        }
+        Some("ws") => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(accept_loop(&args[1], |stream| {
+                tokio::spawn(cluster_bench::serve_ws_echo(stream));
+            }));
+        }
+        Some("axum-ws") => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let listener = tokio::net::TcpListener::bind(&args[1]).await.unwrap();
+                println!("listening on {}", listener.local_addr().unwrap());
+                axum::serve(listener, cluster_bench::axum_ws_echo())
+                    .await
+                    .unwrap();
+            });
+        }
         Some("shared") => {
             let n: usize = args[1].parse().unwrap();
             let listener = TcpListener::bind(&args[2]).unwrap();
@@ -73,7 +110,7 @@ fn main() {
             wait_all(children);
         }
         _ => {
-            eprintln!("usage: ref-server tokio ADDR | shared N ADDR | fdpass N ADDR");
+            eprintln!("usage: ref-server tokio|h2|ws|axum-ws ADDR | shared N ADDR | fdpass N ADDR");
             std::process::exit(2);
         }
     }
@@ -115,5 +152,16 @@ async fn child(kind: &str, fd: OwnedFd) {
                 tokio::spawn(serve_hello(stream, "fdpass"));
             }
         }
+    }
+}
+
+/// Binds `address`, says so, and hands every connection to `serve`.
+async fn accept_loop(address: &str, serve: impl Fn(tokio::net::TcpStream)) {
+    let listener = tokio::net::TcpListener::bind(address).await.unwrap();
+    println!("listening on {}", listener.local_addr().unwrap());
+    loop {
+        let (stream, _) = listener.accept().await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        serve(stream);
     }
 }

@@ -63,6 +63,7 @@ pub(crate) fn begin(plan: Plan) {
             plan,
             waiting: drain.waiting.load(Ordering::SeqCst),
         });
+        BEGUN.store(true, Ordering::Release);
         true
     });
 }
@@ -73,13 +74,14 @@ pub(crate) fn started() -> Option<(Instant, Plan)> {
     DRAIN.started.borrow().map(|s| (s.at, s.plan))
 }
 
-/// Resolves when the drain begins (everyone's, not at a turn).
-#[cfg_attr(not(feature = "http"), allow(dead_code))]
-pub(crate) async fn begun() {
-    let mut started = DRAIN.started.subscribe();
-    // The sender lives in a static: this cannot fail.
-    let _ = started.wait_for(Option::is_some).await;
+/// Whether the drain began: one atomic load.
+#[cfg(feature = "http")]
+pub(crate) fn has_begun() -> bool {
+    BEGUN.load(Ordering::Acquire)
 }
+
+/// Set as the drain begins, before anyone is woken.
+static BEGUN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// What a connection is told at its turn of the drain.
 #[derive(Debug, Clone, Copy)]
@@ -155,4 +157,53 @@ pub async fn drained() -> DrainNotice {
 /// own deadline, so the worker ends it itself rather than being killed.
 pub(crate) fn cut_after(timeout: Duration) -> Duration {
     timeout.saturating_sub((timeout / 10).min(Duration::from_millis(500)))
+}
+
+#[cfg(feature = "http")]
+pub(crate) use self::cheap::{Turn, turn};
+
+#[cfg(feature = "http")]
+mod cheap {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Poll, Waker};
+
+    use super::{DrainNotice, drained, has_begun};
+
+    /// [`drained`] as a future that costs one atomic load per poll until the drain begins: a
+    /// busy connection is polled for every frame or message, and a watch's future takes a lock.
+    /// The inner future is polled once to take its place among the waiters (and to be woken
+    /// when the drain begins), again whenever the task polling it changes, and at every poll
+    /// once the drain began.
+    pub(crate) struct Turn {
+        inner: Pin<Box<dyn Future<Output = DrainNotice> + Send>>,
+        waker: Option<Waker>,
+    }
+
+    impl std::fmt::Debug for Turn {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("Turn").finish_non_exhaustive()
+        }
+    }
+
+    /// This caller's turn of the drain, cheaply polled (see [`Turn`]).
+    pub(crate) fn turn() -> Turn {
+        Turn {
+            inner: Box::pin(drained()),
+            waker: None,
+        }
+    }
+
+    impl Future for Turn {
+        type Output = DrainNotice;
+
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<DrainNotice> {
+            let registered = self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+            if registered && !has_begun() {
+                return Poll::Pending;
+            }
+            self.waker = Some(cx.waker().clone());
+            self.inner.as_mut().poll(cx)
+        }
+    }
 }

@@ -22,12 +22,9 @@
 //! }
 //! ```
 
-use std::future::Future;
-use std::pin::Pin;
-
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 
-use crate::drain::{DrainNotice, drained};
+use crate::drain::{self, Turn};
 
 /// The close code for a server that restarts (IANA's WebSocket registry).
 pub const SERVICE_RESTART: u16 = 1012;
@@ -35,7 +32,7 @@ pub const SERVICE_RESTART: u16 = 1012;
 /// An axum `WebSocket` that closes with [`SERVICE_RESTART`] at its turn of the drain.
 pub struct Draining {
     socket: WebSocket,
-    turn: Pin<Box<dyn Future<Output = DrainNotice> + Send>>,
+    turn: Turn,
     /// Once our Close is sent: until when the client's is waited for.
     closing: Option<tokio::time::Instant>,
 }
@@ -53,7 +50,7 @@ impl Draining {
     pub fn new(socket: WebSocket) -> Self {
         Self {
             socket,
-            turn: Box::pin(drained()),
+            turn: drain::turn(),
             closing: None,
         }
     }
@@ -70,6 +67,7 @@ impl Draining {
                     .unwrap_or_default();
             }
             tokio::select! {
+                biased;
                 message = self.socket.recv() => return message,
                 notice = &mut self.turn => {
                     let deadline = tokio::time::Instant::from_std(notice.deadline());

@@ -11,9 +11,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use hyper::{Response, header};
 
 use super::activity::InFlight;
-use crate::drain::{DrainNotice, drained};
-
-type Turn = Pin<Box<dyn Future<Output = DrainNotice> + Send>>;
+use crate::drain::{self, Turn};
 
 pin_project_lite::pin_project! {
     /// A response body the serve loops send; its request is in flight until it is dropped.
@@ -35,7 +33,7 @@ pub(crate) fn wrap<B>(response: Response<B>, in_flight: InFlight) -> Response<Se
         .is_some_and(|value| value.starts_with("text/event-stream"));
     response.map(|body| ServeBody {
         body,
-        turn: events.then(|| Box::pin(drained()) as Turn),
+        turn: events.then(drain::turn),
         in_flight,
     })
 }
@@ -50,7 +48,7 @@ impl<B: Body> Body for ServeBody<B> {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         if let Some(turn) = this.turn
-            && turn.as_mut().poll(cx).is_ready()
+            && Pin::new(turn).poll(cx).is_ready()
         {
             return Poll::Ready(None);
         }

@@ -2,7 +2,7 @@
 //! are served concurrently; when the drain begins it gets the two-phase GOAWAY of RFC 9113
 //! §6.8 (`NO_ERROR` with the largest stream id, a PING, then the last stream id it will
 //! serve): at once if a stream is in flight, at its turn of the spread if it is idle. Its
-//! streams in flight finish (a long one ends at its own turn, see [`drained`]), and it
+//! streams in flight finish (a long one ends at its own turn, see [`drained`](crate::drained)), and it
 //! closes when they are done. Clients open their next streams on a new connection, to a
 //! worker of the next generation.
 
@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::h1::FIRST_REQUEST_GRACE;
 use super::{BoxError, Traced};
-use crate::drain::{self, drained};
+use crate::drain;
 
 /// Serves one HTTP/2 connection until it ends (or is cut with the serve loop).
 pub(super) async fn serve<S, B, I>(io: I, service: Traced<S>)
@@ -34,13 +34,12 @@ where
     let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .serve_connection(TokioIo::new(io), service);
     let mut connection = pin!(connection);
-    let mut begun = pin!(drain::begun());
-    let mut turn = pin!(drained());
+    let mut turn = drain::turn();
     let (mut began, mut turn_came, mut goodbye) = (false, false, false);
     let mut grace: Option<Pin<Box<tokio::time::Sleep>>> = None;
     let ended = std::future::poll_fn(|cx| {
-        began = began || begun.as_mut().poll(cx).is_ready();
-        turn_came = turn_came || turn.as_mut().poll(cx).is_ready();
+        turn_came = turn_came || Pin::new(&mut turn).poll(cx).is_ready();
+        began = began || drain::has_begun();
         // Busy once the drain began: told at once, as its client needs a new connection for
         // its next request anyway. Idle: at its turn, spread with the others. A connection
         // still in its handshake would be dropped by hyper, not told: one that has sent no

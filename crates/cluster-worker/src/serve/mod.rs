@@ -165,8 +165,7 @@ impl Service<Request<Incoming>> for WithPeer {
     }
 }
 
-/// The application's service as a connection runs it: its futures boxed (a connection can
-/// be polled unpinned, to take its socket back afterwards), its requests counted (see
+/// The application's service as a connection runs it: its requests counted (see
 /// [`Activity`]), and event streams ended at the drain.
 pub(crate) struct Traced<S> {
     service: Arc<S>,
@@ -202,12 +201,43 @@ where
 {
     type Response = Response<ServeBody<B>>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+    type Future = Answer<S::Future>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
-        let in_flight = self.activity.begin();
-        let answer = self.service.call(request);
-        Box::pin(async move { Ok(body::wrap(answer.await?, in_flight)) })
+        Answer {
+            in_flight: Some(self.activity.begin()),
+            answer: self.service.call(request),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The application's answer to one request, its body wrapped once it comes (no
+    /// allocation per request: HTTP/2 answers every stream with one).
+    pub(crate) struct Answer<F> {
+        #[pin]
+        answer: F,
+        in_flight: Option<activity::InFlight>,
+    }
+}
+
+impl<F, B, E> Future for Answer<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<ServeBody<B>>, E>;
+
+    fn poll(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        let response = std::task::ready!(this.answer.poll(cx))?;
+        let in_flight = this
+            .in_flight
+            .take()
+            .expect("an answer is polled to its end once");
+        std::task::Poll::Ready(Ok(body::wrap(response, in_flight)))
     }
 }
 
