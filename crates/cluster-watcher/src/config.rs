@@ -17,7 +17,7 @@ use cluster_ipc::protocol::Balance;
 ///     .shutdown_timeout(Duration::from_secs(5));
 /// assert_eq!(config.heartbeat_timeout, Duration::from_secs(10));
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct WatcherConfig {
     /// The worker program. Looked up at every spawn, so a rebuilt binary takes effect at the
     /// next (re)start.
@@ -62,6 +62,9 @@ pub struct WatcherConfig {
     pub restart_parallelism: usize,
     /// The cluster's name, as status and metrics show it (default `cluster`).
     pub name: String,
+    /// Where this configuration was read from (a file's path), as status shows it (default:
+    /// none).
+    pub source: Option<String>,
     /// A worker whose process tree's RSS goes over this many bytes (plus its jitter) is
     /// recycled: replaced through the rolling-restart path, its replacement ready first. Past
     /// 1.5 times the limit it is killed. Sampled every second (default: none).
@@ -119,6 +122,7 @@ impl WatcherConfig {
             min_uptime: Duration::from_secs(1),
             restart_parallelism: 1,
             name: "cluster".to_owned(),
+            source: None,
             max_memory: None,
             max_age: None,
             max_requests: None,
@@ -215,6 +219,20 @@ impl WatcherConfig {
     /// Whether workers are programs that do not link `cluster-worker` (listeners given).
     pub fn program_mode(&self) -> bool {
         !self.listen.is_empty()
+    }
+
+    /// What `new` changes that a running watcher holds for its whole life and cannot
+    /// change in place (its listening sockets are bound for that mode and those
+    /// addresses): the balance mode or the listeners, by name; `None` when `new` can be
+    /// applied by a reload.
+    pub fn fixed_for_life_change(&self, new: &Self) -> Option<&'static str> {
+        if self.balance != new.balance {
+            Some("the balance mode")
+        } else if self.listen != new.listen {
+            Some("the listeners (--listen)")
+        } else {
+            None
+        }
     }
 
     /// Checks the knobs against each other.

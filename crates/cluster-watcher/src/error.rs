@@ -37,6 +37,22 @@ pub enum StartError {
         /// The ready timeout.
         timeout: Duration,
     },
+    /// A worker of a reloaded configuration ended on its own within `min_uptime` of
+    /// becoming ready.
+    #[error("worker {id} (pid {pid}) exited with {status} {:.1} s after it was ready (within --min-uptime)", after.as_secs_f64())]
+    EndedAfterReady {
+        /// Which worker.
+        id: WorkerId,
+        /// Its pid.
+        pid: u32,
+        /// How it ended.
+        status: ExitKind,
+        /// How long after it became ready.
+        after: Duration,
+    },
+    /// Another reload is on probation.
+    #[error("a reload is already under way")]
+    ReloadUnderWay,
     /// `start` was given zero workers.
     #[error("the number of workers must be at least 1")]
     ZeroWorkers,
@@ -67,4 +83,23 @@ pub enum SendError {
     /// The worker's channel failed (it is exiting).
     #[error("worker channel failed")]
     Channel(#[from] cluster_ipc::ChannelError),
+}
+
+/// Why a [`reload`](crate::ClusterWatcher::reload) did not take.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReloadError {
+    /// The new configuration changes what the running watcher holds for its whole life (the
+    /// balance mode, the listeners): it takes a new watcher (an upgrade).
+    #[error("{what} cannot change in place: it takes a new watcher (an upgrade)")]
+    NeedsUpgrade {
+        /// The setting, by name.
+        what: &'static str,
+    },
+    /// Nothing was changed: the cluster does not run, or another reload is under way.
+    #[error("reload refused: {0}")]
+    Refused(#[source] StartError),
+    /// The new configuration failed and the last good one was brought back.
+    #[error("rolled back to the last good configuration: {0}")]
+    RolledBack(#[source] StartError),
 }

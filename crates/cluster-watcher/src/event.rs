@@ -94,6 +94,28 @@ pub enum Event {
         /// Replacements that failed (their old workers kept serving).
         failed: usize,
     },
+    /// A reload began: workers started from now on run configuration `generation`.
+    Reloading {
+        /// The new configuration's generation.
+        generation: u64,
+        /// What it changed, as the caller named it.
+        changed: Vec<String>,
+    },
+    /// Every worker of the reloaded configuration has been ready for `min_uptime`: it is
+    /// kept.
+    Reloaded {
+        /// Its generation.
+        generation: u64,
+    },
+    /// A reloaded configuration failed: the last good one comes back.
+    RollingBack {
+        /// The generation that failed.
+        generation: u64,
+        /// The generation that comes back.
+        back_to: u64,
+        /// Why, as text.
+        reason: String,
+    },
     /// A stop gave up waiting for processes that did not end after `SIGKILL` (stuck in the
     /// kernel); they are reaped whenever they end.
     Abandoned {

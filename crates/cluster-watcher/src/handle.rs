@@ -76,7 +76,7 @@ impl ClusterWatcher {
         let (commands, driver) = mpsc::unbounded_channel();
         let balancer = Arc::new(Balancer::new(span.clone(), config.balance));
         let shared = Arc::new(Shared {
-            config,
+            config: parking_lot::RwLock::new(Arc::new(config)),
             events,
             provider,
             balancer,
@@ -101,9 +101,9 @@ impl ClusterWatcher {
         }
     }
 
-    /// The configuration.
-    pub fn config(&self) -> &WatcherConfig {
-        &self.shared.config
+    /// The configuration workers are started with now (a reload replaces it).
+    pub fn config(&self) -> Arc<WatcherConfig> {
+        self.shared.config()
     }
 
     /// The provider that owns the cluster's listening sockets: bind here ahead of time to
@@ -159,7 +159,7 @@ impl ClusterWatcher {
     /// [`StartError`] naming the worker that failed and why; every worker started by this
     /// call is stopped again.
     pub async fn start(&self, workers: usize) -> Result<(), StartError> {
-        if self.shared.config.program_mode() {
+        if self.shared.config().program_mode() {
             self.shared
                 .span
                 .in_scope(|| crate::driver::prepare_program_mode(&self.shared))?;
@@ -175,7 +175,7 @@ impl ClusterWatcher {
                 if !matches!(failure, Failure::AlreadyStarted | Failure::ZeroWorkers) {
                     self.stop().await;
                 }
-                Err(crate::control::error(&self.shared.config, failure))
+                Err(crate::control::error(&self.shared.config(), failure))
             }
             _ => Err(StartError::NotRunning),
         }
@@ -219,6 +219,29 @@ impl ClusterWatcher {
     /// The first [`StartError`] of a replacement; [`StartError::NotRunning`].
     pub fn restart(&self) -> impl Future<Output = Result<(), StartError>> + use<> {
         self.remote.restart()
+    }
+
+    /// Runs `config` with `workers` workers from now on, with no connection refused: new
+    /// slots start with it, surplus slots stop, and every other slot is replaced through
+    /// the rolling-restart path (readiness first). `changed` names what differs, for the
+    /// log and the status. The new configuration is kept once every worker of it has been
+    /// ready for `min_uptime`; if one fails to start, is not ready in time, or ends on its
+    /// own before that, the previous configuration and worker count come back the same way
+    /// and the answer is the reason, once the old configuration serves again. The command
+    /// takes effect when this is called.
+    ///
+    /// # Errors
+    /// [`ReloadError::NeedsUpgrade`] when `config` changes the balance mode or the listeners
+    /// (nothing changed: that takes a new watcher); [`ReloadError::Refused`] when the
+    /// cluster does not run or another reload is under way; [`ReloadError::RolledBack`]
+    /// with the failure that made it go back.
+    pub fn reload(
+        &self,
+        config: WatcherConfig,
+        workers: usize,
+        changed: Vec<String>,
+    ) -> impl Future<Output = Result<(), crate::ReloadError>> + use<> {
+        self.remote.reload(config, workers, changed)
     }
 
     /// Stops every worker: asks each to finish in-flight work, `SIGKILL`s those still running

@@ -140,7 +140,7 @@ pub use crate::{
         default_control_path, exposition,
     },
     driver::read_lines,
-    error::{SendError, StartError},
+    error::{ReloadError, SendError, StartError},
     event::{Event, WorkerInfo},
     handle::ClusterWatcher,
     messages::WorkerMessage,
@@ -151,6 +151,6 @@ pub use crate::{
 
 pub use cluster_ipc::protocol::Balance;
 pub use cluster_ipc::status::{
-    About, ClusterStatus, ExitKind, KillReason, RestartCounts, SlotStatus, StopCause, WorkerExit,
-    WorkerId, WorkerPhase, WorkerStatus,
+    About, ClusterStatus, ConfigurationStatus, ExitKind, FailedReload, KillReason, RestartCounts,
+    SlotStatus, StopCause, WorkerExit, WorkerId, WorkerPhase, WorkerStatus,
 };

@@ -19,7 +19,9 @@ use crate::{Event, WatcherConfig, WorkerId, WorkerInfo, WorkerMessage};
 /// What the handle and the driver share.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub(crate) config: WatcherConfig,
+    /// The configuration workers are started with: replaced by a reload (the driver applies
+    /// it when the core says so). Read through [`config`](Self::config).
+    pub(crate) config: parking_lot::RwLock<Arc<WatcherConfig>>,
     pub(crate) events: broadcast::Sender<Event>,
     pub(crate) provider: ServerSocketProvider,
     pub(crate) balancer: Arc<Balancer>,
@@ -43,7 +45,7 @@ pub(crate) struct Shared {
 impl Drop for Shared {
     fn drop(&mut self) {
         // Program mode: the Unix socket files the watcher bound go with it.
-        for listener in &self.config.listen {
+        for listener in &self.config().listen {
             if let ListenAddress::Unix(path) = &listener.address {
                 let _ = std::fs::remove_file(path);
             }
@@ -68,6 +70,16 @@ pub(crate) struct Published {
 }
 
 impl Shared {
+    /// The configuration workers are started with now.
+    pub(crate) fn config(&self) -> Arc<WatcherConfig> {
+        self.config.read().clone()
+    }
+
+    /// Workers started from now on run `config`.
+    pub(crate) fn set_config(&self, config: Arc<WatcherConfig>) {
+        *self.config.write() = config;
+    }
+
     /// Which addresses each live worker asked to listen on.
     pub(crate) fn listens(&self) -> MutexGuard<'_, HashMap<WorkerId, HashSet<ListenAddress>>> {
         self.listens.lock()

@@ -82,6 +82,57 @@ pub struct ClusterStatus {
     pub rolling_restarts_completed: u64,
     /// Rolling restarts in which a replacement failed (its old worker was kept).
     pub rolling_restarts_failed: u64,
+    /// The configuration workers run, and the last reload that failed.
+    #[serde(default)]
+    pub configuration: ConfigurationStatus,
+}
+
+/// Which configuration a cluster runs: where it came from, its generation (1 at start, one
+/// more at each reload), when it was loaded, what its reload changed; and the last reload
+/// that was rolled back.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ConfigurationStatus {
+    /// The file it was read from, if any (`cluster -c FILE`).
+    pub source: Option<String>,
+    /// Its generation.
+    pub generation: u64,
+    /// Time since it was loaded (the watcher's start, or the reload that brought it).
+    #[serde(with = "seconds")]
+    pub age: Duration,
+    /// The keys its reload changed (empty for the first).
+    pub changed: Vec<String>,
+    /// The generation being tried while a reload is on probation.
+    pub reloading: Option<u64>,
+    /// The last reload that was rolled back, while no later one succeeded.
+    pub failed: Option<FailedReload>,
+}
+
+/// A reload that was rolled back.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct FailedReload {
+    /// The generation it had.
+    pub generation: u64,
+    /// The keys it changed.
+    pub changed: Vec<String>,
+    /// Why it was rolled back.
+    pub reason: String,
+    /// Time since it was rolled back.
+    #[serde(with = "seconds")]
+    pub age: Duration,
+}
+
+impl FailedReload {
+    /// A failed reload with every field given.
+    pub fn new(generation: u64, changed: Vec<String>, reason: String, age: Duration) -> Self {
+        Self {
+            generation,
+            changed,
+            reason,
+            age,
+        }
+    }
 }
 
 impl ClusterStatus {

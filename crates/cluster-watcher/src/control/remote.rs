@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::core::{Failure, Outcome};
 use crate::driver::Command;
 use crate::shared::Shared;
-use crate::{ClusterStatus, StartError, WatcherConfig, WorkerExit, WorkerId};
+use crate::{ClusterStatus, ReloadError, StartError, WatcherConfig, WorkerExit, WorkerId};
 
 /// Asks the driver, without keeping it alive (a dropped handle still stops the cluster).
 #[derive(Debug, Clone)]
@@ -47,13 +47,13 @@ impl Remote {
         self.shared.span.clone()
     }
 
-    pub(crate) fn config(&self) -> &WatcherConfig {
-        &self.shared.config
+    pub(crate) fn config(&self) -> Arc<WatcherConfig> {
+        self.shared.config()
     }
 
     /// The cluster's name, watcher pid, balance mode, listeners and uptime, for status.
     pub(crate) fn about(&self) -> About {
-        let config = &self.shared.config;
+        let config = self.shared.config();
         let listeners: Vec<String> = self
             .shared
             .provider
@@ -112,7 +112,7 @@ impl Remote {
     pub(crate) async fn add_worker(&self) -> Result<WorkerId, StartError> {
         match self.ask(Command::AddWorker).await {
             Some(Outcome::Added(Ok(id))) => Ok(id),
-            Some(Outcome::Added(Err(failure))) => Err(error(self.config(), failure)),
+            Some(Outcome::Added(Err(failure))) => Err(error(&self.config(), failure)),
             _ => Err(StartError::NotRunning),
         }
     }
@@ -126,7 +126,7 @@ impl Remote {
 
     pub(crate) fn restart(&self) -> impl Future<Output = Result<(), StartError>> + use<> {
         let pending = self.ask(Command::Restart);
-        let config = self.config().clone();
+        let config = self.config();
         async move {
             match pending.await {
                 Some(Outcome::Restarted(Ok(()))) => Ok(()),
@@ -141,12 +141,49 @@ impl Remote {
         workers: usize,
     ) -> impl Future<Output = Result<(), StartError>> + use<> {
         let pending = self.ask(|reply| Command::Scale(workers, reply));
-        let config = self.config().clone();
+        let config = self.config();
         async move {
             match pending.await {
                 Some(Outcome::Scaled(Ok(()))) => Ok(()),
                 Some(Outcome::Scaled(Err(failure))) => Err(error(&config, failure)),
                 _ => Err(StartError::NotRunning),
+            }
+        }
+    }
+
+    /// Runs `config` with `workers` workers from now on (see
+    /// [`ClusterWatcher::reload`](crate::ClusterWatcher::reload)).
+    pub(crate) fn reload(
+        &self,
+        config: WatcherConfig,
+        workers: usize,
+        changed: Vec<String>,
+    ) -> impl Future<Output = Result<(), ReloadError>> + use<> {
+        let fixed = self.config().fixed_for_life_change(&config);
+        let config = Arc::new(config);
+        let pending = match fixed {
+            Some(_) => Pending(None),
+            None => self.ask(|reply| Command::Reload {
+                config: config.clone(),
+                workers,
+                changed,
+                reply,
+            }),
+        };
+        async move {
+            if let Some(what) = fixed {
+                return Err(ReloadError::NeedsUpgrade { what });
+            }
+            match pending.await {
+                Some(Outcome::Reloaded(Ok(()))) => Ok(()),
+                Some(Outcome::Reloaded(Err(
+                    failure
+                    @ (Failure::NotRunning | Failure::ZeroWorkers | Failure::ReloadUnderWay),
+                ))) => Err(ReloadError::Refused(error(&config, failure))),
+                Some(Outcome::Reloaded(Err(failure))) => {
+                    Err(ReloadError::RolledBack(error(&config, failure)))
+                }
+                _ => Err(ReloadError::Refused(StartError::NotRunning)),
             }
         }
     }
@@ -164,20 +201,5 @@ impl Remote {
 
 /// The public error for a core failure.
 pub(crate) fn error(config: &WatcherConfig, failure: Failure) -> StartError {
-    match failure {
-        Failure::Spawn { os_error, message } => StartError::Spawn {
-            program: config.program.clone(),
-            source: match os_error {
-                Some(code) => std::io::Error::from_raw_os_error(code),
-                None => std::io::Error::other(message),
-            },
-        },
-        Failure::ExitedBeforeReady { id, pid, status } => {
-            StartError::ExitedBeforeReady { id, pid, status }
-        }
-        Failure::NotReady { id, pid, timeout } => StartError::NotReady { id, pid, timeout },
-        Failure::ZeroWorkers => StartError::ZeroWorkers,
-        Failure::AlreadyStarted => StartError::AlreadyStarted,
-        Failure::NotRunning => StartError::NotRunning,
-    }
+    failure.into_error(&config.program)
 }

@@ -16,6 +16,7 @@ impl Supervisor {
             return self.complete(ticket, Outcome::Started(Err(Failure::AlreadyStarted)));
         }
         self.running = true;
+        self.reloads.loaded.get_or_insert(now);
         self.slots.clear();
         self.arm_periodic(now);
         let ids: Vec<WorkerId> = (1..=count as u32)
@@ -85,6 +86,9 @@ impl Supervisor {
             }
             for ticket in self.rolling.cancel() {
                 self.complete(ticket, Outcome::Restarted(Err(Failure::NotRunning)));
+            }
+            if let Some(ticket) = self.reloads.cancel() {
+                self.complete(ticket, Outcome::Reloaded(Err(Failure::NotRunning)));
             }
             for (_, waiter) in std::mem::take(&mut self.ready_waiters) {
                 if let ReadyWaiter::Add(ticket) = waiter {

@@ -45,6 +45,8 @@ impl Supervisor {
             error: message.clone(),
         });
         let failure = Failure::Spawn { os_error, message };
+        let worker = self.workers.get(&id).copied();
+        self.reload_watch_end(id, worker, failure.clone(), now);
         self.fail_ready_waiters(id, &failure);
         self.recycling_failed(id);
         self.rolling_failed(id, failure, now);
@@ -78,6 +80,7 @@ impl Supervisor {
         let expects_heartbeats = !program_mode || worker.last_heartbeat.is_some();
         worker.phase = Phase::Ready;
         worker.was_ready = true;
+        worker.ready_at = Some(now);
         worker.last_heartbeat = Some(now);
         let (pid, started) = (worker.pid, worker.started);
         self.timers.stop(Timer::ReadyAfter(id));
@@ -101,6 +104,7 @@ impl Supervisor {
         } else {
             self.recycled_ready(id, now);
         }
+        self.reload_progress(now);
     }
 
     /// Connections open in the worker now, as it reported.
@@ -195,6 +199,8 @@ impl Supervisor {
                 status,
             },
         };
+        // A configuration on probation that fails is rolled back before the slot respawns.
+        self.reload_watch_end(id, Some(worker), failure.clone(), now);
         // Waiters for its readiness are still registered only if it never became ready.
         self.fail_ready_waiters(id, &failure);
         self.recycling_failed(id);
@@ -221,6 +227,7 @@ impl Supervisor {
         self.keep_capacity(now);
         // A slot that waited for this one to drain may be replaced now.
         self.step_rolling(now);
+        self.reload_progress(now);
         self.finish_stop_if_done();
     }
 

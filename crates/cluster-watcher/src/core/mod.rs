@@ -20,6 +20,7 @@
 mod commands;
 mod inputs;
 mod recycle;
+mod reload;
 mod reuseport;
 mod rolling;
 mod rules;
@@ -30,10 +31,12 @@ mod tests;
 mod timers;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::{Event, ExitKind, KillReason, StopCause, WatcherConfig, WorkerExit, WorkerId};
 
+use self::reload::Reloads;
 use self::reuseport::Reuseport;
 pub(crate) use self::rolling::Rolling;
 use self::slots::SlotTable;
@@ -79,9 +82,53 @@ pub(crate) enum Failure {
         pid: u32,
         timeout: Duration,
     },
+    /// A worker of a reloaded configuration ended on its own within `min_uptime` of
+    /// becoming ready.
+    EndedAfterReady {
+        id: WorkerId,
+        pid: u32,
+        status: ExitKind,
+        after: Duration,
+    },
     ZeroWorkers,
     AlreadyStarted,
     NotRunning,
+    ReloadUnderWay,
+}
+
+impl Failure {
+    /// The public error; `program` is the configuration's program that was run.
+    pub(crate) fn into_error(self, program: &std::path::Path) -> crate::StartError {
+        use crate::StartError;
+        match self {
+            Failure::Spawn { os_error, message } => StartError::Spawn {
+                program: program.to_owned(),
+                source: match os_error {
+                    Some(code) => std::io::Error::from_raw_os_error(code),
+                    None => std::io::Error::other(message),
+                },
+            },
+            Failure::ExitedBeforeReady { id, pid, status } => {
+                StartError::ExitedBeforeReady { id, pid, status }
+            }
+            Failure::NotReady { id, pid, timeout } => StartError::NotReady { id, pid, timeout },
+            Failure::EndedAfterReady {
+                id,
+                pid,
+                status,
+                after,
+            } => StartError::EndedAfterReady {
+                id,
+                pid,
+                status,
+                after,
+            },
+            Failure::ZeroWorkers => StartError::ZeroWorkers,
+            Failure::AlreadyStarted => StartError::AlreadyStarted,
+            Failure::NotRunning => StartError::NotRunning,
+            Failure::ReloadUnderWay => StartError::ReloadUnderWay,
+        }
+    }
 }
 
 /// The answer to a command, for the ticket that asked.
@@ -92,12 +139,15 @@ pub(crate) enum Outcome {
     Removed(Option<WorkerExit>),
     Scaled(Result<(), Failure>),
     Restarted(Result<(), Failure>),
+    Reloaded(Result<(), Failure>),
     Stopped(Vec<WorkerExit>),
 }
 
 /// What the driver must do.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Action {
+    /// Workers started from now on run this configuration (a reload, or its rollback).
+    Configure(Arc<WatcherConfig>),
     /// Start a process for this slot and generation, then report [`Supervisor::spawned`] or
     /// [`Supervisor::spawn_failed`].
     Spawn(WorkerId),
@@ -139,11 +189,15 @@ enum Phase {
     Killed,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 struct Worker {
     pid: u32,
     phase: Phase,
     started: Instant,
+    /// The generation of the configuration it was started with.
+    config: u64,
+    /// When it reported ready.
+    ready_at: Option<Instant>,
     /// Whether it ever reported ready.
     was_ready: bool,
     /// Connections open in it, as it last reported.
@@ -167,7 +221,7 @@ enum ReadyWaiter {
 /// The supervisor policy. See the module docs.
 #[derive(Debug)]
 pub(crate) struct Supervisor {
-    config: WatcherConfig,
+    config: Arc<WatcherConfig>,
     running: bool,
     slots: SlotTable,
     workers: BTreeMap<WorkerId, Worker>,
@@ -189,6 +243,8 @@ pub(crate) struct Supervisor {
     recycling: Vec<recycle::Recycling>,
     /// Reuseport: drains, stalled slots, steering.
     reuseport: Reuseport,
+    /// The configuration's generation and the reload under way.
+    reloads: Reloads,
 }
 
 #[derive(Debug, Default)]
@@ -198,7 +254,7 @@ struct Stopping {
 }
 
 impl Supervisor {
-    pub(crate) fn new(config: WatcherConfig) -> Self {
+    pub(crate) fn new(config: Arc<WatcherConfig>) -> Self {
         let reuseport = Reuseport::new(config.balance.traits().socket_per_slot);
         Self {
             config,
@@ -217,6 +273,7 @@ impl Supervisor {
             rolling_done: (0, 0),
             recycling: Vec::new(),
             reuseport,
+            reloads: Reloads::default(),
         }
     }
 
@@ -309,6 +366,7 @@ impl Supervisor {
             Timer::SampleMemory => self.sample_memory(now),
             Timer::CheckListeners => self.check_listeners(now),
             Timer::PollQueues => self.poll_queues(now),
+            Timer::Reload => self.reload_progress(now),
         }
     }
 

@@ -19,6 +19,9 @@ struct Round {
     done: usize,
     failed: usize,
     first_error: Option<Failure>,
+    /// Replaces only the slots whose worker runs another configuration than the current
+    /// one (a reload's rollback), not every slot.
+    stale_only: bool,
 }
 
 /// The rolling-restart state of a [`Supervisor`].
@@ -42,6 +45,34 @@ impl Rolling {
             }
             Some(_) => self.next.get_or_insert_with(Vec::new).extend(ticket),
         }
+    }
+
+    /// Asks for a round that replaces only the slots running another configuration (a
+    /// rollback); requests waiting for a full round keep waiting for it.
+    pub(super) fn request_stale(&mut self) {
+        match &mut self.round {
+            None => {
+                self.round = Some(Round {
+                    stale_only: true,
+                    ..Round::default()
+                })
+            }
+            Some(_) => {
+                self.next.get_or_insert_with(Vec::new);
+            }
+        }
+    }
+
+    /// Drops the round under way (a reload failed): its replacements, to be stopped, are
+    /// returned; whoever waited for it waits for the next full round.
+    pub(super) fn abandon_round(&mut self) -> Vec<WorkerId> {
+        let Some(round) = self.round.take() else {
+            return Vec::new();
+        };
+        if !round.tickets.is_empty() || self.next.is_some() {
+            self.next.get_or_insert_with(Vec::new).extend(round.tickets);
+        }
+        round.active.into_iter().map(|(_, id)| id).collect()
     }
 
     /// Ends everything (the cluster stops); returns the tickets to answer.
@@ -99,6 +130,14 @@ impl Supervisor {
             .any(|(id, w)| id.slot == slot && matches!(w.phase, Phase::Stopping | Phase::Killed))
     }
 
+    /// Whether `slot`'s worker runs another configuration than the current one.
+    fn runs_stale(&self, slot: u32) -> bool {
+        self.slots[slot]
+            .current
+            .and_then(|id| self.workers.get(&id))
+            .is_some_and(|w| w.config != self.reloads.generation)
+    }
+
     /// Starts replacements up to `restart_parallelism`; finishes the round when nothing is
     /// left, and starts the coalesced next one.
     pub(super) fn step_rolling(&mut self, now: Instant) {
@@ -113,6 +152,7 @@ impl Supervisor {
                     .iter()
                     .filter(|(_, slot)| slot.wanted && slot.current.is_some())
                     .map(|(number, _)| number)
+                    .filter(|number| !round.stale_only || self.runs_stale(*number))
                     .collect();
                 round.total = round.pending.len();
                 self.emit(Event::RestartStarted {
@@ -130,7 +170,8 @@ impl Supervisor {
                     break;
                 };
                 let s = &self.slots[slot];
-                if !s.wanted || s.current.is_none() {
+                if !s.wanted || s.current.is_none() || (round.stale_only && !self.runs_stale(slot))
+                {
                     // Gone, or respawning already (with the new program).
                     round.done += 1;
                     continue;
@@ -166,6 +207,7 @@ impl Supervisor {
                 tickets,
                 ..Round::default()
             });
+            self.reload_progress(now);
         }
     }
 

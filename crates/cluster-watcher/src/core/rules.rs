@@ -83,6 +83,8 @@ impl Supervisor {
                 pid: 0,
                 phase: Phase::Starting,
                 started: now,
+                config: self.reloads.generation,
+                ready_at: None,
                 was_ready: false,
                 open: None,
                 ended: None,

@@ -3,7 +3,10 @@
 use std::time::Instant;
 
 use super::{Phase, Supervisor, Timer};
-use crate::{ClusterStatus, SlotStatus, WorkerInfo, WorkerPhase, WorkerStatus};
+use crate::{
+    ClusterStatus, ConfigurationStatus, FailedReload, SlotStatus, WorkerInfo, WorkerPhase,
+    WorkerStatus,
+};
 
 impl Supervisor {
     /// A snapshot for `ClusterWatcher::status`: every slot that is wanted or still has a
@@ -52,6 +55,33 @@ impl Supervisor {
         status.rolling_restart = self.rolling.progress();
         status.rolling_restarts_completed = self.rolling_done.0;
         status.rolling_restarts_failed = self.rolling_done.1;
+        status.configuration = self.configuration_status(now);
+        status
+    }
+
+    /// Which configuration runs, and the last reload rolled back.
+    fn configuration_status(&self, now: Instant) -> ConfigurationStatus {
+        let reloads = &self.reloads;
+        let mut status = ConfigurationStatus::default();
+        status.source = self.config.source.clone();
+        status.generation = reloads.generation;
+        status.age = reloads.loaded.map_or(std::time::Duration::ZERO, |at| {
+            now.saturating_duration_since(at)
+        });
+        status.changed = reloads.changed.clone();
+        status.reloading = reloads.trying();
+        status.failed = reloads.last_failed.as_ref().map(|failed| {
+            FailedReload::new(
+                failed.generation,
+                failed.changed.clone(),
+                failed
+                    .failure
+                    .clone()
+                    .into_error(&failed.program)
+                    .to_string(),
+                now.saturating_duration_since(failed.at),
+            )
+        });
         status
     }
 

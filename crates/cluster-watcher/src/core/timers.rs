@@ -28,6 +28,8 @@ pub(crate) enum Timer {
     CheckListeners,
     /// Reuseport: time to read the slots' accept queues.
     PollQueues,
+    /// A reload on probation may be kept now; or its rollback is answered, done or not.
+    Reload,
     /// The driver calls in at least this often, so a long gap is seen as a stall.
     Tick,
 }
@@ -39,7 +41,7 @@ impl Timer {
     fn moves_with_stall(self) -> bool {
         matches!(
             self,
-            Self::Phase(_) | Self::Respawn(_) | Self::GiveUp | Self::DrainLimit(_)
+            Self::Phase(_) | Self::Respawn(_) | Self::GiveUp | Self::DrainLimit(_) | Self::Reload
         )
     }
 }

@@ -68,7 +68,7 @@ pub(crate) fn release_unused(shared: &crate::shared::Shared, current: &[crate::W
             .cloned()
             .collect()
     };
-    held.extend(shared.config.listen.iter().map(|l| l.address.clone()));
+    held.extend(shared.config().listen.iter().map(|l| l.address.clone()));
     for (address, _) in shared.provider.sockets() {
         if !held.contains(&address) {
             tracing::info!(%address, "no current worker listens here any more; closing the socket");

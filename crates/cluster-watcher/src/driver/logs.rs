@@ -134,6 +134,28 @@ fn log_event(event: &Event) {
                 "rolling restart incomplete; old workers kept where replacements failed"
             ),
         },
+        Event::Reloading {
+            generation,
+            changed,
+        } => tracing::info!(
+            generation,
+            changed = %changed.join(", "),
+            "reload: starting workers with the new configuration"
+        ),
+        Event::Reloaded { generation } => tracing::info!(
+            generation,
+            "reload complete: every worker runs the new configuration"
+        ),
+        Event::RollingBack {
+            generation,
+            back_to,
+            reason,
+        } => tracing::error!(
+            generation,
+            back_to,
+            reason,
+            "reload failed: rolling back to the last good configuration"
+        ),
         Event::Abandoned { pids } => tracing::error!(
             ?pids,
             "processes still alive after SIGKILL; the stop does not wait for them"

@@ -80,7 +80,7 @@ pub(crate) fn add_usage(status: &mut ClusterStatus) {
 /// Adds the slots' accept queues (reuseport) and the workers' open connections (least-conn)
 /// to a status.
 pub(crate) fn add_balancing(status: &mut ClusterStatus, shared: &Shared) {
-    let mode = Mode::of(shared.config.balance);
+    let mode = Mode::of(shared.config().balance);
     let open = if mode.counts_open() {
         shared.balancer.open_connections()
     } else {

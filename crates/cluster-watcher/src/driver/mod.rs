@@ -59,6 +59,13 @@ pub(crate) enum Command {
     RemoveWorker(oneshot::Sender<Outcome>),
     Scale(usize, oneshot::Sender<Outcome>),
     Restart(oneshot::Sender<Outcome>),
+    /// Run this configuration with this many workers; `changed` names what differs.
+    Reload {
+        config: Arc<crate::WatcherConfig>,
+        workers: usize,
+        changed: Vec<String>,
+        reply: oneshot::Sender<Outcome>,
+    },
     Stop(oneshot::Sender<Outcome>),
     /// A snapshot; with `measure`, memory and CPU of each worker's process tree too.
     Status {
@@ -118,7 +125,7 @@ impl Driver {
     pub(crate) fn new(shared: Arc<Shared>, commands: mpsc::UnboundedReceiver<Command>) -> Self {
         let (inputs_tx, inputs) = mpsc::channel(INPUT_QUEUE);
         Self {
-            core: Supervisor::new(shared.config.clone()),
+            core: Supervisor::new(shared.config()),
             shared,
             commands,
             handle_gone: false,
@@ -207,6 +214,15 @@ impl Driver {
                 let ticket = self.ticket(reply);
                 self.core.restart(ticket, now);
             }
+            Command::Reload {
+                config,
+                workers,
+                changed,
+                reply,
+            } => {
+                let ticket = self.ticket(reply);
+                self.core.reload(ticket, config, workers, changed, now);
+            }
             Command::Stop(reply) => {
                 self.stopping = true;
                 let ticket = self.ticket(reply);
@@ -280,6 +296,7 @@ impl Driver {
     fn apply_actions(&mut self) {
         while let Some(action) = self.core.poll_action() {
             match action {
+                Action::Configure(config) => self.shared.set_config(config),
                 Action::Spawn(id) => self.spawn(id),
                 Action::Admit(id) => self.shared.balancer.set_ready(id),
                 Action::Stop { id, spread } => self.stop(id, spread),
@@ -348,7 +365,7 @@ impl Driver {
             Err(error) => {
                 let message = format!(
                     "cannot run {}: {error}",
-                    self.shared.config.program.display()
+                    self.shared.config().program.display()
                 );
                 self.core
                     .spawn_failed(id, error.raw_os_error(), message, now);
@@ -371,7 +388,7 @@ impl Driver {
         if queues {
             self.queue_watch.check(&self.shared.provider);
         }
-        let nonblocking = !self.shared.config.program_mode();
+        let nonblocking = !self.shared.config().program_mode();
         if listeners::check(&self.shared.provider, nonblocking) {
             self.core.listener_rebound(self.now);
         }
@@ -390,7 +407,7 @@ impl Driver {
             // A program that does not link cluster-worker: the stop signal, to its group.
             if let Some(group) = rustix::process::Pid::from_raw(process.pid as i32) {
                 let signal =
-                    rustix::process::Signal::from_named_raw(self.shared.config.stop_signal)
+                    rustix::process::Signal::from_named_raw(self.shared.config().stop_signal)
                         .unwrap_or(rustix::process::Signal::TERM);
                 let _ = rustix::process::kill_process_group(group, signal);
             }
@@ -398,7 +415,7 @@ impl Driver {
         };
         Balancer::close_pipe(&link.clients);
         let control = link.control.clone();
-        let config = &self.shared.config;
+        let config = self.shared.config();
         let drain = WatcherToWorker::Drain {
             spread: if spread {
                 config.drain_spread.min(config.shutdown_timeout)

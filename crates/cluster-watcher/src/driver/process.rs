@@ -111,7 +111,7 @@ pub(crate) fn spawn_worker(
     tasks: &mut JoinSet<()>,
     containment: &Containment,
 ) -> std::io::Result<Process> {
-    if shared.config.program_mode() {
+    if shared.config().program_mode() {
         let (mut command, notify) = super::program::command(shared, id, containment)?;
         let child = command.spawn()?;
         drop(command);
@@ -214,9 +214,9 @@ fn spawn_cluster_worker(
     tasks: &mut JoinSet<()>,
     containment: &Containment,
 ) -> std::io::Result<Process> {
-    let sockets = WorkerSockets::new(&shared.config)?;
+    let sockets = WorkerSockets::new(&shared.config())?;
     let (mut command, [control, log, listen, clients], worker_end) =
-        sockets.command(&shared.config, id, containment);
+        sockets.command(&shared.config(), id, containment);
     let child = command.spawn()?;
     // Our copies of the children's ends close with the command.
     drop(command);
@@ -354,7 +354,7 @@ impl Watch {
         messages: Option<MessageSink>,
     ) {
         let (id, pid) = (self.id, self.pid);
-        let mut forwarding = Forwarding::new(id, self.shared.config.heartbeat_interval);
+        let mut forwarding = Forwarding::new(id, self.shared.config().heartbeat_interval);
         let mut dropped_warnings = 0u64;
         loop {
             let input = match control.recv().await {

@@ -30,7 +30,7 @@ pub(crate) fn command(
     id: crate::WorkerId,
     containment: &Containment,
 ) -> io::Result<(tokio::process::Command, Option<NotifySocket>)> {
-    let config = &shared.config;
+    let config = shared.config();
     let mut fds = Vec::with_capacity(config.listen.len());
     for listener in &config.listen {
         let socket = listener_socket(shared, &listener.address, id.slot)?;
@@ -110,7 +110,7 @@ pub(crate) fn set_blocking(socket: &std::os::fd::OwnedFd) -> io::Result<()> {
 /// Program mode: binds every listener (once; port 0 resolved here for good) and makes the
 /// notify sockets' directory.
 pub(crate) fn prepare_program_mode(shared: &Shared) -> Result<(), StartError> {
-    for listener in &shared.config.listen {
+    for listener in &shared.config().listen {
         let fresh = !shared
             .provider
             .sockets()

@@ -1,11 +1,13 @@
 //! The policy with a fake clock: no process, no socket, no sleep.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::*;
 use crate::Balance;
 
 mod recycle;
+mod reload;
 mod restart;
 mod reuseport;
 
@@ -25,7 +27,7 @@ fn config() -> WatcherConfig {
 impl Harness {
     fn new(config: WatcherConfig) -> Self {
         Self {
-            core: Supervisor::new(config),
+            core: Supervisor::new(Arc::new(config)),
             now: Instant::now(),
             next_pid: 100,
             next_ticket: 1,
