@@ -1,5 +1,6 @@
 //! The seed's simple HTTP server: answers every request with `Hello, World!` and headers
-//! `x-cluster-worker: <worker id>` and `x-cluster-pid: <pid>`; `/sleep?ms=N` answers after N
+//! `x-cluster-worker: <worker id>` and `x-cluster-pid: <pid>` (and `x-app-version:` the
+//! value of `APP_VERSION` when it is set, to see a reload reach every worker); `/sleep?ms=N` answers after N
 //! milliseconds; `/busy?ms=N` blocks its thread for N milliseconds first (a request that
 //! keeps the worker busy, as heavy computation would). Runs standalone or under `cluster`
 //! unchanged.
@@ -44,11 +45,17 @@ async fn serve() -> Result<(), Box<dyn std::error::Error>> {
     let worker = cluster_worker::id().map_or_else(|| "standalone".to_owned(), |id| id.to_string());
     let worker = hyper::header::HeaderValue::from_str(&worker)?;
     let pid = hyper::header::HeaderValue::from(std::process::id());
+    let version = std::env::var("APP_VERSION")
+        .ok()
+        .and_then(|v| hyper::header::HeaderValue::from_str(&v).ok());
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let mut response = Response::new(Full::new(Bytes::from_static(b"Hello, World!")));
         let headers = response.headers_mut();
         headers.insert("x-cluster-worker", worker.clone());
         headers.insert("x-cluster-pid", pid.clone());
+        if let Some(version) = &version {
+            headers.insert("x-app-version", version.clone());
+        }
         // `/sleep?ms=N` answers after N milliseconds (at most 60 s): a slow request;
         // `/busy?ms=N` blocks the thread that long: a request that occupies the worker.
         let millis = || {
@@ -75,9 +82,43 @@ async fn serve() -> Result<(), Box<dyn std::error::Error>> {
             Ok::<_, Infallible>(response)
         }
     });
+    let failing = fail_after();
     // Serves until told to stop; then finishes the requests in flight and hands idle
     // keep-alive connections to the next generation (closes them when standalone).
     let why = cluster_worker::serve_http(listener, service).await;
     tracing::info!(?why, "stopped");
+    if failing {
+        std::process::exit(1);
+    }
     Ok(())
+}
+
+/// For trying reloads that go wrong: with `HELLO_FAIL_AFTER_MS=N`, the worker gives up N
+/// milliseconds after it started serving (it asks to be stopped, finishes its requests,
+/// hands its idle connections on, and exits with status 1, as a program would whose
+/// dependency went away); with `HELLO_CRASH_AFTER_MS=N` it exits with status 1 at once,
+/// whatever it was doing. Whether it is failing.
+fn fail_after() -> bool {
+    let after = |name: &str| {
+        std::env::var(name)
+            .ok()?
+            .parse::<u64>()
+            .ok()
+            .map(std::time::Duration::from_millis)
+    };
+    if let Some(delay) = after("HELLO_CRASH_AFTER_MS") {
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            std::process::exit(1);
+        });
+    }
+    let Some(delay) = after("HELLO_FAIL_AFTER_MS") else {
+        return false;
+    };
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        tracing::error!("giving up (HELLO_FAIL_AFTER_MS)");
+        let _ = cluster_worker::shutdown().await;
+    });
+    true
 }

@@ -135,13 +135,20 @@ fn ready_reloading_watchdog_and_stopping_reach_the_manager() {
         !silent.iter().any(|d| d.contains("WATCHDOG=1")),
         "{silent:?}"
     );
-    // SIGHUP: RELOADING=1 with MONOTONIC_USEC, then READY=1 when the restart is done.
+    // SIGHUP (`systemctl reload`): RELOADING=1 with MONOTONIC_USEC, then READY=1 once the
+    // reload is kept; no READY=1 in between (the rolling restart inside it says nothing).
     cluster.signal(Signal::HUP);
     let seen = manager.until("RELOADING=1", LIMIT);
     assert!(
         seen.last().unwrap().1.contains("MONOTONIC_USEC="),
         "{seen:?}"
     );
+    let seen = manager.until("READY=1", LIMIT);
+    assert!(seen.last().unwrap().1.contains("reloaded"), "{seen:?}");
+    cluster.wait_for("reload complete", LIMIT);
+    // SIGUSR1 stays a plain rolling restart, told the same way.
+    cluster.signal(Signal::USR1);
+    manager.until("RELOADING=1", LIMIT);
     let seen = manager.until("READY=1", LIMIT);
     assert!(
         seen.last().unwrap().1.contains("rolling restart"),

@@ -1,4 +1,4 @@
-//! `cluster status | restart | scale | stop | upgrade | logs`: clients of a running cluster's
+//! `cluster status | restart | reload | scale | stop | upgrade | logs`: clients of a running cluster's
 //! control socket (found by `--name` or `--control`), speaking `cluster_ipc::control`.
 
 use std::ffi::OsStr;
@@ -48,6 +48,10 @@ enum ClientCommand {
     /// A rolling restart; returns when it has finished (status 1 and the reason if a
     /// replacement failed: its old worker kept serving)
     Restart,
+    /// Read the configuration file (and its env file) again and apply what changed, with
+    /// no connection refused; returns once the new configuration is kept (status 1 and the
+    /// reason if it was refused, or rolled back: the old configuration serves again)
+    Reload,
     /// Run N workers, or N more (+N) or fewer (-N)
     Scale {
         /// N, +N or -N
@@ -75,7 +79,7 @@ enum ClientCommand {
 pub(crate) fn is_client_command(first: &OsStr) -> bool {
     matches!(
         first.to_str(),
-        Some("status" | "restart" | "scale" | "stop" | "upgrade" | "logs")
+        Some("status" | "restart" | "reload" | "scale" | "stop" | "upgrade" | "logs")
     )
 }
 
@@ -108,7 +112,10 @@ fn answer_limit(command: &ClientCommand) -> Option<Duration> {
         ClientCommand::Status { .. } | ClientCommand::Scale { .. } | ClientCommand::Stop => {
             Some(Duration::from_secs(30))
         }
-        ClientCommand::Restart | ClientCommand::Upgrade | ClientCommand::Logs { .. } => None,
+        ClientCommand::Restart
+        | ClientCommand::Reload
+        | ClientCommand::Upgrade
+        | ClientCommand::Logs { .. } => None,
     }
 }
 
@@ -116,6 +123,7 @@ fn request(command: &ClientCommand) -> anyhow::Result<Request> {
     Ok(match command {
         ClientCommand::Status { .. } => Request::Status,
         ClientCommand::Restart => Request::Restart,
+        ClientCommand::Reload => Request::Reload,
         ClientCommand::Stop => Request::Stop,
         ClientCommand::Upgrade => Request::Upgrade,
         ClientCommand::Scale { workers } => {
@@ -166,6 +174,22 @@ fn run(args: &ClientArgs) -> anyhow::Result<()> {
         }
         (ClientCommand::Restart, Response::Done) => writeln!(stdout, "rolling restart complete")?,
         (ClientCommand::Stop, Response::Done) => writeln!(stdout, "stopping")?,
+        (
+            ClientCommand::Reload,
+            Response::Reloaded {
+                generation,
+                changed,
+            },
+        ) => {
+            let changed = match changed.is_empty() {
+                true => "nothing changed; workers replaced".to_owned(),
+                false => format!("changed {}", changed.join(", ")),
+            };
+            writeln!(
+                stdout,
+                "reloaded: configuration generation {generation}, {changed}"
+            )?;
+        }
         (ClientCommand::Upgrade, Response::Upgraded { pid }) => {
             writeln!(stdout, "upgraded: the new watcher is pid {pid}")?;
         }

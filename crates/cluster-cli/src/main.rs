@@ -10,12 +10,15 @@
 //! arguments (clap's convention).
 
 mod args;
+mod check;
 mod client;
+mod config;
 mod fds;
 mod logging;
 mod orphans;
 mod pid1;
 mod pid_file;
+mod reload;
 mod run;
 mod serve;
 mod signals;
@@ -35,6 +38,12 @@ fn main() -> ExitCode {
     upgrade::remember_binary();
     if std::env::args_os()
         .nth(1)
+        .is_some_and(|first| first == "check")
+    {
+        return check::main(std::env::args_os().skip(1).collect());
+    }
+    if std::env::args_os()
+        .nth(1)
         .is_some_and(|first| client::is_client_command(&first))
     {
         return client::main();
@@ -52,10 +61,10 @@ fn main() -> ExitCode {
     // A container's PID 1, or any process whose workers double-fork: orphans of the workers
     // come to us, are reaped and stopped with the cluster.
     let _ = rustix::process::set_child_subreaper(Some(rustix::process::getpid()));
-    let (args, config) = Args::parse_valid();
+    let loaded = Args::load_or_exit();
     // Declared before the runtime, so dropped after it: lines logged while the runtime shuts
     // down are still written.
-    let logging = match logging::init(&args) {
+    let logging = match logging::init(&loaded.args) {
         Ok(logging) => logging,
         Err(e) => return fail(&e),
     };
@@ -70,10 +79,10 @@ fn main() -> ExitCode {
     };
     // Every line the cluster logs, its own and the watcher's tasks' (which run in the span
     // current when the watcher is created), carries the name.
-    let span = tracing::info_span!("cluster", name = %args.name);
+    let span = tracing::info_span!("cluster", name = %loaded.args.name);
     let outcome = runtime.block_on(
         async {
-            match run(args, config, &logging, activated, predecessor).await {
+            match run(loaded, &logging, activated, predecessor).await {
                 Ok(Exit::StayAsInit { successor }) => Ok(pid1::stay_as_init(successor).await),
                 Ok(Exit::Done) => Ok(ExitCode::SUCCESS),
                 Err(e) => Err(e),
@@ -92,13 +101,12 @@ fn main() -> ExitCode {
 /// Runs the cluster, mode by mode, until a stop or a hand-over to a new watcher; an error is
 /// the reason for exit status 1.
 async fn run(
-    args: Args,
-    config: cluster_watcher::WatcherConfig,
+    loaded: args::Loaded,
     logging: &logging::Logging,
     activated: Vec<cluster_ipc::ActivatedSocket>,
     predecessor: Option<cluster_watcher::SuccessorEnds>,
 ) -> anyhow::Result<Exit> {
-    let Some(mut cluster) = run::prepare(args, config, activated, predecessor).await? else {
+    let Some(mut cluster) = run::prepare(loaded, activated, predecessor).await? else {
         return Ok(Exit::Done);
     };
     if !cluster.start(logging).await? {

@@ -6,9 +6,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use cluster_watcher::{
-    ClusterWatcher, ControlServer, MetricsServer, PredecessorLink, Reply, WatcherConfig,
-};
+use cluster_watcher::{ClusterWatcher, ControlServer, MetricsServer, PredecessorLink};
 
 use crate::args::Args;
 use crate::logging::Logging;
@@ -19,6 +17,8 @@ use crate::{orphans, systemd, upgrade, watch};
 /// A cluster being run by this process.
 pub(crate) struct Cluster {
     pub(crate) args: Args,
+    /// Every setting as text, as last loaded (to tell what a reload changes).
+    pub(crate) settings: std::collections::BTreeMap<String, String>,
     pub(crate) watcher: ClusterWatcher,
     /// The old watcher this one takes over from (an upgrade), until it is gone.
     pub(crate) predecessor: Option<PredecessorLink>,
@@ -53,8 +53,9 @@ impl Endpoints {
 pub(crate) enum Ending {
     /// A stop, and what asked for it.
     Stop(&'static str),
-    /// A new watcher is ready to take over; the `cluster upgrade` that asked, if one did.
-    Upgrade(Box<upgrade::Successor>, Option<Reply<Result<u32, String>>>),
+    /// A new watcher is ready to take over; the `cluster upgrade` (or `reload`) that asked,
+    /// if one did.
+    Upgrade(Box<upgrade::Successor>, Option<crate::serve::Asker>),
     /// Something this process needs failed (`--watch` cannot watch).
     Failed(anyhow::Error),
 }
@@ -71,11 +72,17 @@ pub(crate) enum Exit {
 /// Everything before the first start. `None` when a stop signal came during the first
 /// build.
 pub(crate) async fn prepare(
-    args: Args,
-    mut config: WatcherConfig,
+    loaded: crate::args::Loaded,
     activated: Vec<cluster_ipc::ActivatedSocket>,
     predecessor: Option<cluster_watcher::SuccessorEnds>,
 ) -> anyhow::Result<Option<Cluster>> {
+    let crate::args::Loaded {
+        args,
+        mut config,
+        workers: loaded_workers,
+        settings,
+        ..
+    } = loaded;
     let predecessor = predecessor
         .map(PredecessorLink::new)
         .transpose()
@@ -102,7 +109,7 @@ pub(crate) async fn prepare(
             }
         }
     }
-    config.program = crate::args::resolve_program(&config.program)?;
+    config.program = crate::args::resolve_program(&config.program, config.cwd.as_deref())?;
     // A new watcher writes the pid file once the old one let go of it.
     let pid_file = match &predecessor {
         None => args.pid_file.as_deref().map(PidFile::create).transpose()?,
@@ -111,7 +118,7 @@ pub(crate) async fn prepare(
     let ready_timeout = config.ready_timeout;
     let watcher = ClusterWatcher::new(config);
     adopt_activated(&watcher, activated);
-    let mut workers = args.worker_count();
+    let mut workers = loaded_workers;
     if let Some(link) = &predecessor {
         match link.receive_sockets(watcher.server_sockets()).await {
             Ok(count) => workers = count.max(1),
@@ -123,6 +130,7 @@ pub(crate) async fn prepare(
     }
     Ok(Some(Cluster {
         args,
+        settings,
         watcher,
         predecessor,
         pid_file,
@@ -223,7 +231,7 @@ impl Cluster {
     pub(crate) async fn hand_over(
         mut self,
         successor: upgrade::Successor,
-        reply: Option<Reply<Result<u32, String>>>,
+        reply: Option<crate::serve::Asker>,
     ) -> anyhow::Result<Exit> {
         // The new watcher binds the same paths and ports: ours go first.
         self.endpoints.release().await;
@@ -238,7 +246,7 @@ impl Cluster {
                     tracing::warn!(error = %e, "upgrade: the new watcher did not say it serves");
                 }
                 if let Some(reply) = reply {
-                    reply.send(serving.map(|()| pid).map_err(|e| e.to_string()));
+                    reply.answer(serving.map(|()| pid).map_err(|e| e.to_string()));
                 }
             }
             Err(e) => {

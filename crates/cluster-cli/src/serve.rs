@@ -1,4 +1,5 @@
-//! Serving: the loop that acts on signals, the control socket's stop and upgrade requests,
+//! Serving: the loop that acts on signals, the control socket's stop, upgrade and reload
+//! requests,
 //! the service manager and `--watch`, until the cluster stops or a new watcher takes over.
 
 use std::time::Duration;
@@ -8,14 +9,42 @@ use cluster_watcher::{ClusterWatcher, ControlServer, MetricsServer, ProgramReque
 
 use crate::args::{Args, ReadyzArg};
 use crate::logging::Logging;
+use crate::reload::{self, ReloadAnswer};
 use crate::run::{Cluster, Ending};
 use crate::signals::Supervised;
 use crate::{one_line, orphans, systemd, upgrade, watch};
 
-/// Why an upgrade is wanted.
+/// Why an upgrade is wanted, and who waits for its outcome.
 enum Trigger {
     Signal,
     Control(Reply<Result<u32, String>>),
+    /// A reload whose changes the running watcher cannot make: the new worker count.
+    Reload(Option<Asker>, usize),
+}
+
+/// Who waits for the outcome of an upgrade: `cluster upgrade`, or `cluster reload` (with
+/// what changed).
+pub(crate) enum Asker {
+    Upgrade(Reply<Result<u32, String>>),
+    Reload(Reply<ReloadAnswer>, Vec<String>),
+}
+
+impl Asker {
+    /// Answers with the new watcher's pid, or why the upgrade failed.
+    pub(crate) fn answer(self, outcome: Result<u32, String>) {
+        match self {
+            Self::Upgrade(reply) => reply.send(outcome),
+            // A new watcher starts again at generation 1.
+            Self::Reload(reply, changed) => reply.send(outcome.map(|_| (1, changed))),
+        }
+    }
+}
+
+/// What the loop does next.
+enum Next {
+    Upgrade(Trigger),
+    Reload(Option<Reply<ReloadAnswer>>),
+    Reloaded(Result<(), cluster_watcher::ReloadError>),
 }
 
 impl Cluster {
@@ -36,8 +65,10 @@ impl Cluster {
     }
 
     async fn supervise(&mut self, predecessor: Option<cluster_watcher::PredecessorLink>) -> Ending {
+        let watching = watch_options(&self.args);
         let Self {
             args,
+            settings,
             watcher,
             notifier,
             signals,
@@ -47,8 +78,8 @@ impl Cluster {
             ..
         } = self;
         let control = endpoints.control.as_ref();
-        let (watcher, workers, ready_timeout) = (&*watcher, *workers, *ready_timeout);
-        let dev_loop = dev_loop(args, watcher);
+        let (watcher, ready_timeout) = (&*watcher, *ready_timeout);
+        let dev_loop = dev_loop(watching, watcher);
         // Connections the old watcher passes on while it stops, until it is gone.
         let from_predecessor = async {
             if let Some(link) = predecessor {
@@ -60,11 +91,13 @@ impl Cluster {
         let follow = systemd::follow(notifier, watcher);
         let reaper = orphans::reaper(watcher);
         tokio::pin!(dev_loop, from_predecessor, follow, reaper);
+        let mut reloading: Option<reload::InPlace> = None;
         loop {
-            let trigger = tokio::select! {
-                supervised = signals.supervise(watcher, workers) => match supervised {
+            let next = tokio::select! {
+                supervised = signals.supervise(watcher, *workers) => match supervised {
                     Supervised::Stop(cause) => return Ending::Stop(cause),
-                    Supervised::Upgrade => Trigger::Signal,
+                    Supervised::Upgrade => Next::Upgrade(Trigger::Signal),
+                    Supervised::Reload => Next::Reload(None),
                 },
                 // Cancel-safe: a request not taken now waits in the control server's queue.
                 request = next_request(control) => match request {
@@ -72,12 +105,16 @@ impl Cluster {
                         reply.send(());
                         return Ending::Stop("cluster stop");
                     }
-                    ProgramRequest::Upgrade(reply) => Trigger::Control(reply),
+                    ProgramRequest::Upgrade(reply) => Next::Upgrade(Trigger::Control(reply)),
+                    ProgramRequest::Reload(reply) => Next::Reload(Some(reply)),
                     other => {
                         tracing::warn!(request = ?other, "a control request this binary does not carry out");
                         continue;
                     }
                 },
+                outcome = async { reloading.as_mut().expect("guarded").outcome().await }, if reloading.is_some() => {
+                    Next::Reloaded(outcome)
+                }
                 () = &mut follow => return Ending::Stop("the service manager"),
                 () = &mut reaper => return Ending::Stop("the orphan reaper"),
                 () = &mut from_predecessor => continue,
@@ -85,6 +122,37 @@ impl Cluster {
                     // It runs until the cluster stops; it ends only when it cannot watch at all.
                     let error = watching.err().unwrap_or_else(|| anyhow::anyhow!("ended"));
                     return Ending::Failed(error.context("--watch"));
+                }
+            };
+            let trigger = match next {
+                Next::Upgrade(trigger) => trigger,
+                Next::Reload(reply) => {
+                    if reloading.is_some() {
+                        tracing::warn!("reload: one is already under way");
+                        if let Some(reply) = reply {
+                            reply.send(Err("a reload is already under way".into()));
+                        }
+                        continue;
+                    }
+                    match begin_reload(watcher, notifier, settings, reply) {
+                        Begun::InPlace(in_place) => {
+                            reloading = Some(in_place);
+                            continue;
+                        }
+                        Begun::Upgrade(trigger) => trigger,
+                        Begun::Refused => continue,
+                    }
+                }
+                Next::Reloaded(outcome) => {
+                    let done = reloading.take().expect("a reload was under way");
+                    let applied = Applied {
+                        args,
+                        settings,
+                        workers,
+                        signals,
+                    };
+                    finish_reload(watcher, notifier, applied, done, outcome).await;
+                    continue;
                 }
             };
             let upgrading = Upgrade {
@@ -97,6 +165,103 @@ impl Cluster {
                 return ending;
             }
         }
+    }
+}
+
+/// How a reload began.
+enum Begun {
+    InPlace(reload::InPlace),
+    Upgrade(Trigger),
+    /// The settings are wrong: nothing changed (the asker was told).
+    Refused,
+}
+
+/// Reads the settings again and starts applying them; tells the service manager.
+fn begin_reload(
+    watcher: &ClusterWatcher,
+    notifier: &systemd::Notifier,
+    settings: &std::collections::BTreeMap<String, String>,
+    reply: Option<Reply<ReloadAnswer>>,
+) -> Begun {
+    let asked_by = if reply.is_some() {
+        "cluster reload"
+    } else {
+        "SIGHUP"
+    };
+    notifier.reloading("reloading the configuration");
+    match reload::plan(settings) {
+        Err(why) => {
+            tracing::error!(asked_by, error = why, "reload refused: nothing changed");
+            notifier.ready(&format!("reload refused: {why}"));
+            if let Some(reply) = reply {
+                reply.send(Err(why));
+            }
+            Begun::Refused
+        }
+        Ok(reload::Plan::InPlace(loaded, changed)) => {
+            tracing::info!(asked_by, changed = %changed.join(", "), "reload: applying the configuration");
+            Begun::InPlace(reload::InPlace::begin(watcher, loaded, changed, reply))
+        }
+        Ok(reload::Plan::Upgrade {
+            key,
+            workers,
+            changed,
+        }) => {
+            tracing::info!(asked_by, key, changed = %changed.join(", "), "reload: this change takes a new watcher; upgrading");
+            Begun::Upgrade(Trigger::Reload(
+                reply.map(|r| Asker::Reload(r, changed)),
+                workers,
+            ))
+        }
+    }
+}
+
+/// What a kept reload updates in the serving loop.
+struct Applied<'a> {
+    args: &'a mut Args,
+    settings: &'a mut std::collections::BTreeMap<String, String>,
+    workers: &'a mut usize,
+    signals: &'a mut crate::signals::Signals,
+}
+
+/// Answers a reload applied in place, and keeps its settings if it was kept.
+async fn finish_reload(
+    watcher: &ClusterWatcher,
+    notifier: &systemd::Notifier,
+    applied: Applied<'_>,
+    done: reload::InPlace,
+    outcome: Result<(), cluster_watcher::ReloadError>,
+) {
+    let reload::InPlace {
+        loaded,
+        changed,
+        reply,
+        ..
+    } = done;
+    let answer = match outcome {
+        Ok(()) => {
+            let reload_loaded = *loaded;
+            *applied.workers = reload_loaded.workers;
+            applied.signals.set_target(reload_loaded.workers);
+            *applied.settings = reload_loaded.settings;
+            *applied.args = reload_loaded.args;
+            let generation = watcher.status().await.configuration.generation;
+            tracing::info!(generation, changed = %changed.join(", "), "reload complete");
+            notifier.ready(&format!("reloaded: configuration generation {generation}"));
+            Ok((generation, changed))
+        }
+        Err(e) => {
+            let why = e.to_string();
+            tracing::error!(
+                error = why,
+                "reload failed; the last good configuration serves"
+            );
+            notifier.ready(&format!("reload failed: {why}"));
+            Err(why)
+        }
+    };
+    if let Some(reply) = reply {
+        reply.send(answer);
     }
 }
 
@@ -113,25 +278,29 @@ impl Upgrade<'_> {
     /// when that fails. A stop, by signal or over the control socket, abandons it.
     async fn run(self, trigger: Trigger) -> Option<Ending> {
         let control = self.control;
-        let (asked_by, mut reply) = match trigger {
-            Trigger::Signal => ("SIGUSR2", None),
-            Trigger::Control(reply) => ("cluster upgrade", Some(reply)),
+        let (asked_by, mut asker, workers) = match trigger {
+            Trigger::Signal => ("SIGUSR2", None, None),
+            Trigger::Control(reply) => ("cluster upgrade", Some(Asker::Upgrade(reply)), None),
+            Trigger::Reload(asker, workers) => ("reload", asker, Some(workers)),
         };
         tracing::info!(asked_by, "upgrade: starting a new watcher");
         // The wanted count, not the running one: a restart or a backoff under way must not
         // change the size of the cluster for good.
-        let workers = self.watcher.status().await.wanted_workers().max(1);
+        let workers = match workers {
+            Some(workers) => workers,
+            None => self.watcher.status().await.wanted_workers().max(1),
+        };
         let started = upgrade::start_successor(self.watcher, workers, self.ready_timeout);
         tokio::pin!(started);
         let stop = loop {
             tokio::select! {
                 started = &mut started => match started {
-                    Ok(successor) => return Some(Ending::Upgrade(Box::new(successor), reply)),
+                    Ok(successor) => return Some(Ending::Upgrade(Box::new(successor), asker)),
                     Err(e) => {
                         let why = one_line(&e);
                         tracing::error!(error = why, "upgrade failed; this watcher keeps serving");
-                        if let Some(reply) = reply {
-                            reply.send(Err(why));
+                        if let Some(asker) = asker {
+                            asker.answer(Err(why));
                         }
                         return None;
                     }
@@ -145,30 +314,40 @@ impl Upgrade<'_> {
                     ProgramRequest::Upgrade(second) => {
                         second.send(Err("an upgrade is already under way".into()));
                     }
+                    ProgramRequest::Reload(second) => {
+                        second.send(Err("an upgrade is under way".into()));
+                    }
                     _ => {}
                 },
             }
         };
         // Dropping the start kills the new watcher (and its workers with it).
-        if let Some(reply) = reply.take() {
-            reply.send(Err(format!("{stop} came first; the cluster stops")));
+        if let Some(asker) = asker.take() {
+            asker.answer(Err(format!("{stop} came first; the cluster stops")));
         }
         Some(Ending::Stop(stop))
     }
 }
 
-/// `--watch`: rebuild and restart on changes; never ends without it.
-async fn dev_loop(args: &Args, watcher: &ClusterWatcher) -> anyhow::Result<()> {
-    if args.watch.is_empty() {
-        return std::future::pending().await;
-    }
-    let options = watch::WatchOptions {
+/// `--watch`'s settings, if any.
+fn watch_options(args: &Args) -> Option<watch::WatchOptions> {
+    (!args.watch.is_empty()).then(|| watch::WatchOptions {
         paths: args.watch.clone(),
         build: args.build.clone(),
         build_timeout: args.build_timeout,
         debounce: args.debounce,
-    };
-    watch::run(options, watcher).await
+    })
+}
+
+/// `--watch`: rebuild and restart on changes; never ends without it.
+async fn dev_loop(
+    options: Option<watch::WatchOptions>,
+    watcher: &ClusterWatcher,
+) -> anyhow::Result<()> {
+    match options {
+        Some(options) => watch::run(options, watcher).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The next request for this program over the control socket (never, without one).

@@ -1,4 +1,5 @@
-//! Signals: stop, rolling restart, scaling, and (SIGUSR2) an upgrade of the watcher itself.
+//! Signals: stop, rolling restart, scaling, (SIGHUP) a reload of the configuration, and
+//! (SIGUSR2) an upgrade of the watcher itself.
 //!
 //! The loop that reads them never awaits the watcher: every command takes effect when it is
 //! sent, and its outcome (which can take up to the ready or shutdown timeout) is logged by a
@@ -38,6 +39,8 @@ pub(crate) enum Supervised {
     Stop(&'static str),
     /// SIGUSR2: upgrade the watcher.
     Upgrade,
+    /// SIGHUP: reload the configuration (`systemctl reload` sends it).
+    Reload,
 }
 
 impl Signals {
@@ -58,6 +61,11 @@ impl Signals {
             fewer: on(SignalKind::from_raw(Signal::TTOU.as_raw()))?,
             target: None,
         })
+    }
+
+    /// From now on SIGTTIN and SIGTTOU count from `workers` (a reload changed the count).
+    pub(crate) fn set_target(&mut self, workers: usize) {
+        self.target = Some(workers);
     }
 
     /// Waits for a signal that stops the cluster; its name.
@@ -93,9 +101,7 @@ impl Signals {
                 _ = self.user1.recv() => {
                     restart = Some(request_restart(watcher, "SIGUSR1", restart, &mut outcomes));
                 }
-                _ = self.hangup.recv() => {
-                    restart = Some(request_restart(watcher, "SIGHUP", restart, &mut outcomes));
-                }
+                _ = self.hangup.recv() => return Supervised::Reload,
                 _ = self.more.recv() => {
                     if target >= MAX_WORKERS as usize {
                         tracing::warn!(workers = target, "SIGTTIN: already at the most workers allowed");

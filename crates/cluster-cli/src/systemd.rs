@@ -51,6 +51,20 @@ impl Notifier {
         }
     }
 
+    /// `RELOADING=1` (with the `MONOTONIC_USEC=` that `Type=notify-reload` wants) and a
+    /// status.
+    pub(crate) fn reloading(&self, status: &str) {
+        self.notify(&format!(
+            "RELOADING=1\nMONOTONIC_USEC={}\nSTATUS={status}",
+            monotonic_usec()
+        ));
+    }
+
+    /// `READY=1` and a status: serving (again, after a reload).
+    pub(crate) fn ready(&self, status: &str) {
+        self.notify(&format!("READY=1\nSTATUS={status}"));
+    }
+
     pub(crate) fn is_active(&self) -> bool {
         self.socket.is_some()
     }
@@ -93,6 +107,9 @@ pub(crate) async fn follow(notifier: &Notifier, watcher: &ClusterWatcher) {
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             };
             match event {
+                // A reload tells the manager itself, around the whole reload.
+                Event::RestartStarted { .. } | Event::RestartFinished { .. }
+                    if watcher.status().await.configuration.reloading.is_some() => {}
                 Event::RestartStarted { workers } => notifier.notify(&format!(
                     "RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=rolling restart of {workers} workers",
                     monotonic_usec()

@@ -3,12 +3,14 @@
 
 use std::time::Duration;
 
-use cluster_watcher::{ClusterStatus, SlotStatus, WorkerStatus};
+use cluster_watcher::{ClusterStatus, ConfigurationStatus, SlotStatus, WorkerStatus};
 
 /// The status, line by line: a heading, a row per worker (or per empty slot), and the
 /// balance modes' own figures when the cluster has them.
 pub(crate) fn render(name: &str, status: &ClusterStatus) -> Vec<String> {
-    let mut lines = vec![heading(name, status), header()];
+    let mut lines = vec![heading(name, status)];
+    lines.extend(configuration(&status.configuration));
+    lines.push(header());
     for slot in &status.slots {
         if slot.workers.is_empty() {
             lines.push(empty_slot(slot));
@@ -34,6 +36,38 @@ pub(crate) fn render(name: &str, status: &ClusterStatus) -> Vec<String> {
         lines.push(format!(
             "open connections by slot (least-conn): {}",
             open.join(" ")
+        ));
+    }
+    lines
+}
+
+/// Which configuration runs (when it came from a file, or was reloaded), and the last
+/// reload that was rolled back.
+fn configuration(configuration: &ConfigurationStatus) -> Vec<String> {
+    let mut lines = Vec::new();
+    if configuration.source.is_some() || configuration.generation > 1 {
+        let changed = match configuration.changed.is_empty() {
+            true => String::new(),
+            false => format!("; changed {}", configuration.changed.join(", ")),
+        };
+        let reloading = configuration
+            .reloading
+            .map(|g| format!("; reloading to generation {g}"))
+            .unwrap_or_default();
+        lines.push(format!(
+            "configuration {} generation {}, loaded {} ago{changed}{reloading}",
+            configuration.source.as_deref().unwrap_or("(command line)"),
+            configuration.generation,
+            seconds(Some(configuration.age)),
+        ));
+    }
+    if let Some(failed) = &configuration.failed {
+        lines.push(format!(
+            "reload to generation {} rolled back {} ago (changed {}): {}",
+            failed.generation,
+            seconds(Some(failed.age)),
+            failed.changed.join(", "),
+            failed.reason
         ));
     }
     lines

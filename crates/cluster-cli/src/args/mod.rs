@@ -6,13 +6,16 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::bail;
-use clap::{CommandFactory, Parser, ValueEnum};
+use clap::{Parser, ValueEnum};
 
+mod layers;
 mod values;
 
+pub(crate) use self::layers::{LoadError, Loaded, changed, load};
+
 use self::values::{
-    ReadyAfter, parse_duration, parse_listen, parse_log_filter, parse_ready_after, parse_signal,
-    parse_size,
+    ReadyAfter, parse_duration, parse_env_entry, parse_listen, parse_log_filter, parse_ready_after,
+    parse_signal, parse_size,
 };
 use cluster_watcher::{Balance, WatcherConfig};
 
@@ -36,6 +39,13 @@ use cluster_watcher::{Balance, WatcherConfig};
 #[derive(Debug, Parser)]
 #[command(name = "cluster", version, about, long_about, after_help = EXAMPLES)]
 pub(crate) struct Args {
+    /// Read settings from this TOML file: each key is a long option below (`workers = 4`,
+    /// `shutdown-timeout = "10s"`), plus `program`, `args` and an `[env]` table. The command
+    /// line and CLUSTER_* variables override it; `cluster check` checks it, `cluster reload`
+    /// (or SIGHUP) applies its changes
+    #[arg(short, long, env = "CLUSTER_CONFIG", value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+
     /// Number of worker processes [default: number of CPUs]
     #[arg(short, long, env = "CLUSTER_WORKERS", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_WORKERS)))]
     workers: Option<u32>,
@@ -170,6 +180,19 @@ pub(crate) struct Args {
     #[arg(long, env = "CLUSTER_LISTEN", value_name = "[NAME=]ADDR", value_delimiter = ' ', value_parser = parse_listen)]
     listen: Vec<cluster_watcher::InheritedListener>,
 
+    /// Set this variable in every worker's environment (repeatable; over --env-file's)
+    #[arg(long = "env", value_name = "NAME=VALUE", value_parser = parse_env_entry)]
+    env: Vec<(String, String)>,
+
+    /// Read variables for every worker's environment from this file (dotenv syntax:
+    /// NAME=value lines); read again at each reload
+    #[arg(long, env = "CLUSTER_ENV_FILE", value_name = "PATH")]
+    pub(crate) env_file: Option<PathBuf>,
+
+    /// The workers' working directory [default: the watcher's]
+    #[arg(long, env = "CLUSTER_CWD", value_name = "DIR")]
+    cwd: Option<PathBuf>,
+
     /// With --listen: the signal that asks a worker (its whole process group) to stop
     #[arg(long, env = "CLUSTER_STOP_SIGNAL", default_value = "TERM", value_name = "SIGNAL", value_parser = parse_signal)]
     stop_signal: i32,
@@ -201,11 +224,7 @@ pub(crate) struct Args {
 
     /// The worker program, and the arguments passed to it unchanged (everything after
     /// PROGRAM is its own, options included: `cluster -w 2 gunicorn -w 4 app:app`)
-    #[arg(
-        required = true,
-        trailing_var_arg = true,
-        value_name = "PROGRAM [ARGS]..."
-    )]
+    #[arg(trailing_var_arg = true, value_name = "PROGRAM [ARGS]...")]
     command: Vec<OsString>,
 }
 
@@ -248,16 +267,18 @@ pub(crate) enum LogFormat {
 }
 
 impl Args {
-    /// Parses the command line, exiting as clap does (status 2, a one-line reason) when the
-    /// arguments are bad, including when the knobs contradict each other; returns the
-    /// arguments and the configuration they make (PROGRAM not yet looked up).
-    pub(crate) fn parse_valid() -> (Self, WatcherConfig) {
-        let args = Self::parse();
-        match args.watcher_config() {
-            Ok(config) => (args, config),
+    /// Reads the settings (command line, environment, configuration file), exiting with
+    /// status 2 and a one-line reason when they are wrong, as clap does for a bad argument
+    /// (PROGRAM not yet looked up).
+    pub(crate) fn load_or_exit() -> Loaded {
+        let argv: Vec<OsString> = std::env::args_os().collect();
+        match load(&argv) {
+            Ok(loaded) => loaded,
+            // clap's own errors (and --help, --version) as clap prints them.
+            Err(LoadError::Clap(error)) => error.exit(),
             // The same form, usage hint and status as clap's own errors: an impossible
-            // combination is a bad argument, not a failure of the cluster.
-            Err(error) => Self::command()
+            // combination or a bad file is a bad argument, not a failure of the cluster.
+            Err(error) => <Self as clap::CommandFactory>::command()
                 .error(clap::error::ErrorKind::ArgumentConflict, error)
                 .exit(),
         }
@@ -266,7 +287,9 @@ impl Args {
     /// The watcher configuration these arguments describe, checked with
     /// [`WatcherConfig::validate`].
     pub(crate) fn watcher_config(&self) -> Result<WatcherConfig, cluster_watcher::ConfigError> {
-        let (program, mut args) = self.command.split_first().expect("clap requires PROGRAM");
+        let Some((program, mut args)) = self.command.split_first() else {
+            return Err(cluster_watcher::ConfigError("no program to run".into()));
+        };
         // amphp's `cluster server -- --port 8080`: a `--` right after PROGRAM is not for it.
         if args.first().is_some_and(|a| a == "--") {
             args = &args[1..];
@@ -292,6 +315,8 @@ impl Args {
             .or_else(|| self.max_age.map(|age| age / 10))
             .unwrap_or_default();
         config.listen = self.listen.clone();
+        config.env = self.env.iter().map(|(k, v)| (k.into(), v.into())).collect();
+        config.cwd = self.cwd.clone();
         config.stop_signal = self.stop_signal;
         config.ready_after = self.ready_after.0;
         config.validate()?;
@@ -307,14 +332,15 @@ impl Args {
     }
 }
 
-/// Looks PROGRAM up (in `PATH` when it is a bare name) and checks it can run, so a typo gets
-/// a one-line answer rather than a worker that fails to start.
+/// Looks PROGRAM up (in `PATH` when it is a bare name; a relative path from `cwd`, the
+/// workers' directory, when given) and checks it can run, so a typo gets a one-line answer
+/// rather than a worker that fails to start.
 ///
 /// # Errors
 /// When it is missing, a directory or not executable.
-pub(crate) fn resolve_program(program: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn resolve_program(program: &Path, cwd: Option<&Path>) -> anyhow::Result<PathBuf> {
     let candidates: Vec<PathBuf> = if program.components().count() > 1 {
-        vec![program.to_owned()]
+        vec![cwd.map_or_else(|| program.to_owned(), |dir| dir.join(program))]
     } else {
         std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
             .map(|dir| dir.join(program))
@@ -335,6 +361,7 @@ pub(crate) fn resolve_program(program: &Path) -> anyhow::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
 
     fn parse(args: &[&str]) -> Result<Args, clap::Error> {
         Args::try_parse_from(std::iter::once("cluster").chain(args.iter().copied()))

@@ -43,7 +43,20 @@ pub(super) fn parse_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
-/// Checks a `--log-level` at parse time, so a bad filter is a bad argument (status 2).
+/// `--env NAME=VALUE`: a name (not empty, no `=`, no NUL) and
+/// its value.
+pub(super) fn parse_env_entry(text: &str) -> Result<(String, String), String> {
+    let (name, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not NAME=VALUE"))?;
+    if name.is_empty() || name.contains('\0') || value.contains('\0') {
+        return Err(format!(
+            "{text:?}: a name must not be empty, nor contain NUL"
+        ));
+    }
+    Ok((name.to_owned(), value.to_owned()))
+}
+
 /// `512M`, `2G`, `64k`, `1048576`: bytes (powers of 1024).
 pub(super) fn parse_size(text: &str) -> Result<u64, String> {
     let bad = || format!("{text:?} is not a size (bytes, or a number with k, M or G)");
@@ -135,6 +148,7 @@ pub(super) fn parse_listen(text: &str) -> Result<cluster_watcher::InheritedListe
     })
 }
 
+/// Checks a `--log-level` at parse time, so a bad filter is a bad argument (status 2).
 pub(super) fn parse_log_filter(text: &str) -> Result<String, String> {
     tracing_subscriber::EnvFilter::try_new(text)
         .map(|_| text.to_owned())

@@ -14,6 +14,7 @@
 //! | `{"cmd":"scale","workers":N}` or `{"cmd":"scale","delta":±N}` | `{"ok":true,"workers":N}` |
 //! | `{"cmd":"stop"}` | `{"ok":true}` once the program serving the cluster took the request |
 //! | `{"cmd":"upgrade"}` | once a new watcher took over: `{"ok":true,"pid":P}`, or `{"ok":false,"error":"…"}` |
+//! | `{"cmd":"reload"}` | once the configuration file's new contents are kept: `{"ok":true,"generation":G,"changed":[…]}`, or `{"ok":false,"error":"…"}` (refused, or rolled back) |
 //! | `{"cmd":"logs","follow":BOOL,"worker":N}` | recent lines, then (with `follow`) new ones: `{"line":"…","worker":N}` each |
 //!
 //! A request that is not understood gets `{"ok":false,"error":"…"}` and the connection stays
@@ -68,6 +69,9 @@ pub enum Request {
     Stop,
     /// Replace the watcher itself; answered once the new one took over.
     Upgrade,
+    /// Read the configuration again and apply what changed; answered once it is kept or
+    /// rolled back.
+    Reload,
     /// The log stream.
     Logs {
         /// Keep sending new lines.
@@ -108,6 +112,13 @@ pub enum Response {
         /// Its pid.
         pid: u32,
     },
+    /// A reload was kept.
+    Reloaded {
+        /// The configuration's generation now.
+        generation: u64,
+        /// The keys it changed.
+        changed: Vec<String>,
+    },
     /// One log line.
     Line {
         /// The line, as the log shows it.
@@ -140,6 +151,10 @@ struct Wire {
     #[serde(skip_serializing_if = "Option::is_none")]
     pid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    generation: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    changed: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     line: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     worker: Option<u32>,
@@ -168,6 +183,15 @@ impl From<Response> for Wire {
             Response::Upgraded { pid } => Self {
                 ok,
                 pid: Some(pid),
+                ..Self::default()
+            },
+            Response::Reloaded {
+                generation,
+                changed,
+            } => Self {
+                ok,
+                generation: Some(generation),
+                changed: Some(changed),
                 ..Self::default()
             },
             Response::Line { line, worker } => Self {
@@ -214,6 +238,15 @@ impl TryFrom<Wire> for Response {
                 pid: Some(pid),
                 ..
             } => Self::Upgraded { pid },
+            Wire {
+                ok: Some(true),
+                generation: Some(generation),
+                changed,
+                ..
+            } => Self::Reloaded {
+                generation,
+                changed: changed.unwrap_or_default(),
+            },
             Wire { ok: Some(true), .. } => Self::Done,
             Wire { ok: None, .. } => return Err("an answer without \"ok\"".to_owned()),
         })
@@ -297,6 +330,7 @@ mod tests {
     fn requests_read_as_the_documented_json() {
         let read = |text: &str| decode_line::<Request>(text.as_bytes()).unwrap();
         assert_eq!(read(r#"{"cmd":"status"}"#), Request::Status);
+        assert_eq!(read(r#"{"cmd":"reload"}"#), Request::Reload);
         assert_eq!(
             read(r#"{"cmd":"scale","workers":3}"#),
             Request::Scale {
@@ -336,6 +370,10 @@ mod tests {
             Response::failed("why"),
             Response::Scaled { workers: 2 },
             Response::Upgraded { pid: 7 },
+            Response::Reloaded {
+                generation: 3,
+                changed: vec!["workers".into()],
+            },
             Response::Line {
                 line: "x".into(),
                 worker: Some(2),

@@ -73,6 +73,9 @@ pub enum ProgramRequest {
     /// `cluster upgrade`: hand over to a new watcher; answer with its pid once it took
     /// over, or why it failed.
     Upgrade(Reply<Result<u32, String>>),
+    /// `cluster reload`: read the configuration again and apply it; answer with the new
+    /// generation and what changed once it is kept, or why it was refused or rolled back.
+    Reload(Reply<Result<(u64, Vec<String>), String>>),
 }
 
 /// The answer a [`ProgramRequest`] waits for.
@@ -294,6 +297,25 @@ impl Context {
                     Ok(Ok(Ok(pid))) => Response::Upgraded { pid },
                     Ok(Ok(Err(error))) => Response::Failed(error),
                     Ok(Err(_)) => Response::failed("this watcher does not upgrade itself"),
+                    Err(_) => Response::failed("no outcome within 5 minutes"),
+                }
+            }
+            Request::Reload => {
+                let (reply, outcome) = oneshot::channel();
+                if self
+                    .requests
+                    .try_send(ProgramRequest::Reload(Reply(reply)))
+                    .is_err()
+                {
+                    return Response::failed("too many requests under way");
+                }
+                match tokio::time::timeout(UPGRADE_TIMEOUT, outcome).await {
+                    Ok(Ok(Ok((generation, changed)))) => Response::Reloaded {
+                        generation,
+                        changed,
+                    },
+                    Ok(Ok(Err(error))) => Response::Failed(error),
+                    Ok(Err(_)) => Response::failed("this watcher has no configuration to reload"),
                     Err(_) => Response::failed("no outcome within 5 minutes"),
                 }
             }

@@ -101,18 +101,18 @@ impl Failure {
     pub(crate) fn into_error(self, program: &std::path::Path) -> crate::StartError {
         use crate::StartError;
         match self {
-            Failure::Spawn { os_error, message } => StartError::Spawn {
+            Self::Spawn { os_error, message } => StartError::Spawn {
                 program: program.to_owned(),
                 source: match os_error {
                     Some(code) => std::io::Error::from_raw_os_error(code),
                     None => std::io::Error::other(message),
                 },
             },
-            Failure::ExitedBeforeReady { id, pid, status } => {
+            Self::ExitedBeforeReady { id, pid, status } => {
                 StartError::ExitedBeforeReady { id, pid, status }
             }
-            Failure::NotReady { id, pid, timeout } => StartError::NotReady { id, pid, timeout },
-            Failure::EndedAfterReady {
+            Self::NotReady { id, pid, timeout } => StartError::NotReady { id, pid, timeout },
+            Self::EndedAfterReady {
                 id,
                 pid,
                 status,
@@ -123,10 +123,10 @@ impl Failure {
                 status,
                 after,
             },
-            Failure::ZeroWorkers => StartError::ZeroWorkers,
-            Failure::AlreadyStarted => StartError::AlreadyStarted,
-            Failure::NotRunning => StartError::NotRunning,
-            Failure::ReloadUnderWay => StartError::ReloadUnderWay,
+            Self::ZeroWorkers => StartError::ZeroWorkers,
+            Self::AlreadyStarted => StartError::AlreadyStarted,
+            Self::NotRunning => StartError::NotRunning,
+            Self::ReloadUnderWay => StartError::ReloadUnderWay,
         }
     }
 }

@@ -126,8 +126,9 @@ impl Supervisor {
             changed,
         });
         self.actions.push_back(Action::Configure(config));
+        // New slots start with the new configuration; the others are replaced.
         self.resize(workers, now);
-        self.rolling.request(None);
+        self.rolling.request_stale();
         self.step_rolling(now);
     }
 

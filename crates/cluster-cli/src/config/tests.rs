@@ -1,0 +1,69 @@
+//! The file's keys, values and errors, against the real command line definition.
+
+use clap::CommandFactory;
+
+use super::*;
+use crate::args::Args;
+
+fn parse(text: &str) -> Result<ConfigFile, ConfigFileError> {
+    ConfigFile::parse(Path::new("cluster.toml"), text, &Args::command())
+}
+
+#[test]
+fn options_become_arguments_and_the_program_follows() {
+    let file = parse(
+        "workers = 3\nshutdown_timeout = \"5s\"\nlisten = [\"127.0.0.1:0\", \"unix:/tmp/x.sock\"]\nprogram = \"./server\"\nargs = [\"--port\", 8080]\n[env]\nAPP = \"blue\"\n",
+    )
+    .unwrap();
+    let mut arguments = file.option_arguments(|_| false);
+    arguments.sort();
+    assert_eq!(
+        arguments,
+        [
+            "--env=APP=blue",
+            "--listen=127.0.0.1:0",
+            "--listen=unix:/tmp/x.sock",
+            "--shutdown-timeout=5s",
+            "--workers=3"
+        ]
+    );
+    assert_eq!(
+        file.program_arguments(),
+        ["--", "./server", "--port", "8080"]
+    );
+    // What the command line or the environment set is left out.
+    assert!(
+        !file
+            .option_arguments(|id| id == "workers")
+            .iter()
+            .any(|a| a.starts_with("--workers"))
+    );
+}
+
+#[test]
+fn errors_say_where_which_key_and_why() {
+    let error = parse("workers = 2\nshutdown-timout = \"5s\"\n").unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "cluster.toml:2:1: unknown key `shutdown-timout`; did you mean `shutdown-timeout`?"
+    );
+    let error = parse("\nworkers = \"many\"\n").unwrap_err().to_string();
+    assert!(
+        error.starts_with("cluster.toml:2:11: `workers`: invalid value 'many'"),
+        "{error}"
+    );
+    let error = parse("balance = \"random\"\n").unwrap_err().to_string();
+    assert!(error.contains("possible values"), "{error}");
+    let error = parse("workers = [1, 2]\n").unwrap_err().to_string();
+    assert!(error.contains("expected one value"), "{error}");
+    let error = parse("env = \"A=1\"\n").unwrap_err().to_string();
+    assert!(error.contains("expected a table"), "{error}");
+    let error = parse("workers = 2\nworkers = 3\n").unwrap_err().to_string();
+    assert!(error.starts_with("cluster.toml:2:1: "), "{error}");
+    let error = parse("args = [\"x\"]\n").unwrap_err().to_string();
+    assert!(error.contains("without a `program`"), "{error}");
+    assert!(matches!(
+        parse("help = true\n"),
+        Err(ConfigFileError::UnknownKey { .. })
+    ));
+}
