@@ -159,6 +159,7 @@ fn a_reload_applies_a_new_environment_and_worker_count_with_no_failed_request() 
     assert!(out.contains("changed env.APP_VERSION, workers"), "{out}");
     std::thread::sleep(Duration::from_millis(500));
     let (ok, failed) = traffic.finish();
+    eprintln!("reload under load: {ok} requests, {} failed", failed.len());
     assert!(
         failed.is_empty(),
         "{} failed of {ok}: {:?}",
@@ -283,6 +284,11 @@ fn a_configuration_that_fails_after_ready_is_rolled_back_with_no_failed_request(
     assert!(took < Duration::from_secs(5), "{took:?}");
     std::thread::sleep(Duration::from_millis(300));
     let (ok, failed) = traffic.finish();
+    eprintln!(
+        "rollback under load: {ok} requests, {} failed, reload answered in {took:?}",
+        failed.len()
+    );
+    assert!(ok > 100, "{ok}");
     assert!(
         failed.is_empty(),
         "{} failed of {ok}: {:?}",
@@ -350,4 +356,49 @@ fn the_command_line_and_the_environment_override_the_file() {
     assert_eq!(pids(&setup.status()).len(), 1);
     started.signal(Signal::TERM);
     assert!(started.wait(LIMIT).success());
+}
+
+#[test]
+fn a_change_the_running_watcher_cannot_make_goes_through_an_upgrade() {
+    let setup = Setup::new("upgrade");
+    setup.write(
+        "workers = 2\nbalance = \"shared\"",
+        "APP_VERSION = \"blue\"",
+    );
+    let mut cluster = setup.start();
+    let old_watcher = setup.status()["pid"].as_u64().unwrap();
+    let traffic = Traffic::start(setup.port);
+    std::thread::sleep(Duration::from_millis(300));
+    setup.write(
+        "workers = 2\nbalance = \"round-robin\"",
+        "APP_VERSION = \"green\"",
+    );
+    let (code, out, err) = setup.client(&["reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("changed balance, env.APP_VERSION"), "{out}");
+    std::thread::sleep(Duration::from_millis(300));
+    let (ok, failed) = traffic.finish();
+    eprintln!(
+        "reload through an upgrade under load: {ok} requests, {} failed",
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "{} failed of {ok}: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    let status = setup.status();
+    assert_eq!(status["balance"], "round-robin");
+    assert_ne!(status["pid"].as_u64().unwrap(), old_watcher);
+    assert_eq!(version_and_pid(setup.port).0, "green");
+    // The old watcher handed over and exited.
+    assert!(cluster.wait(LIMIT).success());
+    let new_watcher = status["pid"].as_u64().unwrap() as u32;
+    support::signal(new_watcher, Signal::TERM);
+    let deadline = Instant::now() + LIMIT;
+    while process_exists(new_watcher) {
+        assert!(Instant::now() < deadline, "the new watcher did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -28,14 +28,19 @@ use cluster_watcher::{Balance, WatcherConfig};
 /// Durations are seconds (`10`, `0.5`) or a number with a unit: `ms`, `s`, `m` or `h`
 /// (`500ms`, `10s`, `2m`).
 ///
-/// Signals: SIGINT, SIGTERM, SIGQUIT stop gracefully; SIGUSR1 and SIGHUP (as in Gunicorn and
-/// nginx) restart all workers one by one; SIGTTIN adds a worker, SIGTTOU removes one; SIGUSR2
-/// (as in nginx) upgrades the watcher itself: a new one from this binary's path takes the
-/// sockets, and this one exits once the new workers are ready.
+/// Settings come from the command line, then CLUSTER_* variables, then the file of
+/// --config (`cluster check -c FILE` checks one), then the defaults shown.
+///
+/// Signals: SIGINT, SIGTERM, SIGQUIT stop gracefully; SIGUSR1 restarts all workers one by
+/// one; SIGHUP (as in Gunicorn and nginx; `systemctl reload`) reloads: the settings are read
+/// again and applied, a bad file changes nothing and a new configuration whose workers fail
+/// is rolled back; SIGTTIN adds a worker, SIGTTOU removes one; SIGUSR2 (as in nginx) upgrades
+/// the watcher itself: a new one from this binary's path takes the sockets, and this one
+/// exits once the new workers are ready.
 ///
 /// Exit status: 0 after a clean stop; 1 with a one-line reason when PROGRAM cannot run, no
 /// worker becomes ready, or workers had to be killed at the shutdown timeout; 2 for bad
-/// arguments.
+/// arguments or a bad configuration file.
 #[derive(Debug, Parser)]
 #[command(name = "cluster", version, about, long_about, after_help = EXAMPLES)]
 pub(crate) struct Args {
@@ -246,7 +251,8 @@ const EXAMPLES: &str = "Examples:
 
 Commands for a running cluster (found by --name or --control):
   cluster status [--json]        cluster restart        cluster scale N|+N|-N
-  cluster stop                   cluster upgrade        cluster logs [-f] [--worker SLOT]";
+  cluster stop                   cluster upgrade        cluster logs [-f] [--worker SLOT]
+  cluster reload                 (and, without a running cluster: cluster check -c FILE)";
 
 /// `--readyz`'s values.
 #[derive(Debug, Clone, Copy, ValueEnum)]

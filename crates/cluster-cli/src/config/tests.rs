@@ -67,3 +67,12 @@ fn errors_say_where_which_key_and_why() {
         Err(ConfigFileError::UnknownKey { .. })
     ));
 }
+
+/// The complete example in `contrib/` (shown by the README) is a valid file.
+#[test]
+fn the_shipped_example_file_is_valid() {
+    let text = include_str!("../../../../contrib/cluster.toml");
+    let file = parse(text).unwrap();
+    assert_eq!(file.program_arguments()[1], "/usr/local/bin/app");
+    assert!(file.option_arguments(|_| false).len() > 20);
+}
