@@ -28,6 +28,21 @@ pub(crate) fn render(name: &str, status: &ClusterStatus) -> Vec<String> {
             queues.join(" ")
         ));
     }
+    let cpus: Vec<(u32, &str)> = status
+        .slots
+        .iter()
+        .flat_map(|s| &s.workers)
+        .filter(|w| w.current)
+        .filter_map(|w| Some((w.id.slot, w.cpus.as_deref()?)))
+        .collect();
+    // Shown when workers are pinned (their CPU sets differ).
+    if cpus.windows(2).any(|pair| pair[0].1 != pair[1].1) {
+        let cpus: Vec<String> = cpus
+            .iter()
+            .map(|(slot, set)| format!("{slot}:{set}"))
+            .collect();
+        lines.push(format!("cpus by slot: {}", cpus.join(" ")));
+    }
     let open: Vec<String> = status
         .workers()
         .filter_map(|w| Some(format!("{}:{}", w.id.slot, w.open_connections?)))

@@ -90,6 +90,15 @@ pub struct WatcherConfig {
     /// Program mode: a worker still running this long after its start counts as ready, if it
     /// has not sent `READY=1` before (default 1 s, as einhorn; `None`: wait for `READY=1`).
     pub ready_after: Option<Duration>,
+    /// The user and group workers run as (the watcher must be root): supplementary groups
+    /// cleared, `setgid`, `setuid` and `PR_SET_NO_NEW_PRIVS` before `exec`. They keep the
+    /// sockets the watcher hands them, their output and (program mode) their notify socket;
+    /// they cannot signal the watcher nor use its control socket (default: the watcher's
+    /// own user).
+    pub run_as: Option<fdpass::Credentials>,
+    /// CPUs to pin workers to: slot `i`'s workers run on `cpus[(i - 1) % cpus.len()]` only,
+    /// across restarts (default empty: not pinned).
+    pub cpus: Vec<usize>,
 }
 
 /// A listening socket handed to every worker in program mode (see [`WatcherConfig::listen`]).
@@ -130,6 +139,8 @@ impl WatcherConfig {
             listen: Vec::new(),
             stop_signal: 15,
             ready_after: Some(Duration::from_secs(1)),
+            run_as: None,
+            cpus: Vec::new(),
         }
     }
 
@@ -214,6 +225,12 @@ impl WatcherConfig {
             mode: None,
         });
         self
+    }
+
+    /// The CPU slot `slot`'s workers are pinned to, if any (see [`cpus`](Self::cpus)).
+    pub fn cpus_of(&self, slot: u32) -> Option<Vec<usize>> {
+        let count = self.cpus.len();
+        (count > 0).then(|| vec![self.cpus[(slot.max(1) as usize - 1) % count]])
     }
 
     /// Whether workers are programs that do not link `cluster-worker` (listeners given).

@@ -154,3 +154,4 @@ pub use cluster_ipc::status::{
     About, ClusterStatus, ConfigurationStatus, ExitKind, FailedReload, KillReason, RestartCounts,
     SlotStatus, StopCause, WorkerExit, WorkerId, WorkerPhase, WorkerStatus,
 };
+pub use fdpass::Credentials;

@@ -96,7 +96,7 @@ pub use crate::{
     async_socket::{AsyncFdSocket, register},
     convert::{FromSocketFd, SocketKind, into_socket},
     error::{Error, SocketKindError},
-    exec::join_cgroup,
+    exec::{Credentials, join_cgroup, pin_to_cpus, run_as},
     frame::{DEFAULT_MAX_MESSAGE_LEN, Limits, MAX_CHUNK, MAX_FDS, Message},
     inherit::{adopt_inherited_fd, inherit_fd, inherit_fds_at, kill_with_parent},
     listener::{RawAcceptor, SeqpacketListener},

@@ -9,10 +9,12 @@ use anyhow::bail;
 use clap::{Parser, ValueEnum};
 
 mod layers;
+mod user;
 mod values;
 
 pub(crate) use self::layers::{LoadError, Loaded, changed, load};
 
+use self::user::{CpuAffinity, User, parse_cpu_affinity, parse_group, parse_user};
 use self::values::{
     ReadyAfter, parse_duration, parse_env_entry, parse_listen, parse_log_filter, parse_ready_after,
     parse_signal, parse_size,
@@ -194,6 +196,22 @@ pub(crate) struct Args {
     #[arg(long, env = "CLUSTER_ENV_FILE", value_name = "PATH")]
     pub(crate) env_file: Option<PathBuf>,
 
+    /// Run every worker as this user (and its group, or GROUP): the watcher, which must be
+    /// root, keeps root for binding, its pid file and control socket; workers start with
+    /// supplementary groups cleared, then setgid, setuid and no-new-privileges (by name from
+    /// /etc/passwd, or a number)
+    #[arg(long, env = "CLUSTER_USER", value_name = "USER[:GROUP]", value_parser = parse_user)]
+    user: Option<(User, Option<u32>)>,
+
+    /// With --user: the workers' group, instead of the user's own
+    #[arg(long, env = "CLUSTER_GROUP", value_name = "GROUP", value_parser = parse_group, requires = "user")]
+    group: Option<u32>,
+
+    /// Pin slot i's workers to one CPU: `auto` (CPU i mod n of those this process may use)
+    /// or a list (`0,2,4-7`, taken in turn), across restarts
+    #[arg(long, env = "CLUSTER_CPU_AFFINITY", value_name = "auto|LIST", value_parser = parse_cpu_affinity)]
+    cpu_affinity: Option<CpuAffinity>,
+
     /// The workers' working directory [default: the watcher's]
     #[arg(long, env = "CLUSTER_CWD", value_name = "DIR")]
     cwd: Option<PathBuf>,
@@ -279,6 +297,14 @@ impl Args {
     pub(crate) fn load_or_exit() -> Loaded {
         let argv: Vec<OsString> = std::env::args_os().collect();
         match load(&argv) {
+            Ok(loaded) if loaded.config.run_as.is_some() && !rustix::process::geteuid().is_root() => {
+                <Self as clap::CommandFactory>::command()
+                    .error(
+                        clap::error::ErrorKind::ArgumentConflict,
+                        "--user needs the watcher to run as root (to bind, then start workers as that user); without root, run cluster itself as the user, or give it CAP_NET_BIND_SERVICE for low ports",
+                    )
+                    .exit()
+            }
             Ok(loaded) => loaded,
             // clap's own errors (and --help, --version) as clap prints them.
             Err(LoadError::Clap(error)) => error.exit(),
@@ -323,6 +349,22 @@ impl Args {
         config.listen = self.listen.clone();
         config.env = self.env.iter().map(|(k, v)| (k.into(), v.into())).collect();
         config.cwd = self.cwd.clone();
+        if let Some((user, group)) = &self.user {
+            config.run_as = Some(cluster_watcher::Credentials {
+                uid: user.uid,
+                gid: self.group.or(*group).unwrap_or(user.gid),
+            });
+            // Where the program looks for its user's files, unless set explicitly.
+            let mut own = vec![("USER", user.name.clone()), ("LOGNAME", user.name.clone())];
+            own.extend(user.home.clone().map(|home| ("HOME", home)));
+            let own = own.into_iter().map(|(k, v)| (k.into(), v.into()));
+            config.env.splice(0..0, own);
+        }
+        config.cpus = self
+            .cpu_affinity
+            .as_ref()
+            .map(CpuAffinity::cpus)
+            .unwrap_or_default();
         config.stop_signal = self.stop_signal;
         config.ready_after = self.ready_after.0;
         config.validate()?;

@@ -237,7 +237,7 @@ pub struct RestartCounts {
 }
 
 /// One live process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct WorkerStatus {
     /// Which worker.
@@ -266,6 +266,9 @@ pub struct WorkerStatus {
     /// CPU time of its whole process tree, when measured.
     #[serde(rename = "cpu_seconds", with = "optional_seconds")]
     pub cpu: Option<Duration>,
+    /// The CPUs its main process may run on (`0-3`, `2`), when measured.
+    #[serde(default)]
+    pub cpus: Option<String>,
 }
 
 impl WorkerStatus {
@@ -288,6 +291,7 @@ impl WorkerStatus {
             open_connections: None,
             rss: None,
             cpu: None,
+            cpus: None,
         }
     }
 }

@@ -73,8 +73,27 @@ pub(crate) fn add_usage(status: &mut ClusterStatus) {
             let (rss, cpu) = table.tree_usage(worker.pid);
             worker.rss = Some(rss);
             worker.cpu = Some(cpu);
+            worker.cpus = allowed_cpus(worker.pid);
         }
     }
+}
+
+/// The CPUs `pid` may run on, as `/proc` lists them (`0-3`).
+fn allowed_cpus(pid: u32) -> Option<String> {
+    let status = procfs::process::Process::new(pid as i32)
+        .ok()?
+        .status()
+        .ok()?;
+    status.cpus_allowed_list.map(|ranges| {
+        ranges
+            .iter()
+            .map(|(first, last)| match first == last {
+                true => first.to_string(),
+                false => format!("{first}-{last}"),
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    })
 }
 
 /// Adds the slots' accept queues (reuseport) and the workers' open connections (least-conn)

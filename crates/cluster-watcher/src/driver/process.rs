@@ -199,7 +199,7 @@ impl WorkerSockets {
             balance: config.balance,
         };
         command.envs(bootstrap.to_env());
-        super::command::prepare(&mut command);
+        super::command::prepare(&mut command, config, id);
         let ours = [self.control.0, self.log.0, self.listen.0, self.clients.0];
         (command, ours, self.worker_end)
     }

@@ -49,7 +49,7 @@ pub(crate) fn command(
     if let Some(cwd) = &config.cwd {
         command.current_dir(cwd);
     }
-    super::command::prepare(&mut command);
+    super::command::prepare(&mut command, &config, id);
     command
         .env("LISTEN_FDS", fds.len().to_string())
         .env("LISTEN_FDNAMES", names.join(":"))
@@ -60,7 +60,8 @@ pub(crate) fn command(
     let notify = match shared.notify.get() {
         Some(dir) => {
             let name = format!("{}-{}.sock", id.slot, id.generation);
-            let socket = NotifySocket::bind(dir, &name, None)?;
+            let owner = config.run_as.map(|c| c.uid);
+            let socket = NotifySocket::bind(dir, &name, owner)?;
             command.env("NOTIFY_SOCKET", socket.path());
             Some(socket)
         }
