@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# The real peer programs the tests run under `cluster --listen` (uvicorn, gunicorn), h2load, and the
-# Prometheus project's parser the metrics test checks the exposition with, in a
-# virtual environment under target/, never globally. Idempotent: a second run checks and
+# The real peer programs the tests run under `cluster --listen` (uvicorn, gunicorn), h2load,
+# logrotate, and the Prometheus project's parser the metrics test checks the exposition
+# with, in a virtual environment under target/, never globally (h2load and logrotate from
+# Debian's packages). Idempotent: a second run checks and
 # returns. Node.js comes with the machine (its `net` module is all the Node test needs).
 # CLUSTER_PEERS_PM2=1 also installs PM2 under target/peers (for target/release/reliability
 # peer-restarts only, not the tests).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-# h2load (the HTTP/2 load of the long-lived tests) comes from Debian's nghttp2-client.
-if ! command -v h2load >/dev/null; then
-    (apt-get update -qq && apt-get install -y -qq nghttp2-client) >/dev/null
+# h2load (the HTTP/2 load of the long-lived tests) comes from Debian's nghttp2-client;
+# logrotate rotates the log file in the log tests.
+missing=""
+command -v h2load >/dev/null || missing="$missing nghttp2-client"
+command -v logrotate >/dev/null || [ -x /usr/sbin/logrotate ] || missing="$missing logrotate"
+if [ -n "$missing" ]; then
+    (apt-get update -qq && apt-get install -y -qq $missing) >/dev/null
 fi
 venv=target/peers/venv
 stamp="$venv/.installed-3"

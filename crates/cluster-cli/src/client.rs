@@ -72,6 +72,9 @@ enum ClientCommand {
         /// Only this worker's lines
         #[arg(long, value_name = "SLOT")]
         worker: Option<u32>,
+        /// Instead: open the log file again, after logrotate renamed it (postrotate)
+        #[arg(long, conflicts_with_all = ["follow", "worker"])]
+        reopen: bool,
     },
 }
 
@@ -136,7 +139,8 @@ fn request(command: &ClientCommand) -> anyhow::Result<Request> {
             };
             Request::Scale { to }
         }
-        ClientCommand::Logs { follow, worker } => Request::Logs {
+        ClientCommand::Logs { reopen: true, .. } => Request::ReopenLogs,
+        ClientCommand::Logs { follow, worker, .. } => Request::Logs {
             follow: *follow,
             worker: *worker,
         },
@@ -174,6 +178,7 @@ fn run(args: &ClientArgs) -> anyhow::Result<()> {
         }
         (ClientCommand::Restart, Response::Done) => writeln!(stdout, "rolling restart complete")?,
         (ClientCommand::Stop, Response::Done) => writeln!(stdout, "stopping")?,
+        (ClientCommand::Logs { .. }, Response::Done) => writeln!(stdout, "log file reopened")?,
         (
             ClientCommand::Reload,
             Response::Reloaded {

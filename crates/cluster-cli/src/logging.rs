@@ -18,6 +18,7 @@ use tracing_subscriber::layer::{Context as LayerContext, Layer, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::args::{Args, LogFormat};
+use crate::logfile::LogFile;
 
 /// Lines queued for the writer thread before new ones are dropped. Enough for any burst a
 /// reader that keeps up can see (start-up, a rolling restart of many workers), few enough
@@ -39,6 +40,8 @@ const FLUSH_LIMIT: Duration = Duration::from_secs(2);
 pub(crate) struct Logging {
     guard: Option<WorkerGuard>,
     dropped: ErrorCounter,
+    /// With `--log-file`: asks it to be opened again (logrotate's create mode).
+    reopen: Option<crate::logfile::Reopen>,
     /// Every line also goes here, for `cluster logs` over the control socket.
     pub(crate) feed: LogFeed,
 }
@@ -145,13 +148,12 @@ pub(crate) fn init(args: &Args) -> anyhow::Result<Logging> {
     // The level was checked when the arguments were parsed.
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
         .with_context(|| format!("invalid log level {:?}", args.log_level))?;
+    let mut reopen = None;
     let (sink, ansi): (Box<dyn Write + Send>, bool) = match &args.log_file {
         Some(path) => {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
+            let file = LogFile::open(path, args.log_max_size, args.log_keep)
                 .with_context(|| format!("cannot open log file {}", path.display()))?;
+            reopen = Some(file.reopen_handle());
             (Box::new(file), false)
         }
         None => (Box::new(std::io::stdout()), std::io::stdout().is_terminal()),
@@ -178,11 +180,29 @@ pub(crate) fn init(args: &Args) -> anyhow::Result<Logging> {
     Ok(Logging {
         guard: Some(guard),
         dropped,
+        reopen,
         feed,
     })
 }
 
 impl Logging {
+    /// The count of lines dropped so far, for status and metrics.
+    pub(crate) fn dropped_counter(&self) -> impl Fn() -> u64 + Send + Sync + 'static {
+        let counter = self.dropped.clone();
+        move || counter.dropped_lines() as u64
+    }
+
+    /// Opens the log file again (after logrotate renamed it); the line saying so is the new
+    /// file's first. An error when the log goes to standard output.
+    pub(crate) fn reopen(&self, asked_by: &str) -> Result<(), String> {
+        let Some(reopen) = &self.reopen else {
+            return Err("the log goes to standard output: there is no file to reopen".into());
+        };
+        reopen.request();
+        tracing::info!(asked_by, "log file reopened");
+        Ok(())
+    }
+
     /// A task that, every few seconds, logs one warning if lines were dropped since the last
     /// look. Run it for as long as the cluster runs.
     pub(crate) fn report_drops(&self) -> impl Future<Output = ()> + Send + 'static {

@@ -14,6 +14,7 @@ mod check;
 mod client;
 mod config;
 mod fds;
+mod logfile;
 mod logging;
 mod orphans;
 mod pid1;

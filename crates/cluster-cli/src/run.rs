@@ -89,7 +89,7 @@ pub(crate) async fn prepare(
         .context("taking over from the old watcher")?;
     // Registered first: a stop during the first build ends the build and the cluster
     // cleanly instead of killing this process outright.
-    let mut signals = Signals::register()?;
+    let mut signals = Signals::register(args.reopen_signal)?;
     for path in &args.watch {
         if !path.exists() {
             bail!("--watch {}: no such file or directory", path.display());
@@ -160,6 +160,8 @@ impl Cluster {
     /// Starts the workers; `false` when a stop signal came first.
     pub(crate) async fn start(&mut self, logging: &Logging) -> anyhow::Result<bool> {
         tokio::spawn(tracing::Instrument::in_current_span(logging.report_drops()));
+        self.watcher
+            .count_dropped_log_lines(logging.dropped_counter());
         tracing::info!(
             workers = self.workers,
             balance = self.watcher.config().balance.as_str(),

@@ -61,10 +61,14 @@ impl Cluster {
         };
         self.announce().await;
         let predecessor = self.predecessor.take();
-        self.supervise(predecessor).await
+        self.supervise(predecessor, logging).await
     }
 
-    async fn supervise(&mut self, predecessor: Option<cluster_watcher::PredecessorLink>) -> Ending {
+    async fn supervise(
+        &mut self,
+        predecessor: Option<cluster_watcher::PredecessorLink>,
+        logging: &Logging,
+    ) -> Ending {
         let watching = watch_options(&self.args);
         let Self {
             args,
@@ -98,6 +102,12 @@ impl Cluster {
                     Supervised::Stop(cause) => return Ending::Stop(cause),
                     Supervised::Upgrade => Next::Upgrade(Trigger::Signal),
                     Supervised::Reload => Next::Reload(None),
+                    Supervised::ReopenLogs => {
+                        if let Err(why) = logging.reopen("signal") {
+                            tracing::warn!(error = why, "cannot reopen the log");
+                        }
+                        continue;
+                    }
                 },
                 // Cancel-safe: a request not taken now waits in the control server's queue.
                 request = next_request(control) => match request {
@@ -107,6 +117,10 @@ impl Cluster {
                     }
                     ProgramRequest::Upgrade(reply) => Next::Upgrade(Trigger::Control(reply)),
                     ProgramRequest::Reload(reply) => Next::Reload(Some(reply)),
+                    ProgramRequest::ReopenLogs(reply) => {
+                        reply.send(logging.reopen("cluster logs --reopen"));
+                        continue;
+                    }
                     other => {
                         tracing::warn!(request = ?other, "a control request this binary does not carry out");
                         continue;

@@ -27,6 +27,8 @@ pub(crate) struct Signals {
     hangup: tokio::signal::unix::Signal,
     more: tokio::signal::unix::Signal,
     fewer: tokio::signal::unix::Signal,
+    /// `--reopen-signal`: its number and stream.
+    reopen: Option<(i32, tokio::signal::unix::Signal)>,
     /// The worker count SIGTTIN and SIGTTOU asked for so far (set at the first
     /// [`supervise`](Self::supervise)).
     target: Option<usize>,
@@ -41,6 +43,8 @@ pub(crate) enum Supervised {
     Upgrade,
     /// SIGHUP: reload the configuration (`systemctl reload` sends it).
     Reload,
+    /// `--reopen-signal`: open the log file again.
+    ReopenLogs,
 }
 
 impl Signals {
@@ -48,8 +52,12 @@ impl Signals {
     ///
     /// # Errors
     /// When the runtime cannot install a handler.
-    pub(crate) fn register() -> anyhow::Result<Self> {
+    pub(crate) fn register(reopen: Option<i32>) -> anyhow::Result<Self> {
         let on = |kind: SignalKind| signal(kind).context("cannot register signal handlers");
+        let reopen = match reopen {
+            Some(number) => Some((number, on(SignalKind::from_raw(number))?)),
+            None => None,
+        };
         Ok(Self {
             interrupt: on(SignalKind::interrupt())?,
             terminate: on(SignalKind::terminate())?,
@@ -59,6 +67,7 @@ impl Signals {
             hangup: on(SignalKind::hangup())?,
             more: on(SignalKind::from_raw(Signal::TTIN.as_raw()))?,
             fewer: on(SignalKind::from_raw(Signal::TTOU.as_raw()))?,
+            reopen,
             target: None,
         })
     }
@@ -98,10 +107,18 @@ impl Signals {
                 _ = self.terminate.recv() => return Supervised::Stop("SIGTERM"),
                 _ = self.quit.recv() => return Supervised::Stop("SIGQUIT"),
                 _ = self.user2.recv() => return Supervised::Upgrade,
+                Some(()) = recv_reopen(&mut self.reopen) => return Supervised::ReopenLogs,
+                // A signal taken by --reopen-signal does only that.
                 _ = self.user1.recv() => {
-                    restart = Some(request_restart(watcher, "SIGUSR1", restart, &mut outcomes));
+                    if !self.reopens(Signal::USR1) {
+                        restart = Some(request_restart(watcher, "SIGUSR1", restart, &mut outcomes));
+                    }
                 }
-                _ = self.hangup.recv() => return Supervised::Reload,
+                _ = self.hangup.recv() => {
+                    if !self.reopens(Signal::HUP) {
+                        return Supervised::Reload;
+                    }
+                }
                 _ = self.more.recv() => {
                     if target >= MAX_WORKERS as usize {
                         tracing::warn!(workers = target, "SIGTTIN: already at the most workers allowed");
@@ -122,6 +139,23 @@ impl Signals {
                 }
             }
         }
+    }
+}
+
+impl Signals {
+    /// Whether `signal` is the one `--reopen-signal` took.
+    fn reopens(&self, signal: Signal) -> bool {
+        self.reopen
+            .as_ref()
+            .is_some_and(|(number, _)| *number == signal.as_raw())
+    }
+}
+
+/// The next `--reopen-signal`, never without one.
+async fn recv_reopen(reopen: &mut Option<(i32, tokio::signal::unix::Signal)>) -> Option<()> {
+    match reopen {
+        Some((_, stream)) => stream.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -92,6 +92,7 @@ impl ClusterWatcher {
             driver_running: std::sync::atomic::AtomicBool::new(false),
             created: std::time::Instant::now(),
             draining: std::sync::atomic::AtomicBool::new(false),
+            log_drops: std::sync::OnceLock::new(),
         });
         Self {
             remote: Remote::new(commands.downgrade(), shared.clone()),
@@ -324,6 +325,12 @@ impl ClusterWatcher {
         readiness: crate::Readiness,
     ) -> std::io::Result<crate::MetricsServer> {
         crate::control::serve_metrics(self.remote.clone(), address, readiness).await
+    }
+
+    /// How the embedding program counts the log lines it dropped (its log writer's counter):
+    /// status and `/metrics` (`cluster_log_lines_dropped_total`) show it. Set once.
+    pub fn count_dropped_log_lines(&self, counter: impl Fn() -> u64 + Send + Sync + 'static) {
+        let _ = self.shared.log_drops.set(Box::new(counter));
     }
 
     /// While set, `/readyz` answers 503 although workers serve: a load balancer deregisters

@@ -17,7 +17,6 @@ use crate::messages::{MessageSink, message_queue};
 use crate::{Event, WatcherConfig, WorkerId, WorkerInfo, WorkerMessage};
 
 /// What the handle and the driver share.
-#[derive(Debug)]
 pub(crate) struct Shared {
     /// The configuration workers are started with: replaced by a reload (the driver applies
     /// it when the core says so). Read through [`config`](Self::config).
@@ -40,6 +39,16 @@ pub(crate) struct Shared {
     pub(crate) driver_running: std::sync::atomic::AtomicBool,
     /// Set by the embedding program to report not-ready while it still serves (a stop delay).
     pub(crate) draining: std::sync::atomic::AtomicBool,
+    /// Set by the embedding program: how many of its log lines it dropped.
+    pub(crate) log_drops: std::sync::OnceLock<Box<dyn Fn() -> u64 + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("config", &self.config())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Drop for Shared {

@@ -96,6 +96,21 @@ pub(crate) struct Args {
     )]
     pub(crate) log_file: Option<PathBuf>,
 
+    /// With --log-file: rotate it when the next line would take it over SIZE (`50M`): FILE
+    /// becomes FILE.1, older copies move up, and a new FILE starts; lines are never split
+    #[arg(long, env = "CLUSTER_LOG_MAX_SIZE", value_name = "SIZE", value_parser = parse_size, requires = "log_file")]
+    pub(crate) log_max_size: Option<u64>,
+
+    /// With --log-max-size: how many rotated copies to keep (FILE.1 … FILE.N)
+    #[arg(long, env = "CLUSTER_LOG_KEEP", value_name = "N", default_value_t = 5)]
+    pub(crate) log_keep: usize,
+
+    /// Also reopen the log file on this signal (logrotate's postrotate convention;
+    /// `cluster logs --reopen` does the same without one). Given USR1 or HUP, that signal
+    /// reopens the log instead of restarting or reloading
+    #[arg(long, env = "CLUSTER_REOPEN_SIGNAL", value_name = "SIGNAL", value_parser = parse_signal, requires = "log_file")]
+    pub(crate) reopen_signal: Option<i32>,
+
     /// How long a stopping worker may take to finish in-flight work before it is killed;
     /// also the drain's hard cap, after which its long-lived connections left are cut
     #[arg(short = 't', long, visible_alias = "drain-timeout", env = "CLUSTER_SHUTDOWN_TIMEOUT", default_value = "10s", value_name = "DURATION", value_parser = parse_duration)]

@@ -15,6 +15,7 @@
 //! | `{"cmd":"stop"}` | `{"ok":true}` once the program serving the cluster took the request |
 //! | `{"cmd":"upgrade"}` | once a new watcher took over: `{"ok":true,"pid":P}`, or `{"ok":false,"error":"…"}` |
 //! | `{"cmd":"reload"}` | once the configuration file's new contents are kept: `{"ok":true,"generation":G,"changed":[…]}`, or `{"ok":false,"error":"…"}` (refused, or rolled back) |
+//! | `{"cmd":"reopen-logs"}` | once the log file was opened again (logrotate): `{"ok":true}` |
 //! | `{"cmd":"logs","follow":BOOL,"worker":N}` | recent lines, then (with `follow`) new ones: `{"line":"…","worker":N}` each |
 //!
 //! A request that is not understood gets `{"ok":false,"error":"…"}` and the connection stays
@@ -72,6 +73,8 @@ pub enum Request {
     /// Read the configuration again and apply what changed; answered once it is kept or
     /// rolled back.
     Reload,
+    /// Open the log file again (logrotate renamed it).
+    ReopenLogs,
     /// The log stream.
     Logs {
         /// Keep sending new lines.
@@ -331,6 +334,7 @@ mod tests {
         let read = |text: &str| decode_line::<Request>(text.as_bytes()).unwrap();
         assert_eq!(read(r#"{"cmd":"status"}"#), Request::Status);
         assert_eq!(read(r#"{"cmd":"reload"}"#), Request::Reload);
+        assert_eq!(read(r#"{"cmd":"reopen-logs"}"#), Request::ReopenLogs);
         assert_eq!(
             read(r#"{"cmd":"scale","workers":3}"#),
             Request::Scale {

@@ -85,6 +85,10 @@ pub struct ClusterStatus {
     /// The configuration workers run, and the last reload that failed.
     #[serde(default)]
     pub configuration: ConfigurationStatus,
+    /// Log lines the cluster dropped because its log output did not keep up (counted,
+    /// never blocking supervision), when the program serving it counts them.
+    #[serde(default)]
+    pub log_lines_dropped: Option<u64>,
 }
 
 /// Which configuration a cluster runs: where it came from, its generation (1 at start, one

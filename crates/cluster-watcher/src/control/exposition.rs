@@ -48,11 +48,17 @@ struct Families {
     queued: Family<SlotLabel, Gauge>,
     open: Family<SlotLabel, Gauge>,
     rolling: Family<OutcomeLabel, Counter>,
+    log_dropped: Counter,
 }
 
 impl Families {
     fn register(&self, r: &mut Registry) {
         r.register("workers", "Worker processes by state", self.workers.clone());
+        r.register(
+            "log_lines_dropped",
+            "Log lines dropped because the log output did not keep up",
+            self.log_dropped.clone(),
+        );
         r.register(
             "workers_wanted",
             "Slots the cluster runs",
@@ -144,6 +150,8 @@ impl Families {
                 .set(i64::try_from(count).unwrap_or(i64::MAX));
         }
         self.wanted.set(status.wanted_workers() as i64);
+        self.log_dropped
+            .inc_by(status.log_lines_dropped.unwrap_or(0));
         for (outcome, count) in [
             ("completed", status.rolling_restarts_completed),
             ("failed", status.rolling_restarts_failed),

@@ -102,7 +102,9 @@ impl Remote {
         if !self.send(Command::Status { measure, reply }) {
             return ClusterStatus::default();
         }
-        status.await.unwrap_or_default()
+        let mut status = status.await.unwrap_or_default();
+        status.log_lines_dropped = self.shared.log_drops.get().map(|count| count());
+        status
     }
 
     pub(crate) fn start(&self, workers: usize) -> Pending {

@@ -76,6 +76,8 @@ pub enum ProgramRequest {
     /// `cluster reload`: read the configuration again and apply it; answer with the new
     /// generation and what changed once it is kept, or why it was refused or rolled back.
     Reload(Reply<Result<(u64, Vec<String>), String>>),
+    /// `cluster logs --reopen`: open the log file again; answer once done, or why not.
+    ReopenLogs(Reply<Result<(), String>>),
 }
 
 /// The answer a [`ProgramRequest`] waits for.
@@ -298,6 +300,22 @@ impl Context {
                     Ok(Ok(Err(error))) => Response::Failed(error),
                     Ok(Err(_)) => Response::failed("this watcher does not upgrade itself"),
                     Err(_) => Response::failed("no outcome within 5 minutes"),
+                }
+            }
+            Request::ReopenLogs => {
+                let (reply, outcome) = oneshot::channel();
+                if self
+                    .requests
+                    .try_send(ProgramRequest::ReopenLogs(Reply(reply)))
+                    .is_err()
+                {
+                    return Response::failed("too many requests under way");
+                }
+                match tokio::time::timeout(Duration::from_secs(30), outcome).await {
+                    Ok(Ok(Ok(()))) => Response::Done,
+                    Ok(Ok(Err(error))) => Response::Failed(error),
+                    Ok(Err(_)) => Response::failed("this watcher has no log file to reopen"),
+                    Err(_) => Response::failed("no answer within 30 s"),
                 }
             }
             Request::Reload => {
