@@ -3,7 +3,8 @@
 //! value of `APP_VERSION` when it is set, to see a reload reach every worker); `/sleep?ms=N` answers after N
 //! milliseconds; `/busy?ms=N` blocks its thread for N milliseconds first (a request that
 //! keeps the worker busy, as heavy computation would). Runs standalone or under `cluster`
-//! unchanged.
+//! unchanged. It counts its requests in `hello_requests_total`, an application metric the
+//! cluster's `/metrics` shows per worker and merged (`worker="all"`, never reset).
 //!
 //! ```sh
 //! cargo run --example hello-http                      # standalone on 127.0.0.1:1337
@@ -45,10 +46,17 @@ async fn serve() -> Result<(), Box<dyn std::error::Error>> {
     let worker = cluster_worker::id().map_or_else(|| "standalone".to_owned(), |id| id.to_string());
     let worker = hyper::header::HeaderValue::from_str(&worker)?;
     let pid = hyper::header::HeaderValue::from(std::process::id());
+    let requests = prometheus_client::metrics::counter::Counter::<u64>::default();
+    cluster_worker::metrics::registry().register(
+        "hello_requests",
+        "Requests answered",
+        requests.clone(),
+    );
     let version = std::env::var("APP_VERSION")
         .ok()
         .and_then(|v| hyper::header::HeaderValue::from_str(&v).ok());
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        requests.inc();
         let mut response = Response::new(Full::new(Bytes::from_static(b"Hello, World!")));
         let headers = response.headers_mut();
         headers.insert("x-cluster-worker", worker.clone());

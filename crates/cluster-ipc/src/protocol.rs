@@ -324,6 +324,10 @@ pub enum WorkerToWatcher {
     /// Connections open in this worker now (sent with a heartbeat when it changed, and while
     /// it drains): for status and metrics.
     Open(u64),
+    /// The application's metrics, in the OpenMetrics text format (sent with a heartbeat
+    /// when they changed, and once more after the last request of a draining worker): the
+    /// watcher merges them across workers.
+    Metrics(String),
 }
 
 /// A log event forwarded from a worker's `tracing` subscriber.

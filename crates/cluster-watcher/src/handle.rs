@@ -93,6 +93,7 @@ impl ClusterWatcher {
             created: std::time::Instant::now(),
             draining: std::sync::atomic::AtomicBool::new(false),
             log_drops: std::sync::OnceLock::new(),
+            app_metrics: Mutex::default(),
         });
         Self {
             remote: Remote::new(commands.downgrade(), shared.clone()),

@@ -118,6 +118,7 @@
 
 #![forbid(unsafe_code)]
 
+mod appmetrics;
 mod balance;
 mod config;
 pub mod control;

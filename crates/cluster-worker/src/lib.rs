@@ -26,6 +26,9 @@
 //! * **The environment.** A worker reads the watcher's bootstrap contract
 //!   (`cluster_ipc::protocol::WorkerBootstrap`); a broken one is an error
 //!   ([`WorkerError::Bootstrap`]), never a silent fallback to binding its own port.
+//! * **Metrics.** Register application metrics in [`metrics::registry`]: the watcher's
+//!   `/metrics` shows them per worker and merged over every worker the cluster ran, so
+//!   counters never reset at a restart.
 //! * **Logs.** [`init_tracing`] forwards `tracing` events to the watcher in a cluster
 //!   ([`ForwardingLayer`]) and prints them standalone.
 //!
@@ -57,6 +60,7 @@ mod handoff;
 mod link;
 mod listener;
 mod log;
+pub mod metrics;
 #[cfg(feature = "http")]
 mod serve;
 mod stream;

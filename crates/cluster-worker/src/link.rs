@@ -142,6 +142,7 @@ async fn send_heartbeats(
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut reported, mut reported_open) = (0, 0);
+    let mut reported_metrics = None;
     loop {
         let beat = tokio::select! {
             _ = tick.tick() => true,
@@ -167,6 +168,19 @@ async fn send_heartbeats(
         }
         if beat && control.send(&WorkerToWatcher::Heartbeat).await.is_err() {
             return;
+        }
+        if beat
+            && let Some(text) = crate::metrics::exposition()
+            && reported_metrics.as_ref() != Some(&text)
+        {
+            if control
+                .send(&WorkerToWatcher::Metrics(text.clone()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            reported_metrics = Some(text);
         }
     }
 }

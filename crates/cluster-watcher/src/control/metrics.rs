@@ -125,7 +125,11 @@ async fn answer(remote: &Remote, path: &str, readiness: Readiness) -> Response<F
             }
         }
         ("/metrics", Ok(status)) => {
-            let mut response = text(StatusCode::OK, exposition(&status));
+            let mut body = exposition(&status);
+            if let Some((families, conflicts)) = remote.app_metrics() {
+                append_app_metrics(&mut body, &families, &conflicts);
+            }
+            let mut response = text(StatusCode::OK, body);
             response.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,
                 hyper::header::HeaderValue::from_static(
@@ -139,4 +143,23 @@ async fn answer(remote: &Remote, path: &str, readiness: Readiness) -> Response<F
             "/metrics, /healthz, /readyz\n".into(),
         ),
     }
+}
+
+/// Puts the application's families before the exposition's `# EOF`, with the families not
+/// merged (their type differs between workers) as `cluster_app_metric_conflicts`.
+fn append_app_metrics(body: &mut String, families: &str, conflicts: &[String]) {
+    if body.ends_with("# EOF\n") {
+        body.truncate(body.len() - "# EOF\n".len());
+    }
+    body.push_str(families);
+    if !conflicts.is_empty() {
+        body.push_str("# HELP cluster_app_metric_conflicts Application metric families not merged: their type differs between workers.\n");
+        body.push_str("# TYPE cluster_app_metric_conflicts gauge\n");
+        for family in conflicts {
+            body.push_str(&format!(
+                "cluster_app_metric_conflicts{{family=\"{family}\"}} 1\n"
+            ));
+        }
+    }
+    body.push_str("# EOF\n");
 }

@@ -74,6 +74,12 @@ impl Remote {
         )
     }
 
+    /// The workers' application metrics (OpenMetrics families) and the families not merged.
+    pub(crate) fn app_metrics(&self) -> Option<(String, Vec<String>)> {
+        let metrics = self.shared.app_metrics.lock();
+        (!metrics.is_empty()).then(|| metrics.render())
+    }
+
     pub(crate) fn draining(&self) -> bool {
         self.shared.draining.load(Ordering::SeqCst)
     }

@@ -258,6 +258,9 @@ impl Driver {
             Input::Exited(id, status) => {
                 self.statuses.remove(&id);
                 self.shared.listens().remove(&id);
+                // What it counted (its last report, sent after its last request when it
+                // drained) stays in the merged application metrics.
+                self.shared.app_metrics.lock().retire(id);
                 if let Some(process) = self.processes.remove(&id) {
                     // Whatever it started goes with it: its process group, and daemons that
                     // left it (its cgroup, or its mark).

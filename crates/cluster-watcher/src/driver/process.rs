@@ -363,6 +363,18 @@ impl Watch {
                     self.shared.balancer.closed(id, total);
                     continue;
                 }
+                Ok(Some(WorkerToWatcher::Metrics(text))) => {
+                    let updated = self.shared.app_metrics.lock().update(id, &text);
+                    if let Err(why) = updated {
+                        tracing::warn!(
+                            worker = id.slot,
+                            pid,
+                            error = why,
+                            "application metrics that cannot be read; the previous ones are kept"
+                        );
+                    }
+                    continue;
+                }
                 Ok(Some(WorkerToWatcher::Message(payload))) => {
                     if let Some(sink) = &messages
                         && !deliver(sink, id, pid, payload, &reply)
@@ -472,7 +484,9 @@ impl Forwarding {
             WorkerToWatcher::Shutdown => (!std::mem::replace(&mut self.shutdown, true))
                 .then_some(Input::StopRequested(self.id)),
             // Handled by the reader itself.
-            WorkerToWatcher::Closed(_) | WorkerToWatcher::Message(_) => None,
+            WorkerToWatcher::Closed(_)
+            | WorkerToWatcher::Message(_)
+            | WorkerToWatcher::Metrics(_) => None,
         }
     }
 }

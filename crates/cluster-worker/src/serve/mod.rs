@@ -312,6 +312,10 @@ where
         );
         connections.abort_all();
     }
+    // The final values, after the last request: nothing counted is lost at a stop.
+    if let Err(e) = crate::metrics::flush().await {
+        tracing::debug!(error = %e, "the final metrics did not reach the watcher");
+    }
     why
 }
 
