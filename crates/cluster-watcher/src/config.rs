@@ -96,6 +96,10 @@ pub struct WatcherConfig {
     /// they cannot signal the watcher nor use its control socket (default: the watcher's
     /// own user).
     pub run_as: Option<fdpass::Credentials>,
+    /// Program mode: give each worker a port of its own for its application metrics
+    /// (`CLUSTER_METRICS_PORT`, `CLUSTER_METRICS_ADDR`), read and merged into the watcher's
+    /// `/metrics` (default false; the CLI sets it with `--metrics`).
+    pub app_metrics_ports: bool,
     /// CPUs to pin workers to: slot `i`'s workers run on `cpus[(i - 1) % cpus.len()]` only,
     /// across restarts (default empty: not pinned).
     pub cpus: Vec<usize>,
@@ -140,6 +144,7 @@ impl WatcherConfig {
             stop_signal: 15,
             ready_after: Some(Duration::from_secs(1)),
             run_as: None,
+            app_metrics_ports: false,
             cpus: Vec::new(),
         }
     }

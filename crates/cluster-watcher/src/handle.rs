@@ -94,6 +94,7 @@ impl ClusterWatcher {
             draining: std::sync::atomic::AtomicBool::new(false),
             log_drops: std::sync::OnceLock::new(),
             app_metrics: Mutex::default(),
+            metrics_ports: crate::appmetrics::MetricsPorts::default(),
         });
         Self {
             remote: Remote::new(commands.downgrade(), shared.clone()),
@@ -170,6 +171,13 @@ impl ClusterWatcher {
             let driver = Driver::new(self.shared.clone(), commands);
             spawn_in(self.shared.span.clone(), driver.run());
             self.shared.driver_running.store(true, Ordering::SeqCst);
+            if self.shared.config().app_metrics_ports {
+                let shared = Arc::downgrade(&self.shared);
+                spawn_in(
+                    self.shared.span.clone(),
+                    crate::appmetrics::keep_reading(shared),
+                );
+            }
         }
         match self.remote.start(workers).await {
             Some(Outcome::Started(Ok(()))) => Ok(()),

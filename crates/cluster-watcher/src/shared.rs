@@ -41,6 +41,8 @@ pub(crate) struct Shared {
     pub(crate) draining: std::sync::atomic::AtomicBool,
     /// The workers' application metrics.
     pub(crate) app_metrics: Mutex<crate::appmetrics::AppMetrics>,
+    /// Program mode: the port each worker serves its metrics on.
+    pub(crate) metrics_ports: crate::appmetrics::MetricsPorts,
     /// Set by the embedding program: how many of its log lines it dropped.
     pub(crate) log_drops: std::sync::OnceLock<Box<dyn Fn() -> u64 + Send + Sync>>,
 }

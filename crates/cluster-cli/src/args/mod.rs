@@ -160,7 +160,10 @@ pub(crate) struct Args {
     #[arg(long, env = "CLUSTER_CONTROL", value_name = "PATH")]
     pub(crate) control: Option<PathBuf>,
 
-    /// Serve Prometheus metrics at http://ADDR/metrics, and /healthz and /readyz probes
+    /// Serve Prometheus metrics at http://ADDR/metrics, and /healthz and /readyz probes: the
+    /// supervisor's series, and the workers' own merged (per worker and worker="all", never
+    /// reset): cluster-worker programs register theirs in cluster_worker::metrics; programs
+    /// given listeners serve theirs on the port in CLUSTER_METRICS_PORT
     #[arg(long, env = "CLUSTER_METRICS", value_name = "ADDR")]
     pub(crate) metrics: Option<std::net::SocketAddr>,
 
@@ -375,6 +378,8 @@ impl Args {
             let own = own.into_iter().map(|(k, v)| (k.into(), v.into()));
             config.env.splice(0..0, own);
         }
+        // Programs given listeners get a port for their own metrics, merged on /metrics.
+        config.app_metrics_ports = self.metrics.is_some() && config.program_mode();
         config.cpus = self
             .cpu_affinity
             .as_ref()

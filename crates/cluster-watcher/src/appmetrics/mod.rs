@@ -12,6 +12,9 @@
 //! counted since its last report (one heartbeat interval).
 
 mod parse;
+mod scrape;
+
+pub(crate) use self::scrape::{MetricsPorts, keep_reading, scrape_all, scrape_one};
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -97,6 +100,9 @@ impl AppMetrics {
             .collect();
         names.sort();
         names.dedup();
+        // Creation times (prometheus_client's text format gives them families of their own)
+        // mean nothing summed.
+        names.retain(|name| !name.ends_with("_created"));
         for name in names {
             match self.family(name) {
                 Some(text) => out.push_str(&text),

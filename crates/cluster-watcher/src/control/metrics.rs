@@ -126,7 +126,7 @@ async fn answer(remote: &Remote, path: &str, readiness: Readiness) -> Response<F
         }
         ("/metrics", Ok(status)) => {
             let mut body = exposition(&status);
-            if let Some((families, conflicts)) = remote.app_metrics() {
+            if let Some((families, conflicts)) = remote.app_metrics().await {
                 append_app_metrics(&mut body, &families, &conflicts);
             }
             let mut response = text(StatusCode::OK, body);

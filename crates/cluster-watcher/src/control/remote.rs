@@ -74,8 +74,10 @@ impl Remote {
         )
     }
 
-    /// The workers' application metrics (OpenMetrics families) and the families not merged.
-    pub(crate) fn app_metrics(&self) -> Option<(String, Vec<String>)> {
+    /// The workers' application metrics (OpenMetrics families) and the families not merged;
+    /// programs given listeners are read first.
+    pub(crate) async fn app_metrics(&self) -> Option<(String, Vec<String>)> {
+        crate::appmetrics::scrape_all(&self.shared).await;
         let metrics = self.shared.app_metrics.lock();
         (!metrics.is_empty()).then(|| metrics.render())
     }

@@ -261,6 +261,7 @@ impl Driver {
                 // What it counted (its last report, sent after its last request when it
                 // drained) stays in the merged application metrics.
                 self.shared.app_metrics.lock().retire(id);
+                self.shared.metrics_ports.forget(id);
                 if let Some(process) = self.processes.remove(&id) {
                     // Whatever it started goes with it: its process group, and daemons that
                     // left it (its cgroup, or its mark).
@@ -407,13 +408,17 @@ impl Driver {
         };
         self.shared.balancer.remove(id);
         let Some(link) = &process.link else {
-            // A program that does not link cluster-worker: the stop signal, to its group.
-            if let Some(group) = rustix::process::Pid::from_raw(process.pid as i32) {
-                let signal =
-                    rustix::process::Signal::from_named_raw(self.shared.config().stop_signal)
-                        .unwrap_or(rustix::process::Signal::TERM);
-                let _ = rustix::process::kill_process_group(group, signal);
-            }
+            // A program that does not link cluster-worker: the stop signal, to its group,
+            // once its metrics were read a last time (at most a scrape's timeout later).
+            let signal = rustix::process::Signal::from_named_raw(self.shared.config().stop_signal)
+                .unwrap_or(rustix::process::Signal::TERM);
+            let (shared, pid) = (self.shared.clone(), process.pid);
+            spawn_in(self.shared.span.clone(), async move {
+                crate::appmetrics::scrape_one(&shared, id).await;
+                if let Some(group) = rustix::process::Pid::from_raw(pid as i32) {
+                    let _ = rustix::process::kill_process_group(group, signal);
+                }
+            });
             return;
         };
         Balancer::close_pipe(&link.clients);

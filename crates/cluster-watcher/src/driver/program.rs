@@ -57,6 +57,12 @@ pub(crate) fn command(
             "WATCHDOG_USEC",
             config.heartbeat_timeout.as_micros().to_string(),
         );
+    if config.app_metrics_ports {
+        let port = shared.metrics_ports.assign(id)?;
+        command
+            .env("CLUSTER_METRICS_PORT", port.to_string())
+            .env("CLUSTER_METRICS_ADDR", format!("127.0.0.1:{port}"));
+    }
     let notify = match shared.notify.get() {
         Some(dir) => {
             let name = format!("{}-{}.sock", id.slot, id.generation);

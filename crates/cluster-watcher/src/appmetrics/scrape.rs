@@ -1,0 +1,129 @@
+//! Programs that do not link `cluster-worker` (`--listen`): each worker gets a port of its
+//! own for its metrics (`CLUSTER_METRICS_PORT`, and `CLUSTER_METRICS_ADDR` as `127.0.0.1:PORT`;
+//! one line of the application serves its registry there, e.g. Python's
+//! `prometheus_client.start_http_server(int(os.environ["CLUSTER_METRICS_PORT"]))`), and the
+//! watcher reads it: at every scrape of `/metrics`, every few seconds in between (what a
+//! crash loses), and once more just before the worker is asked to stop (requests it serves
+//! while it drains after that are not counted: the one loss of a planned stop here, which
+//! `cluster-worker` programs do not have).
+//!
+//! Bounded: each read has [`SCRAPE_TIMEOUT`] and [`MAX_BODY`], every worker is read at
+//! once, so one that never answers delays nothing but its own series.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::WorkerId;
+use crate::shared::Shared;
+
+/// How long one worker's metrics may take to read.
+pub(crate) const SCRAPE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The largest response read from a worker.
+pub(crate) const MAX_BODY: usize = 1 << 20;
+
+/// How often workers are read between scrapes.
+pub(crate) const EVERY: Duration = Duration::from_secs(5);
+
+/// The ports given to workers for their metrics.
+#[derive(Debug, Default)]
+pub(crate) struct MetricsPorts(parking_lot::Mutex<HashMap<WorkerId, u16>>);
+
+impl MetricsPorts {
+    /// A free port for `id` (the kernel picks one; it is `id`'s until it exits).
+    pub(crate) fn assign(&self, id: WorkerId) -> std::io::Result<u16> {
+        let port = std::net::TcpListener::bind(("127.0.0.1", 0))?
+            .local_addr()?
+            .port();
+        self.0.lock().insert(id, port);
+        Ok(port)
+    }
+
+    pub(crate) fn forget(&self, id: WorkerId) {
+        self.0.lock().remove(&id);
+    }
+
+    fn all(&self) -> Vec<(WorkerId, u16)> {
+        self.0
+            .lock()
+            .iter()
+            .map(|(id, port)| (*id, *port))
+            .collect()
+    }
+
+    fn of(&self, id: WorkerId) -> Option<u16> {
+        self.0.lock().get(&id).copied()
+    }
+}
+
+/// Reads every worker's metrics at once into the store.
+pub(crate) async fn scrape_all(shared: &Arc<Shared>) {
+    let mut reads = tokio::task::JoinSet::new();
+    for (id, port) in shared.metrics_ports.all() {
+        reads.spawn(async move { (id, read(port).await) });
+    }
+    while let Some(done) = reads.join_next().await {
+        if let Ok((id, Ok(text))) = done {
+            let _ = shared.app_metrics.lock().update(id, &text);
+        }
+    }
+}
+
+/// Reads one worker's metrics into the store (before it is asked to stop).
+pub(crate) async fn scrape_one(shared: &Shared, id: WorkerId) {
+    let Some(port) = shared.metrics_ports.of(id) else {
+        return;
+    };
+    if let Ok(text) = read(port).await {
+        let _ = shared.app_metrics.lock().update(id, &text);
+    }
+}
+
+/// Reads the workers every [`EVERY`], for as long as the watcher lives.
+pub(crate) async fn keep_reading(shared: std::sync::Weak<Shared>) {
+    let mut ticks = tokio::time::interval(EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        scrape_all(&shared).await;
+    }
+}
+
+/// `GET /metrics` on 127.0.0.1:`port` (HTTP/1.0: no chunked body), its body.
+async fn read(port: u16) -> Result<String, String> {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| e.to_string())?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\nAccept: text/plain\r\n\r\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut response = Vec::new();
+        let mut limited = (&mut stream).take(MAX_BODY as u64 + 1);
+        limited
+            .read_to_end(&mut response)
+            .await
+            .map_err(|e| e.to_string())?;
+        if response.len() > MAX_BODY {
+            return Err(format!("over {MAX_BODY} bytes"));
+        }
+        let response = String::from_utf8(response).map_err(|_| "not UTF-8".to_owned())?;
+        let (head, body) = response
+            .split_once("\r\n\r\n")
+            .ok_or("not an HTTP response")?;
+        if !head.starts_with("HTTP/1.") || head.split(' ').nth(1) != Some("200") {
+            return Err(format!("{:.40}", head.lines().next().unwrap_or_default()));
+        }
+        Ok(body.to_owned())
+    };
+    tokio::time::timeout(SCRAPE_TIMEOUT, exchange)
+        .await
+        .map_err(|_| "no answer in time".to_owned())?
+}
