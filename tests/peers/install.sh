@@ -9,10 +9,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # h2load (the HTTP/2 load of the long-lived tests) comes from Debian's nghttp2-client;
-# logrotate rotates the log file in the log tests.
+# logrotate rotates the log file in the log tests; tmux is the terminal cluster top is tried in.
 missing=""
 command -v h2load >/dev/null || missing="$missing nghttp2-client"
 command -v logrotate >/dev/null || [ -x /usr/sbin/logrotate ] || missing="$missing logrotate"
+command -v tmux >/dev/null || missing="$missing tmux"
 if [ -n "$missing" ]; then
     (apt-get update -qq && apt-get install -y -qq $missing) >/dev/null
 fi

@@ -52,6 +52,17 @@ enum ClientCommand {
     /// no connection refused; returns once the new configuration is kept (status 1 and the
     /// reason if it was refused, or rolled back: the old configuration serves again)
     Reload,
+    /// A live view: per worker its state, connections per second, open connections, CPU,
+    /// memory, restarts and last exit, refreshed every second; keys: r restart, + and -
+    /// scale, q quit
+    Top {
+        /// One JSON object per refresh instead, for scripts
+        #[arg(long)]
+        json: bool,
+        /// Time between refreshes
+        #[arg(long, default_value = "1s", value_parser = parse_interval)]
+        interval: Duration,
+    },
     /// Run N workers, or N more (+N) or fewer (-N)
     Scale {
         /// N, +N or -N
@@ -82,7 +93,7 @@ enum ClientCommand {
 pub(crate) fn is_client_command(first: &OsStr) -> bool {
     matches!(
         first.to_str(),
-        Some("status" | "restart" | "reload" | "scale" | "stop" | "upgrade" | "logs")
+        Some("status" | "restart" | "reload" | "scale" | "stop" | "upgrade" | "logs" | "top")
     )
 }
 
@@ -115,6 +126,7 @@ fn answer_limit(command: &ClientCommand) -> Option<Duration> {
         ClientCommand::Status { .. } | ClientCommand::Scale { .. } | ClientCommand::Stop => {
             Some(Duration::from_secs(30))
         }
+        ClientCommand::Top { .. } => Some(Duration::from_secs(30)),
         ClientCommand::Restart
         | ClientCommand::Reload
         | ClientCommand::Upgrade
@@ -122,8 +134,21 @@ fn answer_limit(command: &ClientCommand) -> Option<Duration> {
     }
 }
 
+/// `--interval`: a duration of at least 100 ms.
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .trim_end_matches('s')
+        .parse()
+        .map_err(|_| format!("{text:?}: seconds, such as 1s or 0.5"))?;
+    Duration::try_from_secs_f64(seconds)
+        .ok()
+        .filter(|d| *d >= Duration::from_millis(100))
+        .ok_or_else(|| format!("{text:?}: at least 0.1 s"))
+}
+
 fn request(command: &ClientCommand) -> anyhow::Result<Request> {
     Ok(match command {
+        ClientCommand::Top { .. } => Request::Status,
         ClientCommand::Status { .. } => Request::Status,
         ClientCommand::Restart => Request::Restart,
         ClientCommand::Reload => Request::Reload,
@@ -152,6 +177,9 @@ fn run(args: &ClientArgs) -> anyhow::Result<()> {
         .control
         .clone()
         .unwrap_or_else(|| cluster_watcher::default_control_path(&args.name));
+    if let ClientCommand::Top { json, interval } = &args.command {
+        return crate::top::run(&path, *interval, *json);
+    }
     let mut client =
         ControlClient::connect(&path, answer_limit(&args.command)).with_context(|| {
             format!(

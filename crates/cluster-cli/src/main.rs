@@ -25,6 +25,7 @@ mod serve;
 mod signals;
 mod systemd;
 mod table;
+mod top;
 mod upgrade;
 mod watch;
 

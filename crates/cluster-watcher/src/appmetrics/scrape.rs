@@ -8,7 +8,8 @@
 //! `cluster-worker` programs do not have).
 //!
 //! Bounded: each read has [`SCRAPE_TIMEOUT`] and [`MAX_BODY`], every worker is read at
-//! once, so one that never answers delays nothing but its own series.
+//! once, and a scrape waits [`SCRAPE_PATIENCE`] at most, so one that never answers delays
+//! nothing: its series keep their previous values.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,6 +25,9 @@ pub(crate) const SCRAPE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// The largest response read from a worker.
 pub(crate) const MAX_BODY: usize = 1 << 20;
+
+/// How long a scrape of `/metrics` waits for the workers' reads.
+pub(crate) const SCRAPE_PATIENCE: Duration = Duration::from_millis(50);
 
 /// How often workers are read between scrapes.
 pub(crate) const EVERY: Duration = Duration::from_secs(5);
@@ -59,16 +63,22 @@ impl MetricsPorts {
     }
 }
 
-/// Reads every worker's metrics at once into the store.
-pub(crate) async fn scrape_all(shared: &Arc<Shared>) {
+/// Reads every worker's metrics at once into the store, waiting at most `patience`: reads
+/// still going then finish in the background (a worker that never answers delays a scrape
+/// by `patience`, not by [`SCRAPE_TIMEOUT`]), and the scrape shows their previous values.
+pub(crate) async fn scrape_all(shared: &Arc<Shared>, patience: Duration) {
     let mut reads = tokio::task::JoinSet::new();
     for (id, port) in shared.metrics_ports.all() {
-        reads.spawn(async move { (id, read(port).await) });
+        let shared = shared.clone();
+        reads.spawn(async move {
+            if let Ok(text) = read(port).await {
+                let _ = shared.app_metrics.lock().update(id, &text);
+            }
+        });
     }
-    while let Some(done) = reads.join_next().await {
-        if let Ok((id, Ok(text))) = done {
-            let _ = shared.app_metrics.lock().update(id, &text);
-        }
+    let all = async { while reads.join_next().await.is_some() {} };
+    if tokio::time::timeout(patience, all).await.is_err() {
+        reads.detach_all();
     }
 }
 
@@ -91,7 +101,7 @@ pub(crate) async fn keep_reading(shared: std::sync::Weak<Shared>) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        scrape_all(&shared).await;
+        scrape_all(&shared, SCRAPE_TIMEOUT).await;
     }
 }
 

@@ -77,7 +77,7 @@ impl Remote {
     /// The workers' application metrics (OpenMetrics families) and the families not merged;
     /// programs given listeners are read first.
     pub(crate) async fn app_metrics(&self) -> Option<(String, Vec<String>)> {
-        crate::appmetrics::scrape_all(&self.shared).await;
+        crate::appmetrics::scrape_all(&self.shared, crate::appmetrics::SCRAPE_PATIENCE).await;
         let metrics = self.shared.app_metrics.lock();
         (!metrics.is_empty()).then(|| metrics.render())
     }
