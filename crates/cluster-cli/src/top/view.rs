@@ -116,10 +116,13 @@ fn draw(f: &mut ratatui::Frame<'_>, frame: &Frame, message: &str) {
             row.pid.to_string(),
             row.state.to_owned(),
             number(row.accepted_per_second, 0),
-            row.open_connections.map_or("-".into(), |n| n.to_string()),
+            row.open_connections
+                .map_or_else(|| "-".into(), |n| n.to_string()),
             number(row.cpu_percent, 1),
-            row.rss_bytes
-                .map_or("-".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0)),
+            row.rss_bytes.map_or_else(
+                || "-".into(),
+                |b| format!("{:.1} MiB", b as f64 / 1048576.0),
+            ),
             row.restarts.to_string(),
             row.last_exit.clone().unwrap_or_else(|| "-".into()),
         ])
@@ -151,5 +154,5 @@ fn draw(f: &mut ratatui::Frame<'_>, frame: &Frame, message: &str) {
 }
 
 fn number(value: Option<f64>, decimals: usize) -> String {
-    value.map_or("-".into(), |v| format!("{v:.decimals$}"))
+    value.map_or_else(|| "-".into(), |v| format!("{v:.decimals$}"))
 }

@@ -14,7 +14,9 @@
 mod parse;
 mod scrape;
 
-pub(crate) use self::scrape::{MetricsPorts, SCRAPE_PATIENCE, keep_reading, scrape_all, scrape_one};
+pub(crate) use self::scrape::{
+    MetricsPorts, SCRAPE_PATIENCE, keep_reading, scrape_all, scrape_one,
+};
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
