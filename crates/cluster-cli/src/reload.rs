@@ -46,6 +46,7 @@ const IN_PLACE: &[&str] = &[
     "stop-signal",
     "ready-after",
     "stop-delay",
+    "metrics-interval",
 ];
 
 /// How a reload is carried out.

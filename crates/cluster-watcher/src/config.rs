@@ -100,6 +100,10 @@ pub struct WatcherConfig {
     /// (`CLUSTER_METRICS_PORT`, `CLUSTER_METRICS_ADDR`), read and merged into the watcher's
     /// `/metrics` (default false; the CLI sets it with `--metrics`).
     pub app_metrics_ports: bool,
+    /// Program mode: how often workers' metrics are read between scrapes, which bounds what
+    /// a worker that crashes takes with it (default 5 s; `cluster-worker` programs report
+    /// theirs with every heartbeat).
+    pub metrics_interval: Duration,
     /// CPUs to pin workers to: slot `i`'s workers run on `cpus[(i - 1) % cpus.len()]` only,
     /// across restarts (default empty: not pinned).
     pub cpus: Vec<usize>,
@@ -145,6 +149,7 @@ impl WatcherConfig {
             ready_after: Some(Duration::from_secs(1)),
             run_as: None,
             app_metrics_ports: false,
+            metrics_interval: Duration::from_secs(5),
             cpus: Vec::new(),
         }
     }

@@ -171,12 +171,11 @@ impl ClusterWatcher {
             let driver = Driver::new(self.shared.clone(), commands);
             spawn_in(self.shared.span.clone(), driver.run());
             self.shared.driver_running.store(true, Ordering::SeqCst);
-            if self.shared.config().app_metrics_ports {
+            let config = self.shared.config();
+            if config.app_metrics_ports {
                 let shared = Arc::downgrade(&self.shared);
-                spawn_in(
-                    self.shared.span.clone(),
-                    crate::appmetrics::keep_reading(shared),
-                );
+                let reading = crate::appmetrics::keep_reading(shared, config.metrics_interval);
+                spawn_in(self.shared.span.clone(), reading);
             }
         }
         match self.remote.start(workers).await {

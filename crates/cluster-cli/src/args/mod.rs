@@ -167,6 +167,11 @@ pub(crate) struct Args {
     #[arg(long, env = "CLUSTER_METRICS", value_name = "ADDR")]
     pub(crate) metrics: Option<std::net::SocketAddr>,
 
+    /// With --metrics and --listen: how often each worker's own metrics are read between
+    /// scrapes (what a crashed worker's series lose at most)
+    #[arg(long, env = "CLUSTER_METRICS_INTERVAL", default_value = "5s", value_name = "DURATION", value_parser = parse_duration)]
+    metrics_interval: Duration,
+
     /// When /readyz answers 200: `any` worker ready, or `all` of them
     #[arg(long, env = "CLUSTER_READYZ", value_enum, default_value_t = ReadyzArg::Any)]
     pub(crate) readyz: ReadyzArg,
@@ -288,7 +293,8 @@ const EXAMPLES: &str = "Examples:
 Commands for a running cluster (found by --name or --control):
   cluster status [--json]        cluster restart        cluster scale N|+N|-N
   cluster stop                   cluster upgrade        cluster logs [-f] [--worker SLOT]
-  cluster reload                 (and, without a running cluster: cluster check -c FILE)";
+  cluster reload                 cluster top [--json]
+  (and, without a running cluster: cluster check -c FILE)";
 
 /// `--readyz`'s values.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -380,6 +386,7 @@ impl Args {
         }
         // Programs given listeners get a port for their own metrics, merged on /metrics.
         config.app_metrics_ports = self.metrics.is_some() && config.program_mode();
+        config.metrics_interval = self.metrics_interval;
         config.cpus = self
             .cpu_affinity
             .as_ref()

@@ -2,8 +2,8 @@
 //! own for its metrics (`CLUSTER_METRICS_PORT`, and `CLUSTER_METRICS_ADDR` as `127.0.0.1:PORT`;
 //! one line of the application serves its registry there, e.g. Python's
 //! `prometheus_client.start_http_server(int(os.environ["CLUSTER_METRICS_PORT"]))`), and the
-//! watcher reads it: at every scrape of `/metrics`, every few seconds in between (what a
-//! crash loses), and once more just before the worker is asked to stop (requests it serves
+//! watcher reads it: at every scrape of `/metrics`, every `--metrics-interval` in between (what
+//! a crash loses), and once more just before the worker is asked to stop (requests it serves
 //! while it drains after that are not counted: the one loss of a planned stop here, which
 //! `cluster-worker` programs do not have).
 //!
@@ -28,9 +28,6 @@ pub(crate) const MAX_BODY: usize = 1 << 20;
 
 /// How long a scrape of `/metrics` waits for the workers' reads.
 pub(crate) const SCRAPE_PATIENCE: Duration = Duration::from_millis(50);
-
-/// How often workers are read between scrapes.
-pub(crate) const EVERY: Duration = Duration::from_secs(5);
 
 /// The ports given to workers for their metrics.
 #[derive(Debug, Default)]
@@ -92,9 +89,9 @@ pub(crate) async fn scrape_one(shared: &Shared, id: WorkerId) {
     }
 }
 
-/// Reads the workers every [`EVERY`], for as long as the watcher lives.
-pub(crate) async fn keep_reading(shared: std::sync::Weak<Shared>) {
-    let mut ticks = tokio::time::interval(EVERY);
+/// Reads the workers every `every`, for as long as the watcher lives.
+pub(crate) async fn keep_reading(shared: std::sync::Weak<Shared>, every: Duration) {
+    let mut ticks = tokio::time::interval(every.max(Duration::from_millis(100)));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
