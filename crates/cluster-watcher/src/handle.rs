@@ -240,9 +240,9 @@ impl ClusterWatcher {
     /// takes effect when this is called.
     ///
     /// # Errors
-    /// [`ReloadError::NeedsUpgrade`] when `config` changes the balance mode or the listeners
-    /// (nothing changed: that takes a new watcher); [`ReloadError::Refused`] when the
-    /// cluster does not run or another reload is under way; [`ReloadError::RolledBack`]
+    /// [`ReloadError::NeedsUpgrade`](crate::ReloadError::NeedsUpgrade) when `config` changes the balance mode or the listeners
+    /// (nothing changed: that takes a new watcher); [`ReloadError::Refused`](crate::ReloadError::Refused) when the
+    /// cluster does not run or another reload is under way; [`ReloadError::RolledBack`](crate::ReloadError::RolledBack)
     /// with the failure that made it go back.
     pub fn reload(
         &self,

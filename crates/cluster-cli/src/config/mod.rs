@@ -6,7 +6,7 @@
 //! and an `[env]` table (each entry one `--env NAME=VALUE`). There is no second list of
 //! names: a key is looked up among clap's arguments, its value checked by that argument's
 //! own parser, and the file becomes arguments placed before the command line's
-//! ([`ConfigFile::arguments`]), so the command line and `CLUSTER_*` variables override it.
+//! ([`ConfigFile::option_arguments`]), so the command line and `CLUSTER_*` variables override it.
 //! Errors say `file:line:column`, the key, and what was expected; an unknown key is an
 //! error, with a suggestion when it looks misspelt.
 
