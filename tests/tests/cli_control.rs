@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use rustix::process::Signal;
 use serde_json::Value;
-use support::{ClusterProcess, free_port, http_get, workspace_bin};
+use support::{ClusterProcess, current_pids, free_port, http_get, workspace_bin};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -59,24 +59,13 @@ fn start(path: &std::path::Path, workers: &str, mode: &[&str]) -> ClusterProcess
     cluster
 }
 
-fn pids(status: &Value) -> Vec<u64> {
-    status["slots"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|s| s["workers"].as_array().unwrap().iter())
-        .filter(|w| w["current"] == true)
-        .map(|w| w["pid"].as_u64().unwrap())
-        .collect()
-}
-
 #[test]
 fn status_counts_a_crash_and_a_restart_that_returns_when_done() {
     let path = control_path("status");
     let mut cluster = start(&path, "3", &["serve", "127.0.0.1:0"]);
     let before = status(&path);
     assert_eq!(before["ready_workers"], 3);
-    let first = pids(&before);
+    let first = current_pids(&before);
     assert_eq!(first.len(), 3);
     // kill -9 of slot 2's worker: counted as a crash, a new pid, generation 2.
     std::thread::sleep(Duration::from_millis(300));
@@ -93,7 +82,7 @@ fn status_counts_a_crash_and_a_restart_that_returns_when_done() {
     let slot = &after_kill["slots"][1];
     assert_eq!(slot["restarts"]["crashed"], 1);
     assert_eq!(slot["last_exit"]["status"], "signal 9 (SIGKILL)");
-    assert_ne!(pids(&after_kill)[1], first[1]);
+    assert_ne!(current_pids(&after_kill)[1], first[1]);
     assert!(slot["workers"][0]["rss_bytes"].as_u64().unwrap() > 0);
     // The table has a header and one row per worker.
     let (code, table, _) = client(&path, &["status"]);
@@ -111,9 +100,9 @@ fn status_counts_a_crash_and_a_restart_that_returns_when_done() {
     let restarted = status(&path);
     assert_eq!(restarted["rolling_restarts_completed"], 1);
     assert!(
-        pids(&restarted)
+        current_pids(&restarted)
             .iter()
-            .all(|p| !pids(&after_kill).contains(p))
+            .all(|p| !current_pids(&after_kill).contains(p))
     );
     for slot in restarted["slots"].as_array().unwrap() {
         assert_eq!(slot["restarts"]["rolling"], 1);
@@ -127,11 +116,15 @@ fn a_failed_restart_says_why_and_the_old_workers_serve() {
     let path = control_path("failed");
     let mut cluster = start(&path, "2", &["serve-until-gen", "127.0.0.1:0", "2"]);
     let port = cluster.port();
-    let before = pids(&status(&path));
+    let before = current_pids(&status(&path));
     let (code, _, err) = client(&path, &["restart"]);
     assert_eq!(code, 1);
     assert!(err.contains("before it was ready"), "{err}");
-    assert_eq!(pids(&status(&path)), before, "the old workers are kept");
+    assert_eq!(
+        current_pids(&status(&path)),
+        before,
+        "the old workers are kept"
+    );
     assert!(http_get(port).is_ok());
     assert_eq!(status(&path)["rolling_restarts_failed"], 1);
     cluster.signal(Signal::TERM);
@@ -187,7 +180,7 @@ fn logs_follow_shows_lines_logged_after_attaching() {
     });
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(client(&path, &["restart"]).0, 0);
-    let new_pid = pids(&status(&path))[0];
+    let new_pid = current_pids(&status(&path))[0];
     let deadline = Instant::now() + LIMIT;
     loop {
         let line = received.recv_timeout(LIMIT).expect("a line");

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use cluster_testkit::KeepAliveLoad;
 use rustix::process::Signal;
 use serde_json::Value;
-use support::{ClusterProcess, Load, free_port, process_exists, workspace_bin};
+use support::{ClusterProcess, Load, current_pids, free_port, process_exists, workspace_bin};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -90,18 +90,6 @@ fn check(file: &Path) -> (i32, String, String) {
         .arg(file))
 }
 
-/// The current workers' pids.
-fn pids(status: &Value) -> Vec<u64> {
-    status["slots"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|s| s["workers"].as_array().unwrap().iter())
-        .filter(|w| w["current"] == true)
-        .map(|w| w["pid"].as_u64().unwrap())
-        .collect()
-}
-
 /// One request on a new connection: (`x-app-version`, `x-cluster-pid`).
 fn version_and_pid(port: u16) -> (String, String) {
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -135,12 +123,20 @@ impl Traffic {
         }
     }
 
-    /// Stops both; every failure, and how many requests succeeded.
-    fn finish(self) -> (u64, Vec<String>) {
+    /// Stops both and checks that not one request failed, and that there was load.
+    fn finish_without_failure(self, what: &str) {
         let kept = self.keep_alive.finish();
         let (ok, mut failed, _) = self.fresh.finish();
         failed.extend(kept.failed);
-        (ok + kept.ok, failed)
+        let ok = ok + kept.ok;
+        eprintln!("{what}: {ok} requests, {} failed", failed.len());
+        let first: Vec<&String> = failed.iter().take(5).collect();
+        assert!(
+            failed.is_empty(),
+            "{} failed of {ok}: {first:?}",
+            failed.len()
+        );
+        assert!(ok > 100, "too little load: {ok}");
     }
 }
 
@@ -149,7 +145,7 @@ fn a_reload_applies_a_new_environment_and_worker_count_with_no_failed_request() 
     let setup = Setup::new("apply");
     setup.write("workers = 2", "APP_VERSION = \"blue\"");
     let mut cluster = setup.start();
-    let before = pids(&setup.status());
+    let before = current_pids(&setup.status());
     assert_eq!(version_and_pid(setup.port).0, "blue");
     let traffic = Traffic::start(setup.port);
     std::thread::sleep(Duration::from_millis(500));
@@ -158,18 +154,10 @@ fn a_reload_applies_a_new_environment_and_worker_count_with_no_failed_request() 
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("changed env.APP_VERSION, workers"), "{out}");
     std::thread::sleep(Duration::from_millis(500));
-    let (ok, failed) = traffic.finish();
-    eprintln!("reload under load: {ok} requests, {} failed", failed.len());
-    assert!(
-        failed.is_empty(),
-        "{} failed of {ok}: {:?}",
-        failed.len(),
-        &failed[..failed.len().min(5)]
-    );
-    assert!(ok > 100, "{ok}");
+    traffic.finish_without_failure("reload under load");
     // Every worker now is new and runs the new environment; the old ones are gone.
     let status = setup.status();
-    let after = pids(&status);
+    let after = current_pids(&status);
     assert_eq!(after.len(), 3);
     assert_eq!(status["configuration"]["generation"], 2);
     assert_eq!(status["configuration"]["changed"][0], "env.APP_VERSION");
@@ -201,7 +189,7 @@ fn a_bad_file_is_refused_by_check_and_reload_and_changes_nothing() {
         "{out}"
     );
     let mut cluster = setup.start();
-    let before = pids(&setup.status());
+    let before = current_pids(&setup.status());
     let file = setup.file().display().to_string();
     for (extra, expected) in [
         (
@@ -251,7 +239,7 @@ fn a_bad_file_is_refused_by_check_and_reload_and_changes_nothing() {
     assert!(err.contains("not found"), "{err}");
     // Nothing was restarted, and the cluster serves as before.
     let status = setup.status();
-    assert_eq!(pids(&status), before);
+    assert_eq!(current_pids(&status), before);
     assert_eq!(status["configuration"]["generation"], 1);
     assert_eq!(version_and_pid(setup.port).0, "blue");
     cluster.signal(Signal::TERM);
@@ -283,18 +271,7 @@ fn a_configuration_that_fails_after_ready_is_rolled_back_with_no_failed_request(
     );
     assert!(took < Duration::from_secs(5), "{took:?}");
     std::thread::sleep(Duration::from_millis(300));
-    let (ok, failed) = traffic.finish();
-    eprintln!(
-        "rollback under load: {ok} requests, {} failed, reload answered in {took:?}",
-        failed.len()
-    );
-    assert!(ok > 100, "{ok}");
-    assert!(
-        failed.is_empty(),
-        "{} failed of {ok}: {:?}",
-        failed.len(),
-        &failed[..failed.len().min(5)]
-    );
+    traffic.finish_without_failure(&format!("rollback answered in {took:?}, under load"));
     // The old configuration serves, and status says what failed.
     let status = setup.status();
     assert_eq!(status["ready_workers"], 2);
@@ -353,7 +330,7 @@ fn the_command_line_and_the_environment_override_the_file() {
         &[("CLUSTER_WORKERS", "3")],
     );
     started.wait_for("control socket ready", LIMIT);
-    assert_eq!(pids(&setup.status()).len(), 1);
+    assert_eq!(current_pids(&setup.status()).len(), 1);
     started.signal(Signal::TERM);
     assert!(started.wait(LIMIT).success());
 }
@@ -377,17 +354,7 @@ fn a_change_the_running_watcher_cannot_make_goes_through_an_upgrade() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("changed balance, env.APP_VERSION"), "{out}");
     std::thread::sleep(Duration::from_millis(300));
-    let (ok, failed) = traffic.finish();
-    eprintln!(
-        "reload through an upgrade under load: {ok} requests, {} failed",
-        failed.len()
-    );
-    assert!(
-        failed.is_empty(),
-        "{} failed of {ok}: {:?}",
-        failed.len(),
-        &failed[..failed.len().min(5)]
-    );
+    traffic.finish_without_failure("reload through an upgrade under load");
     let status = setup.status();
     assert_eq!(status["balance"], "round-robin");
     assert_ne!(status["pid"].as_u64().unwrap(), old_watcher);

@@ -195,3 +195,15 @@ pub async fn serial_async() -> tokio::sync::MutexGuard<'static, ()> {
     static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     SERIAL.lock().await
 }
+
+/// The pids of each slot's current worker, from `cluster status --json`.
+pub fn current_pids(status: &serde_json::Value) -> Vec<u64> {
+    status["slots"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["workers"].as_array().into_iter().flatten())
+        .filter(|w| w["current"] == true)
+        .filter_map(|w| w["pid"].as_u64())
+        .collect()
+}

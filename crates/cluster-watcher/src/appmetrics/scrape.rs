@@ -27,7 +27,7 @@ pub(crate) const SCRAPE_TIMEOUT: Duration = Duration::from_millis(500);
 pub(crate) const MAX_BODY: usize = 1 << 20;
 
 /// How long a scrape of `/metrics` waits for the workers' reads.
-pub(crate) const SCRAPE_PATIENCE: Duration = Duration::from_millis(50);
+pub(crate) const SCRAPE_PATIENCE: Duration = Duration::from_millis(20);
 
 /// The ports given to workers for their metrics.
 #[derive(Debug, Default)]

@@ -43,8 +43,11 @@ const MAX_CONNECTIONS: usize = 64;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long an answer may take to be written to a client that does not read.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long an `upgrade` request waits for its outcome.
+/// How long an `upgrade` or `reload` request waits for its outcome.
 const UPGRADE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How long a log reopen may take to be answered.
+const REOPEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a `stop` request waits for the embedding program to take it.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -199,6 +202,26 @@ struct Context {
 }
 
 impl Context {
+    /// Passes a request to the program serving the cluster and waits (at most `limit`) for
+    /// its answer; the reason it failed otherwise (`cannot`: what a program that drops the
+    /// request does not do).
+    async fn ask_program<T>(
+        &self,
+        make: impl FnOnce(Reply<Result<T, String>>) -> ProgramRequest,
+        limit: Duration,
+        cannot: &str,
+    ) -> Result<T, String> {
+        let (reply, outcome) = oneshot::channel();
+        if self.requests.try_send(make(Reply(reply))).is_err() {
+            return Err("too many requests under way: try again".into());
+        }
+        match tokio::time::timeout(limit, outcome).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(format!("this watcher does not {cannot}")),
+            Err(_) => Err(format!("no outcome within {} s", limit.as_secs())),
+        }
+    }
+
     /// Serves one connection if there is room and the peer may talk to us; tells it why
     /// not otherwise.
     async fn admit(&self, stream: UnixStream) {
@@ -287,54 +310,41 @@ impl Context {
             },
             Request::Scale { to } => self.scale(to).await,
             Request::Upgrade => {
-                let (reply, outcome) = oneshot::channel();
-                if self
-                    .requests
-                    .try_send(ProgramRequest::Upgrade(Reply(reply)))
-                    .is_err()
-                {
-                    return Response::failed("an upgrade or a stop is already under way");
-                }
-                match tokio::time::timeout(UPGRADE_TIMEOUT, outcome).await {
-                    Ok(Ok(Ok(pid))) => Response::Upgraded { pid },
-                    Ok(Ok(Err(error))) => Response::Failed(error),
-                    Ok(Err(_)) => Response::failed("this watcher does not upgrade itself"),
-                    Err(_) => Response::failed("no outcome within 5 minutes"),
+                let outcome = self
+                    .ask_program(ProgramRequest::Upgrade, UPGRADE_TIMEOUT, "upgrade itself")
+                    .await;
+                match outcome {
+                    Ok(pid) => Response::Upgraded { pid },
+                    Err(why) => Response::Failed(why),
                 }
             }
             Request::ReopenLogs => {
-                let (reply, outcome) = oneshot::channel();
-                if self
-                    .requests
-                    .try_send(ProgramRequest::ReopenLogs(Reply(reply)))
-                    .is_err()
-                {
-                    return Response::failed("too many requests under way");
-                }
-                match tokio::time::timeout(Duration::from_secs(30), outcome).await {
-                    Ok(Ok(Ok(()))) => Response::Done,
-                    Ok(Ok(Err(error))) => Response::Failed(error),
-                    Ok(Err(_)) => Response::failed("this watcher has no log file to reopen"),
-                    Err(_) => Response::failed("no answer within 30 s"),
+                let outcome = self
+                    .ask_program(
+                        ProgramRequest::ReopenLogs,
+                        REOPEN_TIMEOUT,
+                        "have a log file to reopen",
+                    )
+                    .await;
+                match outcome {
+                    Ok(()) => Response::Done,
+                    Err(why) => Response::Failed(why),
                 }
             }
             Request::Reload => {
-                let (reply, outcome) = oneshot::channel();
-                if self
-                    .requests
-                    .try_send(ProgramRequest::Reload(Reply(reply)))
-                    .is_err()
-                {
-                    return Response::failed("too many requests under way");
-                }
-                match tokio::time::timeout(UPGRADE_TIMEOUT, outcome).await {
-                    Ok(Ok(Ok((generation, changed)))) => Response::Reloaded {
+                let outcome = self
+                    .ask_program(
+                        ProgramRequest::Reload,
+                        UPGRADE_TIMEOUT,
+                        "have a configuration to reload",
+                    )
+                    .await;
+                match outcome {
+                    Ok((generation, changed)) => Response::Reloaded {
                         generation,
                         changed,
                     },
-                    Ok(Ok(Err(error))) => Response::Failed(error),
-                    Ok(Err(_)) => Response::failed("this watcher has no configuration to reload"),
-                    Err(_) => Response::failed("no outcome within 5 minutes"),
+                    Err(why) => Response::Failed(why),
                 }
             }
             Request::Stop => {
