@@ -69,7 +69,11 @@ fn help_and_version_read_well() {
             Some("1"),
         ),
         ("--workers", "CLUSTER_WORKERS", None),
-        ("--balance", "CLUSTER_BALANCE", Some("shared")),
+        (
+            "--balance",
+            "CLUSTER_BALANCE",
+            Some("reuseport for programs given TCP listeners"),
+        ),
         ("--pid-file", "CLUSTER_PID_FILE", None),
         ("--name", "CLUSTER_NAME", Some("cluster")),
         ("--log-level", "CLUSTER_LOG_LEVEL", Some("info")),
@@ -83,7 +87,7 @@ fn help_and_version_read_well() {
         );
         if let Some(default) = default {
             assert!(
-                entry.contains(&format!("[default: {default}]")),
+                entry.contains(&format!("[default: {default}")),
                 "{option} lacks its default:\n{entry}"
             );
         }

@@ -116,6 +116,11 @@ pub(crate) async fn prepare(
         Some(_) => None,
     };
     let ready_timeout = config.ready_timeout;
+    // Socket activation hands one socket per address, not a reuseport group: programs given
+    // listeners then share it, unless a mode was asked for.
+    if !activated.is_empty() && !args.balance_given() {
+        config.balance = cluster_watcher::Balance::Shared;
+    }
     let watcher = ClusterWatcher::new(config);
     adopt_activated(&watcher, activated);
     let mut workers = loaded_workers;

@@ -57,9 +57,11 @@ pub(crate) struct Args {
     #[arg(short, long, env = "CLUSTER_WORKERS", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_WORKERS)))]
     workers: Option<u32>,
 
-    /// How connections reach workers
-    #[arg(long, env = "CLUSTER_BALANCE", value_enum, default_value_t = Balance::Shared)]
-    balance: Balance,
+    /// How connections reach workers [default: reuseport for programs given TCP listeners
+    /// (--listen: each worker's socket is drained before it is stopped, so a restart loses
+    /// no connection), else shared]
+    #[arg(long, env = "CLUSTER_BALANCE", value_enum)]
+    balance: Option<Balance>,
 
     /// Write the watcher's pid to this file (removed on exit); refuses to start if it names
     /// a running process
@@ -350,7 +352,9 @@ impl Args {
         if args.first().is_some_and(|a| a == "--") {
             args = &args[1..];
         }
-        let balance = self.balance;
+        let balance = self
+            .balance
+            .unwrap_or_else(|| default_balance(&self.listen));
         let config = WatcherConfig::new(program)
             .args(args.iter().cloned())
             .balance(balance)
@@ -398,12 +402,33 @@ impl Args {
         Ok(config)
     }
 
+    /// Whether `--balance` (or `CLUSTER_BALANCE`, or the file) named a mode.
+    pub(crate) fn balance_given(&self) -> bool {
+        self.balance.is_some()
+    }
+
     /// How many workers to start: `--workers`, or one per CPU.
     pub(crate) fn worker_count(&self) -> usize {
         self.workers.map_or_else(
             || std::thread::available_parallelism().map_or(1, |n| n.get()),
             |n| n as usize,
         )
+    }
+}
+
+/// The balance mode when none is given: `reuseport` for programs given only TCP listeners
+/// (a worker's own socket is drained before its stop signal, so a program that closes what
+/// it accepted but had not read at SIGTERM, as uvicorn does, loses nothing at a restart);
+/// `shared` otherwise (cluster-worker programs hand their connections on themselves, and
+/// Unix sockets have no reuseport groups).
+fn default_balance(listen: &[cluster_watcher::InheritedListener]) -> Balance {
+    let tcp = |l: &cluster_watcher::InheritedListener| {
+        matches!(l.address, cluster_ipc::ListenAddress::Tcp(_))
+    };
+    if !listen.is_empty() && listen.iter().all(tcp) {
+        Balance::Reuseport
+    } else {
+        Balance::Shared
     }
 }
 
