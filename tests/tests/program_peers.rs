@@ -580,3 +580,58 @@ fn uvicorn_in_the_default_mode_loses_nothing_through_three_restarts() {
     cluster.signal(Signal::TERM);
     assert!(cluster.wait(LIMIT).success());
 }
+
+/// uvicorn with a slow start-up (3 s before it serves its socket) and no `--ready-after`:
+/// seen running its event loop without the listener, it is waited for rather than counted
+/// ready after the fallback's second, so rolling restarts stop no old worker before its
+/// successor serves: none failed.
+#[test]
+fn a_slow_starting_uvicorn_is_ready_when_it_listens_not_after_a_guess() {
+    let uvicorn = venv("uvicorn");
+    let peers = peers();
+    let mut cluster = ClusterProcess::start_with_env(
+        &[
+            "-w",
+            "2",
+            "--listen",
+            "127.0.0.1:0",
+            &uvicorn,
+            "--fd",
+            "3",
+            "--app-dir",
+            &peers,
+            "slow_app:app",
+        ],
+        &[("STARTUP_SECONDS", "3")],
+    );
+    cluster.wait_for("all workers ready", LIMIT);
+    assert!(
+        !cluster.output().contains("counted ready by --ready-after"),
+        "{}",
+        cluster.output()
+    );
+    let port = cluster.port();
+    let load = Load::start(port, 2);
+    for _ in 0..2 {
+        let restarts = cluster.count("rolling restart complete");
+        let began = Instant::now();
+        cluster.signal(Signal::USR1);
+        let deadline = Instant::now() + LIMIT;
+        while cluster.count("rolling restart complete") == restarts {
+            assert!(Instant::now() < deadline, "{}", cluster.output());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Two slots, each replacement 3 s in starting: a restart that took less counted a
+        // replacement ready before it served.
+        let took = began.elapsed();
+        assert!(took >= Duration::from_millis(5500), "a restart in {took:?}");
+    }
+    let (ok, failed, _) = load.finish();
+    eprintln!(
+        "figure: uvicorn starting in 3 s, 2 rolling restarts: {ok} ok, {} failed",
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    cluster.signal(Signal::TERM);
+    assert!(cluster.wait(LIMIT).success());
+}

@@ -22,6 +22,15 @@ pub enum Event {
         /// Its pid.
         pid: u32,
     },
+    /// A program given listeners counts as ready because `ready_after` passed: it was not
+    /// seen waiting on its listener (nor reported `READY=1`). It is reported before
+    /// [`Ready`](Self::Ready).
+    ReadyByTimer {
+        /// Which.
+        id: WorkerId,
+        /// How long after its start.
+        after: Duration,
+    },
     /// It was asked to stop (a restart, a scale-down, a recycling, the cluster's stop): it
     /// drains its connections from now on, until its stop timeout.
     Stopping {

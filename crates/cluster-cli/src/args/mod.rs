@@ -245,8 +245,11 @@ pub(crate) struct Args {
     #[arg(long, env = "CLUSTER_STOP_SIGNAL", default_value = "TERM", value_name = "SIGNAL", value_parser = parse_signal)]
     stop_signal: i32,
 
-    /// With --listen: a worker still running this long after its start counts as ready
-    /// unless it sends READY=1 first; `off` waits for READY=1
+    /// With --listen: a worker is ready when it says READY=1 on NOTIFY_SOCKET or is seen
+    /// waiting on its listener (in its epoll set, or blocked in accept); failing both, one
+    /// still running this long after its start counts as ready (and the log says so), unless
+    /// it is seen running an event loop that does not listen yet (a slow start-up: waited
+    /// for); `off` waits for READY=1 or the listener
     #[arg(long, env = "CLUSTER_READY_AFTER", default_value = "1s", value_name = "DURATION|off", value_parser = parse_ready_after)]
     ready_after: ReadyAfter,
 

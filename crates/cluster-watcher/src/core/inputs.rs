@@ -23,6 +23,7 @@ impl Supervisor {
         {
             self.timers.set(Timer::ReadyAfter(id), now + after);
         }
+        self.watch_start(id, now);
         self.touch();
         self.emit(Event::Started { id, pid });
         // Stopped while it was being spawned: tell it now that it can be told.
@@ -84,6 +85,7 @@ impl Supervisor {
         worker.last_heartbeat = Some(now);
         let (pid, started) = (worker.pid, worker.started);
         self.timers.stop(Timer::ReadyAfter(id));
+        self.timers.stop(Timer::Observe(id));
         match expects_heartbeats {
             true => self.timers.set(Timer::Phase(id), now + heartbeat_timeout),
             false => self.timers.stop(Timer::Phase(id)),
@@ -163,6 +165,7 @@ impl Supervisor {
         if matches!(worker.phase, Phase::Starting | Phase::Ready) {
             worker.phase = Phase::Stopping;
             self.timers.stop(Timer::ReadyAfter(id));
+            self.timers.stop(Timer::Observe(id));
             self.timers.set(Timer::Phase(id), now + grace);
             self.touch();
         }

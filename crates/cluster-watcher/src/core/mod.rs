@@ -19,6 +19,7 @@
 
 mod commands;
 mod inputs;
+mod observe;
 mod recycle;
 mod reload;
 mod reuseport;
@@ -36,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use crate::{Event, ExitKind, KillReason, StopCause, WatcherConfig, WorkerExit, WorkerId};
 
+pub(crate) use self::observe::Observation;
 use self::reload::Reloads;
 use self::reuseport::Reuseport;
 pub(crate) use self::rolling::Rolling;
@@ -148,6 +150,8 @@ pub(crate) enum Outcome {
 pub(crate) enum Action {
     /// Workers started from now on run this configuration (a reload, or its rollback).
     Configure(Arc<WatcherConfig>),
+    /// Program mode: look at a starting worker and report [`Supervisor::observed`].
+    Observe { id: WorkerId, pid: u32 },
     /// Start a process for this slot and generation, then report [`Supervisor::spawned`] or
     /// [`Supervisor::spawn_failed`].
     Spawn(WorkerId),
@@ -198,6 +202,8 @@ struct Worker {
     config: u64,
     /// When it reported ready.
     ready_at: Option<Instant>,
+    /// Program mode: seen running an event loop (an epoll set), so it is waited for.
+    event_loop: bool,
     /// Whether it ever reported ready.
     was_ready: bool,
     /// Connections open in it, as it last reported.
@@ -348,12 +354,8 @@ impl Supervisor {
     fn expire(&mut self, timer: Timer, now: Instant) {
         match timer {
             Timer::Tick => {}
-            Timer::ReadyAfter(id) => {
-                // Program mode: alive for `ready_after` counts as ready.
-                if self.phase(id) == Some(Phase::Starting) {
-                    self.ready(id, now);
-                }
-            }
+            Timer::ReadyAfter(id) => self.ready_after_due(id, now),
+            Timer::Observe(id) => self.observe_due(id, now),
             Timer::Phase(id) => self.phase_expired(id, now),
             Timer::Respawn(slot) => {
                 if self.running && self.slots.contains(slot) && self.slots[slot].wanted {

@@ -85,6 +85,7 @@ impl Supervisor {
                 started: now,
                 config: self.reloads.generation,
                 ready_at: None,
+                event_loop: false,
                 was_ready: false,
                 open: None,
                 ended: None,

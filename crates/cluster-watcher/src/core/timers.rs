@@ -12,8 +12,11 @@ pub(crate) enum Timer {
     /// The worker's phase ran out: not ready in time, silent too long, not stopped in time,
     /// or (killed) not reaped within the grace after `SIGKILL`.
     Phase(WorkerId),
-    /// Program mode: alive this long counts as ready (`ready_after`).
+    /// Program mode: alive this long counts as ready (`ready_after`), unless it is seen
+    /// starting an event loop.
     ReadyAfter(WorkerId),
+    /// Program mode: time to look at a starting worker again.
+    Observe(WorkerId),
     /// The worker reached `max_age` (plus its jitter).
     MaxAge(WorkerId),
     /// A slot backing off starts its next worker.
@@ -115,6 +118,7 @@ impl TimerTable {
         for timer in [
             Timer::Phase(id),
             Timer::ReadyAfter(id),
+            Timer::Observe(id),
             Timer::MaxAge(id),
             Timer::DrainLimit(id),
         ] {

@@ -78,6 +78,11 @@ fn log_event(event: &Event) {
             )
         }
         Event::Ready { id, pid } => tracing::info!(worker = id.slot, pid, "worker ready"),
+        Event::ReadyByTimer { id, after } => tracing::info!(
+            worker = id.slot,
+            ?after,
+            "worker counted ready by --ready-after: it was not seen waiting on its listener nor said READY=1"
+        ),
         Event::Stopping { id, pid, cause } => {
             tracing::info!(
                 worker = id.slot,

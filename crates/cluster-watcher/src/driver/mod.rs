@@ -14,12 +14,14 @@
 //! * `output.rs`, `logs.rs`: workers' output and log records in the watcher's log.
 //! * `listeners.rs`: the shared listening sockets kept healthy.
 //! * `measure.rs`: memory and CPU from `/proc`, and the balancing figures of a status.
+//! * `observe.rs`: whether a starting program waits on its listener (readiness observed).
 
 mod command;
 mod containment;
 mod listeners;
 mod logs;
 mod measure;
+mod observe;
 mod output;
 mod process;
 mod program;
@@ -301,6 +303,11 @@ impl Driver {
         while let Some(action) = self.core.poll_action() {
             match action {
                 Action::Configure(config) => self.shared.set_config(config),
+                Action::Observe { id, pid } => {
+                    let listeners = observe::listener_inodes(&self.shared);
+                    let observation = observe::look(pid, &listeners);
+                    self.core.observed(id, observation, self.now);
+                }
                 Action::Spawn(id) => self.spawn(id),
                 Action::Admit(id) => self.shared.balancer.set_ready(id),
                 Action::Stop { id, spread } => self.stop(id, spread),

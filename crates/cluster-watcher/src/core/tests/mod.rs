@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::Balance;
 
+mod observe;
 mod recycle;
 mod reload;
 mod restart;
