@@ -342,3 +342,57 @@ fn a_failure_names_its_cause_once() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `cluster completions` and `cluster man` come from the same definition as `--help`: a
+/// bash script that bash accepts, and a man page naming every option `--help` lists.
+#[test]
+fn completions_and_the_man_page_follow_the_help() {
+    let cluster = workspace_bin("cluster");
+    let run = |args: &[&str]| {
+        let out = Command::new(&cluster).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let bash = run(&["completions", "bash"]);
+    let script =
+        std::env::temp_dir().join(format!("cluster-completion-{}.bash", std::process::id()));
+    std::fs::write(&script, &bash).unwrap();
+    let checked = Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&script);
+    assert!(checked.status.success(), "{checked:?}");
+    assert!(bash.contains("--shutdown-timeout"), "{bash:.300}");
+    for shell in ["zsh", "fish"] {
+        assert!(
+            run(&["completions", shell]).contains("shutdown-timeout"),
+            "{shell}"
+        );
+    }
+    // roff writes each dash as `\-`.
+    let man = run(&["man"]).replace("\\-", "-");
+    assert!(man.contains(".TH cluster"), "{man:.200}");
+    let help = run(&["--help"]);
+    let options: std::collections::BTreeSet<&str> = help
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .filter(|w| w.starts_with("--") && w.len() > 2)
+        .map(|w| {
+            let end = w[2..]
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+                .map_or(w.len(), |i| i + 2);
+            &w[..end]
+        })
+        .filter(|w| w.len() > 2)
+        .collect();
+    assert!(options.len() > 30, "{options:?}");
+    for option in options {
+        assert!(man.contains(option), "the man page lacks {option}");
+    }
+    let bad = Command::new(&cluster)
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+}

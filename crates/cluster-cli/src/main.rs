@@ -13,6 +13,7 @@ mod args;
 mod check;
 mod client;
 mod config;
+mod docs;
 mod fds;
 mod logfile;
 mod logging;
@@ -38,11 +39,11 @@ use crate::run::{Cluster, Exit};
 
 fn main() -> ExitCode {
     upgrade::remember_binary();
-    if std::env::args_os()
-        .nth(1)
-        .is_some_and(|first| first == "check")
-    {
-        return check::main(std::env::args_os().skip(1).collect());
+    // Modes that need no running cluster, nor the watcher's start-up below.
+    match std::env::args_os().nth(1).as_ref().and_then(|a| a.to_str()) {
+        Some("check") => return check::main(std::env::args_os().skip(1).collect()),
+        Some("completions" | "man") => return docs::main(std::env::args_os().skip(1).collect()),
+        _ => {}
     }
     if std::env::args_os()
         .nth(1)

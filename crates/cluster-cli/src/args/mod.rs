@@ -72,7 +72,7 @@ pub(crate) struct Args {
     #[arg(short, long, env = "CLUSTER_NAME", default_value = "cluster")]
     pub(crate) name: String,
 
-    /// Log level (error, warn, info, debug, trace) or a tracing filter
+    /// Log level (error, warn, info, debug, trace) or a tracing filter (also --log)
     #[arg(
         short,
         long,
@@ -88,7 +88,7 @@ pub(crate) struct Args {
     #[arg(long, env = "CLUSTER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub(crate) log_format: LogFormat,
 
-    /// Append logs to this file instead of standard output
+    /// Append logs to this file instead of standard output (also --file)
     #[arg(
         short = 'f',
         long,
@@ -114,7 +114,8 @@ pub(crate) struct Args {
     pub(crate) reopen_signal: Option<i32>,
 
     /// How long a stopping worker may take to finish in-flight work before it is killed;
-    /// also the drain's hard cap, after which its long-lived connections left are cut
+    /// also the drain's hard cap, after which its long-lived connections left are cut (also
+    /// --drain-timeout)
     #[arg(short = 't', long, visible_alias = "drain-timeout", env = "CLUSTER_SHUTDOWN_TIMEOUT", default_value = "10s", value_name = "DURATION", value_parser = parse_duration)]
     shutdown_timeout: Duration,
 
@@ -299,7 +300,8 @@ Commands for a running cluster (found by --name or --control):
   cluster status [--json]        cluster restart        cluster scale N|+N|-N
   cluster stop                   cluster upgrade        cluster logs [-f] [--worker SLOT]
   cluster reload                 cluster top [--json]
-  (and, without a running cluster: cluster check -c FILE)";
+Without a running cluster:
+  cluster check -c FILE          cluster completions bash|zsh|fish      cluster man";
 
 /// `--readyz`'s values.
 #[derive(Debug, Clone, Copy, ValueEnum)]
