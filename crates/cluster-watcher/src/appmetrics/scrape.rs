@@ -55,6 +55,11 @@ impl MetricsPorts {
             .collect()
     }
 
+    /// Whether `id` was given a port.
+    pub(crate) fn has(&self, id: WorkerId) -> bool {
+        self.0.lock().contains_key(&id)
+    }
+
     fn of(&self, id: WorkerId) -> Option<u16> {
         self.0.lock().get(&id).copied()
     }

@@ -420,11 +420,17 @@ impl Driver {
             let signal = rustix::process::Signal::from_named_raw(self.shared.config().stop_signal)
                 .unwrap_or(rustix::process::Signal::TERM);
             let (shared, pid) = (self.shared.clone(), process.pid);
-            spawn_in(self.shared.span.clone(), async move {
-                crate::appmetrics::scrape_one(&shared, id).await;
+            let stop = move || {
                 if let Some(group) = rustix::process::Pid::from_raw(pid as i32) {
                     let _ = rustix::process::kill_process_group(group, signal);
                 }
+            };
+            if !self.shared.metrics_ports.has(id) {
+                return stop();
+            }
+            spawn_in(self.shared.span.clone(), async move {
+                crate::appmetrics::scrape_one(&shared, id).await;
+                stop();
             });
             return;
         };
