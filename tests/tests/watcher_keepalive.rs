@@ -84,6 +84,11 @@ async fn keep_alive_loses_nothing_through_a_scale_down() {
         "{:?}",
         &result.failed[..result.failed.len().min(5)]
     );
+    // The two scaled away finish their drain and go (their time depends on the machine).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while watcher.workers().len() != 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(watcher.workers().len(), 2);
     watcher.stop().await;
 }
