@@ -111,12 +111,20 @@ pub(crate) fn main() -> ExitCode {
     }
 }
 
+/// Whether `error` is our own output closed (`cluster status | head -1`), not the control
+/// socket: a cluster that refused us and closed the connection is a failure, and says so.
 fn is_broken_pipe(error: &anyhow::Error) -> bool {
-    error.chain().any(|cause| {
+    let from_the_socket = error.chain().any(|cause| {
         cause
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
-    })
+            .downcast_ref::<cluster_ipc::control::ControlError>()
+            .is_some()
+    });
+    !from_the_socket
+        && error.chain().any(|cause| {
+            cause
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+        })
 }
 
 /// How long an answer may take: a status or a scale answers at once; a restart, an

@@ -18,6 +18,7 @@
 
 mod command;
 mod containment;
+mod forwarding;
 mod listeners;
 mod logs;
 mod measure;
