@@ -467,40 +467,53 @@ fn merged_requests(metrics: u16) -> Option<f64> {
         .ok()
 }
 
+/// `cluster -w 2 EXTRA --listen 127.0.0.1:0 uvicorn --fd 3 --app-dir tests/peers APP`, with
+/// `env`, ready.
+fn uvicorn_app(app: &str, extra: &[&str], env: &[(&str, &str)]) -> ClusterProcess {
+    let uvicorn = venv("uvicorn");
+    let peers = peers();
+    let mut args = vec!["-w", "2"];
+    args.extend_from_slice(extra);
+    args.extend(["--listen", "127.0.0.1:0", &uvicorn, "--fd", "3"]);
+    args.extend(["--app-dir", &peers, app]);
+    let cluster = ClusterProcess::start_with_env(&args, env);
+    cluster.wait_for("all workers ready", LIMIT);
+    cluster
+}
+
+/// One rolling restart (SIGUSR1), `meanwhile` called every 50 ms until it is complete; how
+/// long it took.
+fn rolling_restart(cluster: &ClusterProcess, mut meanwhile: impl FnMut()) -> Duration {
+    let restarts = cluster.count("rolling restart complete");
+    let began = Instant::now();
+    cluster.signal(Signal::USR1);
+    while cluster.count("rolling restart complete") == restarts {
+        assert!(began.elapsed() < LIMIT, "{}", cluster.output());
+        meanwhile();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    began.elapsed()
+}
+
+/// uvicorn alone still resets a connection at its SIGTERM now and then (in reuseport mode its
+/// drained slot leaves it almost none to read): one in 10,000 at most, at least one allowed.
+fn within_one_in_ten_thousand(ok: u64, failed: &[String]) {
+    assert!(failed.len() as u64 <= (ok / 10_000).max(1), "{failed:?}");
+}
+
 /// A uvicorn application that serves prometheus_client's default registry on the port the
 /// cluster gives it (one line): its counter merged over both workers, through two rolling
 /// restarts, never lower than before, and short of the answered requests only by those
 /// served between a stopping worker's last read and its end.
 #[test]
 fn uvicorn_metrics_are_merged_and_survive_restarts() {
-    let uvicorn = venv("uvicorn");
-    let peers = peers();
     let metrics = free_port();
     let metrics_address = format!("127.0.0.1:{metrics}");
-    let mut cluster = ClusterProcess::start(&[
-        "-w",
-        "2",
-        "--metrics",
-        &metrics_address,
-        "--listen",
-        "127.0.0.1:0",
-        &uvicorn,
-        "--fd",
-        "3",
-        "--app-dir",
-        &peers,
-        "metrics_app:app",
-    ]);
-    cluster.wait_for("all workers ready", LIMIT);
-    let port = cluster.port();
-    let load = Load::start(port, 2);
+    let mut cluster = uvicorn_app("metrics_app:app", &["--metrics", &metrics_address], &[]);
+    let load = Load::start(cluster.port(), 2);
     let mut last = 0.0;
     for _ in 0..2 {
-        let restarts = cluster.count("rolling restart complete");
-        cluster.signal(Signal::USR1);
-        let deadline = Instant::now() + LIMIT;
-        while cluster.count("rolling restart complete") == restarts {
-            assert!(Instant::now() < deadline, "{}", cluster.output());
+        rolling_restart(&cluster, || {
             if let Some(now) = merged_requests(metrics) {
                 assert!(
                     now >= last,
@@ -508,21 +521,20 @@ fn uvicorn_metrics_are_merged_and_survive_restarts() {
                 );
                 last = now;
             }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        });
     }
     std::thread::sleep(Duration::from_millis(500));
-    // Not asserted zero here (the restart tests above are about that): uvicorn itself may
-    // close a connection it accepted just before its SIGTERM as idle, and such a request may
-    // or may not have been counted.
     let (ok, failed, _) = load.finish();
     let merged = merged_requests(metrics).expect("the merged counter") as u64;
     eprintln!(
         "uvicorn metrics: merged {merged} for {ok} answered requests ({} failed) through 2 restarts",
         failed.len()
     );
+    // Not this test's subject: uvicorn's own resets, a few at most (its metrics thread takes
+    // the GIL and widens its window).
     assert!(failed.len() <= 5, "{failed:?}");
     assert!(merged as f64 >= last);
+    // A request whose connection uvicorn reset may or may not have been counted.
     assert!(merged <= ok + failed.len() as u64, "{merged} > {ok}");
     assert!(
         ok - merged <= ok / 50 + 20,
@@ -539,36 +551,15 @@ fn uvicorn_metrics_are_merged_and_survive_restarts() {
 /// failed request in 10,000.
 #[test]
 fn uvicorn_in_the_default_mode_fails_at_most_one_in_ten_thousand() {
-    let uvicorn = venv("uvicorn");
-    let peers = peers();
-    let mut cluster = ClusterProcess::start(&[
-        "-w",
-        "2",
-        "--listen",
-        "127.0.0.1:0",
-        &uvicorn,
-        "--fd",
-        "3",
-        "--app-dir",
-        &peers,
-        "app:app",
-    ]);
-    cluster.wait_for("all workers ready", LIMIT);
+    let mut cluster = uvicorn_app("app:app", &[], &[]);
     assert!(
         cluster.output().contains("balance=\"reuseport\""),
         "{}",
         cluster.output()
     );
-    let port = cluster.port();
-    let load = Load::start(port, 2);
+    let load = Load::start(cluster.port(), 2);
     for _ in 0..3 {
-        let restarts = cluster.count("rolling restart complete");
-        cluster.signal(Signal::USR1);
-        let deadline = Instant::now() + LIMIT;
-        while cluster.count("rolling restart complete") == restarts {
-            assert!(Instant::now() < deadline, "{}", cluster.output());
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        rolling_restart(&cluster, || {});
         std::thread::sleep(Duration::from_millis(300));
     }
     let (ok, failed, _) = load.finish();
@@ -577,9 +568,7 @@ fn uvicorn_in_the_default_mode_fails_at_most_one_in_ten_thousand() {
         failed.len()
     );
     assert!(ok > 1000, "{ok}");
-    // One in 10,000 at most, and never more than one here: uvicorn alone still resets a
-    // connection at its SIGTERM now and then (the drained slot leaves it none to read).
-    assert!(failed.len() as u64 <= (ok / 10_000).max(1), "{failed:?}");
+    within_one_in_ten_thousand(ok, &failed);
     cluster.signal(Signal::TERM);
     assert!(cluster.wait(LIMIT).success());
 }
@@ -590,43 +579,17 @@ fn uvicorn_in_the_default_mode_fails_at_most_one_in_ten_thousand() {
 /// successor serves: each restart takes the time its replacements need.
 #[test]
 fn a_slow_starting_uvicorn_is_ready_when_it_listens_not_after_a_guess() {
-    let uvicorn = venv("uvicorn");
-    let peers = peers();
-    let mut cluster = ClusterProcess::start_with_env(
-        &[
-            "-w",
-            "2",
-            "--listen",
-            "127.0.0.1:0",
-            &uvicorn,
-            "--fd",
-            "3",
-            "--app-dir",
-            &peers,
-            "slow_app:app",
-        ],
-        &[("STARTUP_SECONDS", "3")],
-    );
-    cluster.wait_for("all workers ready", LIMIT);
+    let mut cluster = uvicorn_app("slow_app:app", &[], &[("STARTUP_SECONDS", "3")]);
     assert!(
         !cluster.output().contains("counted ready by --ready-after"),
         "{}",
         cluster.output()
     );
-    let port = cluster.port();
-    let load = Load::start(port, 2);
+    let load = Load::start(cluster.port(), 2);
     for _ in 0..2 {
-        let restarts = cluster.count("rolling restart complete");
-        let began = Instant::now();
-        cluster.signal(Signal::USR1);
-        let deadline = Instant::now() + LIMIT;
-        while cluster.count("rolling restart complete") == restarts {
-            assert!(Instant::now() < deadline, "{}", cluster.output());
-            std::thread::sleep(Duration::from_millis(50));
-        }
         // Two slots, each replacement 3 s in starting: a restart that took less counted a
         // replacement ready before it served.
-        let took = began.elapsed();
+        let took = rolling_restart(&cluster, || {});
         assert!(took >= Duration::from_millis(5500), "a restart in {took:?}");
     }
     let (ok, failed, _) = load.finish();
@@ -634,9 +597,7 @@ fn a_slow_starting_uvicorn_is_ready_when_it_listens_not_after_a_guess() {
         "figure: uvicorn starting in 3 s, 2 rolling restarts: {ok} ok, {} failed",
         failed.len()
     );
-    // The bound of the default mode (uvicorn alone still resets one connection now and then
-    // at its SIGTERM; one in about 30,000 here).
-    assert!(failed.len() as u64 <= ok / 10_000, "{failed:?}");
+    within_one_in_ten_thousand(ok, &failed);
     cluster.signal(Signal::TERM);
     assert!(cluster.wait(LIMIT).success());
 }
