@@ -1,8 +1,10 @@
-"""An ASGI app that counts its requests with prometheus_client's default registry, served
-for the cluster on the port it gives (the one line an application adds)."""
+"""The ASGI app of app.py that counts its requests with prometheus_client's default
+registry, served for the cluster on the port it gives (the one line an application adds)."""
 import os
 
 from prometheus_client import Counter, start_http_server
+
+from app import app as serve
 
 REQUESTS = Counter("app_requests", "Requests answered")
 
@@ -18,10 +20,4 @@ async def app(scope, receive, send):
                 await send({"type": "lifespan.shutdown.complete"})
                 return
     REQUESTS.inc()
-    body = f"pid {os.getpid()}".encode()
-    await send({
-        "type": "http.response.start",
-        "status": 200,
-        "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())],
-    })
-    await send({"type": "http.response.body", "body": body})
+    await serve(scope, receive, send)
