@@ -171,11 +171,12 @@ impl ClusterWatcher {
             let driver = Driver::new(self.shared.clone(), commands);
             spawn_in(self.shared.span.clone(), driver.run());
             self.shared.driver_running.store(true, Ordering::SeqCst);
-            let config = self.shared.config();
-            if config.app_metrics_ports {
+            if self.shared.config().app_metrics_ports {
                 let shared = Arc::downgrade(&self.shared);
-                let reading = crate::appmetrics::keep_reading(shared, config.metrics_interval);
-                spawn_in(self.shared.span.clone(), reading);
+                spawn_in(
+                    self.shared.span.clone(),
+                    crate::appmetrics::keep_reading(shared),
+                );
             }
         }
         match self.remote.start(workers).await {

@@ -94,12 +94,14 @@ pub(crate) async fn scrape_one(shared: &Shared, id: WorkerId) {
     }
 }
 
-/// Reads the workers every `every`, for as long as the watcher lives.
-pub(crate) async fn keep_reading(shared: std::sync::Weak<Shared>, every: Duration) {
-    let mut ticks = tokio::time::interval(every.max(Duration::from_millis(100)));
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// Reads the workers every `metrics_interval` (as the configuration in force says: a reload
+/// may change it), for as long as the watcher lives.
+pub(crate) async fn keep_reading(shared: std::sync::Weak<Shared>) {
     loop {
-        ticks.tick().await;
+        let Some(every) = shared.upgrade().map(|s| s.config().metrics_interval) else {
+            return;
+        };
+        tokio::time::sleep(every.max(Duration::from_millis(100))).await;
         let Some(shared) = shared.upgrade() else {
             return;
         };

@@ -388,8 +388,9 @@ impl Supervisor {
         self.workers.get(&id).map(|w| w.phase)
     }
 
-    /// Arms the periodic looks this configuration needs (at the start).
-    fn arm_periodic(&mut self, now: Instant) {
+    /// Arms the periodic looks this configuration needs (at the start, and when a reload or
+    /// its rollback changes the configuration).
+    pub(super) fn arm_periodic(&mut self, now: Instant) {
         if self.config.max_memory.is_some() {
             self.timers.set(Timer::SampleMemory, now + SAMPLE_EVERY);
         }
@@ -404,7 +405,8 @@ impl Supervisor {
 
     /// `max_memory`: asks the driver to measure every ready current worker.
     fn sample_memory(&mut self, now: Instant) {
-        if !self.running {
+        // Not running, or a reload took the limit away.
+        if !self.running || self.config.max_memory.is_none() {
             return;
         }
         self.timers.set(Timer::SampleMemory, now + SAMPLE_EVERY);

@@ -126,6 +126,8 @@ impl Supervisor {
             changed,
         });
         self.actions.push_back(Action::Configure(config));
+        // A limit the new configuration sets (`max_memory`) is watched from now on.
+        self.arm_periodic(now);
         // New slots start with the new configuration; the others are replaced.
         self.resize(workers, now);
         self.rolling.request_stale();
@@ -218,6 +220,7 @@ impl Supervisor {
         self.config = previous.clone();
         self.reloads.generation = generation;
         self.actions.push_back(Action::Configure(previous));
+        self.arm_periodic(now);
         // The replacements starting run the failed configuration: they go, the workers they
         // were to replace stay.
         for id in self.rolling.abandon_round() {

@@ -188,3 +188,33 @@ fn workers_the_watcher_replaced_are_not_held_against_the_reload() {
     h.serve_for(Duration::from_millis(1100));
     assert_eq!(h.outcome(t), Some(Outcome::Reloaded(Ok(()))));
 }
+
+#[test]
+fn a_memory_limit_a_reload_sets_is_watched_and_one_it_removes_is_not() {
+    let samples = |h: &Harness| {
+        h.log
+            .iter()
+            .filter(|a| matches!(a, Action::SampleMemory(_)))
+            .count()
+    };
+    let mut h = Harness::running(1);
+    h.run_for(Duration::from_secs(3));
+    assert_eq!(samples(&h), 0, "no limit, no sampling");
+    let mut limited = new_config();
+    limited.max_memory = Some(512 << 20);
+    let t = h.reload(limited, 1);
+    h.ready(id(1, 2));
+    h.exit(id(1, 1), ExitKind::Code(0));
+    h.serve_for(Duration::from_millis(2100));
+    assert_eq!(h.outcome(t), Some(Outcome::Reloaded(Ok(()))));
+    let sampled = samples(&h);
+    assert!(sampled >= 1, "the new limit is sampled");
+    let again = h.reload(new_config(), 1);
+    h.ready(id(1, 3));
+    h.exit(id(1, 2), ExitKind::Code(0));
+    h.serve_for(Duration::from_millis(1100));
+    assert_eq!(h.outcome(again), Some(Outcome::Reloaded(Ok(()))));
+    let after = samples(&h);
+    h.serve_for(Duration::from_secs(3));
+    assert_eq!(samples(&h), after, "no sampling once the limit is gone");
+}
