@@ -7,10 +7,10 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Parser;
 
-use crate::args::{load, resolve_program};
+use crate::args::load;
 
 /// Check a configuration file without starting anything.
 #[derive(Debug, Parser)]
@@ -49,12 +49,7 @@ fn check(file: Option<PathBuf>) -> anyhow::Result<String> {
     {
         bail!("{}: cwd {}: not a directory", file.display(), cwd.display());
     }
-    let program = resolve_program(&config.program, config.cwd.as_deref()).with_context(|| {
-        match &loaded.program_at {
-            Some(at) => format!("{at}: `program`"),
-            None => format!("{}: PROGRAM", file.display()),
-        }
-    })?;
+    let program = loaded.resolved_program()?;
     for path in &loaded.args.watch {
         if !path.exists() {
             bail!(

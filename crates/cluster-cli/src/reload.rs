@@ -16,7 +16,7 @@ use std::pin::Pin;
 
 use cluster_watcher::{ClusterWatcher, ReloadError, Reply};
 
-use crate::args::{Loaded, changed, load, resolve_program};
+use crate::args::{Loaded, changed, load};
 
 /// What a reload answers: the configuration's generation and the keys that changed, or why
 /// not.
@@ -68,14 +68,7 @@ pub(crate) enum Plan {
 pub(crate) fn plan(current: &BTreeMap<String, String>) -> Result<Plan, String> {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let mut loaded = load(&argv).map_err(|e| e.to_string())?;
-    loaded.config.program = resolve_program(&loaded.config.program, loaded.config.cwd.as_deref())
-        .map_err(|e| {
-        let at = loaded
-            .program_at
-            .as_ref()
-            .map(|at| format!("{at}: `program`: "));
-        format!("{}{}", at.unwrap_or_default(), crate::one_line(&e))
-    })?;
+    loaded.config.program = loaded.resolved_program().map_err(|e| crate::one_line(&e))?;
     let changed = changed(current, &loaded.settings);
     let fixed = changed
         .iter()

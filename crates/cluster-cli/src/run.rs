@@ -81,7 +81,7 @@ pub(crate) async fn prepare(
         mut config,
         workers: loaded_workers,
         settings,
-        ..
+        program_at,
     } = loaded;
     let predecessor = predecessor
         .map(PredecessorLink::new)
@@ -109,7 +109,7 @@ pub(crate) async fn prepare(
             }
         }
     }
-    config.program = crate::args::resolve_program(&config.program, config.cwd.as_deref())?;
+    config.program = crate::args::program_of(&config, program_at.as_ref())?;
     // A new watcher writes the pid file once the old one let go of it.
     let pid_file = match &predecessor {
         None => args.pid_file.as_deref().map(PidFile::create).transpose()?,

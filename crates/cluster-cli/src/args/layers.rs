@@ -31,6 +31,33 @@ pub(crate) struct Loaded {
     pub(crate) program_at: Option<crate::config::Location>,
 }
 
+impl Loaded {
+    /// The program, looked up and checked ([`resolve_program`](super::resolve_program)); a
+    /// failure names the file's place when the file named it.
+    ///
+    /// # Errors
+    /// When it is missing, a directory or not executable.
+    pub(crate) fn resolved_program(&self) -> anyhow::Result<PathBuf> {
+        program_of(&self.config, self.program_at.as_ref())
+    }
+}
+
+/// `config`'s program, looked up and checked; a failure names `program_at`, the file's
+/// place that named it, if any.
+///
+/// # Errors
+/// When it is missing, a directory or not executable.
+pub(crate) fn program_of(
+    config: &WatcherConfig,
+    program_at: Option<&crate::config::Location>,
+) -> anyhow::Result<PathBuf> {
+    let found = super::resolve_program(&config.program, config.cwd.as_deref());
+    match program_at {
+        Some(at) => anyhow::Context::with_context(found, || format!("{at}: `program`")),
+        None => found,
+    }
+}
+
 /// Why the settings cannot be read.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum LoadError {

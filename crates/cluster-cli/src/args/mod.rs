@@ -12,7 +12,7 @@ mod layers;
 mod user;
 mod values;
 
-pub(crate) use self::layers::{LoadError, Loaded, changed, load};
+pub(crate) use self::layers::{LoadError, Loaded, changed, load, program_of};
 
 use self::user::{CpuAffinity, User, parse_cpu_affinity, parse_group, parse_user};
 use self::values::{
