@@ -504,7 +504,8 @@ fn at_most_one_a_restart(restarts: usize, failed: &[String]) {
 /// A uvicorn application that serves prometheus_client's default registry on the port the
 /// cluster gives it (one line): its counter merged over both workers, through two rolling
 /// restarts, never lower than before, and short of the answered requests only by those
-/// served between a stopping worker's last read and its end.
+/// served between a stopping worker's last read and its end (it is read every 25 ms while it
+/// drains: none, in six runs out of six; before that follow-up, up to 98 of 3,584).
 #[test]
 fn uvicorn_metrics_are_merged_and_survive_restarts() {
     let metrics = free_port();
@@ -536,10 +537,7 @@ fn uvicorn_metrics_are_merged_and_survive_restarts() {
     assert!(merged as f64 >= last);
     // A request whose connection uvicorn reset may or may not have been counted.
     assert!(merged <= ok + failed.len() as u64, "{merged} > {ok}");
-    assert!(
-        ok - merged <= ok / 50 + 20,
-        "{merged} of {ok}: too many lost"
-    );
+    assert!(ok - merged <= 50, "{merged} of {ok}: too many lost");
     cluster.signal(Signal::TERM);
     assert!(cluster.wait(LIMIT).success());
 }

@@ -15,7 +15,7 @@ mod parse;
 mod scrape;
 
 pub(crate) use self::scrape::{
-    MetricsPorts, SCRAPE_PATIENCE, keep_reading, scrape_all, scrape_one,
+    MetricsPorts, SCRAPE_PATIENCE, follow_until_gone, keep_reading, scrape_all, scrape_one,
 };
 
 use std::collections::BTreeMap;

@@ -3,9 +3,14 @@
 //! one line of the application serves its registry there, e.g. Python's
 //! `prometheus_client.start_http_server(int(os.environ["CLUSTER_METRICS_PORT"]))`), and the
 //! watcher reads it: at every scrape of `/metrics`, every `--metrics-interval` in between (what
-//! a crash loses), and once more just before the worker is asked to stop (requests it serves
-//! while it drains after that are not counted: the one loss of a planned stop here, which
+//! a crash loses), once more just before the worker is asked to stop, and every
+//! [`FOLLOW_EVERY`] while it drains until it is gone (requests it answers after its last read
+//! are not counted: the one loss of a planned stop here, a few milliseconds' worth, which
 //! `cluster-worker` programs do not have).
+//!
+//! A read that ends after its worker exited is dropped ([`record`]): the exit has already
+//! moved the worker's counts to the retired sums, and keeping the late read would count them
+//! twice.
 //!
 //! Bounded: each read has [`SCRAPE_TIMEOUT`] and [`MAX_BODY`], every worker is read at
 //! once, and a scrape waits [`SCRAPE_PATIENCE`] at most, so one that never answers delays
@@ -28,6 +33,9 @@ pub(crate) const MAX_BODY: usize = 1 << 20;
 
 /// How long a scrape of `/metrics` waits for the workers' reads.
 pub(crate) const SCRAPE_PATIENCE: Duration = Duration::from_millis(20);
+
+/// How often a stopping worker's metrics are read while it drains.
+pub(crate) const FOLLOW_EVERY: Duration = Duration::from_millis(25);
 
 /// The ports given to workers for their metrics.
 #[derive(Debug, Default)]
@@ -74,7 +82,7 @@ pub(crate) async fn scrape_all(shared: &Arc<Shared>, patience: Duration) {
         let shared = shared.clone();
         reads.spawn(async move {
             if let Ok(text) = read(port).await {
-                let _ = shared.app_metrics.lock().update(id, &text);
+                record(&shared, id, &text);
             }
         });
     }
@@ -90,7 +98,29 @@ pub(crate) async fn scrape_one(shared: &Shared, id: WorkerId) {
         return;
     };
     if let Ok(text) = read(port).await {
-        let _ = shared.app_metrics.lock().update(id, &text);
+        record(shared, id, &text);
+    }
+}
+
+/// Reads a stopping worker's metrics every [`FOLLOW_EVERY`] until it has exited (its port is
+/// forgotten then), so what it answers while it drains is counted too; no longer than its
+/// shutdown timeout and a second (a watcher dropped meanwhile never sees the exit).
+pub(crate) async fn follow_until_gone(shared: &Shared, id: WorkerId) {
+    let until =
+        tokio::time::Instant::now() + shared.config().shutdown_timeout + Duration::from_secs(1);
+    while shared.metrics_ports.has(id) && tokio::time::Instant::now() < until {
+        tokio::time::sleep(FOLLOW_EVERY).await;
+        scrape_one(shared, id).await;
+    }
+}
+
+/// Keeps what `id` reported, unless it has exited meanwhile. Checked under the store's lock,
+/// and the driver forgets a worker's port before it retires its counts, so a read either
+/// lands before the retirement or not at all.
+fn record(shared: &Shared, id: WorkerId, text: &str) {
+    let mut store = shared.app_metrics.lock();
+    if shared.metrics_ports.has(id) {
+        let _ = store.update(id, text);
     }
 }
 

@@ -262,9 +262,10 @@ impl Driver {
                 self.statuses.remove(&id);
                 self.shared.listens().remove(&id);
                 // What it counted (its last report, sent after its last request when it
-                // drained) stays in the merged application metrics.
-                self.shared.app_metrics.lock().retire(id);
+                // drained) stays in the merged application metrics. Its port first: a read
+                // still on its way is dropped rather than counted twice.
                 self.shared.metrics_ports.forget(id);
+                self.shared.app_metrics.lock().retire(id);
                 if let Some(process) = self.processes.remove(&id) {
                     // Whatever it started goes with it: its process group, and daemons that
                     // left it (its cgroup, or its mark).
@@ -417,7 +418,8 @@ impl Driver {
         self.shared.balancer.remove(id);
         let Some(link) = &process.link else {
             // A program that does not link cluster-worker: the stop signal, to its group,
-            // once its metrics were read a last time (at most a scrape's timeout later).
+            // once its metrics were read (at most a scrape's timeout later), then its
+            // metrics followed while it drains.
             let signal = rustix::process::Signal::from_named_raw(self.shared.config().stop_signal)
                 .unwrap_or(rustix::process::Signal::TERM);
             let (shared, pid) = (self.shared.clone(), process.pid);
@@ -432,6 +434,7 @@ impl Driver {
             spawn_in(self.shared.span.clone(), async move {
                 crate::appmetrics::scrape_one(&shared, id).await;
                 stop();
+                crate::appmetrics::follow_until_gone(&shared, id).await;
             });
             return;
         };
