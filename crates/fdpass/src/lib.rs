@@ -91,6 +91,7 @@ mod peer;
 mod raw;
 mod reuseport;
 mod socket;
+mod sticky;
 
 pub use crate::{
     async_socket::{AsyncFdSocket, register},
@@ -107,6 +108,7 @@ pub use crate::{
         unsteer_reuseport,
     },
     socket::FdSocket,
+    sticky::{MAX_STICKY, rendezvous_weight, steer_reuseport_by_source},
 };
 
 pub use std::os::fd::OwnedFd;

@@ -23,9 +23,17 @@ pub const MAX_STEERED: usize = 2000;
 /// (not a reuseport socket, say).
 pub fn steer_reuseport(socket: impl AsFd, indexes: &[u32]) -> io::Result<()> {
     check_indexes(indexes)?;
-    let mut program = steering_program(indexes);
+    attach_classic(socket, steering_program(indexes))
+}
+
+/// Attaches a classic BPF program to the group `socket` belongs to.
+pub(crate) fn attach_classic(
+    socket: impl AsFd,
+    mut program: Vec<libc::sock_filter>,
+) -> io::Result<()> {
     let fprog = libc::sock_fprog {
-        len: u16::try_from(program.len()).expect("bounded by MAX_STEERED"),
+        len: u16::try_from(program.len())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "program too long"))?,
         filter: program.as_mut_ptr(),
     };
     let size = libc::socklen_t::try_from(size_of::<libc::sock_fprog>()).expect("small");
@@ -83,7 +91,7 @@ fn set_int_option(socket: impl AsFd, option: libc::c_int, value: libc::c_int) ->
 }
 
 /// Refuses an empty list, or one too long for a program.
-fn check_indexes(indexes: &[u32]) -> io::Result<()> {
+pub(crate) fn check_indexes(indexes: &[u32]) -> io::Result<()> {
     if indexes.is_empty() || indexes.len() > MAX_STEERED {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
