@@ -57,3 +57,47 @@ pub fn http_ok(port: u16) -> bool {
     let _ = stream.read_to_string(&mut response);
     response.starts_with("HTTP/1.1 200")
 }
+
+/// One `GET path` on a new connection from the local address `source` (`127.0.0.7`, say) to
+/// 127.0.0.1:`port`, with `headers` (`"cookie: sid=1\r\n"`) added; the whole response,
+/// head and body, or why it failed. Waits at most 10 s.
+pub fn http_get_from(
+    source: std::net::Ipv4Addr,
+    port: u16,
+    path: &str,
+    headers: &str,
+) -> Result<String, String> {
+    use rustix::net::{AddressFamily, SocketType, bind, connect, socket};
+    let fd = socket(AddressFamily::INET, SocketType::STREAM, None).map_err(|e| e.to_string())?;
+    bind(&fd, &std::net::SocketAddr::from((source, 0))).map_err(|e| format!("bind: {e}"))?;
+    connect(&fd, &std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+        .map_err(|e| format!("connect: {e}"))?;
+    let mut stream = std::net::TcpStream::from(fd);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    let request =
+        format!("GET {path} HTTP/1.1\r\nhost: test\r\n{headers}connection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| format!("read: {e}"))?;
+    if !response.starts_with("HTTP/1.1 200") {
+        return Err(format!("bad response {response:?}"));
+    }
+    Ok(response)
+}
+
+/// The value of header `name` (lower case) in a response head, if there.
+pub fn header_of<'a>(response: &'a str, name: &str) -> Option<&'a str> {
+    response
+        .split("\r\n\r\n")
+        .next()?
+        .split("\r\n")
+        .filter_map(|line| line.split_once(':'))
+        .find(|(key, _)| key.trim().eq_ignore_ascii_case(name))
+        .map(|(_, value)| value.trim())
+}

@@ -68,7 +68,7 @@ fn check(file: Option<PathBuf>) -> anyhow::Result<String> {
         file.display(),
         program.display(),
         loaded.workers,
-        config.balance.as_str(),
+        config.balance_description(),
         config.env.len(),
     ))
 }

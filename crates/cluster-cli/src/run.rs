@@ -169,7 +169,7 @@ impl Cluster {
             .count_dropped_log_lines(logging.dropped_counter());
         tracing::info!(
             workers = self.workers,
-            balance = self.watcher.config().balance.as_str(),
+            balance = self.watcher.config().balance_description(),
             pid = std::process::id(),
             upgrade = self.predecessor.is_some(),
             "starting cluster"

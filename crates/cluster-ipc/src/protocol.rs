@@ -223,6 +223,14 @@ pub enum Balance {
     /// with the fewest open connections (ties in turn); workers report the connections they
     /// closed.
     LeastConn,
+    /// The watcher accepts and hands every connection with the same key to the same slot
+    /// (sticky sessions; cluster-worker programs)
+    ///
+    /// The key is the client's address or a header, cookie or query parameter of its first
+    /// request (`hash=ip|header:NAME|cookie:NAME|query:NAME` on the command line), hashed
+    /// over the live slots by rendezvous hashing: a slot's replacement keeps its keys, and a
+    /// scale change moves only the keys of the slots that came or went.
+    Hash,
 }
 
 /// What a [`Balance`] mode means, for the watcher and for its workers.
@@ -238,29 +246,34 @@ pub struct BalanceTraits {
     /// Workers report each connection they close, and the watcher hands the next one to
     /// the worker with the fewest open.
     pub least_loaded: bool,
+    /// The watcher hands every connection with the same key to the same slot.
+    pub hashed: bool,
 }
 
 impl Balance {
     /// Every mode, in the order the command line lists them.
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::Shared,
         Self::RoundRobin,
         Self::Reuseport,
         Self::LeastConn,
+        Self::Hash,
     ];
 
     /// What this mode means: the one `match` every question about a mode is answered by.
     pub const fn traits(self) -> BalanceTraits {
-        let (watcher_accepts, socket_per_slot, least_loaded) = match self {
-            Self::Shared => (false, false, false),
-            Self::RoundRobin => (true, false, false),
-            Self::Reuseport => (false, true, false),
-            Self::LeastConn => (true, false, true),
+        let (watcher_accepts, socket_per_slot, least_loaded, hashed) = match self {
+            Self::Shared => (false, false, false, false),
+            Self::RoundRobin => (true, false, false, false),
+            Self::Reuseport => (false, true, false, false),
+            Self::LeastConn => (true, false, true, false),
+            Self::Hash => (true, false, false, true),
         };
         BalanceTraits {
             watcher_accepts,
             socket_per_slot,
             least_loaded,
+            hashed,
         }
     }
 
@@ -271,6 +284,7 @@ impl Balance {
             Self::RoundRobin => "round-robin",
             Self::Reuseport => "reuseport",
             Self::LeastConn => "least-conn",
+            Self::Hash => "hash",
         }
     }
 
@@ -280,7 +294,7 @@ impl Balance {
     }
 
     /// Whether the watcher accepts and hands each connection to a worker (round-robin,
-    /// least-conn), rather than workers accepting on sockets of their own.
+    /// least-conn, hash), rather than workers accepting on sockets of their own.
     pub fn hands_off(self) -> bool {
         self.traits().watcher_accepts
     }

@@ -7,6 +7,8 @@ use std::time::Duration;
 use cluster_ipc::ListenAddress;
 use cluster_ipc::protocol::Balance;
 
+use crate::balance::HashKey;
+
 /// What the watcher runs and how it supervises it.
 ///
 /// ```
@@ -30,6 +32,10 @@ pub struct WatcherConfig {
     pub cwd: Option<PathBuf>,
     /// How connections reach workers (default [`Balance::Shared`]).
     pub balance: Balance,
+    /// What [`Balance::Hash`] hashes connections by (default the client's address); with
+    /// [`Balance::Reuseport`], `Some(HashKey::Ip)` steers every connection from one address
+    /// to one slot (the kernel hashes it), for programs given listeners.
+    pub hash_key: Option<HashKey>,
     /// How long a stopping worker may take to finish in-flight work before `SIGKILL`
     /// (default 10 s): also the drain's hard cap, after which a `cluster-worker` program
     /// cuts its long-lived connections that are left (HAProxy's `hard-stop-after`).
@@ -129,6 +135,7 @@ impl WatcherConfig {
             env: Vec::new(),
             cwd: None,
             balance: Balance::Shared,
+            hash_key: None,
             shutdown_timeout: Duration::from_secs(10),
             drain_spread: Duration::ZERO,
             ready_timeout: Duration::from_secs(30),
@@ -180,6 +187,33 @@ impl WatcherConfig {
     pub fn balance(mut self, balance: Balance) -> Self {
         self.balance = balance;
         self
+    }
+
+    /// Sets what connections are hashed by ([`Balance::Hash`], or `hash=ip` in
+    /// [`Balance::Reuseport`]).
+    #[must_use]
+    pub fn hash_key(mut self, key: HashKey) -> Self {
+        self.hash_key = Some(key);
+        self
+    }
+
+    /// The key connections are hashed by, `None` when they are not.
+    pub fn sticky_key(&self) -> Option<HashKey> {
+        match self.balance {
+            Balance::Hash => Some(self.hash_key.clone().unwrap_or_default()),
+            Balance::Reuseport => self.hash_key.clone(),
+            _ => None,
+        }
+    }
+
+    /// The balance mode as an operator writes it: `round-robin`, `hash=cookie:sid`,
+    /// `reuseport hash=ip`.
+    pub fn balance_description(&self) -> String {
+        match (self.balance, self.sticky_key()) {
+            (Balance::Hash, Some(key)) => format!("hash={key}"),
+            (balance, Some(key)) => format!("{} hash={key}", balance.as_str()),
+            (balance, None) => balance.as_str().to_owned(),
+        }
     }
 
     /// Sets the shutdown timeout.
@@ -253,7 +287,7 @@ impl WatcherConfig {
     /// addresses): the balance mode or the listeners, by name; `None` when `new` can be
     /// applied by a reload.
     pub fn fixed_for_life_change(&self, new: &Self) -> Option<&'static str> {
-        if self.balance != new.balance {
+        if self.balance != new.balance || self.sticky_key() != new.sticky_key() {
             Some("the balance mode")
         } else if self.listen != new.listen {
             Some("the listeners (--listen)")
@@ -293,6 +327,21 @@ impl WatcherConfig {
                  use shared or reuseport",
                 self.balance.as_str()
             )));
+        }
+        match (&self.hash_key, self.balance) {
+            (None, _) | (Some(_), Balance::Hash) | (Some(HashKey::Ip), Balance::Reuseport) => {}
+            (Some(key), Balance::Reuseport) => {
+                return Err(ConfigError(format!(
+                    "reuseport hashes the client's address only (hash=ip), not {key}: \
+                     the kernel steers connections before anything is read"
+                )));
+            }
+            (Some(key), balance) => {
+                return Err(ConfigError(format!(
+                    "a hash key ({key}) needs the hash balance mode, not {}",
+                    balance.as_str()
+                )));
+            }
         }
         if self.drain_spread > self.shutdown_timeout {
             return Err(ConfigError(format!(

@@ -74,7 +74,11 @@ impl ClusterWatcher {
         let dropped_messages = Arc::new(AtomicU64::new(0));
         let (sink, receiver) = message_queue(dropped_messages.clone());
         let (commands, driver) = mpsc::unbounded_channel();
-        let balancer = Arc::new(Balancer::new(span.clone(), config.balance));
+        let balancer = Arc::new(Balancer::new(
+            span.clone(),
+            config.balance,
+            config.sticky_key(),
+        ));
         let shared = Arc::new(Shared {
             config: parking_lot::RwLock::new(Arc::new(config)),
             events,

@@ -135,6 +135,7 @@ mod task;
 mod upgrade;
 
 pub use crate::{
+    balance::{HashKey, HashKeyError},
     config::{ConfigError, InheritedListener, WatcherConfig},
     control::{
         ControlServer, LogFeed, MetricsServer, ProgramRequest, Readiness, Reply,

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use cluster_ipc::protocol::Balance;
 use cluster_ipc::{ListenAddress, ListenOptions, LocalServerSocketFactory, ServerSocketFactory};
 use tokio::net::TcpListener;
 use tokio::sync::{Mutex, mpsc};
@@ -143,42 +142,39 @@ pub async fn listen_with(
         .listen
         .as_ref()
         .ok_or(WorkerError::MissingSocket("listen"))?;
-    let result = match link.env.balance {
+    let result = if !link.env.balance.hands_off() {
         // Reuseport: the watcher answers with this slot's own socket; accepting is the same.
-        Balance::Shared | Balance::Reuseport => {
-            let mut listener = Listener::from_accepting(factory.listen(address, options).await?)?;
-            // Connections handed over by stopping workers come through the pipe.
-            let passed_on = Mutex::new(link.handoff.add_route(address.clone()));
-            if let Source::Accept(_, transferred) = &mut listener.source {
-                *transferred = Some(TransferredSource {
-                    address: address.clone(),
-                    link: link.clone(),
-                    passed_on,
-                });
-            }
-            listener.address = Some(address.clone());
-            listener.link = Some(link.clone());
-            listener
+        let mut listener = Listener::from_accepting(factory.listen(address, options).await?)?;
+        // Connections handed over by stopping workers come through the pipe.
+        let passed_on = Mutex::new(link.handoff.add_route(address.clone()));
+        if let Source::Accept(_, transferred) = &mut listener.source {
+            *transferred = Some(TransferredSource {
+                address: address.clone(),
+                link: link.clone(),
+                passed_on,
+            });
         }
-        Balance::RoundRobin | Balance::LeastConn => {
-            // The watcher does the accepting and gives us only the address it bound: no
-            // copy of its socket that this process could break for the whole cluster.
-            let local_addr = match factory.bound_address(address, options).await? {
-                ListenAddress::Tcp(addr) => addr,
-                ListenAddress::Unix(_) => return Err(unix_unsupported()),
-            };
-            let passed_on = Mutex::new(link.handoff.add_route(address.clone()));
-            Listener {
-                source: Source::Transferred(TransferredSource {
-                    address: address.clone(),
-                    link: link.clone(),
-                    passed_on,
-                }),
-                local_addr,
-                nodelay: true,
-                address: Some(address.clone()),
-                link: Some(link.clone()),
-            }
+        listener.address = Some(address.clone());
+        listener.link = Some(link.clone());
+        listener
+    } else {
+        // The watcher does the accepting and gives us only the address it bound: no
+        // copy of its socket that this process could break for the whole cluster.
+        let local_addr = match factory.bound_address(address, options).await? {
+            ListenAddress::Tcp(addr) => addr,
+            ListenAddress::Unix(_) => return Err(unix_unsupported()),
+        };
+        let passed_on = Mutex::new(link.handoff.add_route(address.clone()));
+        Listener {
+            source: Source::Transferred(TransferredSource {
+                address: address.clone(),
+                link: link.clone(),
+                passed_on,
+            }),
+            local_addr,
+            nodelay: true,
+            address: Some(address.clone()),
+            link: Some(link.clone()),
         }
     };
     if !link.defer_ready.load(Ordering::SeqCst) {

@@ -75,9 +75,9 @@ fn op(code: u32, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
 /// return its position`.
 fn program(members: &[(u32, u32)]) -> Vec<libc::sock_filter> {
     use libc::{
-        BPF_A, BPF_ABS, BPF_ALU, BPF_B, BPF_IMM, BPF_JA, BPF_JEQ, BPF_JGT, BPF_JMP, BPF_K,
-        BPF_LD, BPF_LDX, BPF_MEM, BPF_MISC, BPF_MUL, BPF_RET, BPF_RSH, BPF_ST, BPF_TAX, BPF_W,
-        BPF_X, BPF_XOR,
+        BPF_A, BPF_ABS, BPF_ALU, BPF_B, BPF_IMM, BPF_JA, BPF_JEQ, BPF_JGT, BPF_JMP, BPF_K, BPF_LD,
+        BPF_LDX, BPF_MEM, BPF_MISC, BPF_MUL, BPF_RET, BPF_RSH, BPF_ST, BPF_TAX, BPF_W, BPF_X,
+        BPF_XOR,
     };
     #[allow(clippy::cast_sign_loss)] // SKF_NET_OFF is negative by definition: the kernel's u32
     let net = libc::SKF_NET_OFF as u32;
@@ -219,7 +219,10 @@ mod tests {
                 .unwrap();
             counts[slot as usize - 1] += 1;
         }
-        assert!(counts.iter().all(|n| (1875..=3125).contains(n)), "{counts:?}");
+        assert!(
+            counts.iter().all(|n| (1875..=3125).contains(n)),
+            "{counts:?}"
+        );
     }
 
     #[test]

@@ -16,8 +16,8 @@ pub(crate) use self::layers::{LoadError, Loaded, changed, load, program_of};
 
 use self::user::{CpuAffinity, User, parse_cpu_affinity, parse_group, parse_user};
 use self::values::{
-    ReadyAfter, parse_duration, parse_env_entry, parse_listen, parse_log_filter, parse_ready_after,
-    parse_signal, parse_size,
+    BalanceChoice, BalanceParser, ReadyAfter, parse_duration, parse_env_entry, parse_listen,
+    parse_log_filter, parse_ready_after, parse_signal, parse_size,
 };
 use cluster_watcher::{Balance, WatcherConfig};
 
@@ -60,8 +60,8 @@ pub(crate) struct Args {
     /// How connections reach workers [default: reuseport for programs given TCP listeners
     /// (--listen: each worker's socket is drained before it is stopped, so a restart loses
     /// no connection), else shared]
-    #[arg(long, env = "CLUSTER_BALANCE", value_enum)]
-    balance: Option<Balance>,
+    #[arg(long, env = "CLUSTER_BALANCE", value_name = "MODE", value_parser = BalanceParser)]
+    balance: Option<BalanceChoice>,
 
     /// Write the watcher's pid to this file (removed on exit); refuses to start if it names
     /// a running process
@@ -357,12 +357,13 @@ impl Args {
         if args.first().is_some_and(|a| a == "--") {
             args = &args[1..];
         }
-        let balance = self
-            .balance
-            .unwrap_or_else(|| default_balance(&self.listen));
+        let BalanceChoice { mode, key } = self.balance.clone().unwrap_or_else(|| BalanceChoice {
+            mode: default_balance(&self.listen),
+            key: None,
+        });
         let config = WatcherConfig::new(program)
             .args(args.iter().cloned())
-            .balance(balance)
+            .balance(mode)
             .shutdown_timeout(self.shutdown_timeout)
             .ready_timeout(self.ready_timeout)
             .heartbeat(self.heartbeat_interval, self.heartbeat_timeout)
@@ -403,6 +404,22 @@ impl Args {
             .unwrap_or_default();
         config.stop_signal = self.stop_signal;
         config.ready_after = self.ready_after.0;
+        config.hash_key = key;
+        if mode == Balance::Hash && config.program_mode() {
+            // A program given listeners accepts by itself: the kernel hashes its clients'
+            // addresses over the slots' reuseport sockets; it cannot read a request first.
+            if config.hash_key != Some(cluster_watcher::HashKey::Ip) {
+                return Err(cluster_watcher::ConfigError(format!(
+                    "{} needs a cluster-worker program (the watcher reads the request); a \
+                     program given listeners (--listen) can use hash=ip",
+                    self.balance
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default()
+                )));
+            }
+            config.balance = Balance::Reuseport;
+        }
         config.validate()?;
         Ok(config)
     }

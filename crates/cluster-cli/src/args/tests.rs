@@ -88,3 +88,40 @@ fn contradicting_knobs_are_rejected() {
 fn clap_accepts_the_definition() {
     Args::command().debug_assert();
 }
+
+#[test]
+fn balance_takes_a_hash_key_and_maps_hash_ip_to_reuseport_for_programs_given_listeners() {
+    use cluster_watcher::HashKey;
+    let config = parse(&["--balance", "hash=cookie:sid", "p"])
+        .unwrap()
+        .watcher_config()
+        .unwrap();
+    assert_eq!(config.balance, Balance::Hash);
+    assert_eq!(config.sticky_key(), Some(HashKey::Cookie("sid".into())));
+    assert_eq!(config.balance_description(), "hash=cookie:sid");
+    let config = parse(&["--balance", "hash", "p"])
+        .unwrap()
+        .watcher_config()
+        .unwrap();
+    assert_eq!(config.sticky_key(), Some(HashKey::Ip));
+    let listen = ["--balance", "hash=ip", "--listen", "127.0.0.1:0", "p"];
+    let config = parse(&listen).unwrap().watcher_config().unwrap();
+    assert_eq!(config.balance, Balance::Reuseport);
+    assert_eq!(config.balance_description(), "reuseport hash=ip");
+    let cookie = [
+        "--balance",
+        "hash=cookie:sid",
+        "--listen",
+        "127.0.0.1:0",
+        "p",
+    ];
+    let error = parse(&cookie)
+        .unwrap()
+        .watcher_config()
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("can use hash=ip"), "{error}");
+    for bad in ["hash=", "hash=ip:1", "hash=url:x", "sticky"] {
+        assert!(parse(&["--balance", bad, "p"]).is_err(), "{bad}");
+    }
+}

@@ -181,3 +181,84 @@ mod tests {
         }
     }
 }
+
+/// `--balance`: a mode, or `hash=KEY` (`hash` alone hashes the client's address).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BalanceChoice {
+    pub(crate) mode: cluster_watcher::Balance,
+    pub(crate) key: Option<cluster_watcher::HashKey>,
+}
+
+impl std::fmt::Display for BalanceChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.key {
+            Some(key) => write!(f, "hash={key}"),
+            None => f.write_str(self.mode.as_str()),
+        }
+    }
+}
+
+/// Parses `--balance`, and lists its values (with their help) for `--help`, the man page and
+/// the completions.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct BalanceParser;
+
+impl clap::builder::TypedValueParser for BalanceParser {
+    type Value = BalanceChoice;
+
+    fn parse_ref(
+        &self,
+        command: &clap::Command,
+        argument: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<BalanceChoice, clap::Error> {
+        use cluster_watcher::{Balance, HashKey};
+        let text = value.to_string_lossy();
+        let choice = match text.split_once('=') {
+            Some(("hash", key)) => key
+                .parse::<HashKey>()
+                .map(|key| BalanceChoice {
+                    mode: Balance::Hash,
+                    key: Some(key),
+                })
+                .map_err(|e| e.to_string()),
+            _ => Balance::parse(&text)
+                .map(|mode| BalanceChoice {
+                    mode,
+                    key: (mode == Balance::Hash).then_some(HashKey::Ip),
+                })
+                .ok_or_else(|| {
+                    "use shared, round-robin, reuseport, least-conn or \
+                     hash=ip|header:NAME|cookie:NAME|query:NAME"
+                        .to_owned()
+                }),
+        };
+        choice.map_err(|why| {
+            let name = argument.map_or_else(|| "--balance".to_owned(), ToString::to_string);
+            clap::Error::raw(
+                clap::error::ErrorKind::InvalidValue,
+                format!("invalid value '{text}' for '{name}': {why}\n"),
+            )
+            .with_cmd(command)
+        })
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        use clap::ValueEnum;
+        use clap::builder::PossibleValue;
+        let modes = cluster_watcher::Balance::ALL
+            .into_iter()
+            .filter(|mode| *mode != cluster_watcher::Balance::Hash)
+            .filter_map(|mode| mode.to_possible_value());
+        let keyed = [
+            ("hash=ip", "Every connection from one client address to the same worker slot (sticky sessions; also for programs given listeners, steered by the kernel)"),
+            ("hash=header:NAME", "Every request with the same value of header NAME to the same slot (the watcher reads the request head; cluster-worker programs)"),
+            ("hash=cookie:NAME", "Every request with the same cookie NAME to the same slot (cluster-worker programs)"),
+            ("hash=query:NAME", "Every request with the same query parameter NAME to the same slot (cluster-worker programs)"),
+        ]
+        .map(|(name, help)| PossibleValue::new(name).help(help));
+        Some(Box::new(modes.chain(keyed)))
+    }
+}

@@ -53,7 +53,7 @@ fn errors_say_where_which_key_and_why() {
         "{error}"
     );
     let error = parse("balance = \"random\"\n").unwrap_err().to_string();
-    assert!(error.contains("possible values"), "{error}");
+    assert!(error.contains("use shared, round-robin"), "{error}");
     let error = parse("workers = [1, 2]\n").unwrap_err().to_string();
     assert!(error.contains("expected one value"), "{error}");
     let error = parse("env = \"A=1\"\n").unwrap_err().to_string();

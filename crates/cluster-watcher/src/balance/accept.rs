@@ -10,7 +10,12 @@ use cluster_ipc::{ClientSocketReceivePipe, ListenAddress};
 use parking_lot::Mutex;
 
 use super::handoff::{Balancer, ClientPipe, Route};
+use super::hash;
 use crate::task::spawn_in;
+
+/// The most connections whose request head the watcher reads at once for their key; past
+/// it, a connection is hashed by its address.
+pub(super) const MAX_READING: usize = 1024;
 
 impl Balancer {
     /// Connections still queued for a worker that has exited go to the other workers, so a
@@ -61,7 +66,7 @@ impl Balancer {
                 let route = this.routes().get(&client.data.listener).cloned();
                 match route {
                     Some(route) => {
-                        this.hand_off(&route, client.socket, &client.data, &client.prefix)
+                        this.dispatch(&route, client.socket, client.data, client.prefix)
                             .await;
                         reclaimed += 1;
                     }
@@ -106,7 +111,48 @@ impl Balancer {
                 listener: address.clone(),
                 peer,
             };
-            self.hand_off(&route, socket, &meta, &[]).await;
+            self.dispatch(&route, socket, meta, Vec::new()).await;
         }
+    }
+
+    /// Hands a connection on, by its key in the sticky modes. A key in the request is read
+    /// from its head in a task of its own (the accept loop goes on), at most
+    /// [`MAX_READING`] at once; past that, or when the head does not give the key, the
+    /// client's address is the key.
+    pub(super) async fn dispatch(
+        self: &Arc<Self>,
+        route: &Arc<Mutex<Route>>,
+        socket: OwnedFd,
+        meta: ClientMeta,
+        mut prefix: Vec<u8>,
+    ) {
+        let by_address = hash::of_address(meta.peer);
+        let Some(key) = &self.hash_key else {
+            return self.hand_off(route, socket, &meta, &prefix, None).await;
+        };
+        if !key.in_request() {
+            return self
+                .hand_off(route, socket, &meta, &prefix, Some(by_address))
+                .await;
+        }
+        let Ok(permit) = self.reading.clone().try_acquire_owned() else {
+            self.hash_fallbacks
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return self
+                .hand_off(route, socket, &meta, &prefix, Some(by_address))
+                .await;
+        };
+        let (this, route, key) = (self.clone(), route.clone(), key.clone());
+        self.track(spawn_in(self.span.clone(), async move {
+            hash::read_head(&socket, &mut prefix).await;
+            drop(permit);
+            let found = key.of_head(&prefix).unwrap_or_else(|| {
+                this.hash_fallbacks
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                by_address
+            });
+            this.hand_off(&route, socket, &meta, &prefix, Some(found))
+                .await;
+        }));
     }
 }

@@ -25,6 +25,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use super::Mode;
+use super::hash::{self, HashKey};
 use super::pick::{self, Rule, pick};
 use crate::WorkerId;
 use crate::task::spawn_in;
@@ -132,14 +133,25 @@ pub(crate) struct Balancer {
     /// Set once a successor watcher took over (never unset): every connection this one
     /// would hand to a worker goes there instead.
     successor: std::sync::OnceLock<ClientPipe>,
+    /// The key connections are hashed by (`hash` mode, and `reuseport` with `hash=ip` for
+    /// the connections stopping workers hand back); `None`: not hashed.
+    pub(super) hash_key: Option<HashKey>,
+    /// Bounds the connections whose request head is being read for their key at once.
+    pub(super) reading: Arc<tokio::sync::Semaphore>,
+    /// Connections hashed by their address because their head did not give the key.
+    pub(crate) hash_fallbacks: AtomicU64,
     /// The watcher's span, for the tasks spawned here.
     pub(super) span: tracing::Span,
 }
 
 impl Balancer {
-    /// A balancer for `balance` (round-robin and least-conn accept on every registered
-    /// address).
-    pub(crate) fn new(span: tracing::Span, balance: cluster_ipc::protocol::Balance) -> Self {
+    /// A balancer for `balance` (round-robin, least-conn and hash accept on every
+    /// registered address), hashing by `hash_key` when there is one.
+    pub(crate) fn new(
+        span: tracing::Span,
+        balance: cluster_ipc::protocol::Balance,
+        hash_key: Option<HashKey>,
+    ) -> Self {
         Self {
             routes: Mutex::default(),
             ready: Mutex::default(),
@@ -148,10 +160,17 @@ impl Balancer {
             accepting: Mutex::default(),
             closed: AtomicBool::new(false),
             accepts: Mode::of(balance).accepts(),
-            rule: Mode::of(balance).rule(),
+            rule: if hash_key.is_some() {
+                Rule::Rendezvous
+            } else {
+                Mode::of(balance).rule()
+            },
             loads: Mutex::default(),
             epoch: std::time::Instant::now(),
             successor: std::sync::OnceLock::new(),
+            hash_key,
+            reading: Arc::new(tokio::sync::Semaphore::new(super::accept::MAX_READING)),
+            hash_fallbacks: AtomicU64::new(0),
             span,
         }
     }
@@ -358,13 +377,21 @@ impl Balancer {
     /// A connection a stopping worker handed back (idle between requests, with the bytes it
     /// had read) goes to another ready worker listening on the same address; closed only
     /// when no worker listens there any more.
-    pub(crate) async fn hand_over(&self, socket: OwnedFd, meta: &ClientMeta, prefix: &[u8]) {
+    pub(crate) async fn hand_over(
+        self: &Arc<Self>,
+        socket: OwnedFd,
+        meta: &ClientMeta,
+        prefix: &[u8],
+    ) {
         if self.to_successor(&socket, meta, prefix).await {
             return;
         }
         let route = self.routes().get(&meta.listener).cloned();
         match route {
-            Some(route) => self.hand_off(&route, socket, meta, prefix).await,
+            Some(route) => {
+                self.dispatch(&route, socket, meta.clone(), prefix.to_vec())
+                    .await;
+            }
             None => tracing::debug!(
                 listener = %meta.listener,
                 "a handed-back connection has no worker to go to; closed"
@@ -373,12 +400,24 @@ impl Balancer {
     }
 
     /// The ready worker to try next, skipping those in `full` (see [`pick`]): `None` when
-    /// no worker is ready.
-    fn pick(&self, route: &Mutex<Route>, full: &[WorkerId]) -> Option<Pick> {
+    /// no worker is ready. With a `key`, the owner of its slot ([`hash::owner`]), waited on
+    /// when its queue is full rather than passed over: the key must not move.
+    fn pick(&self, route: &Mutex<Route>, full: &[WorkerId], key: Option<u32>) -> Option<Pick> {
         let mut route = route.lock();
+        if let (Rule::Rendezvous, Some(key)) = (self.rule, key) {
+            let ready = route.targets.iter().enumerate().filter(|(_, t)| t.ready);
+            let index = hash::owner(key, ready.map(|(i, t)| (i, t.id)))?;
+            let target = &route.targets[index];
+            return Some(Pick {
+                id: target.id,
+                pipe: target.pipe.clone(),
+                load: target.load.clone(),
+                all_full: true,
+            });
+        }
         let now = match self.rule {
             Rule::LeastLoaded => self.micros_since_epoch(),
-            Rule::InTurn => 0,
+            Rule::InTurn | Rule::Rendezvous => 0,
         };
         let targets = &route.targets;
         let (index, all_full) = pick(self.rule, targets.len(), route.next, full, |i| {
@@ -395,7 +434,8 @@ impl Balancer {
         })
     }
 
-    /// Hands `socket` to the next ready worker on `route` (see [`pick`](Self::pick)). An
+    /// Hands `socket` to the next ready worker on `route` (see [`pick`](Self::pick); with
+    /// `key`, its slot's worker). An
     /// accepted connection is never dropped: it waits for a ready worker, and a failed
     /// transfer moves on to the next one; only after shutdown, with no worker left, is it
     /// closed. A worker whose queue is full (busy, or stopped and not yet past its heartbeat
@@ -408,6 +448,7 @@ impl Balancer {
         socket: OwnedFd,
         meta: &ClientMeta,
         prefix: &[u8],
+        key: Option<u32>,
     ) {
         if self.to_successor(&socket, meta, prefix).await {
             return;
@@ -416,7 +457,7 @@ impl Balancer {
         loop {
             // Registered before looking, so a worker becoming ready in between is not missed.
             let changed = self.changed.notified();
-            let Some(pick) = self.pick(route, &full) else {
+            let Some(pick) = self.pick(route, &full, key) else {
                 if self.closed.load(Ordering::SeqCst) {
                     return;
                 }

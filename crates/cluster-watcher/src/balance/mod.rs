@@ -9,7 +9,7 @@
 //!   socket per slot;
 //! * whether the watcher accepts and hands connections over (`handoff.rs`, the
 //!   [`Balancer`]), and by which [`Rule`] it picks the worker (`pick.rs`, a pure function
-//!   with its own tests);
+//!   with its own tests; `hash.rs` for the sticky modes' key and slot);
 //! * whether slots are steered and drained (`steering.rs` attaches the programs; the policy
 //!   is the core's, `core/reuseport.rs`).
 //!
@@ -19,6 +19,7 @@
 
 mod accept;
 mod handoff;
+mod hash;
 mod pick;
 mod steering;
 
@@ -26,6 +27,7 @@ use cluster_ipc::ServerSocketProvider;
 use cluster_ipc::protocol::{Balance, BalanceTraits};
 
 pub(crate) use self::handoff::{Balancer, ClientPipe, bound_handoff_queue};
+pub use self::hash::{HashKey, HashKeyError};
 pub(crate) use self::pick::Rule;
 pub(crate) use self::steering::{Steering, queued_by_slot};
 
@@ -61,7 +63,9 @@ impl Mode {
 
     /// How the watcher picks the worker for a connection.
     pub(crate) fn rule(self) -> Rule {
-        if self.traits.least_loaded {
+        if self.traits.hashed {
+            Rule::Rendezvous
+        } else if self.traits.least_loaded {
             Rule::LeastLoaded
         } else {
             Rule::InTurn

@@ -11,6 +11,9 @@ pub(crate) enum Rule {
     /// The ready worker with the fewest open connections; between equal counts (not
     /// zero), the one that closed a connection most recently; ties in turn.
     LeastLoaded,
+    /// The worker of the slot that owns the connection's key (`hash.rs`); a connection
+    /// without a key is taken in turn.
+    Rendezvous,
 }
 
 /// What the rule compares, lower first: (open connections, time since the worker's last
@@ -42,7 +45,7 @@ pub(crate) fn pick(
             continue;
         }
         let load = match rule {
-            Rule::InTurn => return Some((index, false)),
+            Rule::InTurn | Rule::Rendezvous => return Some((index, false)),
             Rule::LeastLoaded => load,
         };
         if best.is_none_or(|(_, least)| load < least) {

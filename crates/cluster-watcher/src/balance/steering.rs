@@ -13,6 +13,12 @@
 //! another; in turn they land within one of each other. The kernel numbers a group's
 //! sockets in `listen()` order and fills the hole left by a closed one with the last, so the
 //! program is rebuilt from the provider's record of that order whenever it changes.
+//!
+//! With `hash=ip` (sticky sessions for programs given listeners) the program is always
+//! there, live slots or not: it sends every connection from one client address to the live
+//! slot that address hashes to (`fdpass::steer_reuseport_by_source`, rendezvous hashing, the
+//! same choice as `hash` mode's in the watcher), so a slot's replacement gets its clients
+//! back and only the clients of a slot that is down go elsewhere meanwhile.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -26,9 +32,20 @@ pub(crate) struct Steering {
     applied: HashMap<ListenAddress, (Vec<u32>, Option<Vec<u32>>)>,
     /// The exact round-robin, once tried: `None` inside when eBPF is not allowed here.
     round_robin: Option<Option<fdpass::RoundRobinSteering>>,
+    /// Steer by the client's address (`hash=ip`) instead.
+    by_source: bool,
 }
 
 impl Steering {
+    /// Steering that spreads connections (`by_source` false) or keeps each client address
+    /// on one slot.
+    pub(crate) fn new(by_source: bool) -> Self {
+        Self {
+            by_source,
+            ..Self::default()
+        }
+    }
+
     /// Steers every group of `provider` onto the sockets of the slots in `live`. With no
     /// live slot at all (the cluster starting, every worker down) nothing is steered:
     /// connections wait on their slot's socket for its worker.
@@ -36,6 +53,9 @@ impl Steering {
         let groups = provider.reuseport_groups();
         if groups.is_empty() {
             return;
+        }
+        if self.by_source {
+            return self.update_by_source(&groups, live);
         }
         let round_robin = self.round_robin.get_or_insert_with(|| {
             match fdpass::RoundRobinSteering::new() {
@@ -92,6 +112,48 @@ impl Steering {
                 }
                 Err(e) => {
                     tracing::warn!(address = %group.address, error = %e, "cannot steer new connections away from slots without a ready worker");
+                }
+            }
+        }
+    }
+}
+
+impl Steering {
+    /// `hash=ip`: every group steered by source address over its live slots (over all of
+    /// them while none is live: connections wait on their slot's socket).
+    fn update_by_source(&mut self, groups: &[cluster_ipc::ReuseportGroup], live: &BTreeSet<u32>) {
+        self.applied
+            .retain(|address, _| groups.iter().any(|g| g.address == *address));
+        for group in groups {
+            let Some((_, first)) = group.members.first() else {
+                continue;
+            };
+            let order: Vec<u32> = group.members.iter().map(|(slot, _)| *slot).collect();
+            let mut positions: Vec<u32> = (0u32..)
+                .zip(&order)
+                .filter(|(_, slot)| live.contains(slot))
+                .map(|(position, _)| position)
+                .collect();
+            if positions.is_empty() {
+                positions = (0u32..).take(order.len()).collect();
+            }
+            let wanted = (order.clone(), Some(positions));
+            if self.applied.get(&group.address) == Some(&wanted) {
+                continue;
+            }
+            let members: Vec<(u32, u32)> = wanted
+                .1
+                .iter()
+                .flatten()
+                .map(|&p| (order[p as usize], p))
+                .collect();
+            match fdpass::steer_reuseport_by_source(&**first, &members) {
+                Ok(()) => {
+                    tracing::debug!(address = %group.address, ?members, "new connections steered by client address");
+                    self.applied.insert(group.address.clone(), wanted);
+                }
+                Err(e) => {
+                    tracing::warn!(address = %group.address, error = %e, "cannot steer new connections by client address");
                 }
             }
         }

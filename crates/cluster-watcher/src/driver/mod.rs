@@ -127,6 +127,8 @@ impl std::fmt::Debug for Driver {
 impl Driver {
     pub(crate) fn new(shared: Arc<Shared>, commands: mpsc::UnboundedReceiver<Command>) -> Self {
         let (inputs_tx, inputs) = mpsc::channel(INPUT_QUEUE);
+        let by_source = shared.config().balance == crate::Balance::Reuseport
+            && shared.config().sticky_key().is_some();
         Self {
             core: Supervisor::new(shared.config()),
             shared,
@@ -142,7 +144,7 @@ impl Driver {
             statuses: HashMap::new(),
             containment: Containment::detect(),
             queue_watch: listeners::QueueWatch::default(),
-            steering: Steering::default(),
+            steering: Steering::new(by_source),
             live: std::collections::BTreeSet::new(),
             event_log: EventLog::default(),
             now: Instant::now(),
