@@ -60,12 +60,24 @@ pub fn http_ok(port: u16) -> bool {
 
 /// One `GET path` on a new connection from the local address `source` (`127.0.0.7`, say) to
 /// 127.0.0.1:`port`, with `headers` (`"cookie: sid=1\r\n"`) added; the whole response,
-/// head and body, or why it failed. Waits at most 10 s.
+/// head and body, or why it failed (a status other than 200 included). Waits at most 10 s.
 pub fn http_get_from(
     source: std::net::Ipv4Addr,
     port: u16,
     path: &str,
     headers: &str,
+) -> Result<String, String> {
+    http_request_from(source, port, "GET", path, headers, "")
+}
+
+/// [`http_get_from`] with any method and a body.
+pub fn http_request_from(
+    source: std::net::Ipv4Addr,
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
 ) -> Result<String, String> {
     use rustix::net::{AddressFamily, SocketType, bind, connect, socket};
     let fd = socket(AddressFamily::INET, SocketType::STREAM, None).map_err(|e| e.to_string())?;
@@ -76,8 +88,11 @@ pub fn http_get_from(
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
-    let request =
-        format!("GET {path} HTTP/1.1\r\nhost: test\r\n{headers}connection: close\r\n\r\n");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: test\r\n{headers}content-length: {}\r\n\
+         connection: close\r\n\r\n{body}",
+        body.len()
+    );
     stream
         .write_all(request.as_bytes())
         .map_err(|e| format!("write: {e}"))?;

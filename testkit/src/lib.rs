@@ -21,7 +21,9 @@ mod server;
 mod ws;
 
 pub use crate::{
-    http::{free_port, header_of, http_get, http_get_at, http_get_from, http_ok},
+    http::{
+        free_port, header_of, http_get, http_get_at, http_get_from, http_ok, http_request_from,
+    },
     load::{KeepAliveLoad, KeepAliveResult, Load, LoadResult},
     process::{
         children_of, context_switches, cpu_ticks, fd_count, process_exists, process_running,

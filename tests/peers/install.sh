@@ -3,7 +3,7 @@
 # logrotate, and the Prometheus project's parser the metrics test checks the exposition
 # with, in a virtual environment under target/, never globally (h2load and logrotate from
 # Debian's packages). Idempotent: a second run checks and
-# returns. Node.js comes with the machine (its `net` module is all the Node test needs).
+# returns. Node.js comes with the machine; Socket.IO comes from npm, under target/peers.
 # CLUSTER_PEERS_PM2=1 also installs PM2 under target/peers (for target/release/reliability
 # peer-restarts only, not the tests).
 set -euo pipefail
@@ -28,6 +28,10 @@ if [ ! -f "$stamp" ]; then
     "$venv/bin/pip" install --quiet --disable-pip-version-check \
         'uvicorn==0.34.*' 'gunicorn==23.*' 'prometheus-client==0.21.*' 'wsproto==1.2.*'
     touch "$stamp"
+fi
+# Socket.IO 4, the sticky-session test's server (an unmodified Node program).
+if [ ! -d target/peers/node_modules/socket.io ]; then
+    npm install --silent --prefix target/peers socket.io@4.8 >/dev/null
 fi
 # The `ws` package, for the WebSocket peer comparison (target/release/ws-peers), not the tests.
 if [ "${CLUSTER_PEERS_WS:-0}" = 1 ] && [ ! -d target/peers/node_modules/ws ]; then

@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use cluster_testkit::{header_of, http_get_from};
+use cluster_testkit::{header_of, http_get_from, http_request_from};
 use rustix::process::Signal;
 use support::{ClusterProcess, Load, free_port, workspace_bin};
 
@@ -221,6 +221,204 @@ fn hash_ip_keeps_each_address_on_its_slot_for_an_unmodified_program() {
             assert_eq!(a, b, "{source} moved though its worker lived");
         }
     }
+    cluster.signal(Signal::TERM);
+    assert!(cluster.wait(LIMIT).success(), "{}", cluster.output());
+}
+
+/// A Socket.IO long-polling session from `source`: its id, once connected.
+struct Session {
+    source: Ipv4Addr,
+    sid: String,
+}
+
+const ENGINE: &str = "/socket.io/?EIO=4&transport=polling";
+
+impl Session {
+    /// The handshake, then the connection to the main namespace.
+    fn open(port: u16, source: Ipv4Addr) -> Result<Self, String> {
+        let body = body_of(&http_get_from(source, port, ENGINE, "")?);
+        let sid = body
+            .split("\"sid\":\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .ok_or_else(|| format!("no session id in {body:?}"))?
+            .to_owned();
+        let session = Self { source, sid };
+        session.post(port, "40")?;
+        let connected = session.poll(port)?;
+        if !connected.starts_with("40") {
+            return Err(format!("not connected: {connected:?}"));
+        }
+        Ok(session)
+    }
+
+    fn post(&self, port: u16, packet: &str) -> Result<(), String> {
+        let path = format!("{ENGINE}&sid={}", self.sid);
+        let headers = "content-type: text/plain;charset=UTF-8\r\n";
+        http_request_from(self.source, port, "POST", &path, headers, packet).map(|_| ())
+    }
+
+    fn poll(&self, port: u16) -> Result<String, String> {
+        let path = format!("{ENGINE}&sid={}", self.sid);
+        Ok(body_of(&http_get_from(self.source, port, &path, "")?))
+    }
+
+    /// Emits `echo` with `text`; the pid of the worker that answered.
+    fn echo(&self, port: u16, text: &str) -> Result<String, String> {
+        self.post(port, &format!("42[\"echo\",\"{text}\"]"))?;
+        let reply = self.poll(port)?;
+        reply
+            .split(" from ")
+            .nth(1)
+            .map(|pid| pid.trim_end_matches("\"]").to_owned())
+            .ok_or_else(|| format!("no echo in {reply:?}"))
+    }
+}
+
+fn body_of(response: &str) -> String {
+    response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Runs `f` for every index in `0..n` on 16 threads; the results in order.
+fn on_threads<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results = std::sync::Mutex::new(Vec::with_capacity(n));
+    std::thread::scope(|scope| {
+        for _ in 0..16 {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= n {
+                        break;
+                    }
+                    let result = f(i);
+                    results.lock().unwrap().push((i, result));
+                }
+            });
+        }
+    });
+    let mut results = results.into_inner().unwrap();
+    results.sort_by_key(|(i, _)| *i);
+    results.into_iter().map(|(_, r)| r).collect()
+}
+
+/// An unmodified Socket.IO 4 server (long-polling, whose sessions live in the worker that
+/// made them) under `-w 4 --balance hash=ip`: 1,000 sessions from 50 client addresses, each
+/// connected and echoing, with 0 "Session ID unknown"; after one worker is killed, only the
+/// sessions it held are unknown (they reconnect, on its replacement), every other session
+/// goes on where it was.
+#[test]
+fn socket_io_long_polling_sessions_stick_and_only_a_killed_workers_reconnect() {
+    let server = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers/socketio_server.js");
+    let mut cluster = ClusterProcess::start(&[
+        "-w",
+        "4",
+        "--balance",
+        "hash=ip",
+        "--listen",
+        "127.0.0.1:0",
+        "node",
+        server.to_str().unwrap(),
+    ]);
+    let port = cluster.port();
+    cluster.wait_for("all workers ready", LIMIT);
+    let source = |i: usize| Ipv4Addr::new(127, 0, 0, 2 + (i % 50) as u8);
+    let opened = on_threads(1000, |i| {
+        let session = Session::open(port, source(i))?;
+        let pid = session.echo(port, &i.to_string())?;
+        Ok::<_, String>((session, pid))
+    });
+    let failures: Vec<&String> = opened.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        failures.is_empty(),
+        "{} of 1000 failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
+    let sessions: Vec<(Session, String)> = opened.into_iter().map(Result::unwrap).collect();
+    let pids: HashSet<&String> = sessions.iter().map(|(_, pid)| pid).collect();
+    assert_eq!(pids.len(), 4, "{pids:?}");
+
+    let killed = sessions[0].1.clone();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(killed.parse().unwrap()).unwrap(),
+        Signal::KILL,
+    )
+    .unwrap();
+    let began = Instant::now();
+    while cluster.worker_pids().len() < 4
+        || cluster.worker_pids().contains(&killed.parse().unwrap())
+    {
+        assert!(began.elapsed() < LIMIT, "{}", cluster.output());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cluster.wait_for("all workers ready", LIMIT);
+    std::thread::sleep(Duration::from_millis(300));
+    let again = on_threads(1000, |i| {
+        let (session, pid) = &sessions[i];
+        match session.echo(port, "again") {
+            Ok(now) => Ok((pid == &killed, Some(now == *pid), None)),
+            Err(e) if e.contains("Session ID unknown") => {
+                let reopened = Session::open(port, session.source)?;
+                Ok((pid == &killed, None, Some(reopened.echo(port, "back")?)))
+            }
+            Err(e) => Err(e),
+        }
+    });
+    let (mut kept, mut reconnected, mut new_homes) = (0, 0, HashSet::new());
+    for result in &again {
+        match result {
+            Ok((false, Some(true), None)) => kept += 1,
+            Ok((true, None, Some(home))) => {
+                reconnected += 1;
+                new_homes.insert(home.clone());
+            }
+            other => panic!(
+                "a session that should have {}: {other:?}",
+                "stayed (its worker lived) or reconnected (its worker was killed)"
+            ),
+        }
+    }
+    let held = sessions.iter().filter(|(_, pid)| *pid == killed).count();
+    assert_eq!(reconnected, held);
+    assert_eq!(new_homes.len(), 1, "{new_homes:?}");
+    eprintln!(
+        "figure: Socket.IO, hash=ip, 4 workers: 1000 sessions from 50 addresses, 0 unknown; one worker killed: {kept} went on, {reconnected} (all its own) reconnected on its replacement"
+    );
+    cluster.signal(Signal::TERM);
+    assert!(cluster.wait(LIMIT).success(), "{}", cluster.output());
+}
+
+/// The control: the same server under plain `reuseport` (the kernel hashes each connection's
+/// ports, not its client) loses sessions at once, which is what `hash=ip` is for.
+#[test]
+fn without_hash_socket_io_sessions_are_unknown_to_the_other_workers() {
+    let server = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers/socketio_server.js");
+    let mut cluster = ClusterProcess::start(&[
+        "-w",
+        "4",
+        "--balance",
+        "reuseport",
+        "--listen",
+        "127.0.0.1:0",
+        "node",
+        server.to_str().unwrap(),
+    ]);
+    let port = cluster.port();
+    cluster.wait_for("all workers ready", LIMIT);
+    let opened = on_threads(200, |i| {
+        Session::open(port, Ipv4Addr::new(127, 0, 0, 2 + (i % 50) as u8)).map(|_| ())
+    });
+    let unknown = opened
+        .iter()
+        .filter(|r| r.as_ref().is_err_and(|e| e.contains("Session ID unknown")))
+        .count();
+    eprintln!("figure: Socket.IO under plain reuseport: {unknown} of 200 sessions unknown at once");
+    assert!(unknown >= 50, "{unknown} of 200");
     cluster.signal(Signal::TERM);
     assert!(cluster.wait(LIMIT).success(), "{}", cluster.output());
 }
