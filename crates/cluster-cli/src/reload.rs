@@ -47,6 +47,7 @@ const IN_PLACE: &[&str] = &[
     "ready-after",
     "stop-delay",
     "metrics-interval",
+    "slow-start",
 ];
 
 /// How a reload is carried out.

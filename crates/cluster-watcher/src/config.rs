@@ -36,6 +36,9 @@ pub struct WatcherConfig {
     /// [`Balance::Reuseport`], `Some(HashKey::Ip)` steers every connection from one address
     /// to one slot (the kernel hashes it), for programs given listeners.
     pub hash_key: Option<HashKey>,
+    /// How long a newly ready worker's share of new connections takes to ramp from a tenth
+    /// to full (round-robin, least-conn, reuseport; default zero: full at once).
+    pub slow_start: Duration,
     /// How long a stopping worker may take to finish in-flight work before `SIGKILL`
     /// (default 10 s): also the drain's hard cap, after which a `cluster-worker` program
     /// cuts its long-lived connections that are left (HAProxy's `hard-stop-after`).
@@ -136,6 +139,7 @@ impl WatcherConfig {
             cwd: None,
             balance: Balance::Shared,
             hash_key: None,
+            slow_start: Duration::ZERO,
             shutdown_timeout: Duration::from_secs(10),
             drain_spread: Duration::ZERO,
             ready_timeout: Duration::from_secs(30),

@@ -63,6 +63,12 @@ pub(crate) struct Args {
     #[arg(long, env = "CLUSTER_BALANCE", value_name = "MODE", value_parser = BalanceParser)]
     balance: Option<BalanceChoice>,
 
+    /// A newly ready worker's share of new connections ramps from a tenth to full over this
+    /// window, so a cold worker is not handed its full load at once (round-robin, least-conn,
+    /// reuseport; not hash, which keeps every key where it belongs)
+    #[arg(long, env = "CLUSTER_SLOW_START", default_value = "0s", value_name = "DURATION", value_parser = parse_duration)]
+    slow_start: Duration,
+
     /// Write the watcher's pid to this file (removed on exit); refuses to start if it names
     /// a running process
     #[arg(short, long, env = "CLUSTER_PID_FILE", value_name = "PATH")]
@@ -405,6 +411,7 @@ impl Args {
         config.stop_signal = self.stop_signal;
         config.ready_after = self.ready_after.0;
         config.hash_key = key;
+        config.slow_start = self.slow_start;
         if mode == Balance::Hash && config.program_mode() {
             // A program given listeners accepts by itself: the kernel hashes its clients'
             // addresses over the slots' reuseport sockets; it cannot read a request first.

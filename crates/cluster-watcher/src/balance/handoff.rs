@@ -88,6 +88,8 @@ struct Target {
     pipe: ClientPipe,
     ready: bool,
     load: Arc<Load>,
+    /// Its share of new connections in thousandths (slow start), [`pick::FULL`] after.
+    weight: u16,
 }
 
 /// The worker a connection goes to.
@@ -140,6 +142,8 @@ pub(crate) struct Balancer {
     pub(super) reading: Arc<tokio::sync::Semaphore>,
     /// Connections hashed by their address because their head did not give the key.
     pub(crate) hash_fallbacks: AtomicU64,
+    /// The state of [`roll`](Self::roll)'s random numbers.
+    dice: AtomicU64,
     /// The watcher's span, for the tasks spawned here.
     pub(super) span: tracing::Span,
 }
@@ -171,6 +175,7 @@ impl Balancer {
             hash_key,
             reading: Arc::new(tokio::sync::Semaphore::new(super::accept::MAX_READING)),
             hash_fallbacks: AtomicU64::new(0),
+            dice: AtomicU64::new(0x2545_f491_4f6c_dd1d),
             span,
         }
     }
@@ -220,6 +225,7 @@ impl Balancer {
                 pipe,
                 ready,
                 load,
+                weight: pick::FULL,
             });
         }
         if first && self.accepts {
@@ -285,6 +291,26 @@ impl Balancer {
                 .filter(|t| t.id == id)
                 .for_each(|t| t.ready = true);
         });
+    }
+
+    /// The shares of new connections of the workers in their slow start (thousandths; a
+    /// worker not listed has a full one).
+    pub(crate) fn set_weights(&self, weights: &std::collections::BTreeMap<WorkerId, u16>) {
+        self.each_route(|route| {
+            for target in &mut route.targets {
+                target.weight = weights.get(&target.id).copied().unwrap_or(pick::FULL);
+            }
+        });
+    }
+
+    /// A random number below [`pick::FULL`] (xorshift: quality enough to spread shares).
+    fn roll(&self) -> u16 {
+        let mut x = self.dice.load(Ordering::Relaxed);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.dice.store(x, Ordering::Relaxed);
+        u16::try_from(x % u64::from(pick::FULL)).unwrap_or(0)
     }
 
     /// No more connections for `id` (it is stopping or gone).
@@ -420,9 +446,15 @@ impl Balancer {
             Rule::InTurn | Rule::Rendezvous => 0,
         };
         let targets = &route.targets;
-        let (index, all_full) = pick(self.rule, targets.len(), route.next, full, |i| {
-            let target = &targets[i];
-            target.ready.then(|| (target.id, target.load.weight(now)))
+        let target = |i: usize| {
+            let target: &Target = &targets[i];
+            let weight = target.weight;
+            target
+                .ready
+                .then(|| (target.id, target.load.weight(now), weight))
+        };
+        let (index, all_full) = pick(self.rule, targets.len(), route.next, full, target, || {
+            self.roll()
         })?;
         route.next = index + 1;
         let target = &route.targets[index];

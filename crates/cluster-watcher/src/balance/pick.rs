@@ -20,9 +20,15 @@ pub(crate) enum Rule {
 /// close while any is open).
 pub(crate) type Load = (u64, u64);
 
+/// A full share of new connections, in thousandths (a worker out of its slow start).
+pub(crate) const FULL: u16 = 1000;
+
 /// The candidate to try next among `n` targets, starting at `start` (the one after the last
-/// pick), skipping those in `full`. `target(i)` is target `i`'s id and load, `None` when it
-/// is not ready; the load is only read under [`Rule::LeastLoaded`].
+/// pick), skipping those in `full`. `target(i)` is target `i`'s id, load and weight (its
+/// share in thousandths, [`FULL`] but in its slow start), `None` when it is not ready; the
+/// load is only read under [`Rule::LeastLoaded`]. `roll()` is a random number below
+/// [`FULL`]: in turn, a target of weight `w` is taken when its turn comes with chance
+/// `w / FULL`, else passed over; least-conn counts its connections as `FULL / w` times more.
 ///
 /// Returns the index and whether every ready target was in `full` (then the pick is the
 /// next ready one by the same order, to wait on). `None` when no target is ready.
@@ -31,13 +37,15 @@ pub(crate) fn pick(
     n: usize,
     start: usize,
     full: &[WorkerId],
-    target: impl Fn(usize) -> Option<(WorkerId, Load)>,
+    target: impl Fn(usize) -> Option<(WorkerId, Load, u16)>,
+    mut roll: impl FnMut() -> u16,
 ) -> Option<(usize, bool)> {
     let mut best: Option<(usize, Load)> = None;
     let mut fallback: Option<usize> = None;
+    let mut passed_over: Option<usize> = None;
     for i in 0..n {
         let index = (start + i) % n;
-        let Some((id, load)) = target(index) else {
+        let Some((id, load, weight)) = target(index) else {
             continue;
         };
         fallback.get_or_insert(index);
@@ -45,8 +53,12 @@ pub(crate) fn pick(
             continue;
         }
         let load = match rule {
+            Rule::InTurn | Rule::Rendezvous if weight < FULL && roll() >= weight => {
+                passed_over.get_or_insert(index);
+                continue;
+            }
             Rule::InTurn | Rule::Rendezvous => return Some((index, false)),
-            Rule::LeastLoaded => load,
+            Rule::LeastLoaded => weighted(load, weight),
         };
         if best.is_none_or(|(_, least)| load < least) {
             best = Some((index, load));
@@ -55,11 +67,21 @@ pub(crate) fn pick(
             }
         }
     }
-    match (best, fallback) {
-        (Some((index, _)), _) => Some((index, false)),
-        (None, Some(index)) => Some((index, true)),
-        (None, None) => None,
+    match (best, passed_over, fallback) {
+        (Some((index, _)), _, _) | (None, Some(index), _) => Some((index, false)),
+        (None, None, Some(index)) => Some((index, true)),
+        (None, None, None) => None,
     }
+}
+
+/// A load as least-conn weighs it for a worker of `weight`: its open connections (one more,
+/// so an idle worker in its slow start is not always first) scaled by `FULL / weight`.
+fn weighted(load: Load, weight: u16) -> Load {
+    if weight >= FULL {
+        return load;
+    }
+    let scaled = (load.0 + 1) * u64::from(FULL) / u64::from(weight.max(1)) - 1;
+    (scaled, load.1)
 }
 
 #[cfg(test)]
@@ -81,11 +103,12 @@ mod tests {
         full: &[u32],
     ) -> Option<(u32, bool)> {
         let full: Vec<WorkerId> = full.iter().map(|s| id(*s)).collect();
-        pick(rule, targets.len(), start, &full, |i| {
+        let target = |i: usize| {
             let (slot, ready, open, quiet) = targets[i];
-            ready.then_some((id(slot), (open, quiet)))
-        })
-        .map(|(index, all_full)| (targets[index].0, all_full))
+            ready.then_some((id(slot), (open, quiet), FULL))
+        };
+        pick(rule, targets.len(), start, &full, target, || 0)
+            .map(|(index, all_full)| (targets[index].0, all_full))
     }
 
     #[test]
@@ -131,6 +154,42 @@ mod tests {
         // Equal in everything: in turn.
         let targets = [(1, true, 1, 7), (2, true, 1, 7)];
         assert_eq!(run(Rule::LeastLoaded, &targets, 1, &[]), Some((2, false)));
+    }
+
+    /// Picks 10,000 times from two ready targets, the second of weight `weight`; how many
+    /// went to it.
+    fn share_of_slow_starter(rule: Rule, weight: u16) -> u32 {
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut roll = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            u16::try_from(seed % u64::from(FULL)).unwrap()
+        };
+        let mut start = 0;
+        let mut slow = 0;
+        for _ in 0..10_000 {
+            let target =
+                |i: usize| Some((id(i as u32 + 1), (0, 0), if i == 1 { weight } else { FULL }));
+            let (index, _) = pick(rule, 2, start, &[], target, &mut roll).unwrap();
+            start = index + 1;
+            slow += u32::from(index == 1);
+        }
+        slow
+    }
+
+    #[test]
+    fn a_worker_in_its_slow_start_gets_its_weight_s_share() {
+        // Weight w against a full worker in turn: w / (1 + w) of the picks.
+        let tenth = share_of_slow_starter(Rule::InTurn, 100);
+        assert!((700..=1100).contains(&tenth), "{tenth}");
+        let half = share_of_slow_starter(Rule::InTurn, 500);
+        assert!((3000..=3700).contains(&half), "{half}");
+        assert_eq!(share_of_slow_starter(Rule::InTurn, FULL), 5000);
+        // Least-conn: an idle starter counts as busier than an idle full worker.
+        assert_eq!(share_of_slow_starter(Rule::LeastLoaded, 100), 0);
+        assert_eq!(weighted((4, 7), 500), (9, 7));
+        assert_eq!(weighted((4, 7), FULL), (4, 7));
     }
 
     #[test]

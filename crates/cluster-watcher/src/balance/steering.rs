@@ -20,7 +20,7 @@
 //! same choice as `hash` mode's in the watcher), so a slot's replacement gets its clients
 //! back and only the clients of a slot that is down go elsewhere meanwhile.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use cluster_ipc::{ListenAddress, ServerSocketProvider};
 
@@ -34,6 +34,8 @@ pub(crate) struct Steering {
     round_robin: Option<Option<fdpass::RoundRobinSteering>>,
     /// Steer by the client's address (`hash=ip`) instead.
     by_source: bool,
+    /// Slow start: the slots ramping up and their shares in thousandths.
+    weights: BTreeMap<u32, u16>,
 }
 
 impl Steering {
@@ -44,6 +46,12 @@ impl Steering {
             by_source,
             ..Self::default()
         }
+    }
+
+    /// Slow start: the slots ramping up, and their shares in thousandths (applied at the
+    /// next [`update`](Self::update)).
+    pub(crate) fn set_weights(&mut self, weights: BTreeMap<u32, u16>) {
+        self.weights = weights;
     }
 
     /// Steers every group of `provider` onto the sockets of the slots in `live`. With no
@@ -81,9 +89,13 @@ impl Steering {
                 .filter(|(_, slot)| live.contains(slot))
                 .map(|(position, _)| position)
                 .collect();
+            let ramping = positions
+                .iter()
+                .any(|p| self.weights.contains_key(&order[*p as usize]));
             let wanted = match round_robin {
                 // In turn over the live slots; over all of them while none is live.
                 Some(_) if positions.is_empty() => Some((0u32..).take(order.len()).collect()),
+                _ if ramping => Some(weighted(&positions, &order, &self.weights)),
                 Some(_) => Some(positions),
                 None if positions.is_empty() || positions.len() == order.len() => None,
                 None => Some(positions),
@@ -98,7 +110,7 @@ impl Steering {
             };
             match result {
                 Ok(()) => {
-                    let steered: Vec<u32> = wanted
+                    let steered: BTreeSet<u32> = wanted
                         .iter()
                         .flatten()
                         .map(|&p| order[p as usize])
@@ -116,6 +128,28 @@ impl Steering {
             }
         }
     }
+}
+
+/// Slow start: each position repeated by its slot's share (ten times for a full share, at
+/// least once), in rounds so the repetitions interleave; the kernel program picks among the
+/// list at random (or in turn), so each slot gets its share. Unweighted past what a program
+/// holds.
+fn weighted(positions: &[u32], order: &[u32], weights: &BTreeMap<u32, u16>) -> Vec<u32> {
+    let repeats = |p: u32| {
+        let weight = weights.get(&order[p as usize]).copied().unwrap_or(1000);
+        (weight / 100).clamp(1, 10)
+    };
+    if positions.len() * 10 > fdpass::MAX_STEERED {
+        return positions.to_vec();
+    }
+    (0..10)
+        .flat_map(|round| {
+            positions
+                .iter()
+                .copied()
+                .filter(move |p| repeats(*p) > round)
+        })
+        .collect()
 }
 
 impl Steering {

@@ -94,6 +94,9 @@ impl Supervisor {
         self.touch();
         self.emit(Event::Ready { id, pid });
         self.actions.push_back(Action::Admit(id));
+        if !self.config.slow_start.is_zero() {
+            self.slow_start_due(now);
+        }
         let replacing = self.rolling.is_replacement(id);
         for waiter in self.take_ready_waiters(id) {
             match waiter {

@@ -26,6 +26,7 @@ mod reuseport;
 mod rolling;
 mod rules;
 mod slots;
+mod slowstart;
 mod status;
 #[cfg(test)]
 mod tests;
@@ -182,6 +183,9 @@ pub(crate) enum Action {
     /// A rolling restart finished: close listening sockets none of these current workers
     /// asked for.
     ReleaseUnusedListeners(Vec<WorkerId>),
+    /// `slow_start`: the shares of new connections of the workers still ramping up, in
+    /// thousandths (a worker not listed has a full share).
+    Weights(BTreeMap<WorkerId, u16>),
 }
 
 /// Where a worker process is in its life.
@@ -251,6 +255,8 @@ pub(crate) struct Supervisor {
     reuseport: Reuseport,
     /// The configuration's generation and the reload under way.
     reloads: Reloads,
+    /// The weights of workers in their slow start, as last published.
+    slow_start: slowstart::SlowStart,
 }
 
 #[derive(Debug, Default)]
@@ -280,6 +286,7 @@ impl Supervisor {
             recycling: Vec::new(),
             reuseport,
             reloads: Reloads::default(),
+            slow_start: slowstart::SlowStart::default(),
         }
     }
 
@@ -369,6 +376,7 @@ impl Supervisor {
             Timer::CheckListeners => self.check_listeners(now),
             Timer::PollQueues => self.poll_queues(now),
             Timer::Reload => self.reload_progress(now),
+            Timer::SlowStart => self.slow_start_due(now),
         }
     }
 

@@ -33,6 +33,8 @@ pub(crate) enum Timer {
     PollQueues,
     /// A reload on probation may be kept now; or its rollback is answered, done or not.
     Reload,
+    /// Slow start: time to recompute the ramping workers' weights.
+    SlowStart,
     /// The driver calls in at least this often, so a long gap is seen as a stall.
     Tick,
 }

@@ -349,6 +349,12 @@ impl Driver {
                 Action::ReleaseUnusedListeners(current) => {
                     listeners::release_unused(&self.shared, &current);
                 }
+                Action::Weights(weights) => {
+                    self.shared.balancer.set_weights(&weights);
+                    let by_slot = weights.iter().map(|(id, w)| (id.slot, *w)).collect();
+                    self.steering.set_weights(by_slot);
+                    self.steering.update(&self.shared.provider, &self.live);
+                }
             }
         }
         if self.core.take_changed() {

@@ -11,6 +11,7 @@ mod recycle;
 mod reload;
 mod restart;
 mod reuseport;
+mod slowstart;
 
 /// Plays the driver: answers `Spawn` with a pid at once and records everything else.
 pub(super) struct Harness {
