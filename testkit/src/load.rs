@@ -73,6 +73,31 @@ pub struct KeepAliveResult {
     pub connections: u64,
     /// Distinct values of the `x-cluster-pid` response header (the workers that answered).
     pub pids: HashSet<String>,
+    /// Requests answered per tenth of a second since the load began, by `x-cluster-pid`:
+    /// how the shares moved over time.
+    pub timeline: std::collections::HashMap<(u64, String), u64>,
+}
+
+impl KeepAliveResult {
+    /// Each worker's requests between `from` and `to` after the load began.
+    pub fn shares_between(
+        &self,
+        from: Duration,
+        to: Duration,
+    ) -> std::collections::HashMap<String, u64> {
+        let (from, to) = (tenths(from), tenths(to));
+        let mut shares = std::collections::HashMap::new();
+        for ((tenth, pid), count) in &self.timeline {
+            if (from..to).contains(tenth) {
+                *shares.entry(pid.clone()).or_default() += count;
+            }
+        }
+        shares
+    }
+}
+
+fn tenths(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis() / 100).unwrap_or(u64::MAX)
 }
 
 /// Client threads that each keep one HTTP/1.1 connection open and send requests on it one
@@ -83,20 +108,31 @@ pub struct KeepAliveResult {
 pub struct KeepAliveLoad {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<KeepAliveResult>>,
+    began: Instant,
 }
 
 impl KeepAliveLoad {
     /// Starts `connections` client threads against 127.0.0.1:`port`, each requesting `path`.
     pub fn start(port: u16, connections: usize, path: &str) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
+        let began = Instant::now();
         let threads = (0..connections)
             .map(|_| {
                 let stop = stop.clone();
                 let path = path.to_owned();
-                std::thread::spawn(move || keep_alive_client(port, &path, &stop))
+                std::thread::spawn(move || keep_alive_client(port, &path, &stop, began))
             })
             .collect();
-        Self { stop, threads }
+        Self {
+            stop,
+            threads,
+            began,
+        }
+    }
+
+    /// When the clients started: [`KeepAliveResult::timeline`] counts from here.
+    pub fn began(&self) -> Instant {
+        self.began
     }
 
     /// Stops the clients (each finishes its request in flight) and adds up what they saw.
@@ -109,12 +145,15 @@ impl KeepAliveLoad {
             total.failed.extend(result.failed);
             total.connections += result.connections;
             total.pids.extend(result.pids);
+            for (key, count) in result.timeline {
+                *total.timeline.entry(key).or_default() += count;
+            }
         }
         total
     }
 }
 
-fn keep_alive_client(port: u16, path: &str, stop: &AtomicBool) -> KeepAliveResult {
+fn keep_alive_client(port: u16, path: &str, stop: &AtomicBool, began: Instant) -> KeepAliveResult {
     let mut result = KeepAliveResult::default();
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut connection: Option<std::io::BufReader<std::net::TcpStream>> = None;
@@ -139,6 +178,10 @@ fn keep_alive_client(port: u16, path: &str, stop: &AtomicBool) -> KeepAliveResul
         match exchange(reader, request.as_bytes()) {
             Ok(response) => {
                 result.ok += 1;
+                if let Some(pid) = &response.pid {
+                    let tenth = tenths(began.elapsed());
+                    *result.timeline.entry((tenth, pid.clone())).or_default() += 1;
+                }
                 result.pids.extend(response.pid);
                 if response.close {
                     connection = None;

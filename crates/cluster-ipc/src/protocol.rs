@@ -316,6 +316,13 @@ pub enum WatcherToWorker {
         /// When whatever is left is cut, counted from now.
         timeout: Duration,
     },
+    /// Hand back up to `count` keep-alive connections at their next idle moment (never with
+    /// a request in flight) and keep serving: the watcher gives them to a worker that has
+    /// too few (live rebalancing after a scale-up or a respawn).
+    Rebalance {
+        /// How many connections, at most.
+        count: u32,
+    },
 }
 
 /// What a worker tells the watcher.

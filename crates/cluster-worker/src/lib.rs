@@ -61,6 +61,7 @@ mod link;
 mod listener;
 mod log;
 pub mod metrics;
+mod rebalance;
 #[cfg(feature = "http")]
 mod serve;
 mod stream;

@@ -117,6 +117,11 @@ async fn read_watcher(
             Ok(Some(WatcherToWorker::Message(bytes))) => {
                 let _ = inbox.send(bytes);
             }
+            Ok(Some(WatcherToWorker::Rebalance { count })) => crate::rebalance::release(count),
+            // A message this version does not know (a newer watcher): skipped, not fatal.
+            Err(e) if e.io_error().is_none() => {
+                tracing::debug!(error = %e, "a message from the watcher this worker cannot read; skipped");
+            }
             Ok(None) | Err(_) => {
                 let _ = state.send(WatcherState::Gone);
                 // The watcher is gone: give the program a moment to finish, then go too, so

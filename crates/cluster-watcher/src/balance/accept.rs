@@ -1,5 +1,7 @@
 //! Where the watcher's connections come from: its own accept loops (round-robin,
-//! least-conn), and the connections still queued for a worker that exited, read back.
+//! least-conn, hash), the connections still queued for a worker that exited, read back, and
+//! the idle ones stopping (or rebalanced) workers hand back; and where they go once a
+//! successor watcher took over.
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -154,5 +156,64 @@ impl Balancer {
             this.hand_off(&route, socket, &meta, &prefix, Some(found))
                 .await;
         }));
+    }
+
+    /// From now on every connection goes to `successor` (a watcher that took over), and
+    /// this one stops accepting: the successor accepts on the same sockets.
+    pub(crate) fn hand_to_successor(&self, successor: ClientPipe) {
+        // A second successor is refused by the upgrade protocol before it gets here.
+        let _ = self.successor.set(successor);
+        for (_, task) in self.accepting.lock().drain() {
+            task.abort();
+        }
+    }
+
+    /// Sends a connection to the successor; `false` if there is none.
+    pub(super) async fn to_successor(
+        &self,
+        socket: &OwnedFd,
+        meta: &ClientMeta,
+        prefix: &[u8],
+    ) -> bool {
+        let Some(successor) = self.successor.get() else {
+            return false;
+        };
+        let send = successor.send_with_prefix(socket, meta, prefix);
+        match tokio::time::timeout(Duration::from_secs(5), send).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e.error, "a connection for the successor watcher could not be passed; closed");
+            }
+            Err(_) => tracing::warn!("the successor watcher takes no connections; one closed"),
+        }
+        true
+    }
+
+    /// A connection a stopping worker handed back (idle between requests, with the bytes it
+    /// had read) goes to another ready worker listening on the same address; closed only
+    /// when no worker listens there any more.
+    pub(crate) async fn hand_over(
+        self: &Arc<Self>,
+        socket: OwnedFd,
+        meta: &ClientMeta,
+        prefix: &[u8],
+    ) {
+        if self.to_successor(&socket, meta, prefix).await {
+            return;
+        }
+        let route = self.routes().get(&meta.listener).cloned();
+        match route {
+            Some(route) => {
+                let Err(socket) = self.to_preferred(&route, socket, meta, prefix) else {
+                    return;
+                };
+                self.dispatch(&route, socket, meta.clone(), prefix.to_vec())
+                    .await;
+            }
+            None => tracing::debug!(
+                listener = %meta.listener,
+                "a handed-back connection has no worker to go to; closed"
+            ),
+        }
     }
 }

@@ -55,7 +55,7 @@ pub(crate) type ClientPipe = Arc<ClientSocketSendPipe<ClientMeta>>;
 /// One worker's connections: sent by the watcher, closed as the worker reported.
 #[derive(Debug, Default)]
 pub(crate) struct Load {
-    sent: AtomicU64,
+    pub(super) sent: AtomicU64,
     closed: AtomicU64,
     /// When it last reported a close, in microseconds since the balancer was made.
     last_close: AtomicU64,
@@ -83,13 +83,13 @@ impl Load {
 }
 
 #[derive(Debug)]
-struct Target {
-    id: WorkerId,
-    pipe: ClientPipe,
-    ready: bool,
-    load: Arc<Load>,
+pub(super) struct Target {
+    pub(super) id: WorkerId,
+    pub(super) pipe: ClientPipe,
+    pub(super) ready: bool,
+    pub(super) load: Arc<Load>,
     /// Its share of new connections in thousandths (slow start), [`pick::FULL`] after.
-    weight: u16,
+    pub(super) weight: u16,
 }
 
 /// The worker a connection goes to.
@@ -104,7 +104,7 @@ struct Pick {
 
 #[derive(Debug, Default)]
 pub(super) struct Route {
-    targets: Vec<Target>,
+    pub(super) targets: Vec<Target>,
     next: usize,
 }
 
@@ -134,7 +134,7 @@ pub(crate) struct Balancer {
     epoch: std::time::Instant,
     /// Set once a successor watcher took over (never unset): every connection this one
     /// would hand to a worker goes there instead.
-    successor: std::sync::OnceLock<ClientPipe>,
+    pub(super) successor: std::sync::OnceLock<ClientPipe>,
     /// The key connections are hashed by (`hash` mode, and `reuseport` with `hash=ip` for
     /// the connections stopping workers hand back); `None`: not hashed.
     pub(super) hash_key: Option<HashKey>,
@@ -143,7 +143,9 @@ pub(crate) struct Balancer {
     /// Connections hashed by their address because their head did not give the key.
     pub(crate) hash_fallbacks: AtomicU64,
     /// The state of [`roll`](Self::roll)'s random numbers.
-    dice: AtomicU64,
+    pub(super) dice: AtomicU64,
+    /// Live rebalancing: the workers handed-back connections go to first, and how many more.
+    pub(super) preferred: Mutex<Vec<(WorkerId, u32)>>,
     /// The watcher's span, for the tasks spawned here.
     pub(super) span: tracing::Span,
 }
@@ -176,6 +178,7 @@ impl Balancer {
             reading: Arc::new(tokio::sync::Semaphore::new(super::accept::MAX_READING)),
             hash_fallbacks: AtomicU64::new(0),
             dice: AtomicU64::new(0x2545_f491_4f6c_dd1d),
+            preferred: Mutex::new(Vec::new()),
             span,
         }
     }
@@ -184,7 +187,7 @@ impl Balancer {
         self.routes.lock()
     }
 
-    fn each_route(&self, f: impl FnMut(&mut Route)) {
+    pub(super) fn each_route(&self, f: impl FnMut(&mut Route)) {
         let routes = self.routes();
         self.each_route_locked(&routes, f);
     }
@@ -293,26 +296,6 @@ impl Balancer {
         });
     }
 
-    /// The shares of new connections of the workers in their slow start (thousandths; a
-    /// worker not listed has a full one).
-    pub(crate) fn set_weights(&self, weights: &std::collections::BTreeMap<WorkerId, u16>) {
-        self.each_route(|route| {
-            for target in &mut route.targets {
-                target.weight = weights.get(&target.id).copied().unwrap_or(pick::FULL);
-            }
-        });
-    }
-
-    /// A random number below [`pick::FULL`] (xorshift: quality enough to spread shares).
-    fn roll(&self) -> u16 {
-        let mut x = self.dice.load(Ordering::Relaxed);
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.dice.store(x, Ordering::Relaxed);
-        u16::try_from(x % u64::from(pick::FULL)).unwrap_or(0)
-    }
-
     /// No more connections for `id` (it is stopping or gone).
     pub(crate) fn remove(&self, id: WorkerId) {
         self.ready_set().remove(&id);
@@ -342,37 +325,6 @@ impl Balancer {
         }
     }
 
-    /// From now on every connection goes to `successor` (a watcher that took over), and
-    /// this one stops accepting: the successor accepts on the same sockets.
-    pub(crate) fn hand_to_successor(&self, successor: ClientPipe) {
-        // A second successor is refused by the upgrade protocol before it gets here.
-        let _ = self.successor.set(successor);
-        for (_, task) in self.accepting.lock().drain() {
-            task.abort();
-        }
-    }
-
-    /// Sends a connection to the successor; `false` if there is none.
-    pub(super) async fn to_successor(
-        &self,
-        socket: &OwnedFd,
-        meta: &ClientMeta,
-        prefix: &[u8],
-    ) -> bool {
-        let Some(successor) = self.successor.get() else {
-            return false;
-        };
-        let send = successor.send_with_prefix(socket, meta, prefix);
-        match tokio::time::timeout(Duration::from_secs(5), send).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e.error, "a connection for the successor watcher could not be passed; closed");
-            }
-            Err(_) => tracing::warn!("the successor watcher takes no connections; one closed"),
-        }
-        true
-    }
-
     /// Stops accepting (the listening sockets stay open in the provider).
     pub(crate) fn shutdown(&self) {
         let mut routes = self.routes();
@@ -398,31 +350,6 @@ impl Balancer {
         let mut tasks = self.tasks.lock();
         tasks.retain(|t| !t.is_finished());
         tasks.push(task);
-    }
-
-    /// A connection a stopping worker handed back (idle between requests, with the bytes it
-    /// had read) goes to another ready worker listening on the same address; closed only
-    /// when no worker listens there any more.
-    pub(crate) async fn hand_over(
-        self: &Arc<Self>,
-        socket: OwnedFd,
-        meta: &ClientMeta,
-        prefix: &[u8],
-    ) {
-        if self.to_successor(&socket, meta, prefix).await {
-            return;
-        }
-        let route = self.routes().get(&meta.listener).cloned();
-        match route {
-            Some(route) => {
-                self.dispatch(&route, socket, meta.clone(), prefix.to_vec())
-                    .await;
-            }
-            None => tracing::debug!(
-                listener = %meta.listener,
-                "a handed-back connection has no worker to go to; closed"
-            ),
-        }
     }
 
     /// The ready worker to try next, skipping those in `full` (see [`pick`]): `None` when

@@ -21,6 +21,7 @@ mod accept;
 mod handoff;
 mod hash;
 mod pick;
+mod shares;
 mod steering;
 
 use cluster_ipc::ServerSocketProvider;

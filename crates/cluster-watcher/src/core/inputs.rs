@@ -98,16 +98,21 @@ impl Supervisor {
             self.slow_start_due(now);
         }
         let replacing = self.rolling.is_replacement(id);
+        let mut initial = false;
         for waiter in self.take_ready_waiters(id) {
             match waiter {
-                ReadyWaiter::Start => self.initial_ready(id),
+                ReadyWaiter::Start => {
+                    initial = true;
+                    self.initial_ready(id);
+                }
                 ReadyWaiter::Add(ticket) => self.complete(ticket, Outcome::Added(Ok(id))),
             }
         }
         if replacing {
             self.replacement_ready(id, now);
-        } else {
-            self.recycled_ready(id, now);
+        } else if !self.recycled_ready(id, now) && !initial {
+            // A scale-up or a respawn: it gets a share of the long-lived connections too.
+            self.rebalance_for_newcomer(now);
         }
         self.reload_progress(now);
     }
@@ -117,6 +122,7 @@ impl Supervisor {
         self.advance(now);
         if let Some(worker) = self.workers.get_mut(&id) {
             worker.open = Some(open);
+            worker.open_at = Some(now);
         }
     }
 

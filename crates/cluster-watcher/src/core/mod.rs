@@ -20,6 +20,7 @@
 mod commands;
 mod inputs;
 mod observe;
+mod rebalance;
 mod recycle;
 mod reload;
 mod reuseport;
@@ -186,6 +187,12 @@ pub(crate) enum Action {
     /// `slow_start`: the shares of new connections of the workers still ramping up, in
     /// thousandths (a worker not listed has a full share).
     Weights(BTreeMap<WorkerId, u16>),
+    /// Live rebalancing: ask each of `asks` to hand back that many idle keep-alive
+    /// connections, and give what comes back first to `wants`, that many each.
+    Rebalance {
+        wants: Vec<(WorkerId, u32)>,
+        asks: Vec<(WorkerId, u32)>,
+    },
 }
 
 /// Where a worker process is in its life.
@@ -212,6 +219,8 @@ struct Worker {
     was_ready: bool,
     /// Connections open in it, as it last reported.
     open: Option<u64>,
+    /// When it last reported them.
+    open_at: Option<Instant>,
     /// When its main process ended (its output may still be read).
     ended: Option<Instant>,
     last_heartbeat: Option<Instant>,
@@ -257,6 +266,8 @@ pub(crate) struct Supervisor {
     reloads: Reloads,
     /// The weights of workers in their slow start, as last published.
     slow_start: slowstart::SlowStart,
+    /// The rebalancing under way, toward a newcomer.
+    rebalancing: Option<rebalance::Rebalancing>,
 }
 
 #[derive(Debug, Default)]
@@ -287,6 +298,7 @@ impl Supervisor {
             reuseport,
             reloads: Reloads::default(),
             slow_start: slowstart::SlowStart::default(),
+            rebalancing: None,
         }
     }
 
@@ -377,6 +389,7 @@ impl Supervisor {
             Timer::PollQueues => self.poll_queues(now),
             Timer::Reload => self.reload_progress(now),
             Timer::SlowStart => self.slow_start_due(now),
+            Timer::Rebalance => self.rebalance_round(now),
         }
     }
 

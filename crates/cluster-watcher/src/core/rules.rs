@@ -88,6 +88,7 @@ impl Supervisor {
                 event_loop: false,
                 was_ready: false,
                 open: None,
+                open_at: None,
                 ended: None,
                 last_heartbeat: None,
                 accepted: None,

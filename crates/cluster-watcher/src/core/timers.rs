@@ -35,6 +35,8 @@ pub(crate) enum Timer {
     Reload,
     /// Slow start: time to recompute the ramping workers' weights.
     SlowStart,
+    /// Live rebalancing: time for its next round.
+    Rebalance,
     /// The driver calls in at least this often, so a long gap is seen as a stall.
     Tick,
 }

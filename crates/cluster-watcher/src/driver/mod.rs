@@ -16,6 +16,7 @@
 //! * `measure.rs`: memory and CPU from `/proc`, and the balancing figures of a status.
 //! * `observe.rs`: whether a starting program waits on its listener (readiness observed).
 
+mod balancing;
 mod command;
 mod containment;
 mod forwarding;
@@ -349,12 +350,8 @@ impl Driver {
                 Action::ReleaseUnusedListeners(current) => {
                     listeners::release_unused(&self.shared, &current);
                 }
-                Action::Weights(weights) => {
-                    self.shared.balancer.set_weights(&weights);
-                    let by_slot = weights.iter().map(|(id, w)| (id.slot, *w)).collect();
-                    self.steering.set_weights(by_slot);
-                    self.steering.update(&self.shared.provider, &self.live);
-                }
+                Action::Weights(weights) => self.weigh(&weights),
+                Action::Rebalance { wants, asks } => self.rebalance(wants, &asks),
             }
         }
         if self.core.take_changed() {

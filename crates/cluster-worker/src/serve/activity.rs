@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 pub(crate) struct Activity {
     requested: AtomicBool,
     in_flight: AtomicUsize,
+    /// Woken when the last request in flight ends: the connection is idle.
+    idle: tokio::sync::Notify,
 }
 
 impl Activity {
@@ -21,6 +23,19 @@ impl Activity {
     /// Whether a request is in flight (its response not yet fully sent).
     pub(crate) fn busy(&self) -> bool {
         self.in_flight.load(Ordering::Relaxed) > 0
+    }
+
+    /// Completes at the connection's next idle moment between requests (at once if it is
+    /// idle now), or `None` after `patience`.
+    pub(crate) async fn next_idle(&self, patience: std::time::Duration) -> Option<()> {
+        let idle = self.idle.notified();
+        let mut idle = std::pin::pin!(idle);
+        // Registered before looking, so an end in between is not missed.
+        idle.as_mut().enable();
+        if !self.busy() {
+            return Some(());
+        }
+        tokio::time::timeout(patience, idle).await.ok()
     }
 
     /// A request begins; it is in flight until the guard is dropped (with its response's
@@ -38,6 +53,8 @@ pub(crate) struct InFlight(Arc<Activity>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.0.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.0.idle.notify_waiters();
+        }
     }
 }

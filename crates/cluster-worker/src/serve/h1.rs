@@ -1,6 +1,6 @@
-//! One HTTP/1.1 connection: served with upgrades (WebSocket), and when the worker stops,
-//! ended at its next idle moment and handed back to the watcher with the bytes read from it
-//! but not used, for a worker of the next generation: the client never notices.
+//! One HTTP/1.1 connection: served with upgrades (WebSocket), and when the worker stops (or
+//! a rebalancing chose it), ended at its next idle moment and handed back to the watcher with
+//! the bytes read from it but not used, for another worker: the client never notices.
 //!
 //! A connection whose request was in flight when the stop came is answered first (then
 //! handed back); a fresh one gets [`FIRST_REQUEST_GRACE`] for its first request; an upgraded
@@ -59,6 +59,23 @@ pub(super) async fn serve_plain<S, B>(
     }
 }
 
+/// Completes when a rebalancing chose this connection: at the first idle moment after an
+/// ask (within [`IDLE_PATIENCE`]), with a unit of the budget claimed.
+async fn rebalanced(activity: Arc<super::activity::Activity>) {
+    loop {
+        crate::rebalance::asked().await;
+        if activity.requested()
+            && activity.next_idle(IDLE_PATIENCE).await.is_some()
+            && crate::rebalance::claim()
+        {
+            return;
+        }
+    }
+}
+
+/// How long a connection asked to go waits for an idle moment before it lets the ask pass.
+const IDLE_PATIENCE: Duration = Duration::from_secs(1);
+
 /// Serves one HTTP/1.1 connection (any transport); once `stopped` turns true, ends it
 /// gracefully. With `hold`, a connection that ended idle between requests is not shut down
 /// but returned, with the bytes read from it and not used, to be handed on.
@@ -78,13 +95,19 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = service.activity();
+    let rebalanced = rebalanced(activity.clone());
     let io = HoldIo::new(io);
     let hold = io.hold();
     let mut connection = hyper::server::conn::http1::Builder::new()
         .serve_connection(io, service)
         .with_upgrades();
+    // The stop, or (for a connection that can be handed back) a rebalancing that chose it:
+    // either way it ends at its next idle moment.
     let mut stop = pin!(async move {
-        let _ = stopped.wait_for(|stopped| *stopped).await;
+        tokio::select! {
+            _ = stopped.wait_for(|stopped| *stopped) => {}
+            () = rebalanced, if hold_back => {}
+        }
     });
     let (mut stop_seen, mut shutting_down) = (false, false);
     let mut grace: Option<Pin<Box<tokio::time::Sleep>>> = None;

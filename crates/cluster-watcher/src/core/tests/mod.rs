@@ -7,6 +7,7 @@ use super::*;
 use crate::Balance;
 
 mod observe;
+mod rebalance;
 mod recycle;
 mod reload;
 mod restart;
