@@ -19,21 +19,9 @@ pub fn http_get(port: u16) -> Result<String, String> {
 
 /// [`http_get`] to another local address (`127.0.0.2`, say); waits at most 10 s.
 pub fn http_get_at(ip: IpAddr, port: u16) -> Result<String, String> {
-    let mut stream =
-        std::net::TcpStream::connect((ip, port)).map_err(|e| format!("connect: {e}"))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n")
-        .map_err(|e| format!("write: {e}"))?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .map_err(|e| format!("read: {e}"))?;
-    if !response.starts_with("HTTP/1.1 200") {
-        return Err(format!("bad response {response:?}"));
-    }
+    let stream = std::net::TcpStream::connect((ip, port)).map_err(|e| format!("connect: {e}"))?;
+    let request = b"GET / HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n";
+    let response = exchange_once(stream, request)?;
     Ok(response
         .split("\r\n\r\n")
         .nth(1)
@@ -84,17 +72,22 @@ pub fn http_request_from(
     bind(&fd, &std::net::SocketAddr::from((source, 0))).map_err(|e| format!("bind: {e}"))?;
     connect(&fd, &std::net::SocketAddr::from(([127, 0, 0, 1], port)))
         .map_err(|e| format!("connect: {e}"))?;
-    let mut stream = std::net::TcpStream::from(fd);
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
     let request = format!(
         "{method} {path} HTTP/1.1\r\nhost: test\r\n{headers}content-length: {}\r\n\
          connection: close\r\n\r\n{body}",
         body.len()
     );
+    exchange_once(std::net::TcpStream::from(fd), request.as_bytes())
+}
+
+/// Sends `request` on `stream` and reads the whole response (the server closes); an error
+/// unless it is a 200. Waits at most 10 s for it.
+fn exchange_once(mut stream: std::net::TcpStream, request: &[u8]) -> Result<String, String> {
     stream
-        .write_all(request.as_bytes())
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(request)
         .map_err(|e| format!("write: {e}"))?;
     let mut response = String::new();
     stream

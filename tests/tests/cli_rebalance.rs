@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use cluster_testkit::KeepAliveLoad;
 use rustix::process::Signal;
-use support::{ClusterProcess, free_port, workspace_bin};
+use support::{ClusterProcess, hello_cluster};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -18,15 +18,6 @@ const LIMIT: Duration = Duration::from_secs(30);
 /// scheduler's share of the CPU decides as much: with `/` a worker holding a fair share of
 /// connections answered up to three times the requests of another).
 const PATH: &str = "/sleep?ms=10";
-
-fn hello(workers: &str) -> (ClusterProcess, u16) {
-    let port = free_port();
-    let hello = workspace_bin("hello-http");
-    let address = format!("127.0.0.1:{port}");
-    let cluster = ClusterProcess::start(&["-w", workers, hello.to_str().unwrap(), &address]);
-    cluster.wait_for("all workers ready", LIMIT);
-    (cluster, port)
-}
 
 fn wait_for_workers(cluster: &ClusterProcess, count: usize, gone: Option<u32>) {
     let began = Instant::now();
@@ -74,7 +65,7 @@ fn debug_print(cluster: &ClusterProcess, result: &cluster_testkit::KeepAliveResu
 
 #[test]
 fn a_scale_up_takes_its_share_of_the_keep_alive_connections_within_two_seconds() {
-    let (mut cluster, port) = hello("2");
+    let (mut cluster, port) = hello_cluster(&["-w", "2"]);
     let load = KeepAliveLoad::start(port, 64, PATH);
     std::thread::sleep(Duration::from_millis(1500));
     // One at a time: two signals sent together are one for the kernel. The clock starts

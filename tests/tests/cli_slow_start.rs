@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 
 use cluster_testkit::{header_of, http_get_from};
 use rustix::process::Signal;
-use support::{ClusterProcess, free_port, workspace_bin};
+use support::hello_cluster;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
-/// Which worker answered each request, and when, from `clients` threads of new connections.
+/// Which worker (pid) answered each request, and when, from `clients` threads of new connections.
 struct Recorder {
     stop: Arc<AtomicBool>,
     answers: Arc<Mutex<Vec<(Instant, String)>>>,
@@ -32,7 +32,7 @@ impl Recorder {
                 std::thread::spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
                         if let Ok(response) = http_get_from(Ipv4Addr::LOCALHOST, port, "/", "") {
-                            let worker = header_of(&response, "x-cluster-worker")
+                            let worker = header_of(&response, "x-cluster-pid")
                                 .unwrap_or_default()
                                 .to_owned();
                             answers.lock().unwrap().push((Instant::now(), worker));
@@ -57,23 +57,11 @@ impl Recorder {
     }
 }
 
-/// Kills slot 2's worker of a 2-worker cluster under load and returns slot 2's share of the
-/// requests in each second after its replacement answered first, for `seconds`.
+/// Kills one worker of a 2-worker cluster under load and returns its replacement's share of
+/// the requests in each second after it answered first, for `seconds`.
 fn shares_after_a_replacement(balance: &str, seconds: usize) -> Vec<f64> {
-    let port = free_port();
-    let hello = workspace_bin("hello-http");
-    let address = format!("127.0.0.1:{port}");
-    let mut cluster = ClusterProcess::start(&[
-        "-w",
-        "2",
-        "--balance",
-        balance,
-        "--slow-start",
-        "4s",
-        hello.to_str().unwrap(),
-        &address,
-    ]);
-    cluster.wait_for("all workers ready", LIMIT);
+    let (mut cluster, port) =
+        hello_cluster(&["-w", "2", "--balance", balance, "--slow-start", "4s"]);
     // Past the first workers' own slow start.
     std::thread::sleep(Duration::from_millis(4200));
     let recorder = Recorder::start(port, 4);
@@ -89,31 +77,20 @@ fn shares_after_a_replacement(balance: &str, seconds: usize) -> Vec<f64> {
     let answers = recorder.finish();
     cluster.signal(Signal::TERM);
     assert!(cluster.wait(LIMIT).success(), "{}", cluster.output());
-    let slots: Vec<&String> = {
-        let mut s: Vec<&String> = answers.iter().map(|(_, w)| w).collect();
-        s.sort();
-        s.dedup();
-        s
-    };
-    assert_eq!(slots.len(), 2, "{slots:?}");
-    // The replacement's slot: the one with a gap in its answers of at least 50 ms.
-    let gap_of = |slot: &String| {
-        let times: Vec<Instant> = answers
-            .iter()
-            .filter(|(_, w)| w == slot)
-            .map(|(t, _)| *t)
-            .collect();
-        times
-            .windows(2)
-            .map(|w| (w[1] - w[0], w[1]))
-            .max_by_key(|(gap, _)| *gap)
-            .unwrap()
-    };
-    let (slot, (_, back)) = slots
+    // The replacement: the pid that was not there before the kill; its share counts from
+    // its first answer.
+    let victim = victim.to_string();
+    let survivor = pids
         .iter()
-        .map(|s| (*s, gap_of(s)))
-        .max_by_key(|(_, (gap, _))| *gap)
-        .unwrap();
+        .find(|p| p.to_string() != victim)
+        .unwrap()
+        .to_string();
+    let first = answers
+        .iter()
+        .find(|(_, pid)| *pid != victim && *pid != survivor)
+        .unwrap_or_else(|| panic!("no replacement answered: {}", cluster.output()));
+    let (back, slot) = (first.0, first.1.clone());
+    let slot = &slot;
     (0..seconds)
         .map(|second| {
             let from = back + Duration::from_secs(second as u64);

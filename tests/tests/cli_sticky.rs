@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use cluster_testkit::{header_of, http_get_from, http_request_from};
 use rustix::process::Signal;
-use support::{ClusterProcess, Load, free_port, workspace_bin};
+use support::{ClusterProcess, Load, hello_cluster};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -41,18 +41,7 @@ fn rolling_restart(cluster: &ClusterProcess) {
 /// a new pid) and no request failed.
 #[test]
 fn a_cookie_keeps_every_session_on_its_slot_through_a_rolling_restart() {
-    let port = free_port();
-    let hello = workspace_bin("hello-http");
-    let address = format!("127.0.0.1:{port}");
-    let mut cluster = ClusterProcess::start(&[
-        "-w",
-        "4",
-        "--balance",
-        "hash=cookie:sid",
-        hello.to_str().unwrap(),
-        &address,
-    ]);
-    cluster.wait_for("all workers ready", LIMIT);
+    let (mut cluster, port) = hello_cluster(&["-w", "4", "--balance", "hash=cookie:sid"]);
     assert!(
         cluster.output().contains("hash=cookie:sid"),
         "{}",
@@ -103,18 +92,7 @@ fn a_cookie_keeps_every_session_on_its_slot_through_a_rolling_restart() {
 /// handed on after the time limit, not held: the worker answers it once it is complete.
 #[test]
 fn a_request_without_the_key_goes_by_address_and_a_slow_head_is_not_held() {
-    let port = free_port();
-    let hello = workspace_bin("hello-http");
-    let address = format!("127.0.0.1:{port}");
-    let mut cluster = ClusterProcess::start(&[
-        "-w",
-        "2",
-        "--balance",
-        "hash=header:x-user",
-        hello.to_str().unwrap(),
-        &address,
-    ]);
-    cluster.wait_for("all workers ready", LIMIT);
+    let (mut cluster, port) = hello_cluster(&["-w", "2", "--balance", "hash=header:x-user"]);
     let source = Ipv4Addr::new(127, 0, 0, 9);
     let first = http_get_from(source, port, "/", "").unwrap();
     let again = http_get_from(source, port, "/", "").unwrap();
@@ -138,11 +116,24 @@ fn a_request_without_the_key_goes_by_address_and_a_slow_head_is_not_held() {
     assert!(cluster.wait(LIMIT).success(), "{}", cluster.output());
 }
 
-fn node_server() -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("peers/server.js")
-        .to_string_lossy()
-        .into_owned()
+/// `cluster -w 4 --balance BALANCE --listen 127.0.0.1:0 node tests/peers/SCRIPT`, ready.
+fn node_cluster(balance: &str, script: &str) -> (ClusterProcess, u16) {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("peers")
+        .join(script);
+    let cluster = ClusterProcess::start(&[
+        "-w",
+        "4",
+        "--balance",
+        balance,
+        "--listen",
+        "127.0.0.1:0",
+        "node",
+        script.to_str().unwrap(),
+    ]);
+    let port = cluster.port();
+    cluster.wait_for("all workers ready", LIMIT);
+    (cluster, port)
 }
 
 /// The pid that answered a request from `source` (the Node server answers `pid N`).
@@ -162,18 +153,7 @@ fn pid_for(port: u16, source: Ipv4Addr) -> String {
 /// worker's addresses back.
 #[test]
 fn hash_ip_keeps_each_address_on_its_slot_for_an_unmodified_program() {
-    let mut cluster = ClusterProcess::start(&[
-        "-w",
-        "4",
-        "--balance",
-        "hash=ip",
-        "--listen",
-        "127.0.0.1:0",
-        "node",
-        &node_server(),
-    ]);
-    let port = cluster.port();
-    cluster.wait_for("all workers ready", LIMIT);
+    let (mut cluster, port) = node_cluster("hash=ip", "server.js");
     assert!(
         cluster.output().contains("reuseport hash=ip"),
         "{}",
@@ -313,19 +293,7 @@ fn on_threads<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
 /// goes on where it was.
 #[test]
 fn socket_io_long_polling_sessions_stick_and_only_a_killed_workers_reconnect() {
-    let server = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers/socketio_server.js");
-    let mut cluster = ClusterProcess::start(&[
-        "-w",
-        "4",
-        "--balance",
-        "hash=ip",
-        "--listen",
-        "127.0.0.1:0",
-        "node",
-        server.to_str().unwrap(),
-    ]);
-    let port = cluster.port();
-    cluster.wait_for("all workers ready", LIMIT);
+    let (mut cluster, port) = node_cluster("hash=ip", "socketio_server.js");
     let source = |i: usize| Ipv4Addr::new(127, 0, 0, 2 + (i % 50) as u8);
     let opened = on_threads(1000, |i| {
         let session = Session::open(port, source(i))?;
@@ -397,19 +365,7 @@ fn socket_io_long_polling_sessions_stick_and_only_a_killed_workers_reconnect() {
 /// ports, not its client) loses sessions at once, which is what `hash=ip` is for.
 #[test]
 fn without_hash_socket_io_sessions_are_unknown_to_the_other_workers() {
-    let server = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers/socketio_server.js");
-    let mut cluster = ClusterProcess::start(&[
-        "-w",
-        "4",
-        "--balance",
-        "reuseport",
-        "--listen",
-        "127.0.0.1:0",
-        "node",
-        server.to_str().unwrap(),
-    ]);
-    let port = cluster.port();
-    cluster.wait_for("all workers ready", LIMIT);
+    let (mut cluster, port) = node_cluster("reuseport", "socketio_server.js");
     let opened = on_threads(200, |i| {
         Session::open(port, Ipv4Addr::new(127, 0, 0, 2 + (i % 50) as u8)).map(|_| ())
     });

@@ -104,7 +104,7 @@ fn main() {
             command: cluster_cmd("shared"),
             env: vec![],
         });
-        for balance in ["round-robin", "reuseport", "least-conn"] {
+        for balance in ["round-robin", "reuseport", "least-conn", "hash=ip"] {
             configs.push(Config {
                 name: format!("cluster {balance}, {n}w"),
                 workers: n,
@@ -380,7 +380,7 @@ fn main() {
             (
                 "round-robin close / ref (c)",
                 ("cluster round-robin", "ref (c)", "close"),
-                0.9,
+                0.95,
             ),
             (
                 "round-robin close / node SCHED_RR",
@@ -405,7 +405,12 @@ fn main() {
             (
                 "least-conn close / ref (c)",
                 ("cluster least-conn", "ref (c)", "close"),
-                0.0,
+                0.95,
+            ),
+            (
+                "hash=ip close / ref (c)",
+                ("cluster hash=ip", "ref (c)", "close"),
+                0.95,
             ),
             (
                 "shared keep-alive / node SCHED_NONE",

@@ -207,3 +207,16 @@ pub fn current_pids(status: &serde_json::Value) -> Vec<u64> {
         .filter_map(|w| w["pid"].as_u64())
         .collect()
 }
+
+/// `cluster ARGS hello-http 127.0.0.1:PORT` on a free port, once every worker is ready; the
+/// cluster and its port.
+pub fn hello_cluster(args: &[&str]) -> (ClusterProcess, u16) {
+    let port = free_port();
+    let hello = workspace_bin("hello-http");
+    let address = format!("127.0.0.1:{port}");
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend([hello.to_str().expect("a UTF-8 path"), &address]);
+    let cluster = ClusterProcess::start(&all);
+    cluster.wait_for("all workers ready", std::time::Duration::from_secs(30));
+    (cluster, port)
+}

@@ -83,12 +83,7 @@ impl Steering {
             let Some((_, first)) = group.members.first() else {
                 continue;
             };
-            let order: Vec<u32> = group.members.iter().map(|(slot, _)| *slot).collect();
-            let positions: Vec<u32> = (0u32..)
-                .zip(&order)
-                .filter(|(_, slot)| live.contains(slot))
-                .map(|(position, _)| position)
-                .collect();
+            let (order, positions) = live_positions(&group, live);
             let ramping = positions
                 .iter()
                 .any(|p| self.weights.contains_key(&order[*p as usize]));
@@ -130,6 +125,20 @@ impl Steering {
     }
 }
 
+/// A group's member slots in kernel order, and the positions of those in `live`.
+fn live_positions(
+    group: &cluster_ipc::ReuseportGroup,
+    live: &BTreeSet<u32>,
+) -> (Vec<u32>, Vec<u32>) {
+    let order: Vec<u32> = group.members.iter().map(|(slot, _)| *slot).collect();
+    let positions = (0u32..)
+        .zip(&order)
+        .filter(|(_, slot)| live.contains(slot))
+        .map(|(position, _)| position)
+        .collect();
+    (order, positions)
+}
+
 /// Slow start: each position repeated by its slot's share (ten times for a full share, at
 /// least once), in rounds so the repetitions interleave; the kernel program picks among the
 /// list at random (or in turn), so each slot gets its share. Unweighted past what a program
@@ -162,12 +171,7 @@ impl Steering {
             let Some((_, first)) = group.members.first() else {
                 continue;
             };
-            let order: Vec<u32> = group.members.iter().map(|(slot, _)| *slot).collect();
-            let mut positions: Vec<u32> = (0u32..)
-                .zip(&order)
-                .filter(|(_, slot)| live.contains(slot))
-                .map(|(position, _)| position)
-                .collect();
+            let (order, mut positions) = live_positions(group, live);
             if positions.is_empty() {
                 positions = (0u32..).take(order.len()).collect();
             }

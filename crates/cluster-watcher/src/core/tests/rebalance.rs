@@ -21,16 +21,22 @@ fn report(h: &mut Harness, id: WorkerId, open: u64) {
     h.drain();
 }
 
-#[test]
-fn a_scale_up_asks_the_busy_workers_for_their_excess_until_level() {
+/// Two workers holding `first` and `second` connections, then a third added and ready.
+fn scaled_up_from(first: u64, second: u64) -> (Harness, WorkerId) {
     let mut h = Harness::running(2);
-    report(&mut h, id(1, 1), 40);
-    report(&mut h, id(2, 1), 24);
+    report(&mut h, id(1, 1), first);
+    report(&mut h, id(2, 1), second);
     let t = h.ticket();
     h.core.add_worker(t, h.now);
     h.drain();
     let newcomer = h.current(3).unwrap();
     h.ready(newcomer);
+    (h, newcomer)
+}
+
+#[test]
+fn a_scale_up_asks_the_busy_workers_for_their_excess_until_level() {
+    let (mut h, newcomer) = scaled_up_from(40, 24);
     // 64 over 3: a fair share is 21; slot 1 has 19 too many, slot 2 three.
     assert_eq!(
         asks(&h),
@@ -54,14 +60,7 @@ fn a_scale_up_asks_the_busy_workers_for_their_excess_until_level() {
 
 #[test]
 fn a_worker_that_has_not_reported_since_a_round_counts_with_its_move() {
-    let mut h = Harness::running(2);
-    report(&mut h, id(1, 1), 40);
-    report(&mut h, id(2, 1), 24);
-    let t = h.ticket();
-    h.core.add_worker(t, h.now);
-    h.drain();
-    let newcomer = h.current(3).unwrap();
-    h.ready(newcomer);
+    let (mut h, _) = scaled_up_from(40, 24);
     // Nobody reports: the round's moves stand for the counts, which are level then.
     h.run_for(Duration::from_secs(3));
     assert_eq!(asks(&h).len(), 1, "{:?}", asks(&h));
