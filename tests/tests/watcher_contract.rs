@@ -1,6 +1,9 @@
 //! The library contract amphp/cluster's users rely on: the message stream ends after a
 //! stop, a dropped watcher stops its workers, a worker's `recv` ends at the stop request,
 //! messages sent before anyone asked are kept, the status snapshot counts right.
+//!
+//! One at a time (`support::serial`): several count this process's children, which under
+//! plain `cargo test` would include the workers of the tests beside them.
 
 mod support;
 
@@ -13,6 +16,7 @@ const LIMIT: Duration = Duration::from_secs(10);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_message_stream_ends_after_stop_and_a_new_start_opens_another() {
+    let _serial = support::serial_async().await;
     let watcher = ClusterWatcher::new(test_worker(&["chat", "3"]));
     let mut messages = watcher.messages().expect("the stream");
     watcher.start(2).await.unwrap();
@@ -38,6 +42,7 @@ async fn the_message_stream_ends_after_stop_and_a_new_start_opens_another() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_sent_before_anyone_asked_are_kept() {
+    let _serial = support::serial_async().await;
     let watcher = ClusterWatcher::new(test_worker(&["chat", "0"]));
     watcher.start(3).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -55,6 +60,7 @@ async fn messages_sent_before_anyone_asked_are_kept() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_a_running_watcher_stops_its_workers_and_respawns_none() {
+    let _serial = support::serial_async().await;
     let me = std::process::id();
     let watcher = ClusterWatcher::new(test_worker(&["serve", "127.0.0.1:0"]));
     watcher.start(2).await.unwrap();
@@ -73,6 +79,7 @@ async fn dropping_a_running_watcher_stops_its_workers_and_respawns_none() {
 
 #[test]
 fn a_runtime_shut_down_under_a_running_watcher_kills_its_workers() {
+    let _serial = support::serial();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -98,6 +105,7 @@ fn a_runtime_shut_down_under_a_running_watcher_kills_its_workers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_looping_on_recv_stops_at_once() {
+    let _serial = support::serial_async().await;
     let mut config = test_worker(&["recv-loop"]);
     config.shutdown_timeout = Duration::from_secs(8);
     let watcher = ClusterWatcher::new(config);
@@ -116,6 +124,7 @@ async fn a_worker_looping_on_recv_stops_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forwarding_layer_can_be_made_more_than_once() {
+    let _serial = support::serial_async().await;
     let logs = captured_logs();
     let watcher = ClusterWatcher::new(test_worker(&["two-layers"]));
     watcher.start(1).await.unwrap();
@@ -129,6 +138,7 @@ async fn a_forwarding_layer_can_be_made_more_than_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_counts_crashes_and_rolling_restarts_per_slot() {
+    let _serial = support::serial_async().await;
     let mut config = test_worker(&["serve", "127.0.0.1:0"]);
     config.min_uptime = Duration::from_millis(100);
     let watcher = ClusterWatcher::new(config);
@@ -163,4 +173,54 @@ async fn status_counts_crashes_and_rolling_restarts_per_slot() {
     assert_eq!(status.slots[1].generation, 3);
     watcher.stop().await;
     assert!(!watcher.status().await.running);
+}
+
+/// Two watchers in one process (an embedder's, or these tests under plain `cargo test`):
+/// stopping one, and a worker of it exiting, leaves the other's workers alone. Both named
+/// their workers' cgroups and marks by the process id, slot and generation, so the first
+/// watcher's cleanup killed the second's worker of the same slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_watchers_in_one_process_never_end_each_others_workers() {
+    let _serial = support::serial_async().await;
+    let first = ClusterWatcher::new(test_worker(&["serve", "127.0.0.1:0"]));
+    let second = ClusterWatcher::new(test_worker(&["serve", "127.0.0.1:0"]));
+    first.start(2).await.unwrap();
+    second.start(2).await.unwrap();
+    let theirs: Vec<u32> = second.workers().iter().map(|w| w.pid).collect();
+    // Each worker's mark and cgroup are its watcher's own.
+    let of = |watcher: &ClusterWatcher, what: &str| -> Vec<String> {
+        watcher
+            .workers()
+            .iter()
+            .map(|w| {
+                let path = format!("/proc/{}/{what}", w.pid);
+                let text = std::fs::read(&path).unwrap_or_default();
+                let text = String::from_utf8_lossy(&text).into_owned();
+                match what {
+                    "environ" => text
+                        .split('\0')
+                        .find(|v| v.starts_with("CLUSTER_WORKER_MARK="))
+                        .unwrap_or_default()
+                        .to_owned(),
+                    _ => text,
+                }
+            })
+            .collect()
+    };
+    for what in ["environ", "cgroup"] {
+        let (mine, theirs) = (of(&first, what), of(&second, what));
+        assert!(
+            mine.iter().all(|m| !theirs.contains(m)),
+            "{what}: {mine:?} and {theirs:?}"
+        );
+    }
+    first.stop().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        theirs.iter().all(|p| process_exists(*p)),
+        "the second watcher's workers were killed"
+    );
+    let now: Vec<u32> = second.workers().iter().map(|w| w.pid).collect();
+    assert_eq!(now, theirs, "the second watcher's workers were replaced");
+    second.stop().await;
 }

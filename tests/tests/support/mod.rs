@@ -180,19 +180,19 @@ pub fn response(client: &mut BufReader<std::net::TcpStream>, request: &[u8]) -> 
     (status, pid)
 }
 
-/// Taken by every test of a binary whose tests count this process's descriptors: under
-/// plain `cargo test` the tests of one binary run on threads of one process, and a
-/// descriptor another test opens meanwhile would look like a leak.
-pub fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+/// Taken by every test of a binary whose tests count this process's descriptors or
+/// children, or start clusters side by side that must not meet: under plain `cargo test`
+/// the tests of one binary run on threads of one process, and a descriptor or child another
+/// test made meanwhile would look like a leak. One lock for sync and async tests alike.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// [`SERIAL`] for a plain `#[test]` (outside any runtime).
+pub fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.blocking_lock()
 }
 
-/// [`serial`] for async tests.
+/// [`SERIAL`] for an async test.
 pub async fn serial_async() -> tokio::sync::MutexGuard<'static, ()> {
-    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     SERIAL.lock().await
 }
 

@@ -6,12 +6,16 @@
 //!
 //! * **A cgroup** where the watcher may make one (cgroup v2, its own cgroup writable: root,
 //!   or systemd's `Delegate=yes`): every worker runs in a cgroup of its own under
-//!   `cluster-<watcher pid>/`, joined before its program runs, so whatever it forks stays
-//!   there; when the worker ends, one write to `cgroup.kill` ends them all.
+//!   `cluster-<watcher pid>-<n>/`, joined before its program runs, so whatever it forks
+//!   stays there; when the worker ends, one write to `cgroup.kill` ends them all.
 //! * **A mark** otherwise: every worker's environment carries [`MARK`]
-//!   (`<watcher pid>.<slot>.<generation>`), which its descendants inherit (a daemon keeps
-//!   it); when the worker ends, the processes whose environment bears its mark are killed.
-//!   A descendant that clears its environment escapes this one; say so in the docs.
+//!   (`<watcher pid>-<n>.<slot>.<generation>`), which its descendants inherit (a daemon
+//!   keeps it); when the worker ends, the processes whose environment bears its mark are
+//!   killed. A descendant that clears its environment escapes this one; say so in the docs.
+//!
+//! `<n>` numbers the watchers of one process: a program that embeds two `ClusterWatcher`s
+//! (the tests do) must not have one end the other's workers (it did: both named their
+//! workers by the process id, slot and generation alone).
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -27,42 +31,59 @@ const ENV_CGROUPS: &str = "CLUSTER_CGROUPS";
 
 /// How this watcher contains its workers.
 #[derive(Debug)]
-pub(crate) enum Containment {
-    /// `cluster-<pid>/` in the watcher's own cgroup.
+pub(crate) struct Containment {
+    how: How,
+    /// This watcher's name among the process's: `<pid>-<n>`.
+    name: String,
+}
+
+#[derive(Debug)]
+enum How {
+    /// `cluster-<name>/` in the watcher's own cgroup.
     Cgroups(PathBuf),
     /// Environment marks.
     Marks,
 }
 
+/// The watchers made in this process so far.
+static WATCHERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 impl Containment {
     /// Cgroups if a directory can be made in this process's cgroup v2, marks otherwise.
     pub(crate) fn detect() -> Self {
+        let n = WATCHERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("{}-{n}", std::process::id());
+        let how = Self::how(&name);
+        Self { how, name }
+    }
+
+    fn how(name: &str) -> How {
         if std::env::var(ENV_CGROUPS).is_ok_and(|v| v == "off") {
-            return Self::Marks;
+            return How::Marks;
         }
         let Some(own) = own_cgroup() else {
-            return Self::Marks;
+            return How::Marks;
         };
         // A cgroup that hands controllers to its children may hold no process but through
         // them: moving workers below this one would be refused.
         let delegating = std::fs::read_to_string(own.join("cgroup.subtree_control"))
             .map_or(true, |controllers| !controllers.trim().is_empty());
         if delegating {
-            return Self::Marks;
+            return How::Marks;
         }
-        let dir = own.join(format!("cluster-{}", std::process::id()));
+        let dir = own.join(format!("cluster-{name}"));
         match std::fs::create_dir(&dir) {
-            Ok(()) => Self::Cgroups(dir),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Self::Cgroups(dir),
-            Err(_) => Self::Marks,
+            Ok(()) => How::Cgroups(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => How::Cgroups(dir),
+            Err(_) => How::Marks,
         }
     }
 
     /// Marks `command` as `id`'s and, with cgroups, makes it join `id`'s cgroup before it
     /// runs. A cgroup that cannot be made leaves the mark alone to find it.
     pub(crate) fn prepare(&self, command: &mut std::process::Command, id: WorkerId) {
-        command.env(MARK, mark(id));
-        let Self::Cgroups(root) = self else {
+        command.env(MARK, self.mark(id));
+        let How::Cgroups(root) = &self.how else {
             return;
         };
         let dir = worker_dir(root, id);
@@ -82,24 +103,25 @@ impl Containment {
 
     /// Ends whatever `id` left behind (its main process has exited).
     pub(crate) fn end(&self, id: WorkerId) {
-        match self {
-            Self::Cgroups(root) => {
-                let dir = worker_dir(root, id);
-                if dir.exists() {
-                    kill_cgroup(&dir);
-                    let _ = std::fs::remove_dir(&dir);
-                    return;
-                }
-                kill_marked(&mark(id));
+        if let How::Cgroups(root) = &self.how {
+            let dir = worker_dir(root, id);
+            if dir.exists() {
+                kill_cgroup(&dir);
+                let _ = std::fs::remove_dir(&dir);
+                return;
             }
-            Self::Marks => kill_marked(&mark(id)),
         }
+        kill_marked(&self.mark(id));
+    }
+
+    fn mark(&self, id: WorkerId) -> String {
+        format!("{}.{}.{}", self.name, id.slot, id.generation)
     }
 }
 
 impl Drop for Containment {
     fn drop(&mut self) {
-        if let Self::Cgroups(root) = self {
+        if let How::Cgroups(root) = &self.how {
             for entry in std::fs::read_dir(&*root).into_iter().flatten().flatten() {
                 if entry.path().is_dir() {
                     kill_cgroup(&entry.path());
@@ -109,10 +131,6 @@ impl Drop for Containment {
             let _ = std::fs::remove_dir(&*root);
         }
     }
-}
-
-fn mark(id: WorkerId) -> String {
-    format!("{}.{}.{}", std::process::id(), id.slot, id.generation)
 }
 
 fn worker_dir(root: &Path, id: WorkerId) -> PathBuf {
