@@ -1,6 +1,8 @@
 //! Messages both ways, reply-to-sender, broadcast, forwarded logs with their worker id, and
 //! nothing a worker sent before exiting is lost.
-
+//!
+//! One at a time (`support::serial`): the log lines are captured process-wide, and under
+//! plain `cargo test` another test's watcher would log into this one's capture.
 mod support;
 
 use std::collections::HashSet;
@@ -13,6 +15,7 @@ const LIMIT: Duration = Duration::from_secs(10);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_flow_both_ways_with_replies_to_the_sender_and_broadcast() {
+    let _serial = support::serial_async().await;
     let watcher = ClusterWatcher::new(test_worker(&["chat", "0"]));
     let mut messages = watcher.messages().unwrap();
     assert!(watcher.messages().is_none(), "the stream is taken once");
@@ -70,6 +73,7 @@ async fn messages_flow_both_ways_with_replies_to_the_sender_and_broadcast() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_and_logs_sent_before_exit_are_never_lost() {
+    let _serial = support::serial_async().await;
     let logs = captured_logs();
     let watcher = ClusterWatcher::new(test_worker(&["chat", "200"]));
     let mut messages = watcher.messages().unwrap();
@@ -108,6 +112,7 @@ async fn messages_and_logs_sent_before_exit_are_never_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_worker_exits_promptly_and_its_panic_is_logged() {
+    let _serial = support::serial_async().await;
     let logs = captured_logs();
     let watcher = ClusterWatcher::new(test_worker(&["panic-after", "100"]));
     let mut events = watcher.events();
@@ -137,7 +142,10 @@ async fn a_panicking_worker_exits_promptly_and_its_panic_is_logged() {
 /// called from.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_watchers_log_lines_carry_the_span_it_was_created_in() {
+    let _serial = support::serial_async().await;
     let logs = captured_logs();
+    // The capture is the process's: only what is logged from here on is this test's.
+    let before = logs.lock().unwrap().len();
     let span = tracing::info_span!("embedder", app = "tagged-watcher");
     let watcher = span.in_scope(|| ClusterWatcher::new(test_worker(&["panic-after", "100"])));
     let mut events = watcher.events();
@@ -148,7 +156,7 @@ async fn the_watchers_log_lines_carry_the_span_it_was_created_in() {
     })
     .await;
     watcher.stop().await;
-    let text = log_text(&logs);
+    let text = log_text(&logs).split_off(before);
     // From the caller's task, a forwarded worker log, the supervising task.
     for needle in ["worker started", "panicked at", "exit status 101"] {
         let line = text

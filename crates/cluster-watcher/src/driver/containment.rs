@@ -122,13 +122,13 @@ impl Containment {
 impl Drop for Containment {
     fn drop(&mut self) {
         if let How::Cgroups(root) = &self.how {
-            for entry in std::fs::read_dir(&*root).into_iter().flatten().flatten() {
+            for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
                 if entry.path().is_dir() {
                     kill_cgroup(&entry.path());
                     let _ = std::fs::remove_dir(entry.path());
                 }
             }
-            let _ = std::fs::remove_dir(&*root);
+            let _ = std::fs::remove_dir(root);
         }
     }
 }
