@@ -21,6 +21,7 @@
 //! back and only the clients of a slot that is down go elsewhere meanwhile.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::os::fd::OwnedFd;
 
 use cluster_ipc::{ListenAddress, ServerSocketProvider};
 
@@ -62,21 +63,20 @@ impl Steering {
         if groups.is_empty() {
             return;
         }
-        if self.by_source {
-            return self.update_by_source(&groups, live);
+        if !self.by_source {
+            self.round_robin.get_or_insert_with(|| {
+                match fdpass::RoundRobinSteering::new() {
+                    Ok(steering) => {
+                        tracing::info!("reuseport: new connections go to the slots in strict turn (eBPF)");
+                        Some(steering)
+                    }
+                    Err(e) => {
+                        tracing::info!(error = %e, "reuseport: exact round-robin needs eBPF (CAP_BPF); new connections are spread by the kernel's hash");
+                        None
+                    }
+                }
+            });
         }
-        let round_robin = self.round_robin.get_or_insert_with(|| {
-            match fdpass::RoundRobinSteering::new() {
-                Ok(steering) => {
-                    tracing::info!("reuseport: new connections go to the slots in strict turn (eBPF)");
-                    Some(steering)
-                }
-                Err(e) => {
-                    tracing::info!(error = %e, "reuseport: exact round-robin needs eBPF (CAP_BPF); new connections are spread by the kernel's hash");
-                    None
-                }
-            }
-        });
         self.applied
             .retain(|address, _| groups.iter().any(|g| g.address == *address));
         for group in groups {
@@ -84,26 +84,11 @@ impl Steering {
                 continue;
             };
             let (order, positions) = live_positions(&group, live);
-            let ramping = positions
-                .iter()
-                .any(|p| self.weights.contains_key(&order[*p as usize]));
-            let wanted = match round_robin {
-                // In turn over the live slots; over all of them while none is live.
-                Some(_) if positions.is_empty() => Some((0u32..).take(order.len()).collect()),
-                _ if ramping => Some(weighted(&positions, &order, &self.weights)),
-                Some(_) => Some(positions),
-                None if positions.is_empty() || positions.len() == order.len() => None,
-                None => Some(positions),
-            };
+            let wanted = self.wanted(&order, positions);
             if self.applied.get(&group.address) == Some(&(order.clone(), wanted.clone())) {
                 continue;
             }
-            let result = match (&wanted, &*round_robin) {
-                (Some(positions), Some(rr)) => rr.steer(&**first, positions),
-                (Some(positions), None) => fdpass::steer_reuseport(&**first, positions),
-                (None, _) => fdpass::unsteer_reuseport(&**first),
-            };
-            match result {
+            match self.apply(first, &order, wanted.as_deref()) {
                 Ok(()) => {
                     let steered: BTreeSet<u32> = wanted
                         .iter()
@@ -111,7 +96,7 @@ impl Steering {
                         .map(|&p| order[p as usize])
                         .collect();
                     if wanted.is_some() {
-                        tracing::debug!(address = %group.address, slots = ?steered, "new connections steered to the live slots");
+                        tracing::debug!(address = %group.address, slots = ?steered, by_source = self.by_source, "new connections steered to the live slots");
                     } else {
                         tracing::debug!(address = %group.address, "new connections spread over every slot");
                     }
@@ -121,6 +106,47 @@ impl Steering {
                     tracing::warn!(address = %group.address, error = %e, "cannot steer new connections away from slots without a ready worker");
                 }
             }
+        }
+    }
+
+    /// The positions a group of members `order`, whose live ones are at `positions`, is
+    /// steered to (`None`: no program, the kernel's hash).
+    fn wanted(&self, order: &[u32], positions: Vec<u32>) -> Option<Vec<u32>> {
+        let every = || (0u32..).take(order.len()).collect();
+        if self.by_source {
+            // By address over the live slots; over all of them while none is live.
+            return Some(if positions.is_empty() {
+                every()
+            } else {
+                positions
+            });
+        }
+        let ramping = positions
+            .iter()
+            .any(|p| self.weights.contains_key(&order[*p as usize]));
+        match self.round_robin.as_ref().and_then(Option::as_ref) {
+            // In turn over the live slots; over all of them while none is live.
+            Some(_) if positions.is_empty() => Some(every()),
+            _ if ramping => Some(weighted(&positions, order, &self.weights)),
+            Some(_) => Some(positions),
+            None if positions.is_empty() || positions.len() == order.len() => None,
+            None => Some(positions),
+        }
+    }
+
+    /// Attaches the program that steers to `wanted` (positions; `None`: removes it).
+    fn apply(&self, first: &OwnedFd, order: &[u32], wanted: Option<&[u32]>) -> std::io::Result<()> {
+        let Some(positions) = wanted else {
+            return fdpass::unsteer_reuseport(first);
+        };
+        if self.by_source {
+            let members: Vec<(u32, u32)> =
+                positions.iter().map(|&p| (order[p as usize], p)).collect();
+            return fdpass::steer_reuseport_by_source(first, &members);
+        }
+        match self.round_robin.as_ref().and_then(Option::as_ref) {
+            Some(rr) => rr.steer(first, positions),
+            None => fdpass::steer_reuseport(first, positions),
         }
     }
 }
@@ -159,43 +185,6 @@ fn weighted(positions: &[u32], order: &[u32], weights: &BTreeMap<u32, u16>) -> V
                 .filter(move |p| repeats(*p) > round)
         })
         .collect()
-}
-
-impl Steering {
-    /// `hash=ip`: every group steered by source address over its live slots (over all of
-    /// them while none is live: connections wait on their slot's socket).
-    fn update_by_source(&mut self, groups: &[cluster_ipc::ReuseportGroup], live: &BTreeSet<u32>) {
-        self.applied
-            .retain(|address, _| groups.iter().any(|g| g.address == *address));
-        for group in groups {
-            let Some((_, first)) = group.members.first() else {
-                continue;
-            };
-            let (order, mut positions) = live_positions(group, live);
-            if positions.is_empty() {
-                positions = (0u32..).take(order.len()).collect();
-            }
-            let wanted = (order.clone(), Some(positions));
-            if self.applied.get(&group.address) == Some(&wanted) {
-                continue;
-            }
-            let members: Vec<(u32, u32)> = wanted
-                .1
-                .iter()
-                .flatten()
-                .map(|&p| (order[p as usize], p))
-                .collect();
-            match fdpass::steer_reuseport_by_source(&**first, &members) {
-                Ok(()) => {
-                    tracing::debug!(address = %group.address, ?members, "new connections steered by client address");
-                    self.applied.insert(group.address.clone(), wanted);
-                }
-                Err(e) => {
-                    tracing::warn!(address = %group.address, error = %e, "cannot steer new connections by client address");
-                }
-            }
-        }
-    }
 }
 
 /// Connections waiting in the accept queues of each slot's sockets, all addresses together.
