@@ -41,7 +41,8 @@ pub(crate) use self::program::prepare_program_mode;
 
 use self::containment::Containment;
 use self::logs::EventLog;
-use self::process::{Input, Process, kill_group, kill_leftovers, spawn_worker};
+use self::forwarding::Input;
+use self::process::{Process, kill_group, kill_leftovers, spawn_worker};
 use crate::balance::{Balancer, Steering, queued_by_slot};
 use crate::core::{Action, Outcome, Supervisor, TICK, Ticket};
 use crate::shared::{Published, Shared};
@@ -250,9 +251,12 @@ impl Driver {
         let now = self.now;
         match input {
             Input::Ready(id) => self.core.ready(id, now),
-            Input::Heartbeat(id) => self.core.heartbeat(id, now),
-            Input::Accepted(id, total) => self.core.accepted(id, total, now),
-            Input::Open(id, open) => self.core.open(id, open, now),
+            Input::Heartbeat(id, latest) => {
+                latest.take();
+                self.core.heartbeat(id, now);
+            }
+            Input::Accepted(id, latest) => self.core.accepted(id, latest.take(), now),
+            Input::Open(id, latest) => self.core.open(id, latest.take(), now),
             Input::StopRequested(id) => self.core.stop_requested(id, now),
             Input::BadTraffic(id) => self.core.bad_traffic(id, now),
             Input::ControlClosed(id) => self.core.control_closed(id, now),
@@ -267,8 +271,8 @@ impl Driver {
                 // What it counted (its last report, sent after its last request when it
                 // drained) stays in the merged application metrics. Its port first: a read
                 // still on its way is dropped rather than counted twice.
-                self.shared.metrics_ports.forget(id);
-                self.shared.app_metrics.lock().retire(id);
+                self.shared.app_metrics.ports.forget(id);
+                self.shared.app_metrics.store.lock().retire(id);
                 if let Some(process) = self.processes.remove(&id) {
                     // Whatever it started goes with it: its process group, and daemons that
                     // left it (its cgroup, or its mark).
@@ -433,13 +437,14 @@ impl Driver {
                     let _ = rustix::process::kill_process_group(group, signal);
                 }
             };
-            if !self.shared.metrics_ports.has(id) {
+            if !self.shared.app_metrics.ports.has(id) {
                 return stop();
             }
             spawn_in(self.shared.span.clone(), async move {
-                crate::appmetrics::scrape_one(&shared, id).await;
+                let timeout = shared.config().shutdown_timeout;
+                crate::appmetrics::scrape_one(&shared.app_metrics, id).await;
                 stop();
-                crate::appmetrics::follow_until_gone(&shared, id).await;
+                crate::appmetrics::follow_until_gone(&shared.app_metrics, id, timeout).await;
             });
             return;
         };

@@ -9,7 +9,7 @@
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cluster_ipc::protocol::{
     ClientMeta, WatcherToWorker, WorkerBootstrap, WorkerFds, WorkerToWatcher,
@@ -23,7 +23,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use super::containment::Containment;
-use super::forwarding::Forwarding;
+use super::forwarding::{Forwarding, Input};
 use super::logs::forward_logs;
 use super::output::forward_output;
 use crate::balance::{ClientPipe, Mode, bound_handoff_queue};
@@ -37,26 +37,6 @@ const READ_AFTER_EXIT: Duration = Duration::from_secs(2);
 
 /// The largest log record accepted from a worker; a larger one is skipped.
 const MAX_LOG_RECORD: usize = 256 * 1024;
-
-/// What the per-worker tasks tell the driver.
-#[derive(Debug)]
-pub(crate) enum Input {
-    Ready(WorkerId),
-    Heartbeat(WorkerId),
-    StopRequested(WorkerId),
-    BadTraffic(WorkerId),
-    ControlClosed(WorkerId),
-    /// Connections the worker accepted so far.
-    Accepted(WorkerId, u64),
-    /// Connections open in the worker now.
-    Open(WorkerId, u64),
-    /// The process ended: it serves no more.
-    MainExited(WorkerId),
-    /// The process ended and everything it sent was read.
-    Exited(WorkerId, ExitKind),
-    /// Program mode: an sd_notify datagram on the worker's socket.
-    Notify(WorkerId, crate::notify::Notification),
-}
 
 /// The driver's handle on a live worker process.
 #[derive(Debug)]
@@ -355,7 +335,7 @@ impl Watch {
         messages: Option<MessageSink>,
     ) {
         let (id, pid) = (self.id, self.pid);
-        let mut forwarding = Forwarding::new(id, self.shared.config().heartbeat_interval);
+        let mut forwarding = Forwarding::new(id);
         let mut dropped_warnings = 0u64;
         loop {
             let input = match control.recv().await {
@@ -365,7 +345,7 @@ impl Watch {
                     continue;
                 }
                 Ok(Some(WorkerToWatcher::Metrics(text))) => {
-                    let updated = self.shared.app_metrics.lock().update(id, &text);
+                    let updated = self.shared.app_metrics.store.lock().update(id, &text);
                     if let Err(why) = updated {
                         tracing::warn!(
                             worker = id.slot,
@@ -384,7 +364,7 @@ impl Watch {
                     }
                     continue;
                 }
-                Ok(Some(message)) => match forwarding.input(message, Instant::now()) {
+                Ok(Some(message)) => match forwarding.input(message) {
                     Some(input) => input,
                     None => continue,
                 },
