@@ -14,6 +14,24 @@ use crate::pid_file::PidFile;
 use crate::signals::Signals;
 use crate::{orphans, systemd, upgrade, watch};
 
+/// Who waits for the outcome of an upgrade: `cluster upgrade`, or `cluster reload` (with
+/// what changed).
+pub(crate) enum Asker {
+    Upgrade(cluster_watcher::Reply<Result<u32, String>>),
+    Reload(cluster_watcher::Reply<crate::reload::ReloadAnswer>, Vec<String>),
+}
+
+impl Asker {
+    /// Answers with the new watcher's pid, or why the upgrade failed.
+    pub(crate) fn answer(self, outcome: Result<u32, String>) {
+        match self {
+            Self::Upgrade(reply) => reply.send(outcome),
+            // A new watcher starts again at generation 1.
+            Self::Reload(reply, changed) => reply.send(outcome.map(|_| (1, changed))),
+        }
+    }
+}
+
 /// A cluster being run by this process.
 pub(crate) struct Cluster {
     pub(crate) args: Args,
@@ -55,7 +73,7 @@ pub(crate) enum Ending {
     Stop(&'static str),
     /// A new watcher is ready to take over; the `cluster upgrade` (or `reload`) that asked,
     /// if one did.
-    Upgrade(Box<upgrade::Successor>, Option<crate::serve::Asker>),
+    Upgrade(Box<upgrade::Successor>, Option<Asker>),
     /// Something this process needs failed (`--watch` cannot watch).
     Failed(anyhow::Error),
 }
@@ -238,7 +256,7 @@ impl Cluster {
     pub(crate) async fn hand_over(
         mut self,
         successor: upgrade::Successor,
-        reply: Option<crate::serve::Asker>,
+        reply: Option<Asker>,
     ) -> anyhow::Result<Exit> {
         // The new watcher binds the same paths and ports: ours go first.
         self.endpoints.release().await;

@@ -10,7 +10,7 @@ use cluster_watcher::{ClusterWatcher, ControlServer, MetricsServer, ProgramReque
 use crate::args::{Args, ReadyzArg};
 use crate::logging::Logging;
 use crate::reload::{self, ReloadAnswer};
-use crate::run::{Cluster, Ending};
+use crate::run::{Asker, Cluster, Ending};
 use crate::signals::Supervised;
 use crate::{one_line, orphans, systemd, upgrade, watch};
 
@@ -20,24 +20,6 @@ enum Trigger {
     Control(Reply<Result<u32, String>>),
     /// A reload whose changes the running watcher cannot make: the new worker count.
     Reload(Option<Asker>, usize),
-}
-
-/// Who waits for the outcome of an upgrade: `cluster upgrade`, or `cluster reload` (with
-/// what changed).
-pub(crate) enum Asker {
-    Upgrade(Reply<Result<u32, String>>),
-    Reload(Reply<ReloadAnswer>, Vec<String>),
-}
-
-impl Asker {
-    /// Answers with the new watcher's pid, or why the upgrade failed.
-    pub(crate) fn answer(self, outcome: Result<u32, String>) {
-        match self {
-            Self::Upgrade(reply) => reply.send(outcome),
-            // A new watcher starts again at generation 1.
-            Self::Reload(reply, changed) => reply.send(outcome.map(|_| (1, changed))),
-        }
-    }
 }
 
 /// What the loop does next.
@@ -84,90 +66,42 @@ impl Cluster {
         let control = endpoints.control.as_ref();
         let (watcher, ready_timeout) = (&*watcher, *ready_timeout);
         let dev_loop = dev_loop(watching, watcher);
-        // Connections the old watcher passes on while it stops, until it is gone.
-        let from_predecessor = async {
-            if let Some(link) = predecessor {
-                let passed = link.serve_connections(watcher).await;
-                tracing::info!(connections = passed, "upgrade: the old watcher is gone");
-            }
-            std::future::pending::<()>().await
-        };
+        let from_predecessor = from_predecessor(predecessor, watcher);
         let follow = systemd::follow(notifier, watcher);
         let reaper = orphans::reaper(watcher);
         tokio::pin!(dev_loop, from_predecessor, follow, reaper);
         let mut reloading: Option<reload::InPlace> = None;
         loop {
-            let next = tokio::select! {
-                supervised = signals.supervise(watcher, *workers) => match supervised {
-                    Supervised::Stop(cause) => return Ending::Stop(cause),
-                    Supervised::Upgrade => Next::Upgrade(Trigger::Signal),
-                    Supervised::Reload => Next::Reload(None),
-                    Supervised::ReopenLogs => {
-                        if let Err(why) = logging.reopen("signal") {
-                            tracing::warn!(error = why, "cannot reopen the log");
-                        }
-                        continue;
-                    }
-                },
+            let step = tokio::select! {
+                supervised = signals.supervise(watcher, *workers) => on_signal(supervised, logging),
                 // Cancel-safe: a request not taken now waits in the control server's queue.
-                request = next_request(control) => match request {
-                    ProgramRequest::Stop(reply) => {
-                        reply.send(());
-                        return Ending::Stop("cluster stop");
-                    }
-                    ProgramRequest::Upgrade(reply) => Next::Upgrade(Trigger::Control(reply)),
-                    ProgramRequest::Reload(reply) => Next::Reload(Some(reply)),
-                    ProgramRequest::ReopenLogs(reply) => {
-                        reply.send(logging.reopen("cluster logs --reopen"));
-                        continue;
-                    }
-                    other => {
-                        tracing::warn!(request = ?other, "a control request this binary does not carry out");
-                        continue;
-                    }
-                },
+                request = next_request(control) => on_request(request, logging),
                 outcome = async { reloading.as_mut().expect("guarded").outcome().await }, if reloading.is_some() => {
-                    Next::Reloaded(outcome)
+                    Step::Next(Next::Reloaded(outcome))
                 }
-                () = &mut follow => return Ending::Stop("the service manager"),
-                () = &mut reaper => return Ending::Stop("the orphan reaper"),
-                () = &mut from_predecessor => continue,
+                () = &mut follow => Step::End(Ending::Stop("the service manager")),
+                () = &mut reaper => Step::End(Ending::Stop("the orphan reaper")),
+                () = &mut from_predecessor => Step::Continue,
                 watching = &mut dev_loop => {
                     // It runs until the cluster stops; it ends only when it cannot watch at all.
                     let error = watching.err().unwrap_or_else(|| anyhow::anyhow!("ended"));
-                    return Ending::Failed(error.context("--watch"));
+                    Step::End(Ending::Failed(error.context("--watch")))
                 }
             };
-            let trigger = match next {
-                Next::Upgrade(trigger) => trigger,
-                Next::Reload(reply) => {
-                    if reloading.is_some() {
-                        tracing::warn!("reload: one is already under way");
-                        if let Some(reply) = reply {
-                            reply.send(Err("a reload is already under way".into()));
-                        }
-                        continue;
-                    }
-                    match begin_reload(watcher, notifier, settings, reply) {
-                        Begun::InPlace(in_place) => {
-                            reloading = Some(in_place);
-                            continue;
-                        }
-                        Begun::Upgrade(trigger) => trigger,
-                        Begun::Refused => continue,
-                    }
-                }
-                Next::Reloaded(outcome) => {
-                    let done = reloading.take().expect("a reload was under way");
-                    let applied = Applied {
-                        args,
-                        settings,
-                        workers,
-                        signals,
-                    };
-                    finish_reload(watcher, notifier, applied, done, outcome).await;
-                    continue;
-                }
+            let next = match step {
+                Step::Next(next) => next,
+                Step::Continue => continue,
+                Step::End(ending) => return ending,
+            };
+            let applied = Applied {
+                args,
+                settings,
+                workers,
+                signals,
+            };
+            let Some(trigger) = take_next(next, &mut reloading, watcher, notifier, applied).await
+            else {
+                continue;
             };
             let upgrading = Upgrade {
                 watcher,
@@ -178,6 +112,93 @@ impl Cluster {
             if let Some(ending) = upgrading.run(trigger).await {
                 return ending;
             }
+        }
+    }
+}
+
+/// Serves the connections the old watcher passes on while it stops, until it is gone;
+/// never ends.
+async fn from_predecessor(
+    predecessor: Option<cluster_watcher::PredecessorLink>,
+    watcher: &ClusterWatcher,
+) {
+    if let Some(link) = predecessor {
+        let passed = link.serve_connections(watcher).await;
+        tracing::info!(connections = passed, "upgrade: the old watcher is gone");
+    }
+    std::future::pending::<()>().await
+}
+
+/// What one turn of the serving loop came to.
+enum Step {
+    Next(Next),
+    Continue,
+    End(Ending),
+}
+
+/// What a signal means for the serving loop.
+fn on_signal(supervised: Supervised, logging: &Logging) -> Step {
+    match supervised {
+        Supervised::Stop(cause) => Step::End(Ending::Stop(cause)),
+        Supervised::Upgrade => Step::Next(Next::Upgrade(Trigger::Signal)),
+        Supervised::Reload => Step::Next(Next::Reload(None)),
+        Supervised::ReopenLogs => {
+            if let Err(why) = logging.reopen("signal") {
+                tracing::warn!(error = why, "cannot reopen the log");
+            }
+            Step::Continue
+        }
+    }
+}
+
+/// What a control request the program carries out means for the serving loop.
+fn on_request(request: ProgramRequest, logging: &Logging) -> Step {
+    match request {
+        ProgramRequest::Stop(reply) => {
+            reply.send(());
+            Step::End(Ending::Stop("cluster stop"))
+        }
+        ProgramRequest::Upgrade(reply) => Step::Next(Next::Upgrade(Trigger::Control(reply))),
+        ProgramRequest::Reload(reply) => Step::Next(Next::Reload(Some(reply))),
+        ProgramRequest::ReopenLogs(reply) => {
+            reply.send(logging.reopen("cluster logs --reopen"));
+            Step::Continue
+        }
+    }
+}
+
+/// Carries out a reload or its outcome; says when an upgrade is due (an upgrade asked for,
+/// or a reload the running watcher cannot make in place).
+async fn take_next(
+    next: Next,
+    reloading: &mut Option<reload::InPlace>,
+    watcher: &ClusterWatcher,
+    notifier: &systemd::Notifier,
+    applied: Applied<'_>,
+) -> Option<Trigger> {
+    match next {
+        Next::Upgrade(trigger) => Some(trigger),
+        Next::Reload(reply) => {
+            if reloading.is_some() {
+                tracing::warn!("reload: one is already under way");
+                if let Some(reply) = reply {
+                    reply.send(Err("a reload is already under way".into()));
+                }
+                return None;
+            }
+            match begin_reload(watcher, notifier, applied.settings, reply) {
+                Begun::InPlace(in_place) => {
+                    *reloading = Some(in_place);
+                    None
+                }
+                Begun::Upgrade(trigger) => Some(trigger),
+                Begun::Refused => None,
+            }
+        }
+        Next::Reloaded(outcome) => {
+            let done = reloading.take().expect("a reload was under way");
+            finish_reload(watcher, notifier, applied, done, outcome).await;
+            None
         }
     }
 }

@@ -54,7 +54,6 @@ pub const MAX_RESPONSE: usize = 16 << 20;
 /// What a client asks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "kebab-case", deny_unknown_fields)]
-#[non_exhaustive]
 pub enum Request {
     /// A snapshot of every worker.
     Status,
