@@ -194,8 +194,10 @@ impl WorkerBootstrap {
 /// How client connections reach workers.
 ///
 /// What each mode means for the watcher and for a worker is answered in one place,
-/// [`Balance::traits`]: adding a mode is a variant here, its line there, and (if it picks
-/// workers by a new rule) one module of `cluster-watcher`'s `balance/`.
+/// [`Balance::traits`]: adding a mode is a variant here, its line there and in
+/// [`Balance::as_str`] (the compiler asks for both), its place in [`Balance::ALL`] (which the
+/// command line's list and error messages are built from), and (if it picks workers by a
+/// new rule) one module of `cluster-watcher`'s `balance/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Balance {

@@ -97,8 +97,7 @@ impl ClusterWatcher {
             created: std::time::Instant::now(),
             draining: std::sync::atomic::AtomicBool::new(false),
             log_drops: std::sync::OnceLock::new(),
-            app_metrics: Mutex::default(),
-            metrics_ports: crate::appmetrics::MetricsPorts::default(),
+            app_metrics: Arc::default(),
         });
         Self {
             remote: Remote::new(commands.downgrade(), shared.clone()),
@@ -177,9 +176,13 @@ impl ClusterWatcher {
             self.shared.driver_running.store(true, Ordering::SeqCst);
             if self.shared.config().app_metrics_ports {
                 let shared = Arc::downgrade(&self.shared);
+                let interval = move || shared.upgrade().map(|s| s.config().metrics_interval);
                 spawn_in(
                     self.shared.span.clone(),
-                    crate::appmetrics::keep_reading(shared),
+                    crate::appmetrics::keep_reading(
+                        Arc::downgrade(&self.shared.app_metrics),
+                        interval,
+                    ),
                 );
             }
         }

@@ -54,7 +54,9 @@
 //!   the control server's `answer` must handle it (here, or as a [`ProgramRequest`] for the
 //!   embedding program), and the `cluster` binary's client must build and print it.
 //! * **A balance mode** is one variant of [`Balance`] and its line in `Balance::traits` (the
-//!   one `match` every question about a mode is answered by, on both sides); if it picks
+//!   one `match` every question about a mode is answered by, on both sides) and in
+//!   `Balance::as_str` (the compiler asks for both), plus its place in `Balance::ALL`, the
+//!   list the command line shows and checks against; if it picks
 //!   workers by a rule of its own, that rule is one more arm of `balance/pick.rs`'s `Rule`,
 //!   a pure function with its own tests.
 //! * **A timer** is one variant of the core's `Timer` and one arm of `Supervisor::expire`;

@@ -39,10 +39,9 @@ pub(crate) struct Shared {
     pub(crate) driver_running: std::sync::atomic::AtomicBool,
     /// Set by the embedding program to report not-ready while it still serves (a stop delay).
     pub(crate) draining: std::sync::atomic::AtomicBool,
-    /// The workers' application metrics.
-    pub(crate) app_metrics: Mutex<crate::appmetrics::AppMetrics>,
-    /// Program mode: the port each worker serves its metrics on.
-    pub(crate) metrics_ports: crate::appmetrics::MetricsPorts,
+    /// The workers' application metrics, and (program mode) the port each worker serves
+    /// its own on.
+    pub(crate) app_metrics: Arc<crate::appmetrics::Collection>,
     /// Set by the embedding program: how many of its log lines it dropped.
     pub(crate) log_drops: std::sync::OnceLock<Box<dyn Fn() -> u64 + Send + Sync>>,
 }

@@ -69,6 +69,7 @@ fn connect(env: &'static WorkerEnv) -> Result<Link, WorkerError> {
     let (inbox_tx, inbox) = mpsc::unbounded_channel();
     tokio::spawn(read_watcher(events, state_tx, inbox_tx));
     let counters = Counters::default();
+    crate::metrics::attach(control.clone());
     tokio::spawn(send_heartbeats(
         control.clone(),
         env.heartbeat,

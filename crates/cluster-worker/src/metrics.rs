@@ -19,6 +19,7 @@
 
 use std::sync::OnceLock;
 
+use cluster_ipc::ChannelSender;
 use cluster_ipc::protocol::WorkerToWatcher;
 use parking_lot::{Mutex, MutexGuard};
 use prometheus_client::registry::Registry;
@@ -60,9 +61,19 @@ pub(crate) fn exposition() -> Option<String> {
     Some(text)
 }
 
+/// Where [`flush`] sends: the control channel, given by the link to the watcher when it is
+/// set up (this module depends on nothing above it).
+static SINK: OnceLock<ChannelSender<WorkerToWatcher>> = OnceLock::new();
+
+/// Gives [`flush`] the channel to the watcher (the link calls it once, as it connects).
+pub(crate) fn attach(control: ChannelSender<WorkerToWatcher>) {
+    let _ = SINK.set(control);
+}
+
 /// Sends the metrics to the watcher now: their final values, after the last request of a
 /// worker that drains. The serve loops call it; call it yourself before exiting if you
-/// serve without them. Nothing to do standalone or with nothing registered.
+/// serve without them. Nothing to do standalone, with nothing registered, or before the
+/// worker's link to the watcher is up (its first `listen`).
 ///
 /// # Errors
 /// When the watcher's channel failed.
@@ -70,9 +81,8 @@ pub async fn flush() -> Result<(), WorkerError> {
     let Some(text) = exposition() else {
         return Ok(());
     };
-    match crate::link::link() {
-        Ok(link) => Ok(link.control.send(&WorkerToWatcher::Metrics(text)).await?),
-        Err(WorkerError::NotAWorker) => Ok(()),
-        Err(e) => Err(e),
+    match SINK.get() {
+        Some(control) => Ok(control.send(&WorkerToWatcher::Metrics(text)).await?),
+        None => Ok(()),
     }
 }

@@ -227,11 +227,7 @@ impl clap::builder::TypedValueParser for BalanceParser {
                     mode,
                     key: (mode == Balance::Hash).then_some(HashKey::Ip),
                 })
-                .ok_or_else(|| {
-                    "use shared, round-robin, reuseport, least-conn or \
-                     hash=ip|header:NAME|cookie:NAME|query:NAME"
-                        .to_owned()
-                }),
+                .ok_or_else(|| format!("use {}", modes_listed())),
         };
         choice.map_err(|why| {
             let name = argument.map_or_else(|| "--balance".to_owned(), ToString::to_string);
@@ -260,5 +256,22 @@ impl clap::builder::TypedValueParser for BalanceParser {
         ]
         .map(|(name, help)| PossibleValue::new(name).help(help));
         Some(Box::new(modes.chain(keyed)))
+    }
+}
+
+/// Every mode the command line takes, from `Balance::ALL`, the hash forms spelled out.
+fn modes_listed() -> String {
+    use cluster_watcher::Balance;
+    let modes: Vec<String> = Balance::ALL
+        .iter()
+        .map(|mode| match mode {
+            Balance::Hash => "hash=ip|header:NAME|cookie:NAME|query:NAME".to_owned(),
+            other => other.as_str().to_owned(),
+        })
+        .collect();
+    match modes.split_last() {
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
     }
 }

@@ -35,6 +35,14 @@ struct Retired {
     sums: Vec<(SeriesKey, f64)>,
 }
 
+/// Every worker's application metrics: the merged store, and where each program given
+/// listeners serves its own.
+#[derive(Debug, Default)]
+pub(crate) struct Collection {
+    pub(crate) store: parking_lot::Mutex<AppMetrics>,
+    pub(crate) ports: MetricsPorts,
+}
+
 /// The store. See the module docs.
 #[derive(Debug, Default)]
 pub(crate) struct AppMetrics {

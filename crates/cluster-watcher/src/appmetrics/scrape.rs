@@ -23,7 +23,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::WorkerId;
-use crate::shared::Shared;
+use super::Collection;
 
 /// How long one worker's metrics may take to read.
 pub(crate) const SCRAPE_TIMEOUT: Duration = Duration::from_millis(500);
@@ -76,13 +76,13 @@ impl MetricsPorts {
 /// Reads every worker's metrics at once into the store, waiting at most `patience`: reads
 /// still going then finish in the background (a worker that never answers delays a scrape
 /// by `patience`, not by [`SCRAPE_TIMEOUT`]), and the scrape shows their previous values.
-pub(crate) async fn scrape_all(shared: &Arc<Shared>, patience: Duration) {
+pub(crate) async fn scrape_all(collection: &Arc<Collection>, patience: Duration) {
     let mut reads = tokio::task::JoinSet::new();
-    for (id, port) in shared.metrics_ports.all() {
-        let shared = shared.clone();
+    for (id, port) in collection.ports.all() {
+        let collection = collection.clone();
         reads.spawn(async move {
             if let Ok(text) = read(port).await {
-                record(&shared, id, &text);
+                record(&collection, id, &text);
             }
         });
     }
@@ -93,49 +93,55 @@ pub(crate) async fn scrape_all(shared: &Arc<Shared>, patience: Duration) {
 }
 
 /// Reads one worker's metrics into the store (before it is asked to stop).
-pub(crate) async fn scrape_one(shared: &Shared, id: WorkerId) {
-    let Some(port) = shared.metrics_ports.of(id) else {
+pub(crate) async fn scrape_one(collection: &Collection, id: WorkerId) {
+    let Some(port) = collection.ports.of(id) else {
         return;
     };
     if let Ok(text) = read(port).await {
-        record(shared, id, &text);
+        record(collection, id, &text);
     }
 }
 
 /// Reads a stopping worker's metrics every [`FOLLOW_EVERY`] until it has exited (its port is
 /// forgotten then), so what it answers while it drains is counted too; no longer than its
 /// shutdown timeout and a second (a watcher dropped meanwhile never sees the exit).
-pub(crate) async fn follow_until_gone(shared: &Shared, id: WorkerId) {
-    let until =
-        tokio::time::Instant::now() + shared.config().shutdown_timeout + Duration::from_secs(1);
-    while shared.metrics_ports.has(id) && tokio::time::Instant::now() < until {
+pub(crate) async fn follow_until_gone(
+    collection: &Collection,
+    id: WorkerId,
+    shutdown_timeout: Duration,
+) {
+    let until = tokio::time::Instant::now() + shutdown_timeout + Duration::from_secs(1);
+    while collection.ports.has(id) && tokio::time::Instant::now() < until {
         tokio::time::sleep(FOLLOW_EVERY).await;
-        scrape_one(shared, id).await;
+        scrape_one(collection, id).await;
     }
 }
 
 /// Keeps what `id` reported, unless it has exited meanwhile. Checked under the store's lock,
 /// and the driver forgets a worker's port before it retires its counts, so a read either
 /// lands before the retirement or not at all.
-fn record(shared: &Shared, id: WorkerId, text: &str) {
-    let mut store = shared.app_metrics.lock();
-    if shared.metrics_ports.has(id) {
+fn record(collection: &Collection, id: WorkerId, text: &str) {
+    let mut store = collection.store.lock();
+    if collection.ports.has(id) {
         let _ = store.update(id, text);
     }
 }
 
-/// Reads the workers every `metrics_interval` (as the configuration in force says: a reload
-/// may change it), for as long as the watcher lives.
-pub(crate) async fn keep_reading(shared: std::sync::Weak<Shared>) {
+/// Reads the workers every `interval()` (the configuration in force: a reload may change
+/// it), for as long as the watcher lives (`interval` says `None` once it is gone).
+pub(crate) async fn keep_reading(
+    collection: std::sync::Weak<Collection>,
+    interval: impl Fn() -> Option<Duration>,
+) {
     loop {
-        let Some(every) = shared.upgrade().map(|s| s.config().metrics_interval) else {
+        let Some(every) = interval() else {
             return;
         };
         tokio::time::sleep(every.max(Duration::from_millis(100))).await;
-        let Some(shared) = shared.upgrade() else {
+        let Some(collection) = collection.upgrade() else {
             return;
         };
-        scrape_all(&shared, SCRAPE_TIMEOUT).await;
+        scrape_all(&collection, SCRAPE_TIMEOUT).await;
     }
 }
 

@@ -15,9 +15,6 @@ use super::handoff::{Balancer, ClientPipe, Route};
 use super::hash;
 use crate::task::spawn_in;
 
-/// The most connections whose request head the watcher reads at once for their key; past
-/// it, a connection is hashed by its address.
-pub(super) const MAX_READING: usize = 1024;
 
 impl Balancer {
     /// Connections still queued for a worker that has exited go to the other workers, so a
@@ -119,7 +116,7 @@ impl Balancer {
 
     /// Hands a connection on, by its key in the sticky modes. A key in the request is read
     /// from its head in a task of its own (the accept loop goes on), at most
-    /// [`MAX_READING`] at once; past that, or when the head does not give the key, the
+    /// [`MAX_READING`](super::handoff::MAX_READING) at once; past that, or when the head does not give the key, the
     /// client's address is the key.
     pub(super) async fn dispatch(
         self: &Arc<Self>,

@@ -50,6 +50,10 @@ pub(crate) fn bound_handoff_queue(pipe: &impl std::os::fd::AsFd) -> std::io::Res
     )?)
 }
 
+/// The most connections whose request head the watcher reads at once for their key; past
+/// it, a connection is hashed by its address.
+pub(super) const MAX_READING: usize = 1024;
+
 pub(crate) type ClientPipe = Arc<ClientSocketSendPipe<ClientMeta>>;
 
 /// One worker's connections: sent by the watcher, closed as the worker reported.
@@ -175,7 +179,7 @@ impl Balancer {
             epoch: std::time::Instant::now(),
             successor: std::sync::OnceLock::new(),
             hash_key,
-            reading: Arc::new(tokio::sync::Semaphore::new(super::accept::MAX_READING)),
+            reading: Arc::new(tokio::sync::Semaphore::new(MAX_READING)),
             hash_fallbacks: AtomicU64::new(0),
             dice: AtomicU64::new(0x2545_f491_4f6c_dd1d),
             preferred: Mutex::new(Vec::new()),

@@ -77,8 +77,9 @@ impl Remote {
     /// The workers' application metrics (OpenMetrics families) and the families not merged;
     /// programs given listeners are read first.
     pub(crate) async fn app_metrics(&self) -> Option<(String, Vec<String>)> {
-        crate::appmetrics::scrape_all(&self.shared, crate::appmetrics::SCRAPE_PATIENCE).await;
-        let metrics = self.shared.app_metrics.lock();
+        let collection = &self.shared.app_metrics;
+        crate::appmetrics::scrape_all(collection, crate::appmetrics::SCRAPE_PATIENCE).await;
+        let metrics = collection.store.lock();
         (!metrics.is_empty()).then(|| metrics.render())
     }
 

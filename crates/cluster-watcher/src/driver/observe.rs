@@ -6,6 +6,8 @@
 
 use std::collections::HashSet;
 
+use procfs::process::{FDTarget, Process};
+
 use crate::core::Observation;
 use crate::shared::Shared;
 
@@ -34,24 +36,25 @@ pub(crate) fn look(pid: u32, listeners: &HashSet<u64>) -> Observation {
 }
 
 fn look_at(pid: u32, listeners: &HashSet<u64>) -> Observation {
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+    let Ok(process) = Process::new(pid as i32) else {
+        return Observation::Unknown;
+    };
+    let Ok(fds) = process.fd() else {
         return Observation::Unknown;
     };
     let mut event_loop = false;
     for fd in fds.flatten() {
-        let Ok(target) = std::fs::read_link(fd.path()) else {
-            continue;
-        };
-        if target.as_os_str() != "anon_inode:[eventpoll]" {
+        if !matches!(&fd.target, FDTarget::AnonInode(kind) if kind == "[eventpoll]") {
             continue;
         }
         event_loop = true;
-        let info = format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy());
+        // procfs does not parse an epoll set's `fdinfo`: read here.
+        let info = format!("/proc/{pid}/fdinfo/{}", fd.fd);
         if std::fs::read_to_string(info).is_ok_and(|text| watches(&text, listeners)) {
             return Observation::Listening;
         }
     }
-    if accepting(pid) {
+    if accepting(&process) {
         return Observation::Listening;
     }
     match event_loop {
@@ -70,14 +73,15 @@ fn watches(fdinfo: &str, listeners: &HashSet<u64>) -> bool {
         .any(|inode| listeners.contains(&inode))
 }
 
-/// Whether a thread of `pid` is blocked in `accept`.
-fn accepting(pid: u32) -> bool {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+/// Whether a thread of `process` is blocked in `accept` (procfs reads a process's `wchan`
+/// but not a thread's: read here).
+fn accepting(process: &Process) -> bool {
+    let Ok(tasks) = process.tasks() else {
         return false;
     };
     tasks.flatten().any(|task| {
-        std::fs::read_to_string(task.path().join("wchan"))
-            .is_ok_and(|wchan| wchan.trim() == "inet_csk_accept")
+        let wchan = format!("/proc/{}/task/{}/wchan", task.pid, task.tid);
+        std::fs::read_to_string(wchan).is_ok_and(|wchan| wchan.trim() == "inet_csk_accept")
     })
 }
 
@@ -88,17 +92,11 @@ fn tree(pid: u32) -> Vec<u32> {
     while next < all.len() && all.len() < 256 {
         let current = all[next];
         next += 1;
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{current}/task")) else {
+        let Ok(tasks) = Process::new(current as i32).and_then(|p| p.tasks()) else {
             continue;
         };
         for task in tasks.flatten() {
-            if let Ok(children) = std::fs::read_to_string(task.path().join("children")) {
-                all.extend(
-                    children
-                        .split_whitespace()
-                        .filter_map(|c| c.parse::<u32>().ok()),
-                );
-            }
+            all.extend(task.children().unwrap_or_default());
         }
     }
     all

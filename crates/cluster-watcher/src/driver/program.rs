@@ -58,7 +58,7 @@ pub(crate) fn command(
             config.heartbeat_timeout.as_micros().to_string(),
         );
     if config.app_metrics_ports {
-        let port = shared.metrics_ports.assign(id)?;
+        let port = shared.app_metrics.ports.assign(id)?;
         command
             .env("CLUSTER_METRICS_PORT", port.to_string())
             .env("CLUSTER_METRICS_ADDR", format!("127.0.0.1:{port}"));
