@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use cluster_testkit::{WsEnd, WsLoad, WsSession};
 use rustix::process::Signal;
 use support::long_lived::{
-    deaf_websocket, h2load_rows, pushy_http2, read_event_stream, stalled_event_stream,
+    GoAway, deaf_websocket, goaway_listener, h2load_rows, pushy_http2, read_event_stream,
+    stalled_event_stream,
 };
 use support::{ClusterProcess, Load, free_port, process_running, workspace_bin};
 
@@ -199,6 +200,40 @@ fn http2_streams_survive_three_rolling_restarts_under_h2load() {
     assert!(ok > 1000, "{summary}");
     assert_eq!(failed, 0, "{summary}");
     assert!(unsent * 100 <= ok, "{unsent} never sent of {ok}");
+    cluster.signal(Signal::TERM);
+    assert!(cluster.wait(LIMIT).success(), "{}", cluster.output());
+}
+
+/// RFC 9113 §6.8's two-phase GOAWAY, read off the wire: at a restart an idle HTTP/2 client
+/// is told first "no new streams soon" (last stream 2^31-1, NO_ERROR), then, after a PING
+/// round trip, the last stream the server processed (1, NO_ERROR), and the connection ends.
+#[test]
+fn an_http2_connection_gets_the_two_phase_goaway_with_no_error_at_a_restart() {
+    let (mut cluster, port) = start("1", &[]);
+    let (connected, answered) = std::sync::mpsc::channel();
+    let listener = goaway_listener(port, connected);
+    answered
+        .recv_timeout(LIMIT)
+        .expect("the answer to the first request");
+    cluster.signal(Signal::USR1);
+    cluster.wait_for("rolling restart complete", LIMIT);
+    let goaways = listener.join().unwrap();
+    eprintln!("GOAWAY frames at a restart: {goaways:?}");
+    assert_eq!(
+        goaways,
+        [
+            GoAway {
+                last_stream: (1 << 31) - 1,
+                code: 0
+            },
+            GoAway {
+                last_stream: 1,
+                code: 0
+            }
+        ],
+        "{}",
+        cluster.output()
+    );
     cluster.signal(Signal::TERM);
     assert!(cluster.wait(LIMIT).success(), "{}", cluster.output());
 }

@@ -163,3 +163,68 @@ pub fn h2load_rows(log: &str) -> (u64, u64, u64) {
     }
     (ok, failed, unsent)
 }
+
+/// A GOAWAY frame as received: the last stream the server will process, and the error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GoAway {
+    pub last_stream: u32,
+    pub code: u32,
+}
+
+/// A polite HTTP/2 client (h2c, prior knowledge) that makes one request (`GET /`, stream 1),
+/// then stays idle, acknowledging the server's SETTINGS and PINGs, and records every GOAWAY
+/// until the server closes the connection (at most 30 s). `connected` is sent once the
+/// answer to its request arrived.
+pub fn goaway_listener(
+    port: u16,
+    connected: std::sync::mpsc::Sender<()>,
+) -> JoinHandle<Vec<GoAway>> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    std::thread::spawn(move || {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        hello.extend(frame(4, 0, 0, &[])); // SETTINGS
+        // HPACK: :method GET, :scheme http, :path /, :authority "x"; END_STREAM | END_HEADERS.
+        hello.extend(frame(1, 0x5, 1, &[0x82, 0x86, 0x84, 0x01, 0x01, b'x']));
+        stream.write_all(&hello).unwrap();
+        let mut goaways = Vec::new();
+        let mut header = [0u8; 9];
+        while stream.read_exact(&mut header).is_ok() {
+            let length = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+            let (kind, flags) = (header[3], header[4]);
+            let id = u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & !(1 << 31);
+            let mut payload = vec![0u8; length];
+            if stream.read_exact(&mut payload).is_err() {
+                break;
+            }
+            let reply = match kind {
+                // SETTINGS (not an ACK): acknowledged.
+                4 if flags & 1 == 0 => Some(frame(4, 1, 0, &[])),
+                // PING (not an ACK): answered, which lets the server send its final GOAWAY.
+                6 if flags & 1 == 0 => Some(frame(6, 1, 0, &payload)),
+                7 if payload.len() >= 8 => {
+                    goaways.push(GoAway {
+                        last_stream: u32::from_be_bytes(payload[..4].try_into().unwrap())
+                            & !(1 << 31),
+                        code: u32::from_be_bytes(payload[4..8].try_into().unwrap()),
+                    });
+                    None
+                }
+                // The end of the answer to stream 1 (END_STREAM on DATA or HEADERS).
+                0 | 1 if id == 1 && flags & 1 == 1 => {
+                    let _ = connected.send(());
+                    None
+                }
+                _ => None,
+            };
+            if let Some(reply) = reply
+                && stream.write_all(&reply).is_err()
+            {
+                break;
+            }
+        }
+        goaways
+    })
+}

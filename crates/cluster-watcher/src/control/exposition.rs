@@ -47,6 +47,7 @@ struct Families {
     backoff: FloatGauge,
     queued: Family<SlotLabel, Gauge>,
     open: Family<SlotLabel, Gauge>,
+    draining_open: Family<SlotLabel, Gauge>,
     rolling: Family<OutcomeLabel, Counter>,
     log_dropped: Counter,
 }
@@ -80,6 +81,12 @@ impl Families {
         r.register("listen_queue", help, self.queued.clone());
         let help = "Connections handed to the worker and not yet closed (least-conn)";
         r.register("worker_open_connections", help, self.open.clone());
+        let help = "Connections still open in the slot's stopping workers (a drain's progress)";
+        r.register(
+            "stopping_open_connections",
+            help,
+            self.draining_open.clone(),
+        );
         r.register(
             "rolling_restarts",
             "Rolling restarts by outcome",
@@ -111,6 +118,14 @@ impl Families {
         }
         for worker in slot.workers.iter().filter(|w| w.current) {
             self.current_worker(&label, worker);
+        }
+        let stopping = slot.workers.iter().filter(|w| !w.current);
+        let open: Option<u64> = stopping
+            .filter_map(|w| w.open_connections)
+            .reduce(|a, b| a + b);
+        if let Some(open) = open {
+            let open = i64::try_from(open).unwrap_or(i64::MAX);
+            self.draining_open.get_or_create(&label).set(open);
         }
     }
 
@@ -176,4 +191,43 @@ pub fn exposition(status: &ClusterStatus) -> String {
     let mut text = String::new();
     let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::WorkerId;
+
+    fn worker(generation: u32, current: bool, open: u64) -> WorkerStatus {
+        let id = WorkerId {
+            slot: 1,
+            generation,
+        };
+        let mut worker = WorkerStatus::new(
+            id,
+            100 + generation,
+            WorkerPhase::Ready,
+            current,
+            Duration::ZERO,
+        );
+        worker.open_connections = Some(open);
+        worker
+    }
+
+    #[test]
+    fn a_draining_workers_open_connections_are_shown_apart_from_the_current_ones() {
+        let workers = vec![worker(1, false, 7), worker(2, true, 3)];
+        let slot = SlotStatus::new(1, true, 2, workers, None, Default::default(), None);
+        let text = exposition(&ClusterStatus::new(true, vec![slot]));
+        assert!(
+            text.contains("cluster_worker_open_connections{slot=\"1\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("cluster_stopping_open_connections{slot=\"1\"} 7"),
+            "{text}"
+        );
+    }
 }
