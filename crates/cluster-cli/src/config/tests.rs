@@ -76,3 +76,37 @@ fn the_shipped_example_file_is_valid() {
     assert_eq!(file.program_arguments()[1], "/usr/local/bin/app");
     assert!(file.option_arguments(|_| false).len() > 20);
 }
+
+#[test]
+fn the_shipped_example_file_names_every_key() {
+    let text = include_str!("../../../../contrib/cluster.toml");
+    let written: Vec<&str> = text
+        .lines()
+        .map(|line| line.trim_start_matches(['#', ' ']))
+        .filter_map(|line| line.split_once(" =").map(|(key, _)| key))
+        .collect();
+    let command = Args::command();
+    let missing: Vec<&str> = command
+        .get_arguments()
+        .filter(|arg| !["help", "version", "config"].contains(&arg.get_id().as_str()))
+        .filter_map(clap::Arg::get_long)
+        .filter(|long| *long != "env" && !written.contains(long))
+        .collect();
+    assert!(missing.is_empty(), "contrib/cluster.toml lacks {missing:?}");
+    // The keys written as comments are valid too, once uncommented.
+    let uncommented: String = text
+        .lines()
+        .map(|line| match line.strip_prefix("# ") {
+            Some(rest)
+                if rest.split_once(" = ").is_some_and(|(key, _)| {
+                    key.chars().all(|c| c.is_ascii_lowercase() || c == '-')
+                }) =>
+            {
+                rest
+            }
+            _ => line,
+        })
+        .map(|line| format!("{line}\n"))
+        .collect();
+    parse(&uncommented).unwrap();
+}
