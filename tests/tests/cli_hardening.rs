@@ -280,3 +280,69 @@ fn cpu_affinity_pins_each_slot_to_its_cpu_across_restarts() {
     assert!(cluster.wait(LIMIT).success());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--cpu-affinity` in reuseport mode: a connection goes to the worker pinned to the CPU
+/// it arrives on (on loopback, the client's CPU), so its packets and its worker share one.
+#[test]
+fn reuseport_steers_each_connection_to_the_worker_pinned_to_its_cpu() {
+    let allowed = rustix::thread::sched_getaffinity(None).unwrap();
+    let mine: Vec<usize> = (0..rustix::thread::CpuSet::MAX_CPU)
+        .filter(|cpu| allowed.is_set(*cpu))
+        .take(2)
+        .collect();
+    if mine.len() < 2 {
+        eprintln!("fewer than two CPUs: nothing to steer between");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("cluster-by-cpu-{}", std::process::id()));
+    let control = dir.join("cluster.sock");
+    let port = free_port();
+    let list = format!("{},{}", mine[0], mine[1]);
+    let address = format!("127.0.0.1:{port}");
+    let mut cluster = ClusterProcess::start(&[
+        "--cpu-affinity",
+        &list,
+        "--balance",
+        "reuseport",
+        "-w",
+        "2",
+        "--control",
+        control.to_str().unwrap(),
+        workspace_bin("hello-http").to_str().unwrap(),
+        &address,
+    ]);
+    cluster.wait_for("all workers ready", LIMIT);
+    let slots = cpus_by_slot(&control);
+    for &cpu in &mine {
+        let served: Vec<String> = std::thread::spawn(move || {
+            let mut set = rustix::thread::CpuSet::new();
+            set.set(cpu);
+            rustix::thread::sched_setaffinity(None, &set).unwrap();
+            (0..40)
+                .map(|_| {
+                    let localhost = std::net::Ipv4Addr::LOCALHOST;
+                    let response = cluster_testkit::http_get_from(localhost, port, "/", "")
+                        .expect("an answer");
+                    cluster_testkit::header_of(&response, "x-cluster-worker")
+                        .unwrap_or("?")
+                        .to_owned()
+                })
+                .collect()
+        })
+        .join()
+        .unwrap();
+        let slot = slots
+            .iter()
+            .find(|(_, cpus)| *cpus == cpu.to_string())
+            .map(|(slot, _)| *slot)
+            .unwrap();
+        eprintln!("connections from CPU {cpu}: served by {served:?} (slot {slot} is pinned there)");
+        assert!(
+            served.iter().all(|worker| worker == &slot.to_string()),
+            "from CPU {cpu}, expected slot {slot} only: {served:?}"
+        );
+    }
+    cluster.signal(Signal::TERM);
+    assert!(cluster.wait(LIMIT).success());
+    let _ = std::fs::remove_dir_all(&dir);
+}

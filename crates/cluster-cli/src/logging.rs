@@ -151,7 +151,7 @@ pub(crate) fn init(args: &Args) -> anyhow::Result<Logging> {
     let mut reopen = None;
     let (sink, ansi): (Box<dyn Write + Send>, bool) = match &args.log_file {
         Some(path) => {
-            let file = LogFile::open(path, args.log_max_size, args.log_keep)
+            let file = LogFile::open(path, args.log_max_size, args.log_keep, args.log_compress)
                 .with_context(|| format!("cannot open log file {}", path.display()))?;
             reopen = Some(file.reopen_handle());
             (Box::new(file), false)

@@ -27,7 +27,9 @@
 //!   [`join_cgroup`] puts it in a cgroup before it runs (so its descendants can be found).
 //! * [`steer_reuseport`] attaches a classic-BPF program that sends a `SO_REUSEPORT` group's
 //!   new connections to chosen members only, at random; [`RoundRobinSteering`] does it in
-//!   strict turn with eBPF where that is allowed (`CAP_BPF`); [`listen_queue`] reads a listener's accept
+//!   strict turn with eBPF where that is allowed (`CAP_BPF`); [`steer_reuseport_by_source`]
+//!   keeps each client address on one member, [`steer_reuseport_by_cpu`] each connection on
+//!   a member pinned to the CPU it arrives on; [`listen_queue`] reads a listener's accept
 //!   queue (`TCP_INFO`).
 //! * [`peer_credentials`] says who is at the other end of a Unix socket (`SO_PEERCRED`),
 //!   also when it lives in another PID namespace.
@@ -81,6 +83,7 @@
 #![deny(unsafe_code)]
 
 mod async_socket;
+mod by_cpu;
 mod convert;
 mod error;
 mod exec;
@@ -95,6 +98,7 @@ mod sticky;
 
 pub use crate::{
     async_socket::{AsyncFdSocket, register},
+    by_cpu::{MAX_PER_CPU, steer_reuseport_by_cpu},
     convert::{FromSocketFd, SocketKind, into_socket},
     error::{Error, SocketKindError},
     exec::{Credentials, join_cgroup, pin_to_cpus, run_as},

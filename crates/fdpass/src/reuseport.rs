@@ -105,7 +105,7 @@ pub(crate) fn check_indexes(indexes: &[u32]) -> io::Result<()> {
 }
 
 /// `random % indexes.len()`, then a jump table onto `indexes`.
-fn steering_program(indexes: &[u32]) -> Vec<libc::sock_filter> {
+pub(crate) fn steering_program(indexes: &[u32]) -> Vec<libc::sock_filter> {
     let op = |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter {
         code: u16::try_from(code).expect("BPF opcodes fit 16 bits"),
         jt,

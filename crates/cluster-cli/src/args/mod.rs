@@ -113,6 +113,10 @@ pub(crate) struct Args {
     #[arg(long, env = "CLUSTER_LOG_KEEP", value_name = "N", default_value_t = 5)]
     pub(crate) log_keep: usize,
 
+    /// With --log-max-size: gzip the rotated copies (FILE.1.gz …), in the background
+    #[arg(long, env = "CLUSTER_LOG_COMPRESS", value_name = "BOOL", num_args = 0..=1, default_value_t = false, default_missing_value = "true", requires = "log_max_size")]
+    pub(crate) log_compress: bool,
+
     /// Also reopen the log file on this signal (logrotate's postrotate convention;
     /// `cluster logs --reopen` does the same without one). Given USR1 or HUP, that signal
     /// reopens the log instead of restarting or reloading

@@ -30,7 +30,7 @@ use cluster_ipc::protocol::{Balance, BalanceTraits};
 pub(crate) use self::handoff::{Balancer, ClientPipe, bound_handoff_queue};
 pub use self::hash::{HashKey, HashKeyError};
 pub(crate) use self::pick::Rule;
-pub(crate) use self::steering::{Steering, queued_by_slot};
+pub(crate) use self::steering::{SteerBy, Steering, queued_by_slot};
 
 /// What the watcher does for a balance mode.
 #[derive(Debug, Clone, Copy)]

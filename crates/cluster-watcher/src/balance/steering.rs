@@ -19,6 +19,10 @@
 //! slot that address hashes to (`fdpass::steer_reuseport_by_source`, rendezvous hashing, the
 //! same choice as `hash` mode's in the watcher), so a slot's replacement gets its clients
 //! back and only the clients of a slot that is down go elsewhere meanwhile.
+//!
+//! With `--cpu-affinity` the program is always there too: a connection goes to a live slot
+//! pinned to the CPU the kernel processes it on (`fdpass::steer_reuseport_by_cpu`), so its
+//! packets and its worker share a CPU; a CPU without a live slot sends to any live one.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::fd::OwnedFd;
@@ -33,18 +37,51 @@ pub(crate) struct Steering {
     applied: HashMap<ListenAddress, (Vec<u32>, Option<Vec<u32>>)>,
     /// The exact round-robin, once tried: `None` inside when eBPF is not allowed here.
     round_robin: Option<Option<fdpass::RoundRobinSteering>>,
-    /// Steer by the client's address (`hash=ip`) instead.
-    by_source: bool,
+    /// What the program steers by.
+    by: SteerBy,
     /// Slow start: the slots ramping up and their shares in thousandths.
     weights: BTreeMap<u32, u16>,
 }
 
+/// What a group's program steers by.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) enum SteerBy {
+    /// Nothing but liveness: spread over the live slots (in turn where eBPF is allowed).
+    #[default]
+    Spread,
+    /// The client's address (`hash=ip`).
+    Source,
+    /// The CPU a connection arrives on: slot `i` is pinned to `cpus[(i - 1) % len]`
+    /// (`--cpu-affinity`, as `WatcherConfig::cpus_of` says).
+    Cpu(Vec<u32>),
+}
+
+impl SteerBy {
+    /// Steering by the client's address in sticky mode, else by CPU when slots are pinned
+    /// to `cpus`, else spreading.
+    pub(crate) fn new(by_source: bool, cpus: &[usize]) -> Self {
+        let cpus: Vec<u32> = cpus.iter().filter_map(|&c| u32::try_from(c).ok()).collect();
+        match (by_source, cpus.is_empty()) {
+            (true, _) => Self::Source,
+            (false, true) => Self::Spread,
+            (false, false) => Self::Cpu(cpus),
+        }
+    }
+
+    /// The CPU `slot` is pinned to, when steering by CPU.
+    fn cpu_of(&self, slot: u32) -> Option<u32> {
+        match self {
+            Self::Cpu(cpus) => cpus.get((slot.max(1) as usize - 1) % cpus.len()).copied(),
+            _ => None,
+        }
+    }
+}
+
 impl Steering {
-    /// Steering that spreads connections (`by_source` false) or keeps each client address
-    /// on one slot.
-    pub(crate) fn new(by_source: bool) -> Self {
+    /// Steering by `by`.
+    pub(crate) fn new(by: SteerBy) -> Self {
         Self {
-            by_source,
+            by,
             ..Self::default()
         }
     }
@@ -63,7 +100,7 @@ impl Steering {
         if groups.is_empty() {
             return;
         }
-        if !self.by_source {
+        if self.by == SteerBy::Spread {
             self.round_robin.get_or_insert_with(|| {
                 match fdpass::RoundRobinSteering::new() {
                     Ok(steering) => {
@@ -96,7 +133,7 @@ impl Steering {
                         .map(|&p| order[p as usize])
                         .collect();
                     if wanted.is_some() {
-                        tracing::debug!(address = %group.address, slots = ?steered, by_source = self.by_source, "new connections steered to the live slots");
+                        tracing::debug!(address = %group.address, slots = ?steered, by = ?self.by, "new connections steered to the live slots");
                     } else {
                         tracing::debug!(address = %group.address, "new connections spread over every slot");
                     }
@@ -113,8 +150,8 @@ impl Steering {
     /// steered to (`None`: no program, the kernel's hash).
     fn wanted(&self, order: &[u32], positions: Vec<u32>) -> Option<Vec<u32>> {
         let every = || (0u32..).take(order.len()).collect();
-        if self.by_source {
-            // By address over the live slots; over all of them while none is live.
+        if self.by != SteerBy::Spread {
+            // By address or CPU over the live slots; over all of them while none is live.
             return Some(if positions.is_empty() {
                 every()
             } else {
@@ -139,10 +176,20 @@ impl Steering {
         let Some(positions) = wanted else {
             return fdpass::unsteer_reuseport(first);
         };
-        if self.by_source {
-            let members: Vec<(u32, u32)> =
-                positions.iter().map(|&p| (order[p as usize], p)).collect();
-            return fdpass::steer_reuseport_by_source(first, &members);
+        match &self.by {
+            SteerBy::Source => {
+                let members: Vec<(u32, u32)> =
+                    positions.iter().map(|&p| (order[p as usize], p)).collect();
+                return fdpass::steer_reuseport_by_source(first, &members);
+            }
+            SteerBy::Cpu(_) => {
+                let by_cpu: Vec<(u32, u32)> = positions
+                    .iter()
+                    .filter_map(|&p| self.by.cpu_of(order[p as usize]).map(|cpu| (cpu, p)))
+                    .collect();
+                return fdpass::steer_reuseport_by_cpu(first, &by_cpu, positions);
+            }
+            SteerBy::Spread => {}
         }
         match self.round_robin.as_ref().and_then(Option::as_ref) {
             Some(rr) => rr.steer(first, positions),
