@@ -33,6 +33,10 @@ fi
 if [ ! -d target/peers/node_modules/socket.io ]; then
     npm install --silent --prefix target/peers socket.io@4.8 >/dev/null
 fi
+# prom-client, the Node metrics peer (an unmodified server serving its own registry).
+if [ ! -d target/peers/node_modules/prom-client ]; then
+    npm install --silent --prefix target/peers prom-client@15 >/dev/null
+fi
 # The `ws` package, for the WebSocket peer comparison (target/release/ws-peers), not the tests.
 if [ "${CLUSTER_PEERS_WS:-0}" = 1 ] && [ ! -d target/peers/node_modules/ws ]; then
     npm install --silent --prefix target/peers ws@8 >/dev/null

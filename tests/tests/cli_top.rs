@@ -43,8 +43,25 @@ fn json_lines_give_every_worker_with_its_rates() {
     let mut lines = BufReader::new(top.stdout.take().unwrap()).lines();
     let _first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
     let second: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    // Under load, requests a second show (reported with the workers' heartbeats).
+    let load = support::Load::start(cluster.port(), 1);
+    let serving = lines.take(40).find_map(|line| {
+        let frame: Value = serde_json::from_str(&line.unwrap()).unwrap();
+        let rates: f64 = frame["rows"]
+            .as_array()?
+            .iter()
+            .filter_map(|row| row["requests_per_second"].as_f64())
+            .sum();
+        (rates > 0.0).then_some(rates)
+    });
+    let (ok, _, _) = load.finish();
     let _ = top.kill();
     let _ = top.wait();
+    eprintln!("top under load: {serving:?} requests a second ({ok} answered)");
+    assert!(
+        serving.is_some(),
+        "no requests a second shown for {ok} requests"
+    );
     assert_eq!(second["name"], "topped");
     assert_eq!(second["ready"], 2);
     let rows = second["rows"].as_array().unwrap();
@@ -144,10 +161,23 @@ fn the_terminal_view_scales_survives_a_kill_and_a_resize_and_quits() {
     assert!(started.status.success(), "{started:?}");
     let screen = tmux.until("2 of 2 workers ready");
     assert!(
-        screen.contains("conn/s") && screen.contains("last exit"),
+        screen.contains("req/s") && screen.contains("conn/s") && screen.contains("last exit"),
         "{screen}"
     );
-    // `+` adds a worker.
+    // `+` adds a worker, `-` takes one away.
+    tmux.run(&["send-keys", "-t", "top", "+"]);
+    tmux.until("3 of 3 workers ready");
+    tmux.run(&["send-keys", "-t", "top", "-"]);
+    tmux.until("2 of 2 workers ready");
+    // `r` restarts every worker, one by one.
+    let before = cluster.worker_pids();
+    tmux.run(&["send-keys", "-t", "top", "r"]);
+    let deadline = Instant::now() + LIMIT;
+    while cluster.worker_pids().iter().any(|pid| before.contains(pid)) {
+        assert!(Instant::now() < deadline, "`r` restarted nothing");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    tmux.until("2 of 2 workers ready");
     tmux.run(&["send-keys", "-t", "top", "+"]);
     tmux.until("3 of 3 workers ready");
     // A worker killed while shown: the view goes on and shows how it ended.

@@ -544,6 +544,54 @@ fn uvicorn_metrics_are_merged_and_survive_restarts() {
     assert!(cluster.wait(LIMIT).success());
 }
 
+/// prom-client (Node) serving its default registry on `CLUSTER_METRICS_PORT`: through two
+/// rolling restarts under load the merged counter never goes back and counts every answered
+/// request, those of the stopped workers included (the program stays up 100 ms after its
+/// last request, so the watcher's reads while it drains see them all).
+#[test]
+fn node_prom_client_metrics_are_merged_and_count_every_answered_request() {
+    let metrics = free_port();
+    let metrics_address = format!("127.0.0.1:{metrics}");
+    let server = format!("{}/metrics_server.js", peers());
+    let mut cluster = ClusterProcess::start(&[
+        "-w",
+        "2",
+        "--metrics",
+        &metrics_address,
+        "--listen",
+        "127.0.0.1:0",
+        "node",
+        &server,
+    ]);
+    cluster.wait_for("all workers ready", LIMIT);
+    let load = Load::start(cluster.port(), 2);
+    let mut last = 0.0;
+    for _ in 0..2 {
+        rolling_restart(&cluster, || {
+            if let Some(now) = merged_requests(metrics) {
+                assert!(
+                    now >= last,
+                    "the merged counter went back from {last} to {now}"
+                );
+                last = now;
+            }
+        });
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (ok, failed, _) = load.finish();
+    let merged = merged_requests(metrics).expect("the merged counter") as u64;
+    eprintln!(
+        "prom-client metrics: merged {merged} for {ok} answered requests ({} failed) through 2 restarts",
+        failed.len()
+    );
+    assert!(ok > 1000, "{ok}");
+    // Every answered request counted; a failed one may or may not have been.
+    assert!(merged >= ok, "{merged} of {ok} answered requests counted");
+    assert!(merged <= ok + failed.len() as u64, "{merged} > {ok}");
+    cluster.signal(Signal::TERM);
+    assert!(cluster.wait(LIMIT).success(), "{}", cluster.output());
+}
+
 /// uvicorn under `--listen` with no `--balance`: the default for programs given TCP
 /// listeners is reuseport, whose slot is drained before the stop signal, so uvicorn seldom
 /// holds a connection it accepted but had not read when its SIGTERM comes (shared mode lost 8

@@ -18,7 +18,10 @@ use crate::{orphans, systemd, upgrade, watch};
 /// what changed).
 pub(crate) enum Asker {
     Upgrade(cluster_watcher::Reply<Result<u32, String>>),
-    Reload(cluster_watcher::Reply<crate::reload::ReloadAnswer>, Vec<String>),
+    Reload(
+        cluster_watcher::Reply<crate::reload::ReloadAnswer>,
+        Vec<String>,
+    ),
 }
 
 impl Asker {

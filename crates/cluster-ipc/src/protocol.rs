@@ -351,6 +351,9 @@ pub enum WorkerToWatcher {
     /// when they changed, and once more after the last request of a draining worker): the
     /// watcher merges them across workers.
     Metrics(String),
+    /// HTTP requests the serve loops answered so far (sent with a heartbeat when it changed;
+    /// only by workers that serve through them): `cluster top`'s requests a second.
+    Requests(u64),
 }
 
 /// A log event forwarded from a worker's `tracing` subscriber.

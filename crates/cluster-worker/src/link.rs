@@ -147,7 +147,7 @@ async fn send_heartbeats(
 ) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let (mut reported, mut reported_open) = (0, 0);
+    let (mut reported, mut reported_open, mut reported_requests) = (0, 0, 0);
     let mut reported_metrics = None;
     loop {
         let beat = tokio::select! {
@@ -159,6 +159,17 @@ async fn send_heartbeats(
             reported = total;
             if control
                 .send(&WorkerToWatcher::Accepted(total))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let requests = REQUESTS.load(Ordering::Relaxed);
+        if beat && requests != reported_requests {
+            reported_requests = requests;
+            if control
+                .send(&WorkerToWatcher::Requests(requests))
                 .await
                 .is_err()
             {
@@ -218,6 +229,9 @@ impl Link {
         Ok(())
     }
 }
+
+/// HTTP requests the serve loops answered, in this process (reported with heartbeats).
+pub(crate) static REQUESTS: AtomicU64 = AtomicU64::new(0);
 
 /// What a worker counts and reports to its watcher.
 #[derive(Debug, Default, Clone)]

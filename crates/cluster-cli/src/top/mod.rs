@@ -1,5 +1,6 @@
 //! `cluster top`: a live view of a running cluster over its control socket, refreshed every
-//! second: per worker its state, connections accepted per second, open connections, CPU,
+//! second: per worker its state, requests per second (connections per second for programs
+//! that do not serve through cluster-worker's loops), open connections, CPU,
 //! memory, restarts and last exit; `r` restarts, `+` and `-` scale, `q` quits. With `--json`,
 //! one line per refresh for scripts instead.
 //!
@@ -25,6 +26,8 @@ pub(crate) struct Row {
     pid: u32,
     state: &'static str,
     current: bool,
+    /// HTTP requests answered per second since the last refresh (cluster-worker serve loops).
+    requests_per_second: Option<f64>,
     /// Connections accepted per second since the last refresh (cluster-worker programs).
     accepted_per_second: Option<f64>,
     open_connections: Option<u64>,
@@ -47,7 +50,16 @@ pub(crate) struct Frame {
 /// Turns snapshots into rates: the previous one's counters by pid.
 #[derive(Debug, Default)]
 pub(crate) struct Rates {
-    previous: HashMap<u32, (Instant, Option<u64>, Option<Duration>)>,
+    previous: HashMap<u32, Counts>,
+}
+
+/// A worker's counters at one refresh.
+#[derive(Debug, Clone, Copy)]
+struct Counts {
+    at: Instant,
+    accepted: Option<u64>,
+    requests: Option<u64>,
+    cpu: Option<Duration>,
 }
 
 impl Rates {
@@ -67,26 +79,37 @@ impl Rates {
                     let elapsed = now.saturating_duration_since(then).as_secs_f64();
                     (elapsed > 0.0).then(|| (now_value - then_value).max(0.0) / elapsed)
                 };
-                let accepted = match (worker.accepted, before) {
-                    (Some(now_count), Some((then, Some(then_count), _))) => {
-                        per_second(now_count as f64, *then_count as f64, *then)
-                    }
-                    _ => None,
-                };
-                let cpu = match (worker.cpu, before) {
-                    (Some(now_cpu), Some((then, _, Some(then_cpu)))) => {
-                        per_second(now_cpu.as_secs_f64(), then_cpu.as_secs_f64(), *then)
+                let count_rate =
+                    |now_count: Option<u64>, then_count: fn(&Counts) -> Option<u64>| {
+                        let then = before?;
+                        per_second(now_count? as f64, then_count(then)? as f64, then.at)
+                    };
+                let accepted = count_rate(worker.accepted, |c| c.accepted);
+                let requests = count_rate(worker.requests, |c| c.requests);
+                let cpu = match (
+                    worker.cpu,
+                    before.and_then(|c| c.cpu.map(|cpu| (c.at, cpu))),
+                ) {
+                    (Some(now_cpu), Some((then, then_cpu))) => {
+                        per_second(now_cpu.as_secs_f64(), then_cpu.as_secs_f64(), then)
                             .map(|share| share * 100.0)
                     }
                     _ => None,
                 };
-                seen.insert(worker.pid, (now, worker.accepted, worker.cpu));
+                let counts = Counts {
+                    at: now,
+                    accepted: worker.accepted,
+                    requests: worker.requests,
+                    cpu: worker.cpu,
+                };
+                seen.insert(worker.pid, counts);
                 rows.push(Row {
                     slot: slot.slot,
                     generation: worker.id.generation,
                     pid: worker.pid,
                     state: worker.phase.as_str(),
                     current: worker.current,
+                    requests_per_second: requests,
                     accepted_per_second: accepted,
                     open_connections: worker.open_connections,
                     cpu_percent: cpu,

@@ -97,6 +97,7 @@ fn draw(f: &mut ratatui::Frame<'_>, frame: &Frame, message: &str) {
         "gen",
         "pid",
         "state",
+        "req/s",
         "conn/s",
         "open",
         "cpu %",
@@ -115,6 +116,7 @@ fn draw(f: &mut ratatui::Frame<'_>, frame: &Frame, message: &str) {
             row.generation.to_string(),
             row.pid.to_string(),
             row.state.to_owned(),
+            number(row.requests_per_second, 0),
             number(row.accepted_per_second, 0),
             row.open_connections
                 .map_or_else(|| "-".into(), |n| n.to_string()),
@@ -133,6 +135,7 @@ fn draw(f: &mut ratatui::Frame<'_>, frame: &Frame, message: &str) {
         Constraint::Length(4),
         Constraint::Length(8),
         Constraint::Length(9),
+        Constraint::Length(8),
         Constraint::Length(8),
         Constraint::Length(6),
         Constraint::Length(7),

@@ -262,6 +262,10 @@ pub struct WorkerStatus {
     pub heartbeat_age: Option<Duration>,
     /// Connections it accepted (reported by `cluster-worker` programs with heartbeats).
     pub accepted: Option<u64>,
+    /// HTTP requests it answered (reported by `cluster-worker` programs that serve through
+    /// its serve loops).
+    #[serde(default)]
+    pub requests: Option<u64>,
     /// Least-conn: connections handed to it and not yet closed, as the watcher counts them.
     pub open_connections: Option<u64>,
     /// Resident memory of its whole process tree, in bytes, when measured.
@@ -292,6 +296,7 @@ impl WorkerStatus {
             uptime,
             heartbeat_age: None,
             accepted: None,
+            requests: None,
             open_connections: None,
             rss: None,
             cpu: None,

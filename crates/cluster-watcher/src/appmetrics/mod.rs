@@ -41,6 +41,9 @@ struct Retired {
 pub(crate) struct Collection {
     pub(crate) store: parking_lot::Mutex<AppMetrics>,
     pub(crate) ports: MetricsPorts,
+    /// Workers whose last read outlasted a scrape's patience: read in the background, not
+    /// waited for, until one of their reads is quick again.
+    pub(crate) slow: parking_lot::Mutex<std::collections::HashSet<WorkerId>>,
 }
 
 /// The store. See the module docs.

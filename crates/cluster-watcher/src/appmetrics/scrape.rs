@@ -13,8 +13,10 @@
 //! twice.
 //!
 //! Bounded: each read has [`SCRAPE_TIMEOUT`] and [`MAX_BODY`], every worker is read at
-//! once, and a scrape waits [`SCRAPE_PATIENCE`] at most, so one that never answers delays
-//! nothing: its series keep their previous values.
+//! once, and a scrape waits [`SCRAPE_PATIENCE`] at most; a worker that kept a scrape waiting
+//! is read in the background from then on, not waited for, until it answers within the
+//! patience again. So one that never answers delays one scrape by the patience, and nothing
+//! after: its series keep their previous values.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,8 +24,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::WorkerId;
 use super::Collection;
+use crate::WorkerId;
 
 /// How long one worker's metrics may take to read.
 pub(crate) const SCRAPE_TIMEOUT: Duration = Duration::from_millis(500);
@@ -78,17 +80,49 @@ impl MetricsPorts {
 /// by `patience`, not by [`SCRAPE_TIMEOUT`]), and the scrape shows their previous values.
 pub(crate) async fn scrape_all(collection: &Arc<Collection>, patience: Duration) {
     let mut reads = tokio::task::JoinSet::new();
-    for (id, port) in collection.ports.all() {
-        let collection = collection.clone();
-        reads.spawn(async move {
-            if let Ok(text) = read(port).await {
-                record(&collection, id, &text);
+    let mut waited = Vec::new();
+    let ports = collection.ports.all();
+    collection
+        .slow
+        .lock()
+        .retain(|id| ports.iter().any(|(known, _)| known == id));
+    for (id, port) in ports {
+        let read_one = {
+            let collection = collection.clone();
+            async move {
+                if let Ok(text) = read(port).await {
+                    record(&collection, id, &text);
+                }
             }
+        };
+        if collection.slow.lock().contains(&id) {
+            // Not waited for; quick again once it answers within the patience.
+            let collection = collection.clone();
+            tokio::spawn(async move {
+                let began = tokio::time::Instant::now();
+                read_one.await;
+                if began.elapsed() <= patience {
+                    collection.slow.lock().remove(&id);
+                }
+            });
+            continue;
+        }
+        waited.push(id);
+        reads.spawn(async move {
+            read_one.await;
+            id
         });
     }
-    let all = async { while reads.join_next().await.is_some() {} };
+    let all = async {
+        while let Some(done) = reads.join_next().await {
+            if let Ok(id) = done {
+                waited.retain(|w| *w != id);
+            }
+        }
+    };
     if tokio::time::timeout(patience, all).await.is_err() {
         reads.detach_all();
+        collection.slow.lock().extend(waited);
     }
 }
 

@@ -15,7 +15,6 @@ use super::handoff::{Balancer, ClientPipe, Route};
 use super::hash;
 use crate::task::spawn_in;
 
-
 impl Balancer {
     /// Connections still queued for a worker that has exited go to the other workers, so a
     /// crash or a kill loses only the connections the worker had taken (and, during a

@@ -126,6 +126,13 @@ impl Supervisor {
         }
     }
 
+    /// HTTP requests the worker answered so far: shown, never a decision.
+    pub(crate) fn requests(&mut self, id: WorkerId, total: u64) {
+        if let Some(worker) = self.workers.get_mut(&id) {
+            worker.requests = Some(total);
+        }
+    }
+
     /// A heartbeat from the worker.
     pub(crate) fn heartbeat(&mut self, id: WorkerId, now: Instant) {
         self.advance(now);

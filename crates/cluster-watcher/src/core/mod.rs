@@ -226,6 +226,8 @@ struct Worker {
     last_heartbeat: Option<Instant>,
     /// Connections it reported accepting (cluster-worker programs).
     accepted: Option<u64>,
+    /// HTTP requests it reported answering (cluster-worker serve loops).
+    requests: Option<u64>,
     stop: Option<StopCause>,
     kill: Option<KillReason>,
 }

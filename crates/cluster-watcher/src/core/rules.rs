@@ -92,6 +92,7 @@ impl Supervisor {
                 ended: None,
                 last_heartbeat: None,
                 accepted: None,
+                requests: None,
                 stop: None,
                 kill: None,
             },

@@ -32,6 +32,7 @@ impl Supervisor {
                         status.heartbeat_age =
                             w.last_heartbeat.map(|t| now.saturating_duration_since(t));
                         status.accepted = w.accepted;
+                        status.requests = w.requests;
                         status.open_connections = w.open;
                         status
                     })

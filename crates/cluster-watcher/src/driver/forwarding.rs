@@ -27,6 +27,8 @@ pub(crate) enum Input {
     Accepted(WorkerId, Arc<Latest>),
     /// Connections open in the worker now (the newest count).
     Open(WorkerId, Arc<Latest>),
+    /// HTTP requests the worker answered so far (the newest count).
+    Requests(WorkerId, Arc<Latest>),
     /// The process ended: it serves no more.
     MainExited(WorkerId),
     /// The process ended and everything it sent was read.
@@ -64,6 +66,7 @@ pub(super) struct Forwarding {
     heartbeat: Arc<Latest>,
     accepted: Arc<Latest>,
     open: Arc<Latest>,
+    requests: Arc<Latest>,
     ready: bool,
     shutdown: bool,
 }
@@ -75,6 +78,7 @@ impl Forwarding {
             heartbeat: Arc::default(),
             accepted: Arc::default(),
             open: Arc::default(),
+            requests: Arc::default(),
             ready: false,
             shutdown: false,
         }
@@ -96,11 +100,16 @@ impl Forwarding {
                 .open
                 .offer(open)
                 .then(|| Input::Open(id, self.open.clone())),
+            WorkerToWatcher::Requests(total) => self
+                .requests
+                .offer(total)
+                .then(|| Input::Requests(id, self.requests.clone())),
             WorkerToWatcher::Ready => {
                 (!std::mem::replace(&mut self.ready, true)).then_some(Input::Ready(id))
             }
-            WorkerToWatcher::Shutdown => (!std::mem::replace(&mut self.shutdown, true))
-                .then_some(Input::StopRequested(id)),
+            WorkerToWatcher::Shutdown => {
+                (!std::mem::replace(&mut self.shutdown, true)).then_some(Input::StopRequested(id))
+            }
             // Handled by the reader itself.
             WorkerToWatcher::Closed(_)
             | WorkerToWatcher::Message(_)
@@ -129,7 +138,11 @@ mod tests {
         };
         for total in 2..=1000 {
             assert!(forwarding.input(WorkerToWatcher::Accepted(total)).is_none());
-            assert!(forwarding.input(WorkerToWatcher::Heartbeat).is_none_or(|_| total == 2));
+            assert!(
+                forwarding
+                    .input(WorkerToWatcher::Heartbeat)
+                    .is_none_or(|_| total == 2)
+            );
         }
         assert_eq!(latest.take(), 1000, "the newest value, not the first");
         assert!(

@@ -40,10 +40,10 @@ pub use self::output::read_lines;
 pub(crate) use self::program::prepare_program_mode;
 
 use self::containment::Containment;
-use self::logs::EventLog;
 use self::forwarding::Input;
+use self::logs::EventLog;
 use self::process::{Process, kill_group, kill_leftovers, spawn_worker};
-use crate::balance::{Balancer, Steering, queued_by_slot};
+use crate::balance::{Balancer, SteerBy, Steering, queued_by_slot};
 use crate::core::{Action, Outcome, Supervisor, TICK, Ticket};
 use crate::shared::{Published, Shared};
 use crate::task::spawn_in;
@@ -129,8 +129,10 @@ impl std::fmt::Debug for Driver {
 impl Driver {
     pub(crate) fn new(shared: Arc<Shared>, commands: mpsc::UnboundedReceiver<Command>) -> Self {
         let (inputs_tx, inputs) = mpsc::channel(INPUT_QUEUE);
-        let by_source = shared.config().balance == crate::Balance::Reuseport
-            && shared.config().sticky_key().is_some();
+        let config = shared.config();
+        let by_source =
+            config.balance == crate::Balance::Reuseport && config.sticky_key().is_some();
+        let steer_by = SteerBy::new(by_source, &config.cpus);
         Self {
             core: Supervisor::new(shared.config()),
             shared,
@@ -146,7 +148,7 @@ impl Driver {
             statuses: HashMap::new(),
             containment: Containment::detect(),
             queue_watch: listeners::QueueWatch::default(),
-            steering: Steering::new(by_source),
+            steering: Steering::new(steer_by),
             live: std::collections::BTreeSet::new(),
             event_log: EventLog::default(),
             now: Instant::now(),
@@ -257,6 +259,7 @@ impl Driver {
             }
             Input::Accepted(id, latest) => self.core.accepted(id, latest.take(), now),
             Input::Open(id, latest) => self.core.open(id, latest.take(), now),
+            Input::Requests(id, latest) => self.core.requests(id, latest.take()),
             Input::StopRequested(id) => self.core.stop_requested(id, now),
             Input::BadTraffic(id) => self.core.bad_traffic(id, now),
             Input::ControlClosed(id) => self.core.control_closed(id, now),
