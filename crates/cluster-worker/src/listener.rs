@@ -63,6 +63,37 @@ impl TransferredSource {
         Ok(client)
     }
 
+    /// Like [`next`](Self::next), but `None` once the watcher closed the pipe and nothing it
+    /// sent is left (`next` then waits for what another listener might pass on).
+    async fn next_until_closed(&self) -> Option<Transferred> {
+        let mut passed_on = match self.passed_on.try_lock() {
+            Ok(queue) => queue,
+            Err(_) => self.passed_on.lock().await,
+        };
+        let link = &*self.link;
+        loop {
+            if let Ok(client) = passed_on.try_recv() {
+                link.handoff.taken();
+                return Some(client);
+            }
+            if !link.handoff.has_pipe() || link.handoff.clients_closed() {
+                return None;
+            }
+            tokio::select! {
+                client = passed_on.recv() => {
+                    let client = client?;
+                    link.handoff.taken();
+                    return Some(client);
+                }
+                ours = link.handoff.read_clients(&self.address) => {
+                    if let Some(client) = ours {
+                        return Some(client);
+                    }
+                }
+            }
+        }
+    }
+
     /// Like [`next`](Self::next), but never fails: in shared mode, when the pipe is done, the
     /// listening socket is all that is left.
     async fn next_or_pending(&self) -> Transferred {
@@ -228,6 +259,40 @@ impl Listener {
         self.nodelay = nodelay;
     }
 
+    /// A connection the watcher sent before it asked this worker to stop, once the serve
+    /// loop stopped accepting: read off the client pipe only (never a new one from the
+    /// listening socket), until the watcher closed the pipe. `None`: nothing more will come
+    /// (or this listener gets nothing from the watcher).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) async fn accept_transferred(&self) -> Option<(ClientStream, SocketAddr)> {
+        let source = match &self.source {
+            Source::Accept(_, source) => source.as_ref()?,
+            Source::Transferred(source) => source,
+        };
+        loop {
+            let client = source.next_until_closed().await?;
+            if let Ok((stream, peer)) = transferred(client, self.link.as_ref()) {
+                return Some((self.adopt(stream), peer));
+            }
+        }
+    }
+
+    /// A connection just accepted or received, counted and set up.
+    fn adopt(&self, mut stream: ClientStream) -> ClientStream {
+        if self.nodelay {
+            let _ = stream.set_nodelay(true);
+        }
+        if let Some(link) = &self.link {
+            stream = stream.track_open(&link.counters);
+        }
+        if let Some(link) = &self.link
+            && link.counters.accepted.fetch_add(1, Ordering::Relaxed) == 0
+        {
+            link.counters.first_accept.notify_one();
+        }
+        stream
+    }
+
     /// The next client connection and its address.
     ///
     /// In `round-robin` mode, once the watcher has closed this worker's pipe (it is stopping
@@ -253,20 +318,7 @@ impl Listener {
                 }
             };
             match accepted {
-                Ok((mut stream, peer)) => {
-                    if self.nodelay {
-                        let _ = stream.set_nodelay(true);
-                    }
-                    if let Some(link) = &self.link {
-                        stream = stream.track_open(&link.counters);
-                    }
-                    if let Some(link) = &self.link
-                        && link.counters.accepted.fetch_add(1, Ordering::Relaxed) == 0
-                    {
-                        link.counters.first_accept.notify_one();
-                    }
-                    return Ok((stream, peer));
-                }
+                Ok((stream, peer)) => return Ok((self.adopt(stream), peer)),
                 // The client gave up before we got to it: not our problem.
                 Err(e)
                     if matches!(

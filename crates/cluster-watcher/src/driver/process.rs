@@ -35,6 +35,10 @@ use crate::{ExitKind, WorkerId};
 /// How long the readers may take, after the process ended, to deliver what it sent.
 const READ_AFTER_EXIT: Duration = Duration::from_secs(2);
 
+/// Once a worker exited, how long its hand-back pipe may stay empty before everything it
+/// sent counts as read (it is all queued already; this only rides out the scheduler).
+const LAST_HAND_BACK_WAIT: Duration = Duration::from_millis(20);
+
 /// The largest log record accepted from a worker; a larger one is skipped.
 const MAX_LOG_RECORD: usize = 256 * 1024;
 
@@ -58,6 +62,10 @@ pub(crate) struct WorkerLink {
 
 /// What the watch task of a `cluster-worker` program reads.
 struct LinkTasks {
+    /// The connections (and live sessions) it hands back when it stops: read to the end
+    /// before its exit is reported, so a stop (or the old watcher of an upgrade) never ends
+    /// with one of them still unread in the pipe.
+    hand_backs: ClientSocketReceivePipe<ClientMeta>,
     control: ChannelReceiver<WorkerToWatcher>,
     reply: ChannelSender<WatcherToWorker>,
     messages: Option<MessageSink>,
@@ -217,8 +225,8 @@ fn spawn_cluster_worker(
         AsyncFdSocket::from_fd(hand_backs).map_err(std::io::Error::other)?,
     );
     let span = shared.span.clone();
-    tasks.spawn(read_hand_backs(shared.clone(), hand_backs, id, pid).instrument(span.clone()));
     let link = LinkTasks {
+        hand_backs,
         control: control_rx,
         reply: control_tx.clone(),
         messages,
@@ -263,6 +271,7 @@ impl Watch {
     async fn run(self, mut child: tokio::process::Child, talk: Talk) {
         let span = self.shared.span.clone();
         let mut readers = JoinSet::new();
+        let exited = tokio::sync::watch::Sender::new(false);
         if let Some(stdout) = child.stdout.take() {
             readers.spawn(
                 forward_output(stdout, self.id, self.pid, "stdout").instrument(span.clone()),
@@ -284,6 +293,16 @@ impl Watch {
                         .instrument(span.clone()),
                 );
                 readers.spawn(forward_logs(link.log, self.id, self.pid).instrument(span.clone()));
+                readers.spawn(
+                    read_hand_backs(
+                        self.shared.clone(),
+                        link.hand_backs,
+                        self.id,
+                        self.pid,
+                        exited.subscribe(),
+                    )
+                    .instrument(span.clone()),
+                );
                 living.spawn(
                     self.clone()
                         .serve_listen(link.listen, link.clients)
@@ -302,6 +321,7 @@ impl Watch {
             .await
             .map_or(ExitKind::Code(-1), ExitKind::from);
         let _ = self.inputs.send(Input::MainExited(self.id)).await;
+        exited.send_replace(true);
         drop(living);
         // What it said just before it went.
         while let Some(notification) = notify.as_ref().and_then(|s| s.try_recv()) {
@@ -430,16 +450,35 @@ fn warn_dropped(sink: &MessageSink, id: WorkerId, pid: u32, warned: &mut u64) {
 
 /// Passes the connections a stopping worker hands back to the other workers. One at a time:
 /// a worker that floods hand-backs waits on its own pipe. Only TCP sockets are accepted (the
-/// receive checks the descriptor's kind), so a worker cannot pass anything else on.
+/// receive checks the descriptor's kind), so a worker cannot pass anything else on. Once the
+/// worker has exited (`exited`), everything it sent is already queued here: that is read, and
+/// the reader ends (it does not wait for end of file, which a duplicate of the worker's end
+/// held for round-robin's read-back would delay).
 async fn read_hand_backs(
     shared: Arc<Shared>,
     pipe: ClientSocketReceivePipe<ClientMeta>,
     id: WorkerId,
     pid: u32,
+    mut exited: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut handed = 0u64;
+    let mut gone = false;
     loop {
-        match pipe.receive().await {
+        let received = if gone {
+            match tokio::time::timeout(LAST_HAND_BACK_WAIT, pipe.receive()).await {
+                Ok(received) => received,
+                Err(_) => break,
+            }
+        } else {
+            tokio::select! {
+                received = pipe.receive() => received,
+                _ = exited.wait_for(|exited| *exited) => {
+                    gone = true;
+                    continue;
+                }
+            }
+        };
+        match received {
             Ok(Some(client)) => {
                 let Ok(socket) = client.socket.into_std().map(OwnedFd::from) else {
                     continue;
