@@ -12,12 +12,15 @@
 //! * Load: [`Load`] runs client threads (a new connection per request), [`KeepAliveLoad`]
 //!   clients that keep their connection open as a proxy's pool does; both bounded in time
 //!   and count, both say how many requests succeeded and why the others failed;
-//!   [`WsLoad`] WebSocket sessions that check every echo and say how each connection ended.
+//!   [`WsLoad`] WebSocket sessions that check every echo and say how each connection ended;
+//!   [`SessionLoad`] sessions that must not notice a restart at all (numbered messages, the
+//!   server's state checked in every reply, no reconnect).
 
 mod http;
 mod load;
 mod process;
 mod server;
+mod sessions;
 mod ws;
 
 pub use crate::{
@@ -30,5 +33,6 @@ pub use crate::{
         raise_fd_limit, rss_kib, signal,
     },
     server::{Output, ServerProcess, workspace_bin},
+    sessions::{SessionLoad, SessionRecord},
     ws::{WsEnd, WsLoad, WsSession, normal_close},
 };

@@ -36,17 +36,30 @@ fn value(exposition: &str, series: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// `NAME` from the environment, or `default` (the full figure is a manual run:
+/// `APPMETRICS_WORKERS=8 APPMETRICS_MAX_REQUESTS=1000 APPMETRICS_SECS=120`).
+fn knob(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 #[test]
 fn a_counter_merged_over_recycled_workers_never_resets_and_counts_every_request() {
+    let workers = knob("APPMETRICS_WORKERS", 4);
+    let max_requests = knob("APPMETRICS_MAX_REQUESTS", 300).to_string();
+    let seconds = knob("APPMETRICS_SECS", 8);
     let port = free_port();
     let metrics = free_port();
     let address = format!("127.0.0.1:{port}");
     let metrics_address = format!("127.0.0.1:{metrics}");
+    let workers_arg = workers.to_string();
     let mut cluster = ClusterProcess::start(&[
         "-w",
-        "4",
+        &workers_arg,
         "--max-requests",
-        "300",
+        &max_requests,
         "--metrics",
         &metrics_address,
         workspace_bin("hello-http").to_str().unwrap(),
@@ -58,7 +71,7 @@ fn a_counter_merged_over_recycled_workers_never_resets_and_counts_every_request(
     let mut last = 0.0;
     let mut scrapes = 0;
     let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(8) {
+    while started.elapsed() < Duration::from_secs(seconds) {
         let exposition = scrape(metrics);
         if let Some(now) = value(&exposition, all) {
             assert!(
@@ -78,7 +91,7 @@ fn a_counter_merged_over_recycled_workers_never_resets_and_counts_every_request(
         let exposition = scrape(metrics);
         let merged = value(&exposition, all).unwrap_or(0.0);
         assert!(merged >= last);
-        let every_slot = (1..=4).all(|slot| {
+        let every_slot = (1..=workers).all(|slot| {
             value(
                 &exposition,
                 &format!("hello_requests_total{{worker=\"{slot}\"}}"),
@@ -97,7 +110,7 @@ fn a_counter_merged_over_recycled_workers_never_resets_and_counts_every_request(
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     eprintln!(
-        "merged counter {} for {ok} answered requests, {recycled} recycles, {scrapes} scrapes never lower",
+        "merged counter {} for {ok} answered requests, {recycled} recycles, {scrapes} scrapes never lower (-w {workers} --max-requests {max_requests}, {seconds} s)",
         merged.0
     );
     assert_eq!(merged.0, ok, "{}", merged.1);
@@ -106,7 +119,7 @@ fn a_counter_merged_over_recycled_workers_never_resets_and_counts_every_request(
         "too few recycles to prove anything: {recycled}"
     );
     // Per worker too, for each slot's newest process.
-    for slot in 1..=4 {
+    for slot in 1..=workers {
         let series = format!("hello_requests_total{{worker=\"{slot}\"}}");
         assert!(value(&merged.1, &series).is_some(), "{series} missing");
     }

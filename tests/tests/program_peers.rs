@@ -537,9 +537,10 @@ fn uvicorn_metrics_are_merged_and_survive_restarts() {
     // the GIL and widens its window).
     assert!(failed.len() <= 5, "{failed:?}");
     assert!(merged as f64 >= last);
-    // A request whose connection uvicorn reset may or may not have been counted.
+    // Every answered request counted; one whose connection uvicorn reset may or may not
+    // have been.
     assert!(merged <= ok + failed.len() as u64, "{merged} > {ok}");
-    assert!(ok - merged <= 50, "{merged} of {ok}: too many lost");
+    assert!(merged >= ok, "{merged} of {ok} answered requests counted");
     cluster.signal(Signal::TERM);
     assert!(cluster.wait(LIMIT).success());
 }

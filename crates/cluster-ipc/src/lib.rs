@@ -49,6 +49,7 @@ mod hub;
 mod key;
 pub mod protocol;
 mod server_socket;
+pub mod session;
 pub mod status;
 
 pub use crate::{

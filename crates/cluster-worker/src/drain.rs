@@ -153,6 +153,22 @@ pub async fn drained() -> DrainNotice {
     }
 }
 
+/// Completes when the drain begins (at once if it has), with the moment what is left is
+/// cut: for what leaves at the start of the drain rather than at a turn (a session that
+/// moves to the next generation need not wait: its client sees nothing).
+#[cfg(feature = "ws")]
+pub(crate) async fn begun() -> Instant {
+    let mut started = DRAIN.started.subscribe();
+    loop {
+        if let Some(started) = *started.borrow_and_update() {
+            return started.at + cut_after(started.plan.timeout);
+        }
+        if started.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
+}
+
 /// When what is left is cut, from the start of the drain: a little before the watcher's
 /// own deadline, so the worker ends it itself rather than being killed.
 pub(crate) fn cut_after(timeout: Duration) -> Duration {

@@ -21,6 +21,9 @@
 //!   watcher's stop request, and says which ([`Termination`]); [`shutdown`] asks the watcher for
 //!   a graceful stop. If the watcher dies, the worker sees end of file (and `SIGTERM` from the
 //!   kernel as a backstop) and exits.
+//! * **Live sessions.** With feature `ws`, a WebSocket made with [`ws::Upgrade`] is a
+//!   [`ws::Session`] that moves to the next generation at a restart, state and all, without
+//!   its client noticing; the next generation picks it up in [`ws::resume`]'s handler.
 //! * **Messages.** [`channel`] gives a typed [`WorkerChannel`] to the watcher; its `recv`
 //!   returns `None` as soon as the watcher asks this worker to stop.
 //! * **The environment.** A worker reads the watcher's bootstrap contract
@@ -62,6 +65,7 @@ mod listener;
 mod log;
 pub mod metrics;
 mod rebalance;
+mod resume;
 #[cfg(feature = "http")]
 mod serve;
 mod stream;

@@ -109,6 +109,48 @@ impl ClientStream {
         let unread = self.prefix.split_off(self.offset.min(self.prefix.len()));
         (self.stream, unread)
     }
+
+    /// [`into_parts`](Self::into_parts), the connection still counted (open, and in its
+    /// serve loop's drain) until the returned guard is dropped: for a hand-over on its way.
+    #[cfg_attr(not(feature = "ws"), allow(dead_code))]
+    pub(crate) fn into_parts_held(mut self) -> (TcpStream, Vec<u8>, Held) {
+        let held = Held {
+            _closed: self._closed.take(),
+            _open: self._open.take(),
+            _lease: self._lease.take(),
+        };
+        let (stream, unread) = self.into_parts();
+        (stream, unread, held)
+    }
+
+    /// The live session a worker of the previous generation handed over with this
+    /// connection, if it came with one: the record, taken off the front of the replayed
+    /// bytes (which are then the client's own).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn take_session(
+        &mut self,
+    ) -> Option<Result<cluster_ipc::session::SessionHandover, cluster_ipc::session::SessionError>>
+    {
+        let pending = &self.prefix[self.offset.min(self.prefix.len())..];
+        let session = match cluster_ipc::session::SessionHandover::from_prefix(pending)? {
+            Ok((handover, unread)) => Ok((handover, unread.to_vec())),
+            Err(e) => Err(e),
+        };
+        Some(session.map(|(handover, unread)| {
+            self.prefix = unread;
+            self.offset = 0;
+            handover
+        }))
+    }
+}
+
+/// What keeps a connection counted while it is handed over (see
+/// [`ClientStream::into_parts_held`]).
+#[derive(Debug)]
+pub(crate) struct Held {
+    _closed: Option<CloseReport>,
+    _open: Option<OpenCount>,
+    _lease: Option<Lease>,
 }
 
 impl From<TcpStream> for ClientStream {

@@ -43,7 +43,7 @@ impl Activity {
     pub(crate) fn begin(self: &Arc<Self>) -> InFlight {
         self.requested.store(true, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        crate::link::REQUESTS.fetch_add(1, Ordering::Relaxed);
+        crate::link::REQUESTS.add_one();
         InFlight(self.clone())
     }
 }

@@ -25,7 +25,7 @@ mod activity;
 mod body;
 mod h1;
 mod h2;
-mod io;
+pub(crate) mod io;
 
 use std::error::Error as StdError;
 use std::future::Future;
@@ -47,10 +47,15 @@ use self::activity::Activity;
 use self::body::ServeBody;
 use crate::drain::{self, Plan};
 use crate::link::{Link, link};
+use crate::resume::Origin;
 use crate::stream::{Lease, Live};
 use crate::{ClientStream, Listener, Termination, await_termination};
 
 pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// How long a stopping serve loop keeps taking the connections the watcher had already sent
+/// it (the watcher closes the pipe as it asks for the stop, so this is the bound, not a wait).
+const LEFTOVER_PATIENCE: Duration = Duration::from_secs(2);
 
 /// Serves HTTP/1.1 and HTTP/2 with `service` on `listener` until [`await_termination`]
 /// resolves, then drains as the module docs say; returns why it stopped.
@@ -170,6 +175,8 @@ impl Service<Request<Incoming>> for WithPeer {
 pub(crate) struct Traced<S> {
     service: Arc<S>,
     activity: Arc<Activity>,
+    /// Where a session made on this connection goes at a stop (given to upgrade requests).
+    origin: Option<Origin>,
 }
 
 impl<S> Clone for Traced<S> {
@@ -177,15 +184,17 @@ impl<S> Clone for Traced<S> {
         Self {
             service: self.service.clone(),
             activity: self.activity.clone(),
+            origin: self.origin.clone(),
         }
     }
 }
 
 impl<S> Traced<S> {
-    fn new(service: S) -> Self {
+    fn new(service: S, origin: Option<Origin>) -> Self {
         Self {
             service: Arc::new(service),
             activity: Arc::default(),
+            origin,
         }
     }
 
@@ -203,7 +212,13 @@ where
     type Error = S::Error;
     type Future = Answer<S::Future>;
 
-    fn call(&self, request: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
+        // Only an upgrade can become a session (the extension costs an allocation).
+        if let Some(origin) = &self.origin
+            && request.headers().contains_key(hyper::header::UPGRADE)
+        {
+            request.extensions_mut().insert(origin.clone());
+        }
         Answer {
             in_flight: Some(self.activity.begin()),
             answer: self.service.call(request),
@@ -261,6 +276,10 @@ where
         (Ok(link), Some(address)) => Some((link, address.clone())),
         _ => None,
     };
+    let origin = hand_back.as_ref().map(|(link, address)| Origin {
+        link: link.clone(),
+        address: address.clone(),
+    });
     let (stop, stopped) = watch::channel(false);
     let live = Arc::new(Live::default());
     let mut connections = JoinSet::new();
@@ -271,8 +290,12 @@ where
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let stream = stream.with_lease(Lease::new(&live));
-                    let service = Traced::new(make(peer));
+                    let mut stream = stream.with_lease(Lease::new(&live));
+                    if let Some(session) = stream.take_session() {
+                        connections.spawn(crate::resume::resume(stream, session, origin.clone()));
+                        continue;
+                    }
+                    let service = Traced::new(make(peer), origin.clone());
                     let stopped = stopped.clone();
                     match &acceptor {
                         None => connections.spawn(serve_connection(stream, service, stopped, hand_back.clone())),
@@ -288,13 +311,43 @@ where
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     };
-    drop(listener);
     // A signal (or standalone): the drain begins here; from the watcher, it began already.
     drain::begin(Plan {
         spread: Duration::ZERO,
         timeout: drain::DEFAULT_TIMEOUT,
     });
     let _ = stop.send(true);
+    // What the watcher sent before it asked this worker to stop (it closes the pipe as it
+    // asks): taken and drained like the rest, never dropped with the process.
+    if why == Termination::StopRequested {
+        let leftovers = async {
+            while let Some((stream, peer)) = listener.accept_transferred().await {
+                let mut stream = stream.with_lease(Lease::new(&live));
+                if let Some(session) = stream.take_session() {
+                    connections.spawn(crate::resume::resume(stream, session, origin.clone()));
+                    continue;
+                }
+                let service = Traced::new(make(peer), origin.clone());
+                let stopped = stopped.clone();
+                match &acceptor {
+                    None => connections.spawn(serve_connection(
+                        stream,
+                        service,
+                        stopped,
+                        hand_back.clone(),
+                    )),
+                    Some(a) => connections.spawn(accept::serve_connection(
+                        a.clone(),
+                        stream,
+                        service,
+                        stopped,
+                    )),
+                };
+            }
+        };
+        let _ = tokio::time::timeout(LEFTOVER_PATIENCE, leftovers).await;
+    }
+    drop(listener);
     let (began, plan) = drain::started().expect("begun above");
     let cut = began + drain::cut_after(plan.timeout);
     let finished = tokio::time::timeout_at(cut, async {

@@ -1,8 +1,38 @@
-//! WebSockets that say goodbye properly (feature `ws`): [`Draining`] wraps an axum
-//! `WebSocket`; at its session's turn of the worker's drain it sends Close 1012 ("service
-//! restart", RFC 6455 §7.4 as registered by IANA) and waits for the client's Close, so the
-//! client sees a clean close it knows to reconnect after, never a reset (1006), and the
-//! sessions of a worker are told a few at a time over the drain's spread.
+//! WebSockets through restarts (feature `ws`), two ways:
+//!
+//! * **Sessions that move** ([`Upgrade`], [`Session`], [`resume`]): when the worker stops,
+//!   each session between two messages goes, with its socket, its unread bytes and the
+//!   application's state, to a worker of the next generation, which resumes it. The client
+//!   sees nothing. See [`Session`] and the `ws-echo` and `ws-chat` examples.
+//! * **Sessions that say goodbye properly** ([`Draining`], over axum's own `WebSocket`): at
+//!   its session's turn of the worker's drain it sends Close 1012 ("service restart", RFC
+//!   6455 §7.4 as registered by IANA) and waits for the client's Close, so the client sees a
+//!   clean close it knows to reconnect after, never a reset (1006), and the sessions of a
+//!   worker are told a few at a time over the drain's spread.
+//!
+//! A session that moves, in ten lines:
+//!
+//! ```no_run
+//! use cluster_worker::ws::{Session, Upgrade};
+//!
+//! async fn echo(mut session: Session<u64>) {
+//!     while let Some(message) = session.recv().await {
+//!         *session.state_mut() += 1; // what moves with the session
+//!         if message.is_text() && session.send(message).await.is_err() {
+//!             return;
+//!         }
+//!     }
+//! }
+//! async fn route(upgrade: Upgrade) -> axum::response::Response {
+//!     upgrade.on_upgrade(0u64, echo)
+//! }
+//! # async fn main_() {
+//! cluster_worker::ws::resume(echo); // sessions handed over by the previous generation
+//! let router = axum::Router::new().route("/ws", axum::routing::get(route));
+//! # }
+//! ```
+//!
+//! The goodbye over axum's socket:
 //!
 //! ```no_run
 //! use axum::extract::ws::{Message, WebSocketUpgrade};
@@ -22,12 +52,21 @@
 //! }
 //! ```
 
+mod handover;
+mod io;
+mod session;
+mod tap;
+
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 
+pub use self::session::{Session, Upgrade, UpgradeError, resume};
 use crate::drain::{self, Turn};
+/// The WebSocket library sessions speak through (its `Message` is what a [`Session`] sends
+/// and receives).
+pub use tokio_tungstenite::tungstenite;
 
 /// The close code for a server that restarts (IANA's WebSocket registry).
-pub const SERVICE_RESTART: u16 = 1012;
+pub const SERVICE_RESTART: u16 = crate::resume::SERVICE_RESTART;
 
 /// An axum `WebSocket` that closes with [`SERVICE_RESTART`] at its turn of the drain.
 pub struct Draining {
