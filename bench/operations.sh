@@ -97,21 +97,48 @@ part_affinity() {
     done
 }
 
+# Heartbeat ages of the workers, sampled from the control socket every 100 ms for $2
+# samples: their p50 and p99 (a supervision thread kept waiting shows as ages past the
+# 1 s interval).
+heartbeat_ages() { # $1 control socket, $2 samples
+    local samples=$work/heartbeats; rm -rf "$samples"; mkdir -p "$samples"
+    for i in $(seq "$2"); do
+        "$cluster" status --json --control "$1" > "$samples/$i.json" 2>/dev/null
+        sleep 0.1
+    done
+    python3 -c '
+import glob, json, sys
+ages = sorted(w["heartbeat_age"] for name in glob.glob(sys.argv[1] + "/*.json")
+              for s in json.load(open(name))["slots"] for w in s["workers"]
+              if w.get("heartbeat_age") is not None)
+print(f"heartbeat age p50 {ages[len(ages)//2]*1000:.0f} ms, p99 {ages[int(len(ages)*0.99)]*1000:.0f} ms ({len(ages)} samples)")' "$samples"
+}
+
 part_logs() {
     local log=$work/flood/cluster.log; mkdir -p "$work/flood"
     local chatty; chatty=$(ls target/release/cli-worker 2>/dev/null || ls target/debug/cli-worker)
+    # The same cluster without the flood first: the heartbeat ages to compare with.
+    "$cluster" -w 2 --log-file "$work/quiet.log" --log-format json \
+        --control "$work/quiet.sock" "$chatty" chatty 127.0.0.1:0 "$work/quiet.port" 0 > /dev/null 2>&1 & local quiet=$!
+    sleep 2; echo "no flood: $(heartbeat_ages "$work/quiet.sock" 100)"
+    kill -TERM $quiet; wait $quiet || true
+    local began; began=$(date +%s.%N)
     "$cluster" -w 2 --log-file "$log" --log-format json --log-max-size 50M --log-keep 3 \
         --control "$work/flood.sock" "$chatty" chatty 127.0.0.1:0 "$work/flood/port" 60 > /dev/null 2>&1 & local pid=$!
+    sleep 2; echo "flood: $(heartbeat_ages "$work/flood.sock" 100)"
     local most=0
-    for _ in $(seq 300); do
+    for _ in $(seq 180); do
         local used; used=$(du -sb "$work/flood" | cut -f1)
         [ "$used" -gt "$most" ] && most=$used
         sleep 0.1
     done
-    local written; written=$(cat "$work/flood"/cluster.log* | wc -c)
     local dropped; dropped=$("$cluster" status --json --control "$work/flood.sock" | python3 -c 'import json,sys; print(json.load(sys.stdin)["log_lines_dropped"])')
     kill -TERM $pid; wait $pid || true
-    echo "log flood (2 workers x 60 lines/ms for 30 s, --log-max-size 50M --log-keep 3): at most $((most / 1048576)) MiB on disk, $((written / 1048576)) MiB kept, $dropped lines dropped"
+    local took; took=$(echo "$(date +%s.%N) - $began" | bc)
+    local written; written=$(cat "$work/flood"/cluster.log* | wc -c)
+    echo "log flood (2 workers x 60 lines/ms for ${took%.*} s, --log-max-size 50M --log-keep 3): at most $((most / 1048576)) MiB ($((most / 1000000)) MB) on disk, $((written / 1048576)) MiB kept, $dropped lines dropped"
+    local kept=(); for n in 3 2 1; do [ -f "$log.$n" ] && kept+=("$log.$n"); done
+    python3 bench/peers/check_log_lines.py "$took" "${kept[@]}" "$log"
 }
 
 part_scrape() {
