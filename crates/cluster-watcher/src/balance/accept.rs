@@ -128,7 +128,9 @@ impl Balancer {
         let Some(key) = &self.hash_key else {
             return self.hand_off(route, socket, &meta, &prefix, None).await;
         };
-        if !key.in_request() {
+        // A live session handed over has no request head to read (its prefix is its
+        // record and WebSocket frames): its client's address is its key.
+        if !key.in_request() || prefix.starts_with(cluster_ipc::session::SESSION_MAGIC) {
             return self
                 .hand_off(route, socket, &meta, &prefix, Some(by_address))
                 .await;

@@ -20,6 +20,7 @@ mod balancing;
 mod command;
 mod containment;
 mod forwarding;
+mod hand_backs;
 mod listeners;
 mod logs;
 mod measure;

@@ -24,6 +24,7 @@ use tracing::Instrument;
 
 use super::containment::Containment;
 use super::forwarding::{Forwarding, Input};
+use super::hand_backs::read_hand_backs;
 use super::logs::forward_logs;
 use super::output::forward_output;
 use crate::balance::{ClientPipe, Mode, bound_handoff_queue};
@@ -34,10 +35,6 @@ use crate::{ExitKind, WorkerId};
 
 /// How long the readers may take, after the process ended, to deliver what it sent.
 const READ_AFTER_EXIT: Duration = Duration::from_secs(2);
-
-/// Once a worker exited, how long its hand-back pipe may stay empty before everything it
-/// sent counts as read (it is all queued already; this only rides out the scheduler).
-const LAST_HAND_BACK_WAIT: Duration = Duration::from_millis(20);
 
 /// The largest log record accepted from a worker; a larger one is skipped.
 const MAX_LOG_RECORD: usize = 256 * 1024;
@@ -444,64 +441,6 @@ fn warn_dropped(sink: &MessageSink, id: WorkerId, pid: u32, warned: &mut u64) {
             pid,
             dropped,
             "message queue full (nobody reads `messages()` fast enough); messages dropped"
-        );
-    }
-}
-
-/// Passes the connections a stopping worker hands back to the other workers. One at a time:
-/// a worker that floods hand-backs waits on its own pipe. Only TCP sockets are accepted (the
-/// receive checks the descriptor's kind), so a worker cannot pass anything else on. Once the
-/// worker has exited (`exited`), everything it sent is already queued here: that is read, and
-/// the reader ends (it does not wait for end of file, which a duplicate of the worker's end
-/// held for round-robin's read-back would delay).
-async fn read_hand_backs(
-    shared: Arc<Shared>,
-    pipe: ClientSocketReceivePipe<ClientMeta>,
-    id: WorkerId,
-    pid: u32,
-    mut exited: tokio::sync::watch::Receiver<bool>,
-) {
-    let mut handed = 0u64;
-    let mut gone = false;
-    loop {
-        let received = if gone {
-            match tokio::time::timeout(LAST_HAND_BACK_WAIT, pipe.receive()).await {
-                Ok(received) => received,
-                Err(_) => break,
-            }
-        } else {
-            tokio::select! {
-                received = pipe.receive() => received,
-                _ = exited.wait_for(|exited| *exited) => {
-                    gone = true;
-                    continue;
-                }
-            }
-        };
-        match received {
-            Ok(Some(client)) => {
-                let Ok(socket) = client.socket.into_std().map(OwnedFd::from) else {
-                    continue;
-                };
-                shared
-                    .balancer
-                    .hand_over(socket, &client.data, &client.prefix)
-                    .await;
-                handed += 1;
-            }
-            Ok(None) => break,
-            Err(e) if e.io_error().is_some() => break,
-            Err(e) => {
-                tracing::warn!(worker = id.slot, pid, error = %e, "bad hand-back from worker; skipped");
-            }
-        }
-    }
-    if handed > 0 {
-        tracing::info!(
-            worker = id.slot,
-            pid,
-            connections = handed,
-            "idle keep-alive connections handed to the next generation"
         );
     }
 }

@@ -26,6 +26,7 @@ mod body;
 mod h1;
 mod h2;
 pub(crate) mod io;
+mod serving;
 
 use std::error::Error as StdError;
 use std::future::Future;
@@ -40,15 +41,14 @@ use hyper::service::Service;
 use hyper::{Request, Response};
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 
 pub use self::accept::{Accept, HANDSHAKE_TIMEOUT, Negotiated};
 use self::activity::Activity;
 use self::body::ServeBody;
+use self::serving::Serving;
 use crate::drain::{self, Plan};
-use crate::link::{Link, link};
+use crate::link::Link;
 use crate::resume::Origin;
-use crate::stream::{Lease, Live};
 use crate::{ClientStream, Listener, Termination, await_termination};
 
 pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
@@ -271,44 +271,21 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    // In a cluster, stopped connections go back to the watcher.
-    let hand_back = match (link(), listener.cluster_address()) {
-        (Ok(link), Some(address)) => Some((link, address.clone())),
-        _ => None,
-    };
-    let origin = hand_back.as_ref().map(|(link, address)| Origin {
-        link: link.clone(),
-        address: address.clone(),
-    });
-    let (stop, stopped) = watch::channel(false);
-    let live = Arc::new(Live::default());
-    let mut connections = JoinSet::new();
+    let mut serving = Serving::new(&listener, make, acceptor);
     // One future for the whole loop: a signal arriving between two turns is not lost.
     let termination = await_termination();
     tokio::pin!(termination);
     let why = loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let mut stream = stream.with_lease(Lease::new(&live));
-                    if let Some(session) = stream.take_session() {
-                        connections.spawn(crate::resume::resume(stream, session, origin.clone()));
-                        continue;
-                    }
-                    let service = Traced::new(make(peer), origin.clone());
-                    let stopped = stopped.clone();
-                    match &acceptor {
-                        None => connections.spawn(serve_connection(stream, service, stopped, hand_back.clone())),
-                        Some(a) => connections.spawn(accept::serve_connection(a.clone(), stream, service, stopped)),
-                    };
-                }
+                Ok((stream, peer)) => serving.spawn(stream, peer),
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed; retrying in 100 ms");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
             why = &mut termination => break why,
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            Some(_) = serving.connections.join_next(), if !serving.connections.is_empty() => {}
         }
     };
     // A signal (or standalone): the drain begins here; from the watcher, it began already.
@@ -316,59 +293,19 @@ where
         spread: Duration::ZERO,
         timeout: drain::DEFAULT_TIMEOUT,
     });
-    let _ = stop.send(true);
+    serving.stop();
     // What the watcher sent before it asked this worker to stop (it closes the pipe as it
     // asks): taken and drained like the rest, never dropped with the process.
     if why == Termination::StopRequested {
         let leftovers = async {
             while let Some((stream, peer)) = listener.accept_transferred().await {
-                let mut stream = stream.with_lease(Lease::new(&live));
-                if let Some(session) = stream.take_session() {
-                    connections.spawn(crate::resume::resume(stream, session, origin.clone()));
-                    continue;
-                }
-                let service = Traced::new(make(peer), origin.clone());
-                let stopped = stopped.clone();
-                match &acceptor {
-                    None => connections.spawn(serve_connection(
-                        stream,
-                        service,
-                        stopped,
-                        hand_back.clone(),
-                    )),
-                    Some(a) => connections.spawn(accept::serve_connection(
-                        a.clone(),
-                        stream,
-                        service,
-                        stopped,
-                    )),
-                };
+                serving.spawn(stream, peer);
             }
         };
         let _ = tokio::time::timeout(LEFTOVER_PATIENCE, leftovers).await;
     }
     drop(listener);
-    let (began, plan) = drain::started().expect("begun above");
-    let cut = began + drain::cut_after(plan.timeout);
-    let finished = tokio::time::timeout_at(cut, async {
-        while connections.join_next().await.is_some() {}
-        // Upgraded connections (WebSockets) run in the application's tasks: they are
-        // waited for through their sockets.
-        live.idle().await;
-    })
-    .await;
-    if finished.is_err() {
-        let left = live.count();
-        tracing::info!(
-            connections = left,
-            "the drain's hard cap passed; cutting the connections left"
-        );
-        connections.abort_all();
-    }
-    // The final values, after the last request: nothing counted is lost at a stop.
-    if let Err(e) = crate::metrics::flush().await {
-        tracing::debug!(error = %e, "the final metrics did not reach the watcher");
-    }
+    serving.finish().await;
     why
 }
 

@@ -226,7 +226,7 @@ impl<S: Serialize + DeserializeOwned + Send + 'static> Session<S> {
             return None;
         };
         let size = |limit: Option<u64>| limit.and_then(|n| usize::try_from(n).ok());
-        let config = WebSocketConfig::default()
+        let config = config()
             .max_message_size(size(max_message_size))
             .max_frame_size(size(max_frame_size));
         // The stream replays the client's unread bytes first.
@@ -259,6 +259,13 @@ impl<S: Serialize + Send + 'static> Drop for Session<S> {
             runtime.spawn(hand_over(socket, handover, origin, cap));
         }
     }
+}
+
+/// A session's codec settings: the tap gives the codec at most a read's worth at a time,
+/// so its read buffer need not be tungstenite's eager 128 KiB (a worker that takes over
+/// hundreds of sessions at once would allocate and touch that much for each).
+pub(super) fn config() -> WebSocketConfig {
+    WebSocketConfig::default().read_buffer_size(super::tap::CHUNK)
 }
 
 /// Hands a session that stopped between two messages to the watcher, for the next

@@ -114,7 +114,7 @@ impl Upgrade {
             offered,
             protocol: None,
             origin: extensions.get::<Origin>().cloned(),
-            config: WebSocketConfig::default(),
+            config: super::handover::config(),
         })
     }
 

@@ -12,7 +12,7 @@ use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// How much the tap reads from the socket at once.
-const CHUNK: usize = 16 * 1024;
+pub(super) const CHUNK: usize = 16 * 1024;
 
 /// A frame header: 2 bytes, then 0, 2 or 8 of length, then 4 of mask (client frames).
 #[derive(Debug, Default, Clone, Copy)]
