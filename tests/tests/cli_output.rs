@@ -44,10 +44,7 @@ impl Drop for Spawned {
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("cli-output-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    support::scratch_dir("cli-output", name)
 }
 
 /// The port the workers wrote to `path`, once they did.

@@ -17,10 +17,7 @@ const LIMIT: Duration = Duration::from_secs(20);
 const PLANTED: u32 = 400;
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("cli-pid-file-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    support::scratch_dir("cli-pid-file", name)
 }
 
 fn read_number(path: &str) -> u32 {

@@ -14,25 +14,14 @@ use support::{ClusterProcess, Load, children_of, fd_count, process_running, work
 const LIMIT: Duration = Duration::from_secs(20);
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("cluster-upgrade-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn pid_in(file: &Path) -> u32 {
-    std::fs::read_to_string(file)
-        .unwrap_or_default()
-        .trim()
-        .parse()
-        .unwrap_or(0)
+    support::scratch_dir("cluster-upgrade", name)
 }
 
 /// Waits until the pid file names another process than `old`, and `old` is gone; the new pid.
 fn wait_new_watcher(cluster: &ClusterProcess, pid_file: &Path, old: u32) -> u32 {
     let deadline = Instant::now() + LIMIT;
     loop {
-        let now = pid_in(pid_file);
+        let now = support::pid_in(pid_file);
         if now != 0 && now != old && !process_running(old) {
             return now;
         }
@@ -60,7 +49,7 @@ fn upgrade_under_load(balance: &str) {
     cluster.wait_for("all workers ready", LIMIT);
     let port = cluster.port();
     let old = cluster.pid();
-    assert_eq!(pid_in(&pid_file), old);
+    assert_eq!(support::pid_in(&pid_file), old);
     let old_workers = children_of(old);
     let load = Load::start(port, 2);
     let keep_alive = KeepAliveLoad::start(port, 8, "/");

@@ -18,17 +18,7 @@ use support::{ClusterProcess, children_of, workspace_bin};
 const LIMIT: Duration = Duration::from_secs(60);
 
 fn scratch(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("cluster-handover-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn pid_in(file: &Path) -> u32 {
-    std::fs::read_to_string(file)
-        .ok()
-        .and_then(|t| t.trim().parse().ok())
-        .unwrap_or(0)
+    support::scratch_dir("cluster-handover", test)
 }
 
 /// `cluster -w WORKERS --balance BALANCE --pid-file … EXTRA ws-echo`, ready; and its port.
@@ -66,7 +56,7 @@ fn upgrade(cluster: &ClusterProcess, pid_file: &Path, old: u32) -> u32 {
     support::signal(old, Signal::USR2);
     let deadline = Instant::now() + LIMIT;
     loop {
-        let now = pid_in(pid_file);
+        let now = support::pid_in(pid_file);
         if now != 0 && now != old && !process_running(old) {
             return now;
         }

@@ -84,19 +84,11 @@ fn cpu_program(groups: &BTreeMap<u32, Vec<u32>>, fallback: &[u32]) -> Vec<libc::
 
 #[cfg(test)]
 mod tests {
-    use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+    use std::net::{Ipv4Addr, TcpStream};
     use std::os::fd::OwnedFd;
 
     use super::*;
-
-    fn reuseport_listener(port: u16) -> OwnedFd {
-        use rustix::net::{AddressFamily, SocketType, bind, listen, socket, sockopt};
-        let fd = socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
-        sockopt::set_socket_reuseport(&fd, true).unwrap();
-        bind(&fd, &SocketAddr::from((Ipv4Addr::LOCALHOST, port))).unwrap();
-        listen(&fd, 128).unwrap();
-        fd
-    }
+    use crate::test_support::{group, landed_on, reuseport_listener};
 
     /// Connects from a thread pinned to `cpu` and says which of `listeners` accepted.
     fn accepted_by(listeners: &[OwnedFd], port: u16, cpu: usize) -> usize {
@@ -108,16 +100,7 @@ mod tests {
         })
         .join()
         .unwrap();
-        for _ in 0..200 {
-            for (i, listener) in listeners.iter().enumerate() {
-                if crate::listen_queue(listener).unwrap().queued > 0 {
-                    drop(rustix::net::accept(listener).unwrap());
-                    return i;
-                }
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        panic!("no listener got the connection from CPU {cpu}");
+        landed_on(listeners)
     }
 
     #[test]
@@ -127,13 +110,7 @@ mod tests {
             eprintln!("one CPU: nothing to steer between");
             return;
         }
-        let first = reuseport_listener(0);
-        let port = rustix::net::getsockname(&first)
-            .ok()
-            .and_then(|a| SocketAddr::try_from(a).ok())
-            .unwrap()
-            .port();
-        let listeners = vec![first, reuseport_listener(port), reuseport_listener(port)];
+        let (listeners, port) = group(3);
         // Position 2 on CPU 0, position 0 on CPU 1; position 1 for any other CPU.
         steer_reuseport_by_cpu(&listeners[0], &[(0, 2), (1, 0)], &[1]).unwrap();
         for _ in 0..20 {

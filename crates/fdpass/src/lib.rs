@@ -95,6 +95,8 @@ mod raw;
 mod reuseport;
 mod socket;
 mod sticky;
+#[cfg(test)]
+mod test_support;
 
 pub use crate::{
     async_socket::{AsyncFdSocket, register},

@@ -130,17 +130,9 @@ fn program(members: &[(u32, u32)]) -> Vec<libc::sock_filter> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::{group, landed_on, reuseport_listener};
     use std::net::{Ipv4Addr, SocketAddr, TcpStream};
     use std::os::fd::OwnedFd;
-
-    fn reuseport_listener(port: u16) -> OwnedFd {
-        use rustix::net::{AddressFamily, SocketType, bind, listen, socket, sockopt};
-        let fd = socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
-        sockopt::set_socket_reuseport(&fd, true).unwrap();
-        bind(&fd, &SocketAddr::from((Ipv4Addr::LOCALHOST, port))).unwrap();
-        listen(&fd, 128).unwrap();
-        fd
-    }
 
     /// Connects from `source` and says which of `listeners` accepted.
     fn accepted_by(listeners: &[OwnedFd], port: u16, source: Ipv4Addr) -> usize {
@@ -149,17 +141,7 @@ mod tests {
         bind(&client, &SocketAddr::from((source, 0))).unwrap();
         connect(&client, &SocketAddr::from((Ipv4Addr::LOCALHOST, port))).unwrap();
         let _client = TcpStream::from(client);
-        for _ in 0..200 {
-            for (i, listener) in listeners.iter().enumerate() {
-                if crate::listen_queue(listener).unwrap().queued > 0 {
-                    let accepted = rustix::net::accept(listener).unwrap();
-                    drop(accepted);
-                    return i;
-                }
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        panic!("no listener got the connection from {source}");
+        landed_on(listeners)
     }
 
     /// Where user space says `source` goes among `members` (slot, position).
@@ -177,13 +159,7 @@ mod tests {
 
     #[test]
     fn each_source_address_goes_where_user_space_says_and_only_the_lost_members_keys_move() {
-        let first = reuseport_listener(0);
-        let port = rustix::net::getsockname(&first)
-            .ok()
-            .and_then(|a| SocketAddr::try_from(a).ok())
-            .unwrap()
-            .port();
-        let listeners = vec![first, reuseport_listener(port), reuseport_listener(port)];
+        let (listeners, port) = group(3);
         // Slots 7, 8, 9 at positions 0, 1, 2.
         let all = [(7, 0), (8, 1), (9, 2)];
         steer_reuseport_by_source(&listeners[0], &all).unwrap();

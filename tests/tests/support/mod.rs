@@ -13,6 +13,23 @@ pub use cluster_testkit::{
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, RawFd};
 
+/// An empty directory of the calling test's own: `<prefix>-<pid>-<name>` in the temporary
+/// directory (emptied first if a run before left it).
+pub fn scratch_dir(prefix: &str, name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The pid a pid file names (0 while it is missing or unreadable).
+pub fn pid_in(file: &std::path::Path) -> u32 {
+    std::fs::read_to_string(file)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// What `/proc/self/fd/N` points at, e.g. `pipe:[1234]` or `socket:[5678]`.
 pub fn link_of(fd: &impl AsRawFd) -> String {
     link_of_number(fd.as_raw_fd()).expect("descriptor is open")

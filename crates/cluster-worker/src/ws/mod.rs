@@ -28,7 +28,7 @@
 //! }
 //! # async fn main_() {
 //! cluster_worker::ws::resume(echo); // sessions handed over by the previous generation
-//! let router = axum::Router::new().route("/ws", axum::routing::get(route));
+//! let router: axum::Router = axum::Router::new().route("/ws", axum::routing::get(route));
 //! # }
 //! ```
 //!
