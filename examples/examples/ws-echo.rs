@@ -38,7 +38,11 @@ async fn echo(mut session: Session<Received>) {
 }
 
 async fn upgrade(upgrade: Upgrade) -> axum::response::Response {
-    upgrade.on_upgrade(0, echo)
+    // WS_ECHO_DEFLATE=1: take permessage-deflate when offered (such sessions cannot move).
+    match std::env::var_os("WS_ECHO_DEFLATE").is_some() {
+        true => upgrade.deflate().on_upgrade(0, echo),
+        false => upgrade.on_upgrade(0, echo),
+    }
 }
 
 #[tokio::main]

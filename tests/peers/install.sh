@@ -37,8 +37,9 @@ fi
 if [ ! -d target/peers/node_modules/prom-client ]; then
     npm install --silent --prefix target/peers prom-client@15 >/dev/null
 fi
-# The `ws` package, for the WebSocket peer comparison (target/release/ws-peers), not the tests.
-if [ "${CLUSTER_PEERS_WS:-0}" = 1 ] && [ ! -d target/peers/node_modules/ws ]; then
+# The `ws` package: the permessage-deflate client of the hand-over test, and the WebSocket
+# peer comparison (target/release/ws-peers).
+if [ ! -d target/peers/node_modules/ws ]; then
     npm install --silent --prefix target/peers ws@8 >/dev/null
 fi
 if [ "${CLUSTER_PEERS_PM2:-0}" = 1 ] && [ ! -x target/peers/node_modules/.bin/pm2 ]; then

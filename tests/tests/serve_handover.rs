@@ -331,3 +331,61 @@ fn sessions_a_new_generation_does_not_take_are_closed_with_1012_and_counted() {
     assert!(cluster.wait(LIMIT).success());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// permessage-deflate negotiated (the application takes it, Node's `ws` client compresses
+/// every message): the sessions work, and at a restart, since the client's compression
+/// window cannot move, every one is closed with 1012, none abnormally, each counted.
+#[test]
+fn deflate_sessions_are_closed_with_1012_at_a_restart_and_counted() {
+    let dir = scratch("deflate");
+    let metrics = cluster_testkit::free_port();
+    let metrics_address = format!("127.0.0.1:{metrics}");
+    let (mut cluster, port) = start(
+        &dir,
+        "2",
+        "shared",
+        &["--metrics", &metrics_address],
+        &[("WS_ECHO_DEFLATE", "1")],
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/deflate_client.js");
+    let client = std::process::Command::new("node")
+        .arg(&script)
+        .arg(format!("ws://127.0.0.1:{port}/ws"))
+        .arg("40")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("node (tests/peers/install.sh installs the ws package)");
+    std::thread::sleep(Duration::from_millis(1500));
+    rolling_restart(&cluster, cluster.pid(), 0);
+    let output = client.wait_with_output().unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("the client's summary");
+    std::thread::sleep(Duration::from_millis(1500));
+    let response =
+        cluster_testkit::http_get_from(std::net::Ipv4Addr::LOCALHOST, metrics, "/metrics", "")
+            .unwrap_or_default();
+    let counted = response
+        .lines()
+        .find(|l| l.starts_with("cluster_sessions_closed_total{worker=\"all\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    eprintln!("figure: permessage-deflate sessions at a restart: {summary}; counted {counted}");
+    let extensions = summary["extensions"].as_array().unwrap();
+    assert!(
+        extensions
+            .iter()
+            .all(|e| e.as_str().is_some_and(|e| e.contains("permessage-deflate"))),
+        "{summary}"
+    );
+    assert_eq!(
+        summary["closes"],
+        serde_json::json!({"1012": 40}),
+        "{summary}"
+    );
+    assert_eq!(summary["wrong"], 0, "{summary}");
+    assert!(summary["replies"].as_u64().unwrap() > 40, "{summary}");
+    assert_eq!(counted as u64, 40, "{response}");
+    cluster.signal(Signal::TERM);
+    assert!(cluster.wait(LIMIT).success());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -9,6 +9,7 @@ use std::task::{Context, Poll};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::inflate::Inflate;
 use crate::ClientStream;
 use crate::serve::io::HoldIo;
 
@@ -18,6 +19,8 @@ pub(crate) enum SessionIo {
     Plain(ClientStream),
     /// Another transport, through hyper (TLS).
     Upgraded(TokioIo<hyper::upgrade::Upgraded>),
+    /// Either, with what the client sends decompressed (permessage-deflate).
+    Inflated(Box<Inflate<Self>>),
 }
 
 impl std::fmt::Debug for SessionIo {
@@ -25,6 +28,7 @@ impl std::fmt::Debug for SessionIo {
         match self {
             Self::Plain(stream) => f.debug_tuple("Plain").field(stream).finish(),
             Self::Upgraded(_) => f.write_str("Upgraded"),
+            Self::Inflated(_) => f.write_str("Inflated"),
         }
     }
 }
@@ -42,6 +46,12 @@ impl SessionIo {
     pub(crate) fn is_plain(&self) -> bool {
         matches!(self, Self::Plain(_))
     }
+
+    /// The same connection, what the client sends decompressed from now on (`read`: the
+    /// bytes already read past the handshake).
+    pub(crate) fn inflated(self, read: Vec<u8>, max_message: usize) -> Self {
+        Self::Inflated(Box::new(Inflate::new(self, read, max_message)))
+    }
 }
 
 impl AsyncRead for SessionIo {
@@ -53,6 +63,7 @@ impl AsyncRead for SessionIo {
         match self.get_mut() {
             Self::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
             Self::Upgraded(io) => Pin::new(io).poll_read(cx, buf),
+            Self::Inflated(io) => Pin::new(io.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -66,6 +77,7 @@ impl AsyncWrite for SessionIo {
         match self.get_mut() {
             Self::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
             Self::Upgraded(io) => Pin::new(io).poll_write(cx, buf),
+            Self::Inflated(io) => Pin::new(io.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -73,6 +85,7 @@ impl AsyncWrite for SessionIo {
         match self.get_mut() {
             Self::Plain(stream) => Pin::new(stream).poll_flush(cx),
             Self::Upgraded(io) => Pin::new(io).poll_flush(cx),
+            Self::Inflated(io) => Pin::new(io.as_mut()).poll_flush(cx),
         }
     }
 
@@ -80,6 +93,7 @@ impl AsyncWrite for SessionIo {
         match self.get_mut() {
             Self::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
             Self::Upgraded(io) => Pin::new(io).poll_shutdown(cx),
+            Self::Inflated(io) => Pin::new(io.as_mut()).poll_shutdown(cx),
         }
     }
 }

@@ -53,6 +53,7 @@
 //! ```
 
 mod handover;
+mod inflate;
 mod io;
 mod session;
 mod tap;

@@ -9,8 +9,8 @@
 //! A session that cannot move (standalone, TLS terminated in the worker, a state that does
 //! not serialize, a new generation that resumes nothing) is closed with 1012 instead, the
 //! clean goodbye of [`Draining`](super::Draining), and counted (`cluster_sessions_closed`).
-//! permessage-deflate is not offered, so it is never negotiated (a compressor's context
-//! could not move).
+//! permessage-deflate is taken only when the application asks ([`Upgrade::deflate`]): the
+//! client's compression window cannot move, so those sessions are closed with 1012 at a stop.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -35,6 +35,10 @@ pub struct Upgrade {
     protocol: Option<String>,
     origin: Option<Origin>,
     config: WebSocketConfig,
+    /// The client offered permessage-deflate.
+    deflate_offered: bool,
+    /// The application takes it (see [`deflate`](Self::deflate)).
+    deflate: bool,
 }
 
 /// Why a request is not a WebSocket handshake this server takes.
@@ -102,6 +106,17 @@ impl Upgrade {
         let on_upgrade = extensions
             .remove::<hyper::upgrade::OnUpgrade>()
             .ok_or(UpgradeError::NotUpgradable)?;
+        let deflate_offered = headers
+            .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|offer| {
+                offer
+                    .split(';')
+                    .next()
+                    .is_some_and(|name| name.trim() == "permessage-deflate")
+            });
         let offered = headers
             .get_all(header::SEC_WEBSOCKET_PROTOCOL)
             .iter()
@@ -115,6 +130,8 @@ impl Upgrade {
             protocol: None,
             origin: extensions.get::<Origin>().cloned(),
             config: super::handover::config(),
+            deflate_offered,
+            deflate: false,
         })
     }
 
@@ -125,6 +142,17 @@ impl Upgrade {
             .into_iter()
             .find(|p| self.offered.iter().any(|o| o == p))
             .map(str::to_owned);
+        self
+    }
+
+    /// Takes permessage-deflate when the client offers it (browsers do): what the client
+    /// sends may then come compressed; the server's messages go uncompressed. The
+    /// decompressor's window lives in this process, so such a session cannot move to the next
+    /// generation: at a stop it is closed with 1012 (and counted). Off by default, so that
+    /// sessions move.
+    #[must_use]
+    pub fn deflate(mut self) -> Self {
+        self.deflate = true;
         self
     }
 
@@ -143,14 +171,19 @@ impl Upgrade {
         F: FnOnce(Session<S>) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        let deflate = self.deflate && self.deflate_offered;
         let Self {
             on_upgrade,
             accept,
             protocol,
             origin,
-            config,
+            mut config,
             ..
         } = self;
+        if deflate {
+            // The decompressed messages reach the codec as unmasked frames.
+            config = config.accept_unmasked_frames(true);
+        }
         let mut response = axum::response::Response::new(axum::body::Body::empty());
         *response.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
         let headers = response.headers_mut();
@@ -165,11 +198,22 @@ impl Upgrade {
         {
             headers.insert(header::SEC_WEBSOCKET_PROTOCOL, value);
         }
+        if deflate {
+            let value = HeaderValue::from_static("permessage-deflate");
+            headers.insert(header::SEC_WEBSOCKET_EXTENSIONS, value);
+        }
         tokio::spawn(async move {
             let Ok(upgraded) = on_upgrade.await else {
                 return;
             };
             let (io, read) = SessionIo::from_upgraded(upgraded);
+            let (io, read) = match deflate {
+                true => {
+                    let limit = config.max_message_size.unwrap_or(usize::MAX);
+                    (io.inflated(read, limit), Vec::new())
+                }
+                false => (io, read),
+            };
             let movable = io.is_plain();
             let socket =
                 WebSocketStream::from_raw_socket(Tap::new(io, read), Role::Server, Some(config))
