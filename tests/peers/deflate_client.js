@@ -1,6 +1,7 @@
 // WebSocket sessions from Node's `ws` client with permessage-deflate (every message
-// compressed: threshold 0), each sending a numbered message every 100 ms and checking the
-// reply of `ws-echo` (`N COUNT PID`), until the server closes it or 20 s pass. Prints one
+// compressed: threshold 0), each sending a numbered message, waiting for the reply of
+// `ws-echo` (`N COUNT PID`) and checking it, then sending the next 100 ms later, until the
+// server closes it or 20 s pass. Prints one
 // JSON line: sessions, replies, wrong replies, the extensions each session negotiated, and
 // how each ended (close codes; 1006 is abnormal).
 // Usage: node deflate_client.js ws://127.0.0.1:PORT/ws SESSIONS
@@ -15,23 +16,25 @@ function session(index) {
   const socket = new WebSocket(url, { perMessageDeflate: { threshold: 0 } });
   let number = 0;
   let timer;
+  const next = (delay) => {
+    timer = setTimeout(() => socket.send(String(number)), delay);
+  };
   socket.on('open', () => {
     result.extensions.push(socket.extensions);
-    setTimeout(() => {
-      timer = setInterval(() => socket.send(String(number)), 100);
-    }, (100 * index) / count);
+    next((100 * index) / count);
   });
   socket.on('message', (data) => {
     const [n, received] = data.toString().split(' ').map(Number);
     if (n === number && received === number + 1) {
       result.replies += 1;
-      number += 1;
     } else {
       result.wrong += 1;
     }
+    number += 1;
+    next(100);
   });
   socket.on('close', (code) => {
-    clearInterval(timer);
+    clearTimeout(timer);
     result.closes[code] = (result.closes[code] || 0) + 1;
     if (--open === 0) finish();
   });
