@@ -4,7 +4,9 @@
 //! The loop that reads them never awaits the watcher: every command takes effect when it is
 //! sent, and its outcome (which can take up to the ready or shutdown timeout) is logged by a
 //! task of its own. A SIGTERM is therefore seen at once whatever a worker is doing, and a
-//! burst of SIGTTIN and SIGTTOU nets out exactly.
+//! burst of SIGTTIN and SIGTTOU nets out exactly: each delivery is counted by the signal
+//! handler itself (`fdpass::count_signal`), since the runtime's stream wakes once for
+//! several that came close together.
 
 use anyhow::Context;
 use cluster_watcher::ClusterWatcher;
@@ -27,6 +29,10 @@ pub(crate) struct Signals {
     hangup: tokio::signal::unix::Signal,
     more: tokio::signal::unix::Signal,
     fewer: tokio::signal::unix::Signal,
+    /// Every SIGTTIN and SIGTTOU delivered: the streams above wake once for several that
+    /// came close together, and each one must move the worker count.
+    more_count: fdpass::SignalCount,
+    fewer_count: fdpass::SignalCount,
     /// `--reopen-signal`: its number and stream.
     reopen: Option<(i32, tokio::signal::unix::Signal)>,
     /// The worker count SIGTTIN and SIGTTOU asked for so far (set at the first
@@ -67,6 +73,10 @@ impl Signals {
             hangup: on(SignalKind::hangup())?,
             more: on(SignalKind::from_raw(Signal::TTIN.as_raw()))?,
             fewer: on(SignalKind::from_raw(Signal::TTOU.as_raw()))?,
+            more_count: fdpass::count_signal(Signal::TTIN.as_raw())
+                .context("cannot count SIGTTIN")?,
+            fewer_count: fdpass::count_signal(Signal::TTOU.as_raw())
+                .context("cannot count SIGTTOU")?,
             reopen,
             target: None,
         })
@@ -120,21 +130,25 @@ impl Signals {
                     }
                 }
                 _ = self.more.recv() => {
-                    if target >= MAX_WORKERS as usize {
-                        tracing::warn!(workers = target, "SIGTTIN: already at the most workers allowed");
-                    } else {
-                        target += 1;
-                        self.target = Some(target);
-                        scale(watcher, target, "SIGTTIN: added a worker", &mut outcomes);
+                    for _ in 0..self.more_count.take() {
+                        if target >= MAX_WORKERS as usize {
+                            tracing::warn!(workers = target, "SIGTTIN: already at the most workers allowed");
+                        } else {
+                            target += 1;
+                            self.target = Some(target);
+                            scale(watcher, target, "SIGTTIN: added a worker", &mut outcomes);
+                        }
                     }
                 }
                 _ = self.fewer.recv() => {
-                    if target <= 1 {
-                        tracing::warn!("SIGTTOU: the last worker stays");
-                    } else {
-                        target -= 1;
-                        self.target = Some(target);
-                        scale(watcher, target, "SIGTTOU: removed a worker", &mut outcomes);
+                    for _ in 0..self.fewer_count.take() {
+                        if target <= 1 {
+                            tracing::warn!("SIGTTOU: the last worker stays");
+                        } else {
+                            target -= 1;
+                            self.target = Some(target);
+                            scale(watcher, target, "SIGTTOU: removed a worker", &mut outcomes);
+                        }
                     }
                 }
             }

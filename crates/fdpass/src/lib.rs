@@ -93,6 +93,7 @@ mod listener;
 mod peer;
 mod raw;
 mod reuseport;
+mod signals;
 mod socket;
 mod sticky;
 #[cfg(test)]
@@ -113,6 +114,7 @@ pub use crate::{
         ListenQueue, MAX_STEERED, RoundRobinSteering, listen_queue, steer_reuseport,
         unsteer_reuseport,
     },
+    signals::{SignalCount, count_signal},
     socket::FdSocket,
     sticky::{MAX_STICKY, rendezvous_weight, steer_reuseport_by_source},
 };
