@@ -15,9 +15,11 @@ use tonic::transport::{Channel, Endpoint};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
-/// Whether a call failed before it left the client: hyper cancels a request queued on a
-/// connection that closed before sending it (its GOAWAY arrived first). gRPC's transparent
-/// retry covers exactly these; tonic has none, so the test does it.
+/// Whether a call was never processed by a server: hyper cancels a request queued on a
+/// connection that closed before sending it (its GOAWAY arrived first), and a stream the
+/// client opened after the server's final GOAWAY left (above its last stream id) is refused
+/// with that GOAWAY's NO_ERROR (RFC 9113 §6.8: not processed, safe to retry). gRPC's
+/// transparent retry covers exactly these; tonic has none, so the test does it.
 fn never_sent(status: &tonic::Status) -> bool {
     use std::error::Error as _;
     let mut source = status.source();
@@ -26,6 +28,11 @@ fn never_sent(status: &tonic::Status) -> bool {
             .downcast_ref::<hyper::Error>()
             .is_some_and(hyper::Error::is_canceled)
         {
+            return true;
+        }
+        if error.downcast_ref::<h2::Error>().is_some_and(|e| {
+            e.is_go_away() && e.is_remote() && e.reason() == Some(h2::Reason::NO_ERROR)
+        }) {
             return true;
         }
         source = error.source();
