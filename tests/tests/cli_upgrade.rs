@@ -19,15 +19,7 @@ fn scratch(name: &str) -> PathBuf {
 
 /// Waits until the pid file names another process than `old`, and `old` is gone; the new pid.
 fn wait_new_watcher(cluster: &ClusterProcess, pid_file: &Path, old: u32) -> u32 {
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        let now = support::pid_in(pid_file);
-        if now != 0 && now != old && !process_running(old) {
-            return now;
-        }
-        assert!(Instant::now() < deadline, "{}", cluster.output());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    support::wait_new_watcher(cluster, pid_file, old, LIMIT)
 }
 
 fn upgrade_under_load(balance: &str) {

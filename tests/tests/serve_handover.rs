@@ -54,15 +54,21 @@ fn rolling_restart(cluster: &ClusterProcess, watcher: u32, done_before: usize) {
 /// Upgrades the watcher (SIGUSR2); the new watcher's pid, once the old one is gone.
 fn upgrade(cluster: &ClusterProcess, pid_file: &Path, old: u32) -> u32 {
     support::signal(old, Signal::USR2);
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        let now = support::pid_in(pid_file);
-        if now != 0 && now != old && !process_running(old) {
-            return now;
-        }
-        assert!(Instant::now() < deadline, "{}", cluster.output());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    support::wait_new_watcher(cluster, pid_file, old, LIMIT)
+}
+
+/// `cluster_sessions_closed_total{worker="all"}` on the `/metrics` at `port`, and the whole
+/// exposition (for a failure's message).
+fn sessions_closed(port: u16) -> (u64, String) {
+    let response =
+        cluster_testkit::http_get_from(std::net::Ipv4Addr::LOCALHOST, port, "/metrics", "")
+            .unwrap_or_default();
+    let counted = response
+        .lines()
+        .find(|l| l.starts_with("cluster_sessions_closed_total{worker=\"all\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    (counted as u64, response)
 }
 
 /// What the sessions saw, summed up and checked against the bounds.
@@ -313,20 +319,13 @@ fn sessions_a_new_generation_does_not_take_are_closed_with_1012_and_counted() {
     std::thread::sleep(Duration::from_millis(2500));
     let records = load.finish();
     let codes: Vec<Option<u16>> = records.iter().map(|r| r.closed_with).collect();
-    let response =
-        cluster_testkit::http_get_from(std::net::Ipv4Addr::LOCALHOST, metrics, "/metrics", "")
-            .unwrap_or_default();
-    let counted = response
-        .lines()
-        .find(|l| l.starts_with("cluster_sessions_closed_total{worker=\"all\"}"))
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .unwrap_or(0.0);
+    let (counted, response) = sessions_closed(metrics);
     eprintln!(
         "figure: sessions refused by the new generation: closes {codes:?}; counted {counted}"
     );
     assert!(codes.iter().all(|c| *c == Some(1012)), "{codes:?}");
     assert!(records.iter().all(|r| r.wrong.is_none()));
-    assert_eq!(counted as usize, records.len(), "{response}");
+    assert_eq!(counted, records.len() as u64, "{response}");
     cluster.signal(Signal::TERM);
     assert!(cluster.wait(LIMIT).success());
     let _ = std::fs::remove_dir_all(&dir);
@@ -366,14 +365,7 @@ fn deflate_sessions_are_closed_with_1012_at_a_restart_and_counted() {
     let summary: serde_json::Value =
         serde_json::from_slice(&output.stdout).expect("the client's summary");
     std::thread::sleep(Duration::from_millis(1500));
-    let response =
-        cluster_testkit::http_get_from(std::net::Ipv4Addr::LOCALHOST, metrics, "/metrics", "")
-            .unwrap_or_default();
-    let counted = response
-        .lines()
-        .find(|l| l.starts_with("cluster_sessions_closed_total{worker=\"all\"}"))
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .unwrap_or(0.0);
+    let (counted, response) = sessions_closed(metrics);
     let mut brief = summary.clone();
     brief["extensions"] = serde_json::json!(format!(
         "{} x {}",
@@ -395,7 +387,7 @@ fn deflate_sessions_are_closed_with_1012_at_a_restart_and_counted() {
     );
     assert_eq!(summary["wrong"], 0, "{summary}");
     assert!(summary["replies"].as_u64().unwrap() > sessions, "{summary}");
-    assert_eq!(counted as u64, sessions, "{response}");
+    assert_eq!(counted, sessions, "{response}");
     cluster.signal(Signal::TERM);
     assert!(cluster.wait(LIMIT).success());
     let _ = std::fs::remove_dir_all(&dir);

@@ -30,6 +30,25 @@ pub fn pid_in(file: &std::path::Path) -> u32 {
         .unwrap_or(0)
 }
 
+/// Waits (at most `limit`) until `pid_file` names another process than `old`, and `old` is
+/// gone: a watcher's upgrade is over; the new watcher's pid.
+pub fn wait_new_watcher(
+    cluster: &ClusterProcess,
+    pid_file: &std::path::Path,
+    old: u32,
+    limit: std::time::Duration,
+) -> u32 {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let now = pid_in(pid_file);
+        if now != 0 && now != old && !process_running(old) {
+            return now;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", cluster.output());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// What `/proc/self/fd/N` points at, e.g. `pipe:[1234]` or `socket:[5678]`.
 pub fn link_of(fd: &impl AsRawFd) -> String {
     link_of_number(fd.as_raw_fd()).expect("descriptor is open")

@@ -236,20 +236,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
-
-    /// A masked client frame.
-    fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
-        let mut frame = vec![first, 0x80 | 126];
-        frame.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-        frame.extend_from_slice(&[7, 8, 9, 10]);
-        frame.extend(
-            payload
-                .iter()
-                .enumerate()
-                .map(|(i, b)| b ^ [7, 8, 9, 10][i % 4]),
-        );
-        frame
-    }
+    use crate::ws::testing::masked;
 
     /// One message compressed with the client's running window, its tail stripped.
     fn compress(window: &mut Compress, text: &[u8]) -> Vec<u8> {

@@ -57,6 +57,8 @@ mod inflate;
 mod io;
 mod session;
 mod tap;
+#[cfg(test)]
+mod testing;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 
