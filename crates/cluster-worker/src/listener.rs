@@ -34,32 +34,14 @@ struct TransferredSource {
 
 impl TransferredSource {
     async fn next(&self) -> io::Result<Transferred> {
-        let mut passed_on = match self.passed_on.try_lock() {
-            Ok(queue) => queue,
-            Err(_) => self.passed_on.lock().await,
-        };
-        let link = &*self.link;
-        let client = loop {
-            if let Ok(client) = passed_on.try_recv() {
-                break Some(client);
-            }
-            if !link.handoff.has_pipe() || link.handoff.clients_closed() {
-                // Nothing more will come from the watcher, and whatever another listener
-                // read for this one is already in the queue.
-                break passed_on.recv().await;
-            }
-            tokio::select! {
-                client = passed_on.recv() => break client,
-                ours = link.handoff.read_clients(&self.address) => {
-                    if let Some(client) = ours {
-                        return Ok(client);
-                    }
-                }
-            }
-        };
-        // Only what another listener passed on gets here.
+        if let Some(client) = self.next_until_closed().await {
+            return Ok(client);
+        }
+        // Nothing more will come from the watcher: only what another listener read for this
+        // one (queued before the pipe closed, or passed on still) is left.
+        let client = self.passed_on.lock().await.recv().await;
         let client = client.ok_or_else(watcher_gone)?;
-        link.handoff.taken();
+        self.link.handoff.taken();
         Ok(client)
     }
 
