@@ -132,6 +132,8 @@ fn check(records: &[SessionRecord], first_workers: &[u32], mode: &str) {
 /// 1,000 sessions (`HANDOVER_SESSIONS` to change it) through 3 rolling restarts of 4
 /// workers, then an upgrade of the watcher.
 fn through_restarts_and_an_upgrade(mode: &str) {
+    // A thousand sessions take both cores: one such test at a time under plain `cargo test`.
+    let _alone = support::serial();
     let sessions = std::env::var("HANDOVER_SESSIONS")
         .ok()
         .and_then(|n| n.parse().ok())
@@ -198,6 +200,8 @@ fn sessions_move_through_restarts_and_an_upgrade_in_reuseport_mode() {
 /// over 20 restarts with 1,000 sessions moving at each (measured after the first, warm).
 #[test]
 fn the_watcher_stays_flat_through_twenty_restarts_of_moving_sessions() {
+    // A thousand sessions take both cores: one such test at a time under plain `cargo test`.
+    let _alone = support::serial();
     let dir = scratch("flat");
     let (mut cluster, port) = start(&dir, "4", "shared", &[], &[]);
     let watcher = cluster.pid();
