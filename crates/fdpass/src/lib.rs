@@ -30,7 +30,9 @@
 //!   strict turn with eBPF where that is allowed (`CAP_BPF`); [`steer_reuseport_by_source`]
 //!   keeps each client address on one member, [`steer_reuseport_by_cpu`] each connection on
 //!   a member pinned to the CPU it arrives on; [`listen_queue`] reads a listener's accept
-//!   queue (`TCP_INFO`).
+//!   queue (`TCP_INFO`). [`steer_quic`] steers a group of UDP sockets by QUIC connection
+//!   ID: each process puts [`quic_cid_prefix`] in the IDs it issues, and its connections'
+//!   packets keep reaching it while new connections go to the members that accept.
 //! * [`peer_credentials`] says who is at the other end of a Unix socket (`SO_PEERCRED`),
 //!   also when it lives in another PID namespace.
 //! * [`Error`] is what can go wrong on the wire; [`SocketKindError`] what can go wrong when
@@ -91,6 +93,7 @@ mod frame;
 mod inherit;
 mod listener;
 mod peer;
+mod quic;
 mod raw;
 mod reuseport;
 mod signals;
@@ -109,6 +112,7 @@ pub use crate::{
     inherit::{adopt_inherited_fd, inherit_fd, inherit_fds_at, kill_with_parent},
     listener::{RawAcceptor, SeqpacketListener},
     peer::{PeerCredentials, peer_credentials},
+    quic::{MAX_QUIC_MEMBERS, QUIC_CID_PREFIX_LEN, quic_cid_member, quic_cid_prefix, steer_quic},
     raw::{RawPacket, recv_raw, send_raw},
     reuseport::{
         ListenQueue, MAX_STEERED, RoundRobinSteering, listen_queue, steer_reuseport,
