@@ -14,13 +14,17 @@
 //!   and count, both say how many requests succeeded and why the others failed;
 //!   [`WsLoad`] WebSocket sessions that check every echo and say how each connection ended;
 //!   [`SessionLoad`] sessions that must not notice a restart at all (numbered messages, the
-//!   server's state checked in every reply, no reconnect).
+//!   server's state checked in every reply, no reconnect); [`QuicLoad`] QUIC connections to
+//!   `quic-echo` that must keep their worker and every reply through restarts; [`UdpLoad`]
+//!   numbered datagrams against a UDP echo server, each answered or counted lost.
 
 mod http;
 mod load;
 mod process;
+mod quic;
 mod server;
 mod sessions;
+mod udp;
 mod ws;
 
 pub use crate::{
@@ -32,7 +36,9 @@ pub use crate::{
         children_of, context_switches, cpu_ticks, fd_count, process_exists, process_running,
         raise_fd_limit, rss_kib, signal,
     },
+    quic::{QuicLoad, QuicPlan, QuicSummary},
     server::{Output, ServerProcess, workspace_bin},
     sessions::{SessionLoad, SessionRecord},
+    udp::{UdpLoad, UdpSummary},
     ws::{WsEnd, WsLoad, WsSession, normal_close},
 };

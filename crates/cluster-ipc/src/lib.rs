@@ -64,7 +64,7 @@ pub use crate::{
     server_socket::{
         ListenAddress, ListenOptions, Listener, LocalServerSocketFactory, ReuseportGroup,
         ServerSocketFactory, ServerSocketPipeFactory, ServerSocketProvider, SocketSpec,
-        bind_listener,
+        bind_datagram, bind_listener,
     },
 };
 

@@ -353,6 +353,18 @@ impl WatcherConfig {
                 self.drain_spread, self.shutdown_timeout
             )));
         }
+        let quic = self
+            .listen
+            .iter()
+            .filter(|l| matches!(l.address, ListenAddress::Quic(_)))
+            .count();
+        if quic > 1 {
+            return Err(ConfigError(
+                "at most one quic:// listener: a worker has one connection-ID prefix \
+                 (CLUSTER_QUIC_CID_PREFIX)"
+                    .into(),
+            ));
+        }
         if self.backoff_max < self.backoff_initial {
             return Err(ConfigError(format!(
                 "the backoff ceiling ({:?}) must not be below its first delay ({:?})",

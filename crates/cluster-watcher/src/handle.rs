@@ -97,6 +97,7 @@ impl ClusterWatcher {
             created: std::time::Instant::now(),
             draining: std::sync::atomic::AtomicBool::new(false),
             log_drops: std::sync::OnceLock::new(),
+            datagrams: crate::driver::datagrams::Datagrams::default(),
             app_metrics: Arc::default(),
         });
         Self {

@@ -42,6 +42,8 @@ pub(crate) struct Shared {
     /// The workers' application metrics, and (program mode) the port each worker serves
     /// its own on.
     pub(crate) app_metrics: Arc<crate::appmetrics::Collection>,
+    /// Program mode's UDP and QUIC sockets.
+    pub(crate) datagrams: crate::driver::datagrams::Datagrams,
     /// Set by the embedding program: how many of its log lines it dropped.
     pub(crate) log_drops: std::sync::OnceLock<Box<dyn Fn() -> u64 + Send + Sync>>,
 }

@@ -14,6 +14,11 @@
 //!   `TCP_NODELAY`. With the `axum` feature, [`Listener`] implements `axum::serve::Listener`,
 //!   so `axum::serve(cluster_worker::listen(addr).await?, router)` is the whole change.
 //!   [`server_socket_factory`] gives raw listeners (TCP or Unix) for other servers.
+//! * **Datagrams.** [`udp_socket`] gives the UDP socket of a `cluster --listen udp://…` or
+//!   `quic://…` (or binds one standalone); [`notify_ready`] says `READY=1` for a program
+//!   given sockets. With feature `quic`, [`quic::endpoint`] makes a quinn endpoint whose
+//!   connection IDs carry this process's steering prefix, so its connections stay with it
+//!   through rolling restarts; [`quic::drain`] is its stop.
 //! * **Readiness and liveness.** The first successful [`listen`] tells the watcher the worker
 //!   is ready ([`defer_ready`] + [`ready`] to control it). A heartbeat goes out from the
 //!   program's own tokio runtime, so a blocked runtime is noticed and the worker replaced.
@@ -56,6 +61,7 @@
 
 mod activation;
 mod api;
+mod datagram;
 mod drain;
 mod env;
 mod error;
@@ -64,6 +70,8 @@ mod link;
 mod listener;
 mod log;
 pub mod metrics;
+#[cfg(feature = "quic")]
+pub mod quic;
 mod rebalance;
 mod resume;
 #[cfg(feature = "http")]
@@ -77,6 +85,7 @@ pub use crate::{
         Termination, WorkerChannel, WorkerSocketFactory, await_termination, channel, defer_ready,
         generation, id, is_worker, pid, ready, server_socket_factory, shutdown,
     },
+    datagram::{notify_ready, udp_socket},
     drain::{DrainNotice, drained},
     error::WorkerError,
     listener::{Listener, listen, listen_with},

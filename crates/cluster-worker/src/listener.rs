@@ -175,7 +175,7 @@ pub async fn listen_with(
         // copy of its socket that this process could break for the whole cluster.
         let local_addr = match factory.bound_address(address, options).await? {
             ListenAddress::Tcp(addr) => addr,
-            ListenAddress::Unix(_) => return Err(unix_unsupported()),
+            other => return Err(not_tcp(&other)),
         };
         let passed_on = Mutex::new(link.handoff.add_route(address.clone()));
         Listener {
@@ -199,15 +199,17 @@ pub async fn listen_with(
 fn tcp_addr(listener: &cluster_ipc::Listener) -> Result<SocketAddr, WorkerError> {
     match listener.local_addr()? {
         ListenAddress::Tcp(addr) => Ok(addr),
-        ListenAddress::Unix(_) => Err(unix_unsupported()),
+        other => Err(not_tcp(&other)),
     }
 }
 
-fn unix_unsupported() -> WorkerError {
-    WorkerError::Io(io::Error::new(
-        io::ErrorKind::Unsupported,
-        "listen() serves TCP; use server_socket_factory() for Unix sockets",
-    ))
+fn not_tcp(address: &ListenAddress) -> WorkerError {
+    let message = if address.is_datagram() {
+        "listen() serves TCP; use udp_socket() for UDP and QUIC"
+    } else {
+        "listen() serves TCP; use server_socket_factory() for Unix sockets"
+    };
+    WorkerError::Io(io::Error::new(io::ErrorKind::Unsupported, message))
 }
 
 impl Listener {

@@ -219,7 +219,9 @@ pub(crate) struct Args {
     /// order, with LISTEN_FDS, LISTEN_FDNAMES and LISTEN_PID, so servers that take their
     /// socket from systemd, listenfd or a `--fd 3` option run unmodified (readiness:
     /// READY=1 on NOTIFY_SOCKET, or --ready-after). ADDR is HOST:PORT (IPv6 hosts in brackets) or
-    /// unix:PATH (`,mode=0660` sets the file's mode); repeatable
+    /// unix:PATH (`,mode=0660` sets the file's mode), udp://HOST:PORT (a UDP socket per
+    /// slot) or quic://HOST:PORT (a UDP socket per worker, steered by QUIC connection ID;
+    /// the worker's ID prefix is in CLUSTER_QUIC_CID_PREFIX); repeatable
     #[arg(long, env = "CLUSTER_LISTEN", value_name = "[NAME=]ADDR", value_delimiter = ' ', value_parser = parse_listen)]
     listen: Vec<cluster_watcher::InheritedListener>,
 
@@ -455,10 +457,15 @@ impl Args {
 /// `shared` otherwise (cluster-worker programs hand their connections on themselves, and
 /// Unix sockets have no reuseport groups).
 fn default_balance(listen: &[cluster_watcher::InheritedListener]) -> Balance {
+    // Datagram listeners are per slot or per process whatever the mode.
+    let mut streams = listen
+        .iter()
+        .filter(|l| !l.address.is_datagram())
+        .peekable();
     let tcp = |l: &cluster_watcher::InheritedListener| {
         matches!(l.address, cluster_ipc::ListenAddress::Tcp(_))
     };
-    if !listen.is_empty() && listen.iter().all(tcp) {
+    if streams.peek().is_some() && streams.all(tcp) {
         Balance::Reuseport
     } else {
         Balance::Shared

@@ -129,6 +129,7 @@ fn bind_inner(address: &ListenAddress, options: &ListenOptions) -> io::Result<Ow
             rustix::net::listen(&fd, backlog)?;
             Ok(fd)
         }
+        ListenAddress::Udp(addr) | ListenAddress::Quic(addr) => bind_datagram(*addr),
         ListenAddress::Unix(path) => {
             let unix = SocketAddrUnix::new(path.as_path())?;
             let fd =
@@ -144,6 +145,27 @@ fn bind_inner(address: &ListenAddress, options: &ListenOptions) -> io::Result<Ow
             Ok(fd)
         }
     }
+}
+
+/// A UDP socket on `addr` with `SO_REUSEPORT` (every datagram address is a group of one
+/// socket per slot or per process), close-on-exec and non-blocking.
+///
+/// # Errors
+/// The OS error.
+pub fn bind_datagram(addr: std::net::SocketAddr) -> io::Result<OwnedFd> {
+    let family = if addr.is_ipv4() {
+        AddressFamily::INET
+    } else {
+        AddressFamily::INET6
+    };
+    let flags = SocketFlags::CLOEXEC | SocketFlags::NONBLOCK;
+    let fd = rustix::net::socket_with(family, SocketType::DGRAM, flags, None)?;
+    sockopt::set_socket_reuseport(&fd, true)?;
+    if addr.is_ipv6() {
+        sockopt::set_ipv6_v6only(&fd, true)?;
+    }
+    rustix::net::bind(&fd, &addr)?;
+    Ok(fd)
 }
 
 /// A Unix socket path nobody listens on any more.

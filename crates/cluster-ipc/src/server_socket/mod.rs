@@ -14,7 +14,7 @@ mod provider;
 
 pub use self::{
     address::{ListenAddress, ListenOptions},
-    bind::{Listener, LocalServerSocketFactory, ServerSocketFactory, bind_listener},
+    bind::{Listener, LocalServerSocketFactory, ServerSocketFactory, bind_datagram, bind_listener},
     pipe::ServerSocketPipeFactory,
     provider::{ReuseportGroup, ServerSocketProvider, SocketSpec},
 };

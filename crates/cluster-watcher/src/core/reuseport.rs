@@ -256,17 +256,17 @@ impl Supervisor {
         self.release_slot_if_gone(id.slot);
     }
 
-    /// A slot scaled away whose last process is gone gives up its sockets.
+    /// A slot scaled away whose last process is gone gives up its sockets (its reuseport
+    /// sockets, and in any mode its `udp://` ones).
     pub(super) fn release_slot_if_gone(&mut self, slot: u32) {
-        if !self.reuseport.enabled {
-            return;
-        }
         let wanted = self.slots.contains(slot) && self.slots[slot].wanted;
         if !wanted && !self.workers.keys().any(|id| id.slot == slot) {
             self.actions.push_back(Action::ReleaseSlot(slot));
-            // The group's order changed: the program must be attached anew.
-            self.reuseport.steered = None;
-            self.reuseport.dirty = true;
+            if self.reuseport.enabled {
+                // The group's order changed: the program must be attached anew.
+                self.reuseport.steered = None;
+                self.reuseport.dirty = true;
+            }
         }
     }
 

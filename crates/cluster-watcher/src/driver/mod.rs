@@ -19,6 +19,7 @@
 mod balancing;
 mod command;
 mod containment;
+pub(crate) mod datagrams;
 mod forwarding;
 mod hand_backs;
 mod listeners;
@@ -283,6 +284,7 @@ impl Driver {
                     kill_leftovers(process.pid);
                     self.containment.end(id);
                     self.shared.balancer.forget(id);
+                    self.shared.datagrams.exited(id);
                     if let Some(link) = process.link
                         && let Some(worker_end) = link.worker_end
                     {
@@ -322,8 +324,14 @@ impl Driver {
                     self.core.observed(id, observation, self.now);
                 }
                 Action::Spawn(id) => self.spawn(id),
-                Action::Admit(id) => self.shared.balancer.set_ready(id),
-                Action::Stop { id, spread } => self.stop(id, spread),
+                Action::Admit(id) => {
+                    self.shared.balancer.set_ready(id);
+                    self.shared.datagrams.admit(id);
+                }
+                Action::Stop { id, spread } => {
+                    self.shared.datagrams.retire(id);
+                    self.stop(id, spread);
+                }
                 Action::Kill { pid, .. } => kill_group(pid),
                 Action::Emit(event) => {
                     let log = &mut self.event_log;
@@ -350,6 +358,7 @@ impl Driver {
                     self.live = live;
                 }
                 Action::ReleaseSlot(slot) => {
+                    self.shared.datagrams.release_slot(slot);
                     if !self.shared.provider.release_slot(slot).is_empty() {
                         tracing::debug!(slot, "the slot's listening sockets were closed");
                     }

@@ -32,8 +32,15 @@ pub(crate) fn command(
 ) -> io::Result<(tokio::process::Command, Option<NotifySocket>)> {
     let config = shared.config();
     let mut fds = Vec::with_capacity(config.listen.len());
+    let mut cid_prefix = None;
     for listener in &config.listen {
-        let socket = listener_socket(shared, &listener.address, id.slot)?;
+        let socket = if listener.address.is_datagram() {
+            let granted = shared.datagrams.grant(&listener.address, id)?;
+            cid_prefix = cid_prefix.or(granted.cid_prefix);
+            granted.socket
+        } else {
+            listener_socket(shared, &listener.address, id.slot)?
+        };
         fds.push(rustix::io::fcntl_dupfd_cloexec(&*socket, 0)?);
     }
     let names: Vec<&str> = config.listen.iter().map(|l| l.name.as_str()).collect();
@@ -57,6 +64,9 @@ pub(crate) fn command(
             "WATCHDOG_USEC",
             config.heartbeat_timeout.as_micros().to_string(),
         );
+    if let Some(prefix) = cid_prefix {
+        command.env("CLUSTER_QUIC_CID_PREFIX", super::datagrams::hex(&prefix));
+    }
     if config.app_metrics_ports {
         let port = shared.app_metrics.ports.assign(id)?;
         command
@@ -125,6 +135,11 @@ pub(crate) fn prepare_program_mode(shared: &Shared) -> Result<(), StartError> {
             .any(|(address, _)| *address == listener.address);
         // Reuseport: slot 1's socket now (port 0 resolved for the group), the others'
         // as their workers start.
+        if listener.address.is_datagram() {
+            let bound = shared.datagrams.prepare(&listener.address)?;
+            tracing::info!(name = %listener.name, address = %listener.address, "listening on {bound}");
+            continue;
+        }
         let socket = listener_socket(shared, &listener.address, 1)?;
         if let (ListenAddress::Unix(path), Some(mode)) = (&listener.address, listener.mode) {
             use std::os::unix::fs::PermissionsExt;

@@ -1,0 +1,284 @@
+//! Program mode's UDP and QUIC listeners (`udp://`, `quic://`): `SO_REUSEPORT` groups of
+//! datagram sockets the watcher binds and holds, handed to workers as descriptors.
+//!
+//! * **`udp://`: one socket per slot.** The kernel hashes each flow (addresses and ports) to
+//!   a member. A slot's socket outlives its processes: a respawned or restarted worker gets
+//!   it back, so its flows keep their member, and datagrams that arrive while no process
+//!   reads wait in the socket's buffer. Both generations of a rolling restart read the same
+//!   socket for a moment; the old one leaves at its stop signal. A slot scaled away closes
+//!   its socket once its last process is gone, and the group rehashes.
+//! * **`quic://`: one socket per process**, steered by connection ID
+//!   ([`fdpass::steer_quic`]). A worker gets a member of its own and its prefix in
+//!   `CLUSTER_QUIC_CID_PREFIX` (hex), to put first in every connection ID it issues. Its
+//!   connections' packets reach it until it exits, however many generations came after;
+//!   new connections go to the members of ready workers that were not asked to stop
+//!   ([`admit`](Datagrams::admit), [`retire`](Datagrams::retire)). Members never leave the
+//!   group while the watcher runs (positions are what the program returns): a member whose
+//!   process ended is emptied of stale datagrams and given to the next process.
+//!
+//! Which workers are ready or stopping is the core's decision (its `Admit` and `Stop`
+//! actions); this module only keeps the sockets and the program in step with it.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use cluster_ipc::ListenAddress;
+use parking_lot::Mutex;
+
+use crate::WorkerId;
+
+/// Who reads a member of a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Holder {
+    /// `udp://`: every process of this slot.
+    Slot(u32),
+    /// `quic://`: this process.
+    Worker(WorkerId),
+    /// `quic://`: nobody; the next process gets it.
+    Free,
+}
+
+#[derive(Debug)]
+struct Member {
+    socket: Arc<OwnedFd>,
+    holder: Holder,
+}
+
+/// One address's group, members in the kernel's order.
+#[derive(Debug)]
+struct Group {
+    /// As asked for (`--listen`).
+    asked: ListenAddress,
+    /// Bound, with port 0 resolved.
+    bound: SocketAddr,
+    members: Vec<Member>,
+}
+
+/// What a worker gets for one datagram listener.
+#[derive(Debug)]
+pub(crate) struct Granted {
+    pub(crate) socket: Arc<OwnedFd>,
+    /// `quic://`: the connection-ID prefix of its member.
+    pub(crate) cid_prefix: Option<[u8; fdpass::QUIC_CID_PREFIX_LEN]>,
+}
+
+/// Every datagram group of the cluster, and the QUIC workers taking new connections.
+#[derive(Debug, Default)]
+pub(crate) struct Datagrams {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    groups: Vec<Group>,
+    accepting: BTreeSet<WorkerId>,
+}
+
+impl Datagrams {
+    /// Binds `address`'s first socket (port 0 resolved for good) and returns where it
+    /// listens; an address bound already is left as it is.
+    pub(crate) fn prepare(&self, address: &ListenAddress) -> io::Result<SocketAddr> {
+        let mut state = self.state.lock();
+        if let Some(group) = state.groups.iter().find(|g| g.asked == *address) {
+            return Ok(group.bound);
+        }
+        let (ListenAddress::Udp(asked) | ListenAddress::Quic(asked)) = address else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a datagram address",
+            ));
+        };
+        let socket = Arc::new(bind(*asked)?);
+        let bound = match ListenAddress::of(&*socket)? {
+            ListenAddress::Udp(bound) => bound,
+            _ => *asked,
+        };
+        state.groups.push(Group {
+            asked: address.clone(),
+            bound,
+            members: vec![Member {
+                socket,
+                holder: Holder::Free,
+            }],
+        });
+        Ok(bound)
+    }
+
+    /// The socket worker `id` reads for `address`: its slot's (`udp://`) or a member of its
+    /// own (`quic://`), bound when none is free.
+    pub(crate) fn grant(&self, address: &ListenAddress, id: WorkerId) -> io::Result<Granted> {
+        self.prepare(address)?;
+        let mut state = self.state.lock();
+        let group = state
+            .groups
+            .iter_mut()
+            .find(|g| g.asked == *address)
+            .expect("prepared above");
+        let quic = matches!(address, ListenAddress::Quic(_));
+        let position = if quic {
+            group.take_free(Holder::Worker(id))?
+        } else {
+            group.slot_member(id.slot)?
+        };
+        let socket = group.members[position].socket.clone();
+        let cid_prefix = if quic {
+            let position = u8::try_from(position).map_err(|_| {
+                io::Error::other(format!(
+                    "{address}: at most {} worker processes at once",
+                    fdpass::MAX_QUIC_MEMBERS
+                ))
+            })?;
+            Some(fdpass::quic_cid_prefix(position))
+        } else {
+            None
+        };
+        if quic {
+            state.steer();
+        }
+        Ok(Granted { socket, cid_prefix })
+    }
+
+    /// `id` is ready: new QUIC connections may go to it.
+    pub(crate) fn admit(&self, id: WorkerId) {
+        let mut state = self.state.lock();
+        if state.accepting.insert(id) {
+            state.steer();
+        }
+    }
+
+    /// `id` was asked to stop: it keeps its QUIC connections but gets no new ones.
+    pub(crate) fn retire(&self, id: WorkerId) {
+        let mut state = self.state.lock();
+        if state.accepting.remove(&id) {
+            state.steer();
+        }
+    }
+
+    /// `id`'s process is gone: its QUIC members are free for the next process.
+    pub(crate) fn exited(&self, id: WorkerId) {
+        let mut state = self.state.lock();
+        state.accepting.remove(&id);
+        for group in &mut state.groups {
+            for member in &mut group.members {
+                if member.holder == Holder::Worker(id) {
+                    member.holder = Holder::Free;
+                }
+            }
+        }
+        state.steer();
+    }
+
+    /// `slot` is gone for good: its `udp://` sockets close (the group rehashes).
+    pub(crate) fn release_slot(&self, slot: u32) {
+        let mut state = self.state.lock();
+        for group in &mut state.groups {
+            group.members.retain(|m| m.holder != Holder::Slot(slot));
+        }
+    }
+}
+
+impl Group {
+    /// `udp://`: the member of `slot`, bound on first use.
+    fn slot_member(&mut self, slot: u32) -> io::Result<usize> {
+        if let Some(position) = self
+            .members
+            .iter()
+            .position(|m| m.holder == Holder::Slot(slot))
+        {
+            return Ok(position);
+        }
+        // The socket bound by `prepare` goes to the first slot that asks.
+        if let Some(first) = self.members.iter_mut().find(|m| m.holder == Holder::Free) {
+            first.holder = Holder::Slot(slot);
+        } else {
+            self.bind_member(Holder::Slot(slot))?;
+        }
+        Ok(self
+            .members
+            .iter()
+            .position(|m| m.holder == Holder::Slot(slot))
+            .expect("just given"))
+    }
+
+    /// `quic://`: a free member (emptied of what its last process left unread), or a new
+    /// one.
+    fn take_free(&mut self, holder: Holder) -> io::Result<usize> {
+        if let Some(position) = self.members.iter().position(|m| m.holder == Holder::Free) {
+            let socket = &self.members[position].socket;
+            discard_queued(socket);
+            super::program::set_blocking(socket)?;
+            self.members[position].holder = holder;
+            return Ok(position);
+        }
+        self.bind_member(holder)?;
+        Ok(self.members.len() - 1)
+    }
+
+    /// A new member on the group's port: it joins the group last.
+    fn bind_member(&mut self, holder: Holder) -> io::Result<()> {
+        let socket = Arc::new(bind(self.bound)?);
+        self.members.push(Member { socket, holder });
+        Ok(())
+    }
+}
+
+impl State {
+    /// Attaches each QUIC group's program: connection IDs to their members, new
+    /// connections to the accepting workers' members (or, while none is ready, to every
+    /// held one: a starting worker reads them once it runs).
+    fn steer(&self) {
+        for group in &self.groups {
+            if !matches!(group.asked, ListenAddress::Quic(_)) {
+                continue;
+            }
+            let held = |accepting_only: bool| -> Vec<u32> {
+                (0u32..)
+                    .zip(&group.members)
+                    .filter(|(_, m)| match m.holder {
+                        Holder::Worker(id) => !accepting_only || self.accepting.contains(&id),
+                        _ => false,
+                    })
+                    .map(|(position, _)| position)
+                    .collect()
+            };
+            let mut accepting = held(true);
+            if accepting.is_empty() {
+                accepting = held(false);
+            }
+            if accepting.is_empty() {
+                continue;
+            }
+            let size = u32::try_from(group.members.len()).unwrap_or(u32::MAX);
+            if let Err(error) = fdpass::steer_quic(&*group.members[0].socket, size, &accepting) {
+                tracing::error!(address = %group.asked, %error, "cannot steer the QUIC sockets by connection ID");
+            }
+        }
+    }
+}
+
+/// A member's socket, blocking as systemd hands sockets out (a program that wants it
+/// non-blocking sets the flag itself).
+fn bind(address: SocketAddr) -> io::Result<OwnedFd> {
+    let socket = cluster_ipc::bind_datagram(address)?;
+    super::program::set_blocking(&socket)?;
+    Ok(socket)
+}
+
+/// Reads and drops the datagrams waiting on `socket` (for a process that is gone): at most
+/// a receive buffer's worth, so a flood cannot hold the driver.
+fn discard_queued(socket: &OwnedFd) {
+    let mut buffer = [0u8; 2048];
+    for _ in 0..4096 {
+        if rustix::net::recv(socket, &mut buffer, rustix::net::RecvFlags::DONTWAIT).is_err() {
+            return;
+        }
+    }
+}
+
+/// `CLUSTER_QUIC_CID_PREFIX`'s value: the prefix in lower-case hex.
+pub(crate) fn hex(prefix: &[u8]) -> String {
+    prefix.iter().map(|b| format!("{b:02x}")).collect()
+}
