@@ -29,9 +29,11 @@ fn cert() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/tls/cert.pem")
 }
 
-/// `cluster -w 4 --listen LISTEN PROGRAM…`, every worker ready; and the address it got.
-fn start(listen: &str, program: &[&str]) -> (ClusterProcess, SocketAddr) {
+/// `cluster -w 4 --listen LISTEN EXTRA… PROGRAM…`, every worker ready; and the address it
+/// got.
+fn start(listen: &str, extra: &[&str], program: &[&str]) -> (ClusterProcess, SocketAddr) {
     let mut args = vec!["-w", "4", "--listen", listen];
+    args.extend_from_slice(extra);
     args.extend_from_slice(program);
     let cluster = ClusterProcess::start(&args);
     cluster.wait_for("all workers ready", LIMIT);
@@ -56,7 +58,7 @@ fn rolling_restarts(cluster: &ClusterProcess, times: usize, pause: Duration) {
 /// QUIC echo connections through three rolling restarts of `quic-echo` under `listen`.
 fn quic_through_restarts(listen: &str, clients: usize) -> (QuicSummary, ClusterProcess) {
     let echo = workspace_bin("quic-echo");
-    let (cluster, address) = start(listen, &[echo.to_str().unwrap(), listen]);
+    let (cluster, address) = start(listen, &[], &[echo.to_str().unwrap(), listen]);
     let plan = QuicPlan {
         clients,
         every: Duration::from_millis(50),
@@ -87,6 +89,42 @@ fn quic_connections_keep_their_worker_through_three_rolling_restarts() {
 }
 
 #[test]
+fn quic_connections_survive_two_upgrades_of_the_watcher() {
+    let _serial = support::serial();
+    let dir = support::scratch_dir("cluster-datagram", "upgrade");
+    let pid_file = dir.join("pid");
+    let echo = workspace_bin("quic-echo");
+    let listen = "quic://127.0.0.1:0";
+    let (cluster, address) = start(
+        listen,
+        &["--pid-file", pid_file.to_str().unwrap()],
+        &[echo.to_str().unwrap(), listen],
+    );
+    let plan = QuicPlan {
+        clients: 100,
+        every: Duration::from_millis(50),
+        lifetime: Duration::from_secs(2),
+    };
+    let load = QuicLoad::start(address, &cert(), plan);
+    let mut watcher = cluster.pid();
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_secs(2));
+        support::signal(watcher, Signal::USR2);
+        watcher = support::wait_new_watcher(&cluster, &pid_file, watcher, LIMIT);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let summary = load.finish();
+    println!("two upgrades: {summary:?}");
+    let context = format!("{summary:?}\n{}", cluster.output());
+    assert_eq!(summary.connect_failures, 0, "{context}");
+    assert_eq!(summary.broken, 0, "{context}");
+    assert!(
+        summary.pids.len() >= 12,
+        "three watchers' workers answered: {context}"
+    );
+}
+
+#[test]
 fn without_connection_id_steering_a_rolling_restart_breaks_quic_connections() {
     let _serial = support::serial();
     let (summary, cluster) = quic_through_restarts("udp://127.0.0.1:0", 100);
@@ -104,7 +142,11 @@ fn without_connection_id_steering_a_rolling_restart_breaks_quic_connections() {
 /// `restarts` rolling restarts meanwhile: (sent, lost, workers that answered).
 fn udp_echo(restarts: usize, secs: u64) -> (u64, u64, usize) {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers/udp_echo.py");
-    let (cluster, address) = start("udp://127.0.0.1:0", &["python3", script.to_str().unwrap()]);
+    let (cluster, address) = start(
+        "udp://127.0.0.1:0",
+        &[],
+        &["python3", script.to_str().unwrap()],
+    );
     let load = UdpLoad::start(address, 16, Duration::from_millis(10));
     let started = Instant::now();
     rolling_restarts(&cluster, restarts, Duration::from_secs(1));

@@ -146,7 +146,7 @@ pub(crate) async fn prepare(
     adopt_activated(&watcher, activated);
     let mut workers = loaded_workers;
     if let Some(link) = &predecessor {
-        match link.receive_sockets(watcher.server_sockets()).await {
+        match link.receive_sockets(&watcher).await {
             Ok(count) => workers = count.max(1),
             Err(e) => {
                 link.failed(&e.to_string()).await;

@@ -97,6 +97,7 @@ pub(crate) async fn start_successor(
         Err(error) => {
             // Its workers die with it (they are killed when their watcher goes).
             drop(abandon);
+            watcher.upgrade_abandoned();
             let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
             Err(error)
         }

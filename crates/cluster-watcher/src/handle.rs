@@ -119,6 +119,18 @@ impl ClusterWatcher {
         &self.shared.provider
     }
 
+    /// Program mode's UDP and QUIC groups (an upgrade moves them with the sockets).
+    pub(crate) fn datagrams(&self) -> &crate::driver::datagrams::Datagrams {
+        &self.shared.datagrams
+    }
+
+    /// An upgrade this watcher started will not happen (the successor failed, exited or was
+    /// abandoned after [`SuccessorLink::send_sockets`](crate::SuccessorLink::send_sockets)):
+    /// this watcher steers its QUIC groups again, which the successor did meanwhile.
+    pub fn upgrade_abandoned(&self) {
+        self.shared.datagrams.take_back();
+    }
+
     /// Upgrades: from now on, every connection this watcher would hand to a worker (the idle
     /// keep-alive connections its stopping workers hand back, those queued for a worker that
     /// exits, and in round-robin and least-conn modes those it accepted) goes to `successor`

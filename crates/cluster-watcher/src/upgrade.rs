@@ -45,6 +45,8 @@ pub const ENV_UPGRADE: &str = "CLUSTER_UPGRADE_FDS";
 enum UpgradeMessage {
     /// A listening socket (the descriptor rides along).
     Socket(SocketSpec),
+    /// A member of a UDP or QUIC group, in the group's order (the descriptor rides along).
+    Datagram(crate::driver::datagrams::DatagramMember),
     /// Every socket was sent; run this many workers.
     SocketsSent { workers: u32 },
     /// The new watcher's workers are all ready.
@@ -166,6 +168,16 @@ impl SuccessorLink {
             )
             .await?;
         }
+        // The successor steers the datagram groups from its first worker on (until
+        // `upgrade_abandoned`).
+        for (member, fd) in watcher.datagrams().export() {
+            send(
+                &self.protocol,
+                &UpgradeMessage::Datagram(member),
+                &[fd.as_fd()],
+            )
+            .await?;
+        }
         let workers = u32::try_from(workers).unwrap_or(u32::MAX);
         send(
             &self.protocol,
@@ -176,7 +188,8 @@ impl SuccessorLink {
         Ok(sockets.len())
     }
 
-    /// Waits until the new watcher's workers are all ready; its pid.
+    /// Waits until the new watcher's workers are all ready; its pid. If it does not come to
+    /// that, call [`ClusterWatcher::upgrade_abandoned`].
     ///
     /// # Errors
     /// [`UpgradeError::Failed`] with its reason, [`UpgradeError::Gone`] if it exited,
@@ -284,20 +297,23 @@ impl PredecessorLink {
         })
     }
 
-    /// Takes every listening socket the old watcher sends into `provider`; the number of
-    /// workers to run.
+    /// Takes every listening socket the old watcher sends into `watcher` (its
+    /// [`server_sockets`](ClusterWatcher::server_sockets), and its UDP and QUIC groups); the
+    /// number of workers to run.
     ///
     /// # Errors
     /// The old watcher went away, or sent what is not a listening socket.
-    pub async fn receive_sockets(
-        &self,
-        provider: &ServerSocketProvider,
-    ) -> Result<usize, UpgradeError> {
+    pub async fn receive_sockets(&self, watcher: &ClusterWatcher) -> Result<usize, UpgradeError> {
+        let provider: &ServerSocketProvider = watcher.server_sockets();
         loop {
             match receive(&self.protocol).await? {
                 (UpgradeMessage::Socket(spec), mut fds) if fds.len() == 1 => {
                     let fd = fds.pop().expect("checked");
                     provider.import(spec, fd)?;
+                }
+                (UpgradeMessage::Datagram(member), mut fds) if fds.len() == 1 => {
+                    let fd = fds.pop().expect("checked");
+                    watcher.datagrams().import(member, fd)?;
                 }
                 (UpgradeMessage::SocketsSent { workers }, _) => return Ok(workers as usize),
                 (other, _) => return Err(UpgradeError::Protocol(format!("{other:?}"))),
@@ -353,12 +369,15 @@ impl PredecessorLink {
                         .await;
                     passed += 1;
                 }
-                Ok(None) => return passed,
-                Err(e) if e.io_error().is_some() => return passed,
+                Ok(None) => break,
+                Err(e) if e.io_error().is_some() => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "a bad connection from the old watcher; skipped")
                 }
             }
         }
+        // The old watcher closed its end: it is gone, and its workers with it.
+        watcher.datagrams().predecessor_gone();
+        passed
     }
 }

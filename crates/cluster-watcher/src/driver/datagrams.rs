@@ -27,6 +27,7 @@ use std::sync::Arc;
 
 use cluster_ipc::ListenAddress;
 use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
 
 use crate::WorkerId;
 
@@ -39,6 +40,20 @@ enum Holder {
     Worker(WorkerId),
     /// `quic://`: nobody; the next process gets it.
     Free,
+    /// `quic://`: a worker of the watcher this one took over from, until that watcher is
+    /// gone.
+    Predecessor,
+}
+
+/// A member as a successor watcher takes it over (its socket travels beside it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct DatagramMember {
+    /// The address as asked for (`--listen`).
+    pub(crate) address: ListenAddress,
+    /// `udp://`: the slot it belongs to.
+    pub(crate) slot: Option<u32>,
+    /// `quic://`: a process reads it (its connections must keep reaching it).
+    pub(crate) held: bool,
 }
 
 #[derive(Debug)]
@@ -75,6 +90,8 @@ pub(crate) struct Datagrams {
 struct State {
     groups: Vec<Group>,
     accepting: BTreeSet<WorkerId>,
+    /// A successor watcher took the groups: it steers them.
+    handed_over: bool,
 }
 
 impl Datagrams {
@@ -171,6 +188,88 @@ impl Datagrams {
         state.steer();
     }
 
+    /// Every member in its group's order, for a successor watcher ([`import`](Self::import)).
+    /// From now on the successor steers the groups: this watcher no longer does.
+    pub(crate) fn export(&self) -> Vec<(DatagramMember, Arc<OwnedFd>)> {
+        let mut state = self.state.lock();
+        state.handed_over = true;
+        let mut exported = Vec::new();
+        for group in &state.groups {
+            for member in &group.members {
+                let (slot, held) = match member.holder {
+                    Holder::Slot(slot) => (Some(slot), true),
+                    Holder::Worker(_) | Holder::Predecessor => (None, true),
+                    Holder::Free => (None, false),
+                };
+                let address = group.asked.clone();
+                exported.push((
+                    DatagramMember {
+                        address,
+                        slot,
+                        held,
+                    },
+                    member.socket.clone(),
+                ));
+            }
+        }
+        exported
+    }
+
+    /// An upgrade did not happen after all: this watcher steers its groups again.
+    pub(crate) fn take_back(&self) {
+        let mut state = self.state.lock();
+        state.handed_over = false;
+        state.steer();
+    }
+
+    /// Takes a member a predecessor [`export`](Self::export)ed, in order: it keeps its
+    /// place in the group (the kernel's, which the steering program counts on).
+    ///
+    /// # Errors
+    /// A socket that is not a UDP socket, or an address that is not a datagram one.
+    pub(crate) fn import(&self, member: DatagramMember, socket: OwnedFd) -> io::Result<()> {
+        let bound = match ListenAddress::of(&socket)? {
+            ListenAddress::Udp(bound) if member.address.is_datagram() => bound,
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "a handed-over datagram member that is not a UDP socket",
+                ));
+            }
+        };
+        let holder = match (member.slot, member.held) {
+            (Some(slot), _) => Holder::Slot(slot),
+            (None, true) => Holder::Predecessor,
+            (None, false) => Holder::Free,
+        };
+        let mut state = self.state.lock();
+        let member_socket = Member {
+            socket: Arc::new(socket),
+            holder,
+        };
+        match state.groups.iter_mut().find(|g| g.asked == member.address) {
+            Some(group) => group.members.push(member_socket),
+            None => state.groups.push(Group {
+                asked: member.address,
+                bound,
+                members: vec![member_socket],
+            }),
+        }
+        Ok(())
+    }
+
+    /// The predecessor watcher is gone, and its workers with it: their members are free.
+    pub(crate) fn predecessor_gone(&self) {
+        let mut state = self.state.lock();
+        for group in &mut state.groups {
+            for member in &mut group.members {
+                if member.holder == Holder::Predecessor {
+                    member.holder = Holder::Free;
+                }
+            }
+        }
+    }
+
     /// `slot` is gone for good: its `udp://` sockets close (the group rehashes).
     pub(crate) fn release_slot(&self, slot: u32) {
         let mut state = self.state.lock();
@@ -230,6 +329,9 @@ impl State {
     /// connections to the accepting workers' members (or, while none is ready, to every
     /// held one: a starting worker reads them once it runs).
     fn steer(&self) {
+        if self.handed_over {
+            return;
+        }
         for group in &self.groups {
             if !matches!(group.asked, ListenAddress::Quic(_)) {
                 continue;

@@ -165,3 +165,19 @@ fn queues_are_read_every_20_ms_in_reuseport_mode_only() {
     h.run_for(Duration::from_secs(2));
     assert!(!h.log.iter().any(|a| matches!(a, Action::PollQueues)));
 }
+
+#[test]
+fn in_shared_mode_too_a_slot_scaled_away_gives_up_its_sockets_once_its_worker_is_gone() {
+    // Its `udp://` socket, which the kernel would otherwise keep hashing datagrams to.
+    let mut h = Harness::with(config(), 2);
+    let t = h.ticket();
+    h.core.scale(t, 1, h.now);
+    h.drain();
+    assert!(
+        !h.log.contains(&Action::ReleaseSlot(2)),
+        "its worker still runs"
+    );
+    h.exit(id(2, 1), ExitKind::Code(0));
+    assert!(h.log.contains(&Action::ReleaseSlot(2)));
+    assert!(h.steered().is_empty(), "no reuseport group to steer");
+}
