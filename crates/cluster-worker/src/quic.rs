@@ -110,7 +110,7 @@ impl ConnectionIdGenerator for ConnectionIds {
 }
 
 fn parse_hex(hex: &str) -> Option<Vec<u8>> {
-    if hex.is_empty() || hex.len() % 2 != 0 || hex.len() > MAX_PREFIX * 2 {
+    if hex.is_empty() || !hex.len().is_multiple_of(2) || hex.len() > MAX_PREFIX * 2 {
         return None;
     }
     (0..hex.len())
