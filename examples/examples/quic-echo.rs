@@ -10,11 +10,11 @@
 //! A client opens a bidirectional stream and sends lines; each comes back with a space and
 //! the worker's pid appended. ALPN `echo`; the certificate is `examples/tls/` (for
 //! `localhost` and 127.0.0.1, self-signed, for trying it out only). Arguments: `[ADDRESS
-//! [CERT.pem KEY.pem]]` (default `quic://127.0.0.1:4433`); `QUIC_ECHO_DRAIN_SECS` (default
-//! 30) bounds the stop.
+//! [CERT.pem KEY.pem]]` (default `quic://127.0.0.1:4433`). At its stop it waits for its
+//! connections to end, and closes those left (reason `restarting`) just before the
+//! watcher's shutdown timeout.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -30,10 +30,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let bundled = concat!(env!("CARGO_MANIFEST_DIR"), "/tls");
     let cert = args.next().unwrap_or_else(|| format!("{bundled}/cert.pem"));
     let key = args.next().unwrap_or_else(|| format!("{bundled}/key.pem"));
-    let drain = std::env::var("QUIC_ECHO_DRAIN_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .map_or(Duration::from_secs(30), Duration::from_secs);
     let socket = cluster_worker::udp_socket(&address, None)?;
     tracing::info!("listening on {}", socket.local_addr()?);
     let endpoint = cluster_worker::quic::endpoint(socket, server_config(&cert, &key)?)?;
@@ -47,7 +43,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         open = endpoint.open_connections(),
         "stopping: draining"
     );
-    cluster_worker::quic::drain(&endpoint, drain).await;
+    cluster_worker::quic::drain(&endpoint, cluster_worker::quic::drain_limit()).await;
     Ok(())
 }
 

@@ -32,6 +32,9 @@ pub struct QuicSummary {
     pub connect_failures: u64,
     /// Connections that broke: an error, a reply that did not come, a wrong reply.
     pub broken: u64,
+    /// Connections the server closed gracefully at the end of its drain (application
+    /// close, reason `restarting`): they outlived the drain timeout.
+    pub closed_by_server: u64,
     /// Replies received and right.
     pub replies: u64,
     /// Connections whose replies came from more than one worker (none can: QUIC state
@@ -48,6 +51,7 @@ impl QuicSummary {
         self.completed += other.completed;
         self.connect_failures += other.connect_failures;
         self.broken += other.broken;
+        self.closed_by_server += other.closed_by_server;
         self.replies += other.replies;
         self.moved += other.moved;
         self.pids.extend(other.pids);
@@ -262,6 +266,7 @@ impl Client {
                     summary.completed += 1;
                     connection.close(0u32.into(), b"done");
                 }
+                Err(_) if closed_restarting(&connection) => summary.closed_by_server += 1,
                 Err(failure) => {
                     summary.broken += 1;
                     note(&mut summary, failure);
@@ -326,6 +331,14 @@ async fn connect(
         .await
         .map_err(|_| "no handshake in 10 s".to_owned())?
         .map_err(|e| e.to_string())
+}
+
+/// Whether the server closed `connection` at the end of its drain.
+fn closed_restarting(connection: &quinn::Connection) -> bool {
+    matches!(
+        connection.close_reason(),
+        Some(quinn::ConnectionError::ApplicationClosed(close)) if &close.reason[..] == b"restarting"
+    )
 }
 
 fn note(summary: &mut QuicSummary, failure: String) {

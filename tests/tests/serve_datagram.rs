@@ -56,9 +56,13 @@ fn rolling_restarts(cluster: &ClusterProcess, times: usize, pause: Duration) {
 }
 
 /// QUIC echo connections through three rolling restarts of `quic-echo` under `listen`.
-fn quic_through_restarts(listen: &str, clients: usize) -> (QuicSummary, ClusterProcess) {
+fn quic_through_restarts(
+    listen: &str,
+    extra: &[&str],
+    clients: usize,
+) -> (QuicSummary, ClusterProcess) {
     let echo = workspace_bin("quic-echo");
-    let (cluster, address) = start(listen, &[], &[echo.to_str().unwrap(), listen]);
+    let (cluster, address) = start(listen, extra, &[echo.to_str().unwrap(), listen]);
     let plan = QuicPlan {
         clients,
         every: Duration::from_millis(50),
@@ -76,7 +80,7 @@ fn quic_through_restarts(listen: &str, clients: usize) -> (QuicSummary, ClusterP
 fn quic_connections_keep_their_worker_through_three_rolling_restarts() {
     let _serial = support::serial();
     let clients = quic_clients();
-    let (summary, cluster) = quic_through_restarts("quic://127.0.0.1:0", clients);
+    let (summary, cluster) = quic_through_restarts("quic://127.0.0.1:0", &[], clients);
     let context = format!("{summary:?}\n{}", cluster.output());
     assert_eq!(summary.connect_failures, 0, "{context}");
     assert_eq!(summary.broken, 0, "{context}");
@@ -86,6 +90,36 @@ fn quic_connections_keep_their_worker_through_three_rolling_restarts() {
     assert!(summary.completed >= clients as u64 * 2, "{context}");
     assert!(summary.replies >= summary.completed * 10, "{context}");
     assert!(summary.pids.len() >= 12, "{context}");
+}
+
+#[test]
+fn connections_that_outlive_the_drain_are_closed_gracefully_before_the_kill() {
+    let _serial = support::serial();
+    let echo = workspace_bin("quic-echo");
+    let listen = "quic://127.0.0.1:0";
+    let (cluster, address) = start(
+        listen,
+        &["--shutdown-timeout", "3s"],
+        &[echo.to_str().unwrap(), listen],
+    );
+    let clients = 50;
+    let plan = QuicPlan {
+        clients,
+        every: Duration::from_millis(50),
+        lifetime: Duration::from_secs(20),
+    };
+    let load = QuicLoad::start(address, &cert(), plan);
+    rolling_restarts(&cluster, 1, Duration::from_secs(1));
+    // The old workers' drain (nine tenths of the 3 s) is over; the clients reconnected.
+    std::thread::sleep(Duration::from_secs(5));
+    let summary = load.finish();
+    let context = format!("{summary:?}\n{}", cluster.output());
+    assert_eq!(summary.broken, 0, "{context}");
+    assert_eq!(summary.connect_failures, 0, "{context}");
+    // Every first connection was on a worker of the first generation, outlived its drain
+    // and was closed by it (`restarting`), not cut by the kill; the next one lived on.
+    assert_eq!(summary.closed_by_server, clients as u64, "{context}");
+    assert_eq!(summary.completed, clients as u64, "{context}");
 }
 
 #[test]
@@ -127,7 +161,9 @@ fn quic_connections_survive_two_upgrades_of_the_watcher() {
 #[test]
 fn without_connection_id_steering_a_rolling_restart_breaks_quic_connections() {
     let _serial = support::serial();
-    let (summary, cluster) = quic_through_restarts("udp://127.0.0.1:0", 100);
+    // Broken connections linger in the old workers until their drain ends: a short one.
+    let short_drain = ["--shutdown-timeout", "3s"];
+    let (summary, cluster) = quic_through_restarts("udp://127.0.0.1:0", &short_drain, 100);
     // Both generations of a slot read its one socket: packets of the old one's connections
     // reach the new one, which knows nothing of them.
     assert!(summary.broken > 0, "{summary:?}\n{}", cluster.output());

@@ -8,7 +8,8 @@
 //! [`udp_socket`](crate::udp_socket). The old generation keeps its connections until they
 //! end (or until the watcher's shutdown timeout); new connections go to processes that are
 //! ready and were not asked to stop. [`drain`] is the stop: wait for the connections to
-//! end, then close what is left.
+//! end, then close what is left (with reason `restarting`) before the watcher's kill
+//! ([`drain_limit`]).
 //!
 //! Other QUIC stacks do the same: read `CLUSTER_QUIC_CID_PREFIX`, and make every server
 //! connection ID at least 4 bytes long, starting with those bytes, the rest random.
@@ -23,7 +24,7 @@
 //!     _ = async { while let Some(incoming) = endpoint.accept().await { /* serve */ } } => {}
 //!     _ = cluster_worker::await_termination() => {}
 //! }
-//! cluster_worker::quic::drain(&endpoint, std::time::Duration::from_secs(30)).await;
+//! cluster_worker::quic::drain(&endpoint, cluster_worker::quic::drain_limit()).await;
 //! # Ok(()) }
 //! ```
 
@@ -139,6 +140,18 @@ pub fn endpoint(socket: UdpSocket, server: ServerConfig) -> std::io::Result<Endp
         socket,
         Arc::new(quinn::TokioRuntime),
     )
+}
+
+/// How long [`drain`] should wait at a stop: nine tenths of the time the watcher gives a
+/// program between its stop signal and `SIGKILL` (`CLUSTER_DRAIN_TIMEOUT_MS`), so what is
+/// left is closed gracefully rather than cut; 30 s standalone.
+pub fn drain_limit() -> Duration {
+    std::env::var("CLUSTER_DRAIN_TIMEOUT_MS")
+        .ok()
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .map_or(Duration::from_secs(30), |ms| {
+            Duration::from_millis(ms).mul_f64(0.9)
+        })
 }
 
 /// The stop of a QUIC server: waits until every connection has ended (clients close them

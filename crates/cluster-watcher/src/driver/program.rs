@@ -4,7 +4,9 @@
 //! The worker gets the cluster's listening sockets as descriptors 3, 4, … (in
 //! [`WatcherConfig::listen`](crate::WatcherConfig::listen) order, not close-on-exec) with
 //! `LISTEN_FDS`, `LISTEN_FDNAMES` and `LISTEN_PID`, blocking as systemd passes them, and a
-//! `NOTIFY_SOCKET` of its own (with `WATCHDOG_USEC` from the heartbeat timeout). `LISTEN_PID` must be the pid of the process
+//! `NOTIFY_SOCKET` of its own (with `WATCHDOG_USEC` from the heartbeat timeout);
+//! `CLUSTER_DRAIN_TIMEOUT_MS` says how long it has from its stop signal to `SIGKILL`, and
+//! under `quic://` `CLUSTER_QUIC_CID_PREFIX` its connection-ID prefix. `LISTEN_PID` must be the pid of the process
 //! that runs the server, known only after the fork; `std::process::Command` builds the
 //! environment before it. The program is therefore started through `/bin/sh -c 'LISTEN_PID=$$
 //! … exec "$@"'`: `$$` is the shell's pid, which `exec` keeps for the server. (A wrong
@@ -63,6 +65,12 @@ pub(crate) fn command(
         .env(
             "WATCHDOG_USEC",
             config.heartbeat_timeout.as_micros().to_string(),
+        )
+        // From the stop signal to SIGKILL: what a server that drains long-lived
+        // connections (QUIC, WebSockets) has to close them gracefully.
+        .env(
+            "CLUSTER_DRAIN_TIMEOUT_MS",
+            config.shutdown_timeout.as_millis().to_string(),
         );
     if let Some(prefix) = cid_prefix {
         command.env("CLUSTER_QUIC_CID_PREFIX", super::datagrams::hex(&prefix));
