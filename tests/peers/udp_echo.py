@@ -1,8 +1,10 @@
 """A UDP echo server run unmodified under `cluster --listen udp://...`: it takes its socket
 as systemd hands it (descriptor 3, LISTEN_FDS), says READY=1 on NOTIFY_SOCKET, and answers
-each datagram with the datagram, a space and its pid. SIGTERM ends it between datagrams."""
+each datagram with the datagram, a space and its pid. At SIGTERM it answers what it has read
+and exits: the socket is shared with the slot's next process, which reads the rest."""
 
 import os
+import select
 import signal
 import socket
 import sys
@@ -11,13 +13,11 @@ stopping = False
 
 
 def stop(_signum, _frame):
+    # Only a flag: raising here could lose a datagram just read and not yet answered.
     global stopping
     stopping = True
-    if waiting:
-        raise SystemExit(0)
 
 
-waiting = False
 signal.signal(signal.SIGTERM, stop)
 
 if int(os.environ.get("LISTEN_FDS", "0")) < 1:
@@ -29,10 +29,14 @@ if notify:
         n.sendto(b"READY=1", notify)
 suffix = b" %d" % os.getpid()
 while not stopping:
-    waiting = True
+    # The socket stays blocking (its flags are shared with the slot's other process); the
+    # wait is bounded so a stop is seen, and the read never blocks (another process may
+    # have taken the datagram).
+    readable, _, _ = select.select([sock], [], [], 0.1)
+    if not readable:
+        continue
     try:
-        data, peer = sock.recvfrom(65535)
-    except SystemExit:
-        break
-    waiting = False
+        data, peer = sock.recvfrom(65535, socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        continue
     sock.sendto(data + suffix, peer)

@@ -165,12 +165,14 @@ fn without_connection_id_steering_a_rolling_restart_breaks_quic_connections() {
     let short_drain = ["--shutdown-timeout", "3s"];
     let (summary, cluster) = quic_through_restarts("udp://127.0.0.1:0", &short_drain, 100);
     // Both generations of a slot read its one socket: packets of the old one's connections
-    // reach the new one, which knows nothing of them.
-    assert!(summary.broken > 0, "{summary:?}\n{}", cluster.output());
+    // reach the new one, which knows nothing of them, and a new connection's handshake
+    // reaches a process that no longer accepts. (Connections closed at the end of the old
+    // workers' short drain are not counted: they can be legitimate.)
+    let failed = summary.broken + summary.connect_failures;
+    assert!(failed > 0, "{summary:?}\n{}", cluster.output());
     println!(
-        "udp:// (kernel hash, no steering): {} of {} connections broken",
-        summary.broken,
-        summary.broken + summary.completed
+        "udp:// (kernel hash, no steering): {} connections failed to open, {} broke, {} completed",
+        summary.connect_failures, summary.broken, summary.completed
     );
 }
 
