@@ -85,7 +85,9 @@ pub enum ServerSocketError {
         source: io::Error,
     },
     /// The address is not valid.
-    #[error("invalid listen address {0:?}: expected IP:PORT, [IPv6]:PORT, unix:PATH, /PATH, udp://IP:PORT or quic://IP:PORT")]
+    #[error(
+        "invalid listen address {0:?}: expected IP:PORT, [IPv6]:PORT, unix:PATH, /PATH, udp://IP:PORT or quic://IP:PORT"
+    )]
     InvalidAddress(String),
     /// Talking to the provider failed.
     #[error("server socket provider channel failed")]

@@ -428,16 +428,19 @@ impl Balancer {
                 let _ = tokio::time::timeout(Duration::from_secs(1), changed).await;
                 continue;
             };
-            let sent = if pick.all_full {
-                full.clear();
-                // Cancelling a one-packet send leaves nothing sent and the socket ours.
-                let send = pick.pipe.send_with_prefix(&socket, meta, prefix);
-                match tokio::time::timeout(FULL_WAIT, send).await {
-                    Ok(sent) => sent,
-                    Err(_) => continue,
+            // At once if the worker's queue has room: the timed wait below costs a timer
+            // per connection, and a keyed pick (hash modes) always allows it.
+            let sent = match pick.pipe.try_send_with_prefix(&socket, meta, prefix) {
+                Err(failed) if failed.is_full() && pick.all_full => {
+                    full.clear();
+                    // Cancelling a one-packet send leaves nothing sent and the socket ours.
+                    let send = pick.pipe.send_with_prefix(&socket, meta, prefix);
+                    match tokio::time::timeout(FULL_WAIT, send).await {
+                        Ok(sent) => sent,
+                        Err(_) => continue,
+                    }
                 }
-            } else {
-                pick.pipe.try_send_with_prefix(&socket, meta, prefix)
+                other => other,
             };
             match sent {
                 Ok(()) => {
