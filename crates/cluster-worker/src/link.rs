@@ -202,11 +202,18 @@ async fn send_heartbeats(
     }
 }
 
+/// How long a close report waits for the closes that follow it.
+const CLOSES_COALESCED: Duration = Duration::from_millis(1);
+
 /// Least-conn: the count of closed connections, soon after each close.
 async fn report_closes(control: ChannelSender<WorkerToWatcher>, counters: Counters) {
     let mut reported = 0;
     loop {
         counters.closed_changed.notified().await;
+        // The closes of the next millisecond go in the same report: under load a report
+        // per close was one more message per request for the watcher to read (a
+        // millisecond-old count is as good for picking the least loaded).
+        tokio::time::sleep(CLOSES_COALESCED).await;
         let closed = counters.closed.load(Ordering::Relaxed);
         if closed != reported {
             reported = closed;
