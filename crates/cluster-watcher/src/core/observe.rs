@@ -51,6 +51,10 @@ impl Supervisor {
     /// What the driver saw of `id`.
     pub(crate) fn observed(&mut self, id: WorkerId, observation: Observation, now: Instant) {
         self.advance(now);
+        // A stopped program still holding its slot back (reuseport's release).
+        if self.release_observed(id, observation == Observation::Listening) {
+            return;
+        }
         let Some(worker) = self.workers.get_mut(&id) else {
             return;
         };

@@ -17,6 +17,12 @@
 //!   gets no new connections until its queue shrinks; a warning says so. The kernel's
 //!   spread is blind to load (Cloudflare's observation about `SO_REUSEPORT`); this is the
 //!   watcher's remedy, from the accept queues alone.
+//! * A program given listeners shares its slot's socket with the slot's next worker, and
+//!   may go on accepting on it for a moment after its stop signal (uvicorn notices the
+//!   signal at its next 100 ms tick, then closes what it accepted meanwhile, unread). So a
+//!   drained worker is **released** before its slot gets new connections again: once it is
+//!   seen no longer waiting on the listener ([`Action::Observe`], every [`POLL`]), or gone,
+//!   or after [`RELEASE_LIMIT`].
 //! * A slot scaled away whose last process is gone gives up its sockets
 //!   ([`Action::ReleaseSlot`]).
 //!
@@ -46,6 +52,17 @@ pub(super) const STALL_AFTER: Duration = Duration::from_millis(200);
 /// How often the queues are looked at while a slot is live or draining.
 pub(super) const POLL: Duration = Duration::from_millis(20);
 
+/// How long a stopped program may keep its slot from new connections while it is still
+/// seen waiting on the listener.
+pub(super) const RELEASE_LIMIT: Duration = Duration::from_secs(1);
+
+/// A drained program asked to stop, still seen waiting on its slot's listener.
+#[derive(Debug)]
+struct Releasing {
+    id: WorkerId,
+    since: Instant,
+}
+
 /// A worker waiting for its slot's queue to empty before it is asked to stop.
 #[derive(Debug)]
 struct Draining {
@@ -69,6 +86,7 @@ pub(super) struct Reuseport {
     /// Reuseport mode, and no successor watcher took the sockets over.
     enabled: bool,
     draining: Vec<Draining>,
+    releasing: Vec<Releasing>,
     queues: BTreeMap<u32, QueueTrend>,
     /// The live slots last steered to (`None`: steer at the next chance).
     steered: Option<BTreeSet<u32>>,
@@ -98,10 +116,13 @@ impl Reuseport {
         self.draining.iter().any(|d| d.id == id)
     }
 
-    /// Live slots: ready, less the draining and the stalled.
+    /// Live slots: ready, less the draining, the releasing and the stalled.
     fn live(&self, mut ready: BTreeSet<u32>) -> BTreeSet<u32> {
         for draining in &self.draining {
             ready.remove(&draining.id.slot);
+        }
+        for releasing in &self.releasing {
+            ready.remove(&releasing.id.slot);
         }
         for (slot, trend) in &self.queues {
             if trend.stalled {
@@ -205,7 +226,7 @@ impl Supervisor {
     }
 
     /// The slot's queue did not empty in time: its worker is asked to stop anyway.
-    pub(super) fn drain_limit(&mut self, id: WorkerId, _now: Instant) {
+    pub(super) fn drain_limit(&mut self, id: WorkerId, now: Instant) {
         if !self.reuseport.is_draining(id) {
             return;
         }
@@ -215,7 +236,51 @@ impl Supervisor {
         );
         self.reuseport.draining.retain(|d| d.id != id);
         self.reuseport.dirty = true;
+        self.stop_drained(id, now);
+    }
+
+    /// A drained worker is asked to stop; a program keeps its slot from new connections
+    /// until it is released.
+    fn stop_drained(&mut self, id: WorkerId, now: Instant) {
         self.push_stop(id);
+        if self.config.program_mode() {
+            self.reuseport.releasing.push(Releasing { id, since: now });
+            self.timers.set_if_unset(Timer::PollQueues, now + POLL);
+        }
+    }
+
+    /// What was seen of `id`, if it is being released: released unless it still waits on
+    /// the listener. Whether `id` was being released (the observation is then used up).
+    pub(super) fn release_observed(&mut self, id: WorkerId, listening: bool) -> bool {
+        let Some(position) = self.reuseport.releasing.iter().position(|r| r.id == id) else {
+            return false;
+        };
+        if !listening {
+            self.reuseport.releasing.remove(position);
+            self.reuseport.dirty = true;
+        }
+        true
+    }
+
+    /// Asks the driver to look at the workers being released; releases those past
+    /// [`RELEASE_LIMIT`].
+    fn look_at_releasing(&mut self, now: Instant) {
+        let before = self.reuseport.releasing.len();
+        self.reuseport
+            .releasing
+            .retain(|r| now.duration_since(r.since) < RELEASE_LIMIT);
+        if self.reuseport.releasing.len() != before {
+            self.reuseport.dirty = true;
+            tracing::debug!(
+                "a stopped worker still waited on its slot's listener after {RELEASE_LIMIT:?}; its slot takes new connections again"
+            );
+        }
+        for releasing in &self.reuseport.releasing {
+            if let Some(worker) = self.workers.get(&releasing.id) {
+                let (id, pid) = (releasing.id, worker.pid);
+                self.actions.push_back(Action::Observe { id, pid });
+            }
+        }
     }
 
     /// Reuseport: asks the driver for the queues while a slot is live or draining.
@@ -223,10 +288,13 @@ impl Supervisor {
         if !self.reuseport.enabled {
             return;
         }
-        let busy = !self.reuseport.draining.is_empty() || !self.ready_slots().is_empty();
+        let busy = !self.reuseport.draining.is_empty()
+            || !self.reuseport.releasing.is_empty()
+            || !self.ready_slots().is_empty();
         if busy {
             self.actions.push_back(Action::PollQueues);
         }
+        self.look_at_releasing(now);
         if busy || self.running {
             self.timers.set(Timer::PollQueues, now + POLL);
         }
@@ -246,13 +314,15 @@ impl Supervisor {
         }
         for id in done {
             self.timers.stop(Timer::DrainLimit(id));
-            self.push_stop(id);
+            self.stop_drained(id, now);
         }
     }
 
     /// `id` exited: no drain waits for it any more, and a slot scaled away may be gone.
     pub(super) fn reuseport_exited(&mut self, id: WorkerId) {
         self.reuseport.draining.retain(|d| d.id != id);
+        // Gone: it cannot accept any more.
+        self.release_observed(id, false);
         self.release_slot_if_gone(id.slot);
     }
 
@@ -275,6 +345,7 @@ impl Supervisor {
     pub(crate) fn handed_over(&mut self, now: Instant) {
         self.advance(now);
         self.reuseport.enabled = false;
+        self.reuseport.releasing.clear();
         for draining in std::mem::take(&mut self.reuseport.draining) {
             self.timers.stop(Timer::DrainLimit(draining.id));
             self.push_stop(draining.id);

@@ -106,6 +106,60 @@ fn a_rolling_restart_drains_each_old_worker_after_its_successor_is_ready() {
     assert_eq!(h.steered().last(), Some(&slots(&[1, 2])));
 }
 
+/// A program given listeners, in reuseport mode, restarting: slot 1's old worker stopped.
+fn program_restarted() -> Harness {
+    let address: cluster_ipc::ListenAddress = "127.0.0.1:8000".parse().unwrap();
+    let config = config().balance(Balance::Reuseport).listen("http", address);
+    let mut h = Harness::with(config, 2);
+    let t = h.ticket();
+    h.core.restart(t, h.now);
+    h.drain();
+    h.ready(id(1, 2));
+    h.queues_for(&[], Duration::from_millis(200));
+    assert_eq!(h.stops(), vec![id(1, 1)]);
+    h
+}
+
+fn observed_stopping(h: &Harness) -> bool {
+    h.log
+        .iter()
+        .any(|a| matches!(a, Action::Observe { id: w, .. } if *w == id(1, 1)))
+}
+
+#[test]
+fn a_stopped_program_keeps_its_slot_from_new_connections_until_it_no_longer_listens() {
+    let mut h = program_restarted();
+    // Its successor shares the slot's socket, but the old one may still accept on it.
+    assert_eq!(h.steered().last(), Some(&slots(&[2])));
+    h.run_for(Duration::from_millis(40));
+    assert!(observed_stopping(&h), "looked at while it is released");
+    h.core.observed(id(1, 1), Observation::Listening, h.now);
+    h.run_for(Duration::from_millis(40));
+    assert_eq!(h.steered().last(), Some(&slots(&[2])), "still listening");
+    h.core.observed(id(1, 1), Observation::EventLoop, h.now);
+    h.queues(&[]);
+    assert_eq!(h.steered().last(), Some(&slots(&[1, 2])));
+}
+
+#[test]
+fn a_stopped_program_is_released_by_its_exit_or_at_the_limit() {
+    let mut h = program_restarted();
+    h.exit(id(1, 1), ExitKind::Code(0));
+    h.queues(&[]);
+    assert_eq!(h.steered().last(), Some(&slots(&[1, 2])), "gone");
+
+    let mut h = program_restarted();
+    h.run_for(Duration::from_millis(900));
+    assert_eq!(h.steered().last(), Some(&slots(&[2])));
+    h.run_for(Duration::from_millis(200));
+    h.queues(&[]);
+    assert_eq!(
+        h.steered().last(),
+        Some(&slots(&[1, 2])),
+        "released after 1 s"
+    );
+}
+
 #[test]
 fn a_stalled_slot_gets_no_new_connections_until_its_queue_shrinks() {
     let mut h = reuseport(2);
