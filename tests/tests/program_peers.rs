@@ -497,8 +497,11 @@ fn rolling_restart(cluster: &ClusterProcess, mut meanwhile: impl FnMut()) -> Dur
     began.elapsed()
 }
 
-/// uvicorn alone still resets, now and then, a connection it accepted and had not read when
-/// its SIGTERM came (in reuseport mode the drained slot leaves it few): at most one a restart.
+/// uvicorn closes, unread, what it accepted before its SIGTERM took effect (up to its next
+/// 100 ms tick). Reuseport mode leaves it nothing to accept by then (its slot drained before
+/// the signal, held back from new connections until it is seen no longer listening, and
+/// slots replaced back to back drained in turn): 0 resets in 15 runs of about 6,000
+/// requests (session 9), where there were 8 before. The bound allows a stalled machine.
 fn at_most_one_a_restart(restarts: usize, failed: &[String]) {
     assert!(failed.len() <= restarts, "{failed:?}");
 }
@@ -614,7 +617,8 @@ fn uvicorn_in_the_default_mode_fails_at_most_once_a_restart() {
         failed.len()
     );
     assert!(ok > 1000, "{ok}");
-    at_most_one_a_restart(3, &failed);
+    // The bound: one in 10,000 (a run is about 6,000 requests).
+    at_most_one_a_restart(1, &failed);
     cluster.signal(Signal::TERM);
     assert!(cluster.wait(LIMIT).success());
 }

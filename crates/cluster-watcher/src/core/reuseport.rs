@@ -69,6 +69,9 @@ struct Draining {
     id: WorkerId,
     /// Since when the queue has been seen empty.
     empty_since: Option<Instant>,
+    /// Waiting for another slot to be live before its own drain begins (its slot takes new
+    /// connections meanwhile).
+    waiting: bool,
 }
 
 /// One live slot's queue, as last seen.
@@ -118,7 +121,7 @@ impl Reuseport {
 
     /// Live slots: ready, less the draining, the releasing and the stalled.
     fn live(&self, mut ready: BTreeSet<u32>) -> BTreeSet<u32> {
-        for draining in &self.draining {
+        for draining in self.draining.iter().filter(|d| !d.waiting) {
             ready.remove(&draining.id.slot);
         }
         for releasing in &self.releasing {
@@ -176,6 +179,9 @@ impl Reuseport {
     fn drained(&mut self, queues: &HashMap<u32, u32>, now: Instant) -> Vec<WorkerId> {
         let mut done = Vec::new();
         self.draining.retain_mut(|draining| {
+            if draining.waiting {
+                return true;
+            }
             if queues.get(&draining.id.slot).copied().unwrap_or(0) > 0 {
                 draining.empty_since = None;
                 return true;
@@ -212,17 +218,53 @@ impl Supervisor {
             return false;
         }
         let live = self.reuseport.live(self.ready_slots());
-        if !live.iter().any(|&slot| slot != id.slot) {
+        let others_live = live.iter().any(|&slot| slot != id.slot);
+        // Another slot draining or being released is live again shortly (a rolling restart
+        // replacing two at once): this one waits for it instead of being stopped while its
+        // slot still takes connections.
+        let others_soon = self
+            .reuseport
+            .draining
+            .iter()
+            .any(|d| !d.waiting && d.id.slot != id.slot)
+            || self
+                .reuseport
+                .releasing
+                .iter()
+                .any(|r| r.id.slot != id.slot);
+        if !others_live && !others_soon {
             return false;
         }
         self.reuseport.draining.push(Draining {
             id,
             empty_since: None,
+            waiting: !others_live,
         });
         self.reuseport.dirty = true;
-        self.timers.set(Timer::DrainLimit(id), now + DRAIN_LIMIT);
+        let limit = if others_live {
+            DRAIN_LIMIT
+        } else {
+            DRAIN_LIMIT + DRAIN_LIMIT + RELEASE_LIMIT
+        };
+        self.timers.set(Timer::DrainLimit(id), now + limit);
         self.timers.set_if_unset(Timer::PollQueues, now + POLL);
         true
+    }
+
+    /// Begins the drains that waited for another slot to be live, one at a time.
+    fn begin_waiting_drains(&mut self, now: Instant) {
+        while let Some(position) = self.reuseport.draining.iter().position(|d| d.waiting) {
+            let slot = self.reuseport.draining[position].id.slot;
+            let live = self.reuseport.live(self.ready_slots());
+            if !live.iter().any(|&s| s != slot) {
+                return;
+            }
+            let draining = &mut self.reuseport.draining[position];
+            draining.waiting = false;
+            self.timers
+                .set(Timer::DrainLimit(draining.id), now + DRAIN_LIMIT);
+            self.reuseport.dirty = true;
+        }
     }
 
     /// The slot's queue did not empty in time: its worker is asked to stop anyway.
@@ -316,6 +358,7 @@ impl Supervisor {
             self.timers.stop(Timer::DrainLimit(id));
             self.stop_drained(id, now);
         }
+        self.begin_waiting_drains(now);
     }
 
     /// `id` exited: no drain waits for it any more, and a slot scaled away may be gone.
