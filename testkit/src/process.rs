@@ -88,3 +88,22 @@ pub fn raise_fd_limit() {
         let _ = setrlimit(Resource::Nofile, raised);
     }
 }
+
+/// Runs the future `make` returns on a two-thread tokio runtime of its own, on a thread of
+/// its own (a load that must not share the test's runtime, or block it); its output when
+/// joined.
+pub(crate) fn on_runtime_thread<F, Fut>(make: F) -> std::thread::JoinHandle<Fut::Output>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future,
+    Fut::Output: Send + 'static,
+{
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a runtime")
+            .block_on(make())
+    })
+}

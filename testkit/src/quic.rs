@@ -92,14 +92,7 @@ impl QuicLoad {
         let config = client_config(cert_pem);
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("a runtime");
-            runtime.block_on(run(server, config, plan, flag))
-        });
+        let thread = crate::process::on_runtime_thread(move || run(server, config, plan, flag));
         Self { stop, thread }
     }
 

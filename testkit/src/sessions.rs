@@ -47,27 +47,20 @@ impl SessionLoad {
         let stop = Arc::new(AtomicBool::new(false));
         let (url, flag) = (url.to_owned(), stop.clone());
         let (connected_tx, connected) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("a runtime");
-            runtime.block_on(async move {
-                // Each session's messages start at its own phase of the period: not all at once.
-                let tasks: Vec<_> = (0..sessions)
-                    .map(|i| {
-                        let ready = connected_tx.clone();
-                        let phase = every.mul_f64(i as f64 / sessions as f64);
-                        tokio::spawn(session(url.clone(), every, phase, flag.clone(), ready))
-                    })
-                    .collect();
-                let mut records = Vec::with_capacity(sessions);
-                for task in tasks {
-                    records.push(task.await.unwrap_or_default());
-                }
-                records
-            })
+        let thread = crate::process::on_runtime_thread(move || async move {
+            // Each session's messages start at its own phase of the period: not all at once.
+            let tasks: Vec<_> = (0..sessions)
+                .map(|i| {
+                    let ready = connected_tx.clone();
+                    let phase = every.mul_f64(i as f64 / sessions as f64);
+                    tokio::spawn(session(url.clone(), every, phase, flag.clone(), ready))
+                })
+                .collect();
+            let mut records = Vec::with_capacity(sessions);
+            for task in tasks {
+                records.push(task.await.unwrap_or_default());
+            }
+            records
         });
         for _ in 0..sessions {
             let _ = connected.recv_timeout(Duration::from_secs(30));

@@ -51,22 +51,15 @@ impl WsLoad {
         let stop = Arc::new(AtomicBool::new(false));
         let url = url.to_owned();
         let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("a runtime");
-            runtime.block_on(async move {
-                let tasks: Vec<_> = (0..sessions)
-                    .map(|_| tokio::spawn(session(url.clone(), every, flag.clone())))
-                    .collect();
-                let mut results = Vec::with_capacity(sessions);
-                for task in tasks {
-                    results.push(task.await.unwrap_or_default());
-                }
-                results
-            })
+        let thread = crate::process::on_runtime_thread(move || async move {
+            let tasks: Vec<_> = (0..sessions)
+                .map(|_| tokio::spawn(session(url.clone(), every, flag.clone())))
+                .collect();
+            let mut results = Vec::with_capacity(sessions);
+            for task in tasks {
+                results.push(task.await.unwrap_or_default());
+            }
+            results
         });
         Self { stop, thread }
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use cluster_watcher::ClusterWatcher;
 
 /// This process's children, with whether each is a zombie.
-fn children() -> Vec<(i32, bool)> {
+pub(crate) fn children() -> Vec<(i32, bool)> {
     child_pids()
         .into_iter()
         .filter_map(|pid| procfs::process::Process::new(pid).ok()?.stat().ok())
@@ -19,7 +19,7 @@ fn children() -> Vec<(i32, bool)> {
 /// small reads, where a scan of every process in `/proc`, once a second on the watcher's
 /// only thread, cost hundreds of system calls), or that scan where the kernel has no such
 /// file.
-fn child_pids() -> Vec<i32> {
+pub(crate) fn child_pids() -> Vec<i32> {
     let listed: Option<Vec<i32>> = std::fs::read_dir("/proc/self/task").ok().and_then(|tasks| {
         let mut pids = Vec::new();
         for task in tasks.flatten() {

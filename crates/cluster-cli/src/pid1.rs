@@ -50,7 +50,7 @@ pub(crate) async fn stay_as_init(mut successor: tokio::process::Child) -> ExitCo
         if let Some(code) = reap(spare) {
             status = Some(code);
         }
-        if successor_done && child_pids().is_empty() {
+        if successor_done && crate::orphans::child_pids().is_empty() {
             return status.unwrap_or(ExitCode::FAILURE);
         }
         tokio::select! {
@@ -82,7 +82,7 @@ async fn futures_any(streams: &mut [(Signal, tokio::signal::unix::Signal)]) -> S
 
 /// Passes `which` on to every child.
 fn forward(which: Signal) {
-    for pid in child_pids() {
+    for pid in crate::orphans::child_pids() {
         if let Some(pid) = Pid::from_raw(pid) {
             let _ = rustix::process::kill_process(pid, which);
         }
@@ -106,26 +106,10 @@ fn reap(spare: u32) -> Option<ExitCode> {
     last
 }
 
+/// Children that have exited and wait to be reaped.
 fn zombie_children() -> Vec<i32> {
-    let me = std::process::id() as i32;
-    procfs::process::all_processes()
+    crate::orphans::children()
         .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|process| process.stat().ok())
-        .filter(|stat| stat.ppid == me && stat.state == 'Z')
-        .map(|stat| stat.pid)
-        .collect()
-}
-
-fn child_pids() -> Vec<i32> {
-    let me = std::process::id() as i32;
-    procfs::process::all_processes()
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|process| process.stat().ok())
-        .filter(|stat| stat.ppid == me)
-        .map(|stat| stat.pid)
+        .filter_map(|(pid, zombie)| zombie.then_some(pid))
         .collect()
 }

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::AsFd;
 
-use crate::reuseport::{MAX_STEERED, attach_classic, check_indexes, steering_program};
+use crate::reuseport::{MAX_STEERED, attach_classic, check_indexes, op, steering_program};
 
 /// The most members one CPU may have in [`steer_reuseport_by_cpu`] (a jump in classic BPF
 /// skips at most 255 instructions).
@@ -47,15 +47,6 @@ pub fn steer_reuseport_by_cpu(
         ));
     }
     attach_classic(socket, cpu_program(&groups, fallback))
-}
-
-fn op(code: u32, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
-    libc::sock_filter {
-        code: u16::try_from(code).expect("BPF opcodes fit 16 bits"),
-        jt,
-        jf,
-        k,
-    }
 }
 
 /// `A = cpu`; per CPU with members: `A == cpu ? (its member, or one of them at random)`;

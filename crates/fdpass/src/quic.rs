@@ -26,7 +26,7 @@
 use std::io;
 use std::os::fd::AsFd;
 
-use crate::reuseport::attach_classic;
+use crate::reuseport::{attach_classic, op};
 
 /// The most members [`steer_quic`] can name: a position is one byte.
 pub const MAX_QUIC_MEMBERS: usize = 256;
@@ -82,15 +82,6 @@ pub fn steer_quic(socket: impl AsFd, members: u32, accepting: &[u32]) -> io::Res
 const OFFSET: u32 = 0;
 const POSITION: u32 = 1;
 const FIRST_CHECK: u32 = 2;
-
-fn op(code: u32, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
-    libc::sock_filter {
-        code: u16::try_from(code).expect("BPF opcodes fit 16 bits"),
-        jt,
-        jf,
-        k,
-    }
-}
 
 /// `offset = long header ? 6 : 1; if prefix(id) names a member, return it; else return
 /// accepting[word(id) % len]`.

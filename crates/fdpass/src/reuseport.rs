@@ -26,6 +26,16 @@ pub fn steer_reuseport(socket: impl AsFd, indexes: &[u32]) -> io::Result<()> {
     attach_classic(socket, steering_program(indexes))
 }
 
+/// One classic BPF instruction.
+pub(crate) fn op(code: u32, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
+    libc::sock_filter {
+        code: u16::try_from(code).expect("BPF opcodes fit 16 bits"),
+        jt,
+        jf,
+        k,
+    }
+}
+
 /// Attaches a classic BPF program to the group `socket` belongs to.
 pub(crate) fn attach_classic(
     socket: impl AsFd,
@@ -106,12 +116,6 @@ pub(crate) fn check_indexes(indexes: &[u32]) -> io::Result<()> {
 
 /// `random % indexes.len()`, then a jump table onto `indexes`.
 pub(crate) fn steering_program(indexes: &[u32]) -> Vec<libc::sock_filter> {
-    let op = |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter {
-        code: u16::try_from(code).expect("BPF opcodes fit 16 bits"),
-        jt,
-        jf,
-        k,
-    };
     #[allow(clippy::cast_sign_loss)] // SKF_AD_OFF is negative by definition: the kernel's u32
     let random = (libc::SKF_AD_OFF + libc::SKF_AD_RANDOM) as u32;
     let count = u32::try_from(indexes.len()).expect("bounded by MAX_STEERED");

@@ -13,7 +13,7 @@
 use std::io;
 use std::os::fd::AsFd;
 
-use crate::reuseport::{attach_classic, check_indexes};
+use crate::reuseport::{attach_classic, check_indexes, op};
 
 /// The most members [`steer_reuseport_by_source`] takes.
 pub const MAX_STICKY: usize = 256;
@@ -61,15 +61,6 @@ pub fn steer_reuseport_by_source(socket: impl AsFd, members: &[(u32, u32)]) -> i
 const KEY: u32 = 0;
 const BEST_WEIGHT: u32 = 1;
 const BEST_POSITION: u32 = 2;
-
-fn op(code: u32, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
-    libc::sock_filter {
-        code: u16::try_from(code).expect("BPF opcodes fit 16 bits"),
-        jt,
-        jf,
-        k,
-    }
-}
 
 /// `key = source address; for each member: weight = mix(key, slot), keep the highest;
 /// return its position`.
