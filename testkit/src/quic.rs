@@ -219,7 +219,7 @@ async fn run(
         .collect();
     let mut summary = QuicSummary::default();
     for task in tasks {
-        summary.merge(task.await.unwrap_or_default());
+        summary.merge(task.await.expect("a QUIC client task"));
     }
     for endpoint in endpoints {
         endpoint.wait_idle().await;

@@ -358,6 +358,18 @@ impl WatcherConfig {
             .iter()
             .filter(|l| matches!(l.address, ListenAddress::Quic(_)))
             .count();
+        let mut ports = std::collections::HashSet::new();
+        for listener in &self.listen {
+            if let ListenAddress::Udp(addr) | ListenAddress::Quic(addr) = &listener.address
+                && addr.port() != 0
+                && !ports.insert(*addr)
+            {
+                return Err(ConfigError(format!(
+                    "{addr} is listened on twice: two UDP groups on one port would be one \
+                     group to the kernel"
+                )));
+            }
+        }
         if quic > 1 {
             return Err(ConfigError(
                 "at most one quic:// listener: a worker has one connection-ID prefix \

@@ -11,7 +11,7 @@ use crate::WorkerError;
 
 /// The UDP socket for `address` (`udp://HOST:PORT`, `quic://HOST:PORT` or `HOST:PORT`):
 /// the inherited one bound there (port 0 matches any port on that IP) or named `name`, else
-/// one bound here with `SO_REUSEPORT`. It is returned non-blocking, ready for
+/// (standalone: no `LISTEN_FDS`) one bound here with `SO_REUSEPORT`. It is returned non-blocking, ready for
 /// `tokio::net::UdpSocket::from_std` or a QUIC endpoint ([`quic::endpoint`](crate::quic)).
 ///
 /// Under `quic://` each process gets a socket of its own in a group steered by connection
@@ -34,6 +34,14 @@ pub fn udp_socket(address: &str, name: Option<&str>) -> Result<UdpSocket, Worker
     };
     let fd = match crate::activation::take(&wanted, name) {
         Some(fd) => fd,
+        // Given sockets, but not this one: a socket bound here would join the cluster's
+        // `SO_REUSEPORT` group and take its share of packets that are not its own.
+        None if std::env::var_os("LISTEN_FDS").is_some() => {
+            return Err(WorkerError::Io(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{address}: no inherited UDP socket for it (LISTEN_FDS is set)"),
+            )));
+        }
         None => {
             let (ListenAddress::Udp(addr) | ListenAddress::Quic(addr)) = wanted else {
                 unreachable!("made a datagram address above")

@@ -12,9 +12,16 @@
 //!   long-header packet at byte 6 (after the flags, the version and the ID's length);
 //! * a prefix whose check bytes match and whose position is in the group goes to that
 //!   member: the old process of a rolling restart keeps getting its connections' packets;
-//! * anything else (a client's first Initial, whose ID the client picked at random, or a
-//!   packet too short to be QUIC) goes to one of the *accepting* members, chosen by the
-//!   first four bytes of the ID, so the retransmissions of one handshake stay together.
+//! * anything else (a client's first Initial, whose ID the client picked at random) goes to
+//!   one of the *accepting* members, chosen by the first four bytes of the ID, so the
+//!   retransmissions of one handshake stay together while the accepting members do not
+//!   change; a packet too short to be QUIC goes to the first accepting member.
+//!
+//! Limits: the ID's length byte of a long header is not read (an ID shorter than the
+//! prefix is read with the bytes after it, and rarely passes the check bytes); and UDP
+//! generic receive offload, which merges a flow's datagrams before the lookup, would hand
+//! packets of two connections sharing one client address and port to one member (on the
+//! loopback there is no such offload).
 //!
 //! Positions must not move, so the watcher never lets a member leave the group while it
 //! steers (a closed socket would move the last member into its place): a member whose

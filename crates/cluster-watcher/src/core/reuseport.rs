@@ -222,16 +222,20 @@ impl Supervisor {
         // Another slot draining or being released is live again shortly (a rolling restart
         // replacing two at once): this one waits for it instead of being stopped while its
         // slot still takes connections.
-        let others_soon = self
+        // Only while the cluster runs and wants this slot: a stop or a scale-down leaves no
+        // slot to become live again.
+        let slot_wanted = self.slots.contains(id.slot) && self.slots[id.slot].wanted;
+        let others_draining = self
             .reuseport
             .draining
             .iter()
-            .any(|d| !d.waiting && d.id.slot != id.slot)
-            || self
-                .reuseport
-                .releasing
-                .iter()
-                .any(|r| r.id.slot != id.slot);
+            .any(|d| !d.waiting && d.id.slot != id.slot);
+        let others_releasing = self
+            .reuseport
+            .releasing
+            .iter()
+            .any(|r| r.id.slot != id.slot);
+        let others_soon = self.running && slot_wanted && (others_draining || others_releasing);
         if !others_live && !others_soon {
             return false;
         }
@@ -241,12 +245,9 @@ impl Supervisor {
             waiting: !others_live,
         });
         self.reuseport.dirty = true;
-        let limit = if others_live {
-            DRAIN_LIMIT
-        } else {
-            DRAIN_LIMIT + DRAIN_LIMIT + RELEASE_LIMIT
-        };
-        self.timers.set(Timer::DrainLimit(id), now + limit);
+        // Waiting or draining, the stop signal goes out within DRAIN_LIMIT of this (and at
+        // most DRAIN_LIMIT after a wait ends): the shutdown timeout runs already.
+        self.timers.set(Timer::DrainLimit(id), now + DRAIN_LIMIT);
         self.timers.set_if_unset(Timer::PollQueues, now + POLL);
         true
     }

@@ -40,9 +40,9 @@ enum Holder {
     Worker(WorkerId),
     /// `quic://`: nobody; the next process gets it.
     Free,
-    /// `quic://`: a worker of the watcher this one took over from, until that watcher is
-    /// gone.
-    Predecessor,
+    /// `quic://`: a worker of the watcher this one took over from (taking new connections
+    /// when it was handed over), until that watcher is gone.
+    Predecessor { accepting: bool },
 }
 
 /// A member as a successor watcher takes it over (its socket travels beside it).
@@ -54,6 +54,8 @@ pub(crate) struct DatagramMember {
     pub(crate) slot: Option<u32>,
     /// `quic://`: a process reads it (its connections must keep reaching it).
     pub(crate) held: bool,
+    /// `quic://`: that process takes new connections (until the successor's own do).
+    pub(crate) accepting: bool,
 }
 
 #[derive(Debug)]
@@ -90,6 +92,8 @@ pub(crate) struct Datagrams {
 struct State {
     groups: Vec<Group>,
     accepting: BTreeSet<WorkerId>,
+    /// Asked to stop: no new connections, even when nobody else takes them.
+    retired: BTreeSet<WorkerId>,
     /// A successor watcher took the groups: it steers them.
     handed_over: bool,
 }
@@ -129,26 +133,28 @@ impl Datagrams {
     pub(crate) fn grant(&self, address: &ListenAddress, id: WorkerId) -> io::Result<Granted> {
         self.prepare(address)?;
         let mut state = self.state.lock();
+        let quic = matches!(address, ListenAddress::Quic(_));
+        if quic && state.handed_over {
+            // Its members are the successor's to give now.
+            return Err(io::Error::other(format!(
+                "{address}: the sockets were handed to a successor watcher"
+            )));
+        }
+        let handed_over = state.handed_over;
         let group = state
             .groups
             .iter_mut()
             .find(|g| g.asked == *address)
             .expect("prepared above");
-        let quic = matches!(address, ListenAddress::Quic(_));
         let position = if quic {
             group.take_free(Holder::Worker(id))?
         } else {
-            group.slot_member(id.slot)?
+            group.slot_member(id.slot, handed_over)?
         };
         let socket = group.members[position].socket.clone();
         let cid_prefix = if quic {
-            let position = u8::try_from(position).map_err(|_| {
-                io::Error::other(format!(
-                    "{address}: at most {} worker processes at once",
-                    fdpass::MAX_QUIC_MEMBERS
-                ))
-            })?;
-            Some(fdpass::quic_cid_prefix(position))
+            // `take_free` keeps positions below MAX_QUIC_MEMBERS.
+            u8::try_from(position).ok().map(fdpass::quic_cid_prefix)
         } else {
             None
         };
@@ -169,15 +175,17 @@ impl Datagrams {
     /// `id` was asked to stop: it keeps its QUIC connections but gets no new ones.
     pub(crate) fn retire(&self, id: WorkerId) {
         let mut state = self.state.lock();
-        if state.accepting.remove(&id) {
-            state.steer();
-        }
+        state.retired.insert(id);
+        state.accepting.remove(&id);
+        state.steer();
     }
 
-    /// `id`'s process is gone: its QUIC members are free for the next process.
+    /// `id`'s process is gone (or could not be started): its QUIC members are free for the
+    /// next process.
     pub(crate) fn exited(&self, id: WorkerId) {
         let mut state = self.state.lock();
         state.accepting.remove(&id);
+        state.retired.remove(&id);
         for group in &mut state.groups {
             for member in &mut group.members {
                 if member.holder == Holder::Worker(id) {
@@ -196,20 +204,19 @@ impl Datagrams {
         let mut exported = Vec::new();
         for group in &state.groups {
             for member in &group.members {
-                let (slot, held) = match member.holder {
-                    Holder::Slot(slot) => (Some(slot), true),
-                    Holder::Worker(_) | Holder::Predecessor => (None, true),
-                    Holder::Free => (None, false),
+                let (slot, held, accepting) = match member.holder {
+                    Holder::Slot(slot) => (Some(slot), true, false),
+                    Holder::Worker(id) => (None, true, state.accepting.contains(&id)),
+                    Holder::Predecessor { accepting } => (None, true, accepting),
+                    Holder::Free => (None, false, false),
                 };
-                let address = group.asked.clone();
-                exported.push((
-                    DatagramMember {
-                        address,
-                        slot,
-                        held,
-                    },
-                    member.socket.clone(),
-                ));
+                let spec = DatagramMember {
+                    address: group.asked.clone(),
+                    slot,
+                    held,
+                    accepting,
+                };
+                exported.push((spec, member.socket.clone()));
             }
         }
         exported
@@ -239,7 +246,9 @@ impl Datagrams {
         };
         let holder = match (member.slot, member.held) {
             (Some(slot), _) => Holder::Slot(slot),
-            (None, true) => Holder::Predecessor,
+            (None, true) => Holder::Predecessor {
+                accepting: member.accepting,
+            },
             (None, false) => Holder::Free,
         };
         let mut state = self.state.lock();
@@ -263,7 +272,7 @@ impl Datagrams {
         let mut state = self.state.lock();
         for group in &mut state.groups {
             for member in &mut group.members {
-                if member.holder == Holder::Predecessor {
+                if matches!(member.holder, Holder::Predecessor { .. }) {
                     member.holder = Holder::Free;
                 }
             }
@@ -281,7 +290,7 @@ impl Datagrams {
 
 impl Group {
     /// `udp://`: the member of `slot`, bound on first use.
-    fn slot_member(&mut self, slot: u32) -> io::Result<usize> {
+    fn slot_member(&mut self, slot: u32, handed_over: bool) -> io::Result<usize> {
         if let Some(position) = self
             .members
             .iter()
@@ -292,6 +301,12 @@ impl Group {
         // The socket bound by `prepare` goes to the first slot that asks.
         if let Some(first) = self.members.iter_mut().find(|m| m.holder == Holder::Free) {
             first.holder = Holder::Slot(slot);
+        } else if handed_over {
+            // A member bound now would be missing from what the successor was given.
+            return Err(io::Error::other(format!(
+                "{}: the sockets were handed to a successor watcher",
+                self.asked
+            )));
         } else {
             self.bind_member(Holder::Slot(slot))?;
         }
@@ -312,6 +327,13 @@ impl Group {
             self.members[position].holder = holder;
             return Ok(position);
         }
+        if self.members.len() >= fdpass::MAX_QUIC_MEMBERS {
+            return Err(io::Error::other(format!(
+                "{}: at most {} worker processes at once (a position is one byte of the connection ID)",
+                self.asked,
+                fdpass::MAX_QUIC_MEMBERS
+            )));
+        }
         self.bind_member(holder)?;
         Ok(self.members.len() - 1)
     }
@@ -326,8 +348,7 @@ impl Group {
 
 impl State {
     /// Attaches each QUIC group's program: connection IDs to their members, new
-    /// connections to the accepting workers' members (or, while none is ready, to every
-    /// held one: a starting worker reads them once it runs).
+    /// connections to the accepting workers' members (see below for when none is).
     fn steer(&self) {
         if self.handed_over {
             return;
@@ -336,19 +357,23 @@ impl State {
             if !matches!(group.asked, ListenAddress::Quic(_)) {
                 continue;
             }
-            let held = |accepting_only: bool| -> Vec<u32> {
+            let positions = |take: &dyn Fn(Holder) -> bool| -> Vec<u32> {
                 (0u32..)
                     .zip(&group.members)
-                    .filter(|(_, m)| match m.holder {
-                        Holder::Worker(id) => !accepting_only || self.accepting.contains(&id),
-                        _ => false,
-                    })
+                    .filter(|(_, m)| take(m.holder))
                     .map(|(position, _)| position)
                     .collect()
             };
-            let mut accepting = held(true);
+            // Ready workers not asked to stop; else (an upgrade under way) the predecessor's
+            // that were; else workers still starting, which read them once they run.
+            let mut accepting =
+                positions(&|h| matches!(h, Holder::Worker(id) if self.accepting.contains(&id)));
             if accepting.is_empty() {
-                accepting = held(false);
+                accepting = positions(&|h| matches!(h, Holder::Predecessor { accepting: true }));
+            }
+            if accepting.is_empty() {
+                accepting =
+                    positions(&|h| matches!(h, Holder::Worker(id) if !self.retired.contains(&id)));
             }
             if accepting.is_empty() {
                 continue;
@@ -383,4 +408,63 @@ fn discard_queued(socket: &OwnedFd) {
 /// `CLUSTER_QUIC_CID_PREFIX`'s value: the prefix in lower-case hex.
 pub(crate) fn hex(prefix: &[u8]) -> String {
     prefix.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quic() -> ListenAddress {
+        "quic://127.0.0.1:0".parse().unwrap()
+    }
+
+    fn id(slot: u32, generation: u32) -> WorkerId {
+        WorkerId { slot, generation }
+    }
+
+    fn prefix_of(datagrams: &Datagrams, worker: WorkerId) -> u8 {
+        let granted = datagrams.grant(&quic(), worker).unwrap();
+        granted.cid_prefix.unwrap()[0]
+    }
+
+    #[test]
+    fn each_process_gets_a_member_of_its_own_and_a_gone_one_s_member_is_reused() {
+        let datagrams = Datagrams::default();
+        assert_eq!(prefix_of(&datagrams, id(1, 1)), 0);
+        assert_eq!(prefix_of(&datagrams, id(1, 2)), 1, "both generations at once");
+        datagrams.exited(id(1, 1));
+        assert_eq!(prefix_of(&datagrams, id(1, 3)), 0, "position 0 was free again");
+        // A process that could not be started gives its member back the same way.
+        assert_eq!(prefix_of(&datagrams, id(2, 1)), 2);
+        datagrams.exited(id(2, 1));
+        assert_eq!(prefix_of(&datagrams, id(2, 2)), 2);
+    }
+
+    #[test]
+    fn a_successor_gets_every_member_in_order_and_the_predecessor_gives_none_after() {
+        let old = Datagrams::default();
+        for slot in 1..=3 {
+            prefix_of(&old, id(slot, 1));
+            old.admit(id(slot, 1));
+        }
+        old.exited(id(2, 1));
+        let exported = old.export();
+        assert_eq!(exported.len(), 3);
+        assert_eq!(
+            exported.iter().map(|(m, _)| (m.held, m.accepting)).collect::<Vec<_>>(),
+            vec![(true, true), (false, false), (true, true)]
+        );
+        assert!(old.grant(&quic(), id(2, 2)).is_err(), "handed over");
+
+        let new = Datagrams::default();
+        for (member, socket) in exported {
+            let socket = rustix::io::fcntl_dupfd_cloexec(&*socket, 0).unwrap();
+            new.import(member, socket).unwrap();
+        }
+        // The free member first, then new ones: the predecessor's stay theirs until it is gone.
+        assert_eq!(prefix_of(&new, id(1, 1)), 1);
+        assert_eq!(prefix_of(&new, id(2, 1)), 3);
+        new.predecessor_gone();
+        assert_eq!(prefix_of(&new, id(3, 1)), 0);
+    }
 }

@@ -398,6 +398,8 @@ impl Driver {
                 self.core.spawned(id, pid, now);
             }
             Err(error) => {
+                // A datagram member it may have been given is free again.
+                self.shared.datagrams.exited(id);
                 let message = format!(
                     "cannot run {}: {error}",
                     self.shared.config().program.display()

@@ -132,6 +132,22 @@ fn when_two_slots_are_replaced_back_to_back_their_old_workers_drain_one_after_th
     assert_eq!(h.steered().last(), Some(&slots(&[1, 2])));
 }
 
+#[test]
+fn a_stop_of_the_cluster_waits_for_no_drain() {
+    let mut h = reuseport(3);
+    let t = h.ticket();
+    h.core.restart(t, h.now);
+    h.drain();
+    h.ready(id(1, 2));
+    h.core.stop(None, h.now);
+    h.drain();
+    // No slot will be live again: every worker is told at once, none waits its turn.
+    let stops = h.stops();
+    for worker in [id(1, 2), id(2, 1), id(3, 1)] {
+        assert!(stops.contains(&worker), "{worker:?} in {stops:?}");
+    }
+}
+
 /// A program given listeners, in reuseport mode, restarting: slot 1's old worker stopped.
 fn program_restarted() -> Harness {
     let address: cluster_ipc::ListenAddress = "127.0.0.1:8000".parse().unwrap();
