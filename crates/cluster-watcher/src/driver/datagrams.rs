@@ -431,9 +431,17 @@ mod tests {
     fn each_process_gets_a_member_of_its_own_and_a_gone_one_s_member_is_reused() {
         let datagrams = Datagrams::default();
         assert_eq!(prefix_of(&datagrams, id(1, 1)), 0);
-        assert_eq!(prefix_of(&datagrams, id(1, 2)), 1, "both generations at once");
+        assert_eq!(
+            prefix_of(&datagrams, id(1, 2)),
+            1,
+            "both generations at once"
+        );
         datagrams.exited(id(1, 1));
-        assert_eq!(prefix_of(&datagrams, id(1, 3)), 0, "position 0 was free again");
+        assert_eq!(
+            prefix_of(&datagrams, id(1, 3)),
+            0,
+            "position 0 was free again"
+        );
         // A process that could not be started gives its member back the same way.
         assert_eq!(prefix_of(&datagrams, id(2, 1)), 2);
         datagrams.exited(id(2, 1));
@@ -451,7 +459,10 @@ mod tests {
         let exported = old.export();
         assert_eq!(exported.len(), 3);
         assert_eq!(
-            exported.iter().map(|(m, _)| (m.held, m.accepting)).collect::<Vec<_>>(),
+            exported
+                .iter()
+                .map(|(m, _)| (m.held, m.accepting))
+                .collect::<Vec<_>>(),
             vec![(true, true), (false, false), (true, true)]
         );
         assert!(old.grant(&quic(), id(2, 2)).is_err(), "handed over");
