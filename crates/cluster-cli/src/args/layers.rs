@@ -9,7 +9,9 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use anyhow::bail;
 
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
@@ -32,7 +34,7 @@ pub(crate) struct Loaded {
 }
 
 impl Loaded {
-    /// The program, looked up and checked ([`resolve_program`](super::resolve_program)); a
+    /// The program, looked up and checked ([`resolve_program`]); a
     /// failure names the file's place when the file named it.
     ///
     /// # Errors
@@ -51,7 +53,7 @@ pub(crate) fn program_of(
     config: &WatcherConfig,
     program_at: Option<&crate::config::Location>,
 ) -> anyhow::Result<PathBuf> {
-    let found = super::resolve_program(&config.program, config.cwd.as_deref());
+    let found = resolve_program(&config.program, config.cwd.as_deref());
     match program_at {
         Some(at) => anyhow::Context::with_context(found, || format!("{at}: `program`")),
         None => found,
@@ -206,4 +208,30 @@ fn one_line(error: &clap::Error) -> String {
         .map(|l| l.strip_prefix("error: ").unwrap_or(l))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Looks PROGRAM up (in `PATH` when it is a bare name; a relative path from `cwd`, the
+/// workers' directory, when given) and checks it can run, so a typo gets a one-line answer
+/// rather than a worker that fails to start.
+///
+/// # Errors
+/// When it is missing, a directory or not executable.
+fn resolve_program(program: &Path, cwd: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let candidates: Vec<PathBuf> = if program.components().count() > 1 {
+        vec![cwd.map_or_else(|| program.to_owned(), |dir| dir.join(program))]
+    } else {
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .map(|dir| dir.join(program))
+            .collect()
+    };
+    let Some(found) = candidates.into_iter().find(|c| c.exists()) else {
+        bail!("program {} not found", program.display());
+    };
+    if found.is_dir() {
+        bail!("program {} is a directory", found.display());
+    }
+    if rustix::fs::access(&found, rustix::fs::Access::EXEC_OK).is_err() {
+        bail!("program {} is not executable", found.display());
+    }
+    Ok(found)
 }

@@ -2,10 +2,9 @@
 //! the parsers of its values are in `values.rs`.
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::bail;
 use clap::{Parser, ValueEnum};
 
 mod layers;
@@ -470,32 +469,6 @@ fn default_balance(listen: &[cluster_watcher::InheritedListener]) -> Balance {
     } else {
         Balance::Shared
     }
-}
-
-/// Looks PROGRAM up (in `PATH` when it is a bare name; a relative path from `cwd`, the
-/// workers' directory, when given) and checks it can run, so a typo gets a one-line answer
-/// rather than a worker that fails to start.
-///
-/// # Errors
-/// When it is missing, a directory or not executable.
-pub(crate) fn resolve_program(program: &Path, cwd: Option<&Path>) -> anyhow::Result<PathBuf> {
-    let candidates: Vec<PathBuf> = if program.components().count() > 1 {
-        vec![cwd.map_or_else(|| program.to_owned(), |dir| dir.join(program))]
-    } else {
-        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-            .map(|dir| dir.join(program))
-            .collect()
-    };
-    let Some(found) = candidates.into_iter().find(|c| c.exists()) else {
-        bail!("program {} not found", program.display());
-    };
-    if found.is_dir() {
-        bail!("program {} is a directory", found.display());
-    }
-    if rustix::fs::access(&found, rustix::fs::Access::EXEC_OK).is_err() {
-        bail!("program {} is not executable", found.display());
-    }
-    Ok(found)
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 //! * `program.rs`: the command of a program given listeners (`LISTEN_FDS`).
 //! * `notify.rs`: the `NOTIFY_SOCKET` such programs report to.
 //! * `output.rs`, `logs.rs`: workers' output and log records in the watcher's log.
+//! * `stop.rs`: asking a worker to stop (its signal, or a drain request).
 //! * `listeners.rs`: the shared listening sockets kept healthy.
 //! * `measure.rs`: memory and CPU from `/proc`, and the balancing figures of a status.
 //! * `observe.rs`: whether a starting program waits on its listener (readiness observed).
@@ -29,12 +30,12 @@ mod observe;
 mod output;
 mod process;
 mod program;
+mod stop;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use cluster_ipc::protocol::WatcherToWorker;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
@@ -45,19 +46,14 @@ use self::containment::Containment;
 use self::forwarding::Input;
 use self::logs::EventLog;
 use self::process::{Process, kill_group, kill_leftovers, spawn_worker};
-use crate::balance::{Balancer, SteerBy, Steering, queued_by_slot};
+use crate::balance::{SteerBy, Steering, queued_by_slot};
 use crate::core::{Action, Outcome, Supervisor, TICK, Ticket};
 use crate::shared::{Published, Shared};
-use crate::task::spawn_in;
 use crate::{ClusterStatus, WorkerId};
 
 /// Worker inputs waiting for the driver; a worker that sends faster waits (its own socket
 /// fills), never the watcher's memory.
 const INPUT_QUEUE: usize = 1024;
-
-/// How long the stop request to one worker may take to be written.
-const STOP_SEND_TIMEOUT: Duration = Duration::from_secs(1);
-
 /// What the handle (and the control socket, through it) asks of the driver.
 #[derive(Debug)]
 pub(crate) enum Command {
@@ -429,54 +425,6 @@ impl Driver {
         if listeners::check(&self.shared.provider, nonblocking) {
             self.core.listener_rebound(self.now);
         }
-    }
-
-    /// No new connections for the worker; the stop request goes out without holding up the
-    /// driver (a worker that does not read its control socket cannot block it). A
-    /// `cluster-worker` program is asked to drain: goodbyes to its long-lived connections
-    /// spread over `drain_spread` (with `spread`), what is left cut at the shutdown timeout.
-    fn stop(&mut self, id: WorkerId, spread: bool) {
-        let Some(process) = self.processes.get(&id) else {
-            return;
-        };
-        self.shared.balancer.remove(id);
-        let Some(link) = &process.link else {
-            // A program that does not link cluster-worker: the stop signal, to its group,
-            // once its metrics were read (at most a scrape's timeout later), then its
-            // metrics followed while it drains.
-            let signal = rustix::process::Signal::from_named_raw(self.shared.config().stop_signal)
-                .unwrap_or(rustix::process::Signal::TERM);
-            let (shared, pid) = (self.shared.clone(), process.pid);
-            let stop = move || {
-                if let Some(group) = rustix::process::Pid::from_raw(pid as i32) {
-                    let _ = rustix::process::kill_process_group(group, signal);
-                }
-            };
-            if !self.shared.app_metrics.ports.has(id) {
-                return stop();
-            }
-            spawn_in(self.shared.span.clone(), async move {
-                let timeout = shared.config().shutdown_timeout;
-                crate::appmetrics::scrape_one(&shared.app_metrics, id).await;
-                stop();
-                crate::appmetrics::follow_until_gone(&shared.app_metrics, id, timeout).await;
-            });
-            return;
-        };
-        Balancer::close_pipe(&link.clients);
-        let control = link.control.clone();
-        let config = self.shared.config();
-        let drain = WatcherToWorker::Drain {
-            spread: if spread {
-                config.drain_spread.min(config.shutdown_timeout)
-            } else {
-                Duration::ZERO
-            },
-            timeout: config.shutdown_timeout,
-        };
-        spawn_in(self.shared.span.clone(), async move {
-            let _ = tokio::time::timeout(STOP_SEND_TIMEOUT, control.send(&drain)).await;
-        });
     }
 
     fn publish(&mut self) {
