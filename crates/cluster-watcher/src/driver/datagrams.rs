@@ -100,11 +100,11 @@ struct State {
 
 impl Datagrams {
     /// Binds `address`'s first socket (port 0 resolved for good) and returns where it
-    /// listens; an address bound already is left as it is.
-    pub(crate) fn prepare(&self, address: &ListenAddress) -> io::Result<SocketAddr> {
+    /// listens, and whether it was bound now; an address bound already is left as it is.
+    pub(crate) fn prepare(&self, address: &ListenAddress) -> io::Result<(SocketAddr, bool)> {
         let mut state = self.state.lock();
         if let Some(group) = state.groups.iter().find(|g| g.asked == *address) {
-            return Ok(group.bound);
+            return Ok((group.bound, false));
         }
         let (ListenAddress::Udp(asked) | ListenAddress::Quic(asked)) = address else {
             return Err(io::Error::new(
@@ -125,7 +125,7 @@ impl Datagrams {
                 holder: Holder::Free,
             }],
         });
-        Ok(bound)
+        Ok((bound, true))
     }
 
     /// The socket worker `id` reads for `address`: its slot's (`udp://`) or a member of its

@@ -136,6 +136,12 @@ pub(crate) fn set_blocking(socket: &std::os::fd::OwnedFd) -> io::Result<()> {
 /// notify sockets' directory.
 pub(crate) fn prepare_program_mode(shared: &Shared) -> Result<(), StartError> {
     for listener in &shared.config().listen {
+        if listener.address.is_datagram() {
+            if let (bound, true) = shared.datagrams.prepare(&listener.address)? {
+                tracing::info!(name = %listener.name, address = %listener.address, "listening on {bound}");
+            }
+            continue;
+        }
         let fresh = !shared
             .provider
             .sockets()
@@ -143,11 +149,6 @@ pub(crate) fn prepare_program_mode(shared: &Shared) -> Result<(), StartError> {
             .any(|(address, _)| *address == listener.address);
         // Reuseport: slot 1's socket now (port 0 resolved for the group), the others'
         // as their workers start.
-        if listener.address.is_datagram() {
-            let bound = shared.datagrams.prepare(&listener.address)?;
-            tracing::info!(name = %listener.name, address = %listener.address, "listening on {bound}");
-            continue;
-        }
         let socket = listener_socket(shared, &listener.address, 1)?;
         if let (ListenAddress::Unix(path), Some(mode)) = (&listener.address, listener.mode) {
             use std::os::unix::fs::PermissionsExt;
