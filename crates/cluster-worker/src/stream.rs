@@ -96,10 +96,9 @@ impl ClientStream {
     /// Puts `bytes` back in front of what is left to read (a peek at a connection's first
     /// bytes, to tell HTTP/2 from HTTP/1.1).
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
-    pub(crate) fn unread(&mut self, bytes: &[u8]) {
-        let mut prefix = bytes.to_vec();
-        prefix.extend_from_slice(&self.prefix[self.offset.min(self.prefix.len())..]);
-        self.prefix = prefix;
+    pub(crate) fn unread(&mut self, mut bytes: Vec<u8>) {
+        bytes.extend_from_slice(&self.prefix[self.offset.min(self.prefix.len())..]);
+        self.prefix = bytes;
         self.offset = 0;
     }
 
