@@ -61,6 +61,10 @@ pub(crate) struct Handoff {
     /// A spare descriptor: while one more descriptor can be opened, there is room to
     /// receive a transferred connection (see [`Handoff::has_descriptor_room`]).
     spare: Option<std::os::fd::OwnedFd>,
+    /// A probe found room and no descriptor was received since: a read that was cancelled
+    /// (the serve loop's `select!` drops its accept at every finished connection) does not
+    /// probe again, so a connection costs one probe.
+    room_known: AtomicBool,
     /// Round-robin and least-conn: every connection comes this way (a descriptor is taken
     /// only with room for it).
     hands_off: bool,
@@ -90,6 +94,7 @@ impl Handoff {
             pending: AtomicUsize::new(0),
             progress: tokio::sync::Notify::new(),
             spare: rustix::io::fcntl_dupfd_cloexec(std::io::stdin(), 0).ok(),
+            room_known: AtomicBool::new(false),
             hands_off,
         })
     }
@@ -146,10 +151,17 @@ impl Handoff {
         // worker with a full queue over, so the connection goes to another worker. Only in
         // round-robin, where every connection comes this way: in shared mode the pipe carries
         // only the rare hand-over, and the probe would cost two system calls per accept.
-        while self.hands_off && !self.has_descriptor_room() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        while self.hands_off && !self.room_known.load(Ordering::Relaxed) {
+            if self.has_descriptor_room() {
+                self.room_known.store(true, Ordering::Relaxed);
+            } else {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
-        match pipe.receive().await {
+        let received = pipe.receive().await;
+        // Whatever came used the room (a bad message's descriptors too).
+        self.room_known.store(false, Ordering::Relaxed);
+        match received {
             Ok(Some(client)) if client.data.listener == *own => return Some(client.into()),
             Ok(Some(client)) => self.pass_on(client),
             Ok(None) => self.set_clients_closed(),
