@@ -10,7 +10,9 @@
 //!
 //! ```sh
 //! target/release/cpu-profile [ROUNDS] [CONFIG...]   # after bench/run.sh built everything
-//! # CONFIG: rr, ref_c, shared, ref_b (default: rr ref_c); PROFILE_SECS=4 per run
+//! # CONFIG: rr, ref_c, shared, ref_b, ref_c_poll, ref_c_tokio (default: rr ref_c);
+//! # PROFILE_SECS=4 per run. ref_c_poll and ref_c_tokio: reference (c)'s parent waiting as
+//! # an event loop does, to separate the wait's cost from the cluster code's.
 //! ```
 
 use std::collections::BTreeMap;
@@ -49,6 +51,8 @@ fn command(name: &str) -> Option<Vec<String>> {
         "shared" => cluster("shared"),
         "ref_c" => reference("fdpass"),
         "ref_b" => reference("shared"),
+        "ref_c_poll" => reference("fdpass-poll"),
+        "ref_c_tokio" => reference("fdpass-tokio"),
         _ => return None,
     })
 }
@@ -91,7 +95,9 @@ fn main() {
         chosen = vec!["rr".into(), "ref_c".into()];
     }
     if let Some(bad) = chosen.iter().find(|c| command(c).is_none()) {
-        eprintln!("cpu-profile: unknown configuration {bad:?} (rr, ref_c, shared, ref_b)");
+        eprintln!(
+            "cpu-profile: unknown configuration {bad:?} (rr, ref_c, shared, ref_b, ref_c_poll, ref_c_tokio)"
+        );
         std::process::exit(2);
     }
     let seconds = cluster_bench::env_or("PROFILE_SECS", 4);
@@ -129,7 +135,13 @@ fn main() {
     for (name, samples) in &rates {
         println!("{name}: median {:.0} req/s", samples.median());
     }
-    for (ours, reference) in [("rr", "ref_c"), ("shared", "ref_b")] {
+    for (ours, reference) in [
+        ("rr", "ref_c"),
+        ("shared", "ref_b"),
+        ("ref_c_poll", "ref_c"),
+        ("ref_c_tokio", "ref_c"),
+        ("rr", "ref_c_tokio"),
+    ] {
         if let (Some(a), Some(b)) = (rates.get(ours), rates.get(reference)) {
             println!("{ours} / {reference}: {:.2}x", a.median() / b.median());
         }

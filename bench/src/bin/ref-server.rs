@@ -7,6 +7,9 @@
 //! * `ref-server fdpass N ADDR`: a parent accepts in a loop and sends each client socket round
 //!   robin to N single-threaded children over SOCK_SEQPACKET pairs (reference c, the bar of
 //!   `round-robin` mode).
+//! * `ref-server fdpass-poll N ADDR`, `ref-server fdpass-tokio N ADDR`: the same parent
+//!   waiting as an event loop must (`poll`, or a one-thread tokio runtime), to tell what
+//!   reference (c) gains by blocking in `accept` from what the cluster code costs.
 //! * `ref-server h2 ADDR`: the hello handler over plain hyper HTTP/2 (h2c), one thread, as a
 //!   `hello-http` worker runs.
 //! * `ref-server ws ADDR`: a plain tokio-tungstenite echo, on tokio's default runtime as the
@@ -90,7 +93,7 @@ fn main() {
                 .collect();
             wait_all(children);
         }
-        Some("fdpass") => {
+        Some(kind @ ("fdpass" | "fdpass-poll" | "fdpass-tokio")) => {
             let n: usize = args[1].parse().unwrap();
             let listener = TcpListener::bind(&args[2]).unwrap();
             println!("listening on {}", listener.local_addr().unwrap());
@@ -101,19 +104,77 @@ fn main() {
                 children.push(spawn_child("fdpass", theirs.into()));
                 pipes.push(ours);
             }
-            let mut next = 0;
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                let _ = pipes[next].send(b"", &[stream.as_fd()]);
-                next = (next + 1) % pipes.len();
+            match kind {
+                "fdpass" => pass_blocking(&listener, &pipes),
+                "fdpass-poll" => pass_polling(&listener, &pipes),
+                _ => pass_from_tokio(listener, pipes),
             }
             wait_all(children);
         }
         _ => {
-            eprintln!("usage: ref-server tokio|h2|ws|axum-ws ADDR | shared N ADDR | fdpass N ADDR");
+            eprintln!(
+                "usage: ref-server tokio|h2|ws|axum-ws ADDR | shared|fdpass|fdpass-poll|fdpass-tokio N ADDR"
+            );
             std::process::exit(2);
         }
     }
+}
+
+/// Reference (c): blocks in `accept`, blocks in `send` on a full child.
+fn pass_blocking(listener: &TcpListener, pipes: &[fdpass::FdSocket]) {
+    let mut next = 0;
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        let _ = pipes[next].send(b"", &[stream.as_fd()]);
+        next = (next + 1) % pipes.len();
+    }
+}
+
+/// Reference (c) waiting as an event loop does: a non-blocking `accept` until `EAGAIN`, then
+/// `poll`. It costs what a blocking `accept` does not: the failed `accept` and the `poll` of
+/// every wake-up.
+fn pass_polling(listener: &TcpListener, pipes: &[fdpass::FdSocket]) {
+    use rustix::event::{PollFd, PollFlags};
+    listener.set_nonblocking(true).unwrap();
+    let mut next = 0;
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let _ = pipes[next].send(b"", &[stream.as_fd()]);
+                next = (next + 1) % pipes.len();
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let _ = rustix::event::poll(&mut [PollFd::new(listener, PollFlags::IN)], None);
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Reference (c) as a one-thread tokio loop with nothing else to do: what the watcher's
+/// accept path would cost with no cluster code in it.
+fn pass_from_tokio(listener: TcpListener, pipes: Vec<fdpass::FdSocket>) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let pipes: Vec<fdpass::AsyncFdSocket> = pipes
+            .into_iter()
+            .map(|p| fdpass::AsyncFdSocket::from_fd(p.into()).unwrap())
+            .collect();
+        let acceptor = fdpass::RawAcceptor::new(listener.into()).unwrap();
+        let mut next = 0;
+        loop {
+            let Ok((stream, _)) = acceptor.accept().await else {
+                continue;
+            };
+            if pipes[next].try_send(b"", &[stream.as_fd()]).is_err() {
+                let _ = pipes[next].send(b"", &[stream.as_fd()]).await;
+            }
+            next = (next + 1) % pipes.len();
+        }
+    });
 }
 
 fn spawn_child(kind: &str, fd: OwnedFd) -> Child {
