@@ -39,6 +39,9 @@ fn watching(src: &Path, workers: &str, build: Option<&str>, program: &[&str]) ->
     args.extend_from_slice(program);
     let cluster = ClusterProcess::start(&args);
     cluster.wait_for("all workers ready", LIMIT);
+    // Said once the paths are watched, just after the workers are ready: a save before it
+    // would go unseen.
+    cluster.wait_for("watching for changes", LIMIT);
     cluster
 }
 
