@@ -154,17 +154,76 @@ async fn round_robin_serves_two_addresses_through_one_pipe() {
     }
 }
 
-/// A watcher stopped and started again serves again, in round-robin mode too (its accept
-/// loops end at stop and start afresh).
+/// A watcher stopped and started again serves again, in round-robin mode too. A
+/// connection made while it is stopped is neither refused nor closed: it is served after
+/// the restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_round_robin_watcher_serves_again_when_restarted() {
+    use std::io::{Read, Write};
     let watcher =
         ClusterWatcher::new(test_worker(&["serve", "127.0.0.1:0"]).balance(Balance::RoundRobin));
+    let mut waiting: Option<std::net::TcpStream> = None;
     for _ in 0..2 {
         watcher.start(2).await.unwrap();
         let port = watcher_port(&watcher);
+        if let Some(mut early) = waiting.take() {
+            let answer = tokio::task::spawn_blocking(move || {
+                early.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+                let mut answer = String::new();
+                early.read_to_string(&mut answer).map(|_| answer)
+            })
+            .await
+            .unwrap()
+            .unwrap();
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+        }
         let answer = http_get_async(port).await;
         assert!(answer.is_ok(), "{answer:?}");
         watcher.stop().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let early = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        early
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        // No worker serves it now: reading finds nothing, neither data nor end of file.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut probe = [0; 16];
+        let after = early
+            .set_nonblocking(true)
+            .and_then(|()| (&early).read(&mut probe));
+        assert!(
+            after
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+            "the connection was closed while the watcher was stopped: {after:?}"
+        );
+        early.set_nonblocking(false).unwrap();
+        waiting = Some(early);
     }
+}
+
+/// Round-robin: when a reload moves the workers to another address, the old address's
+/// socket closes (its accept thread, blocked in `accept`, is woken and lets go of its
+/// copy): clients are refused there instead of waiting for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_no_worker_listens_on_after_a_reload_refuses_connections() {
+    let config = |address: &str| test_worker(&["serve", address]).balance(Balance::RoundRobin);
+    let watcher = ClusterWatcher::new(config("127.0.0.1:0"));
+    watcher.start(2).await.unwrap();
+    let old = watcher_port(&watcher);
+    assert!(http_get_async(old).await.is_ok());
+    let new = cluster_testkit::free_port();
+    let moved = config(&format!("127.0.0.1:{new}"));
+    watcher.reload(moved, 2, vec!["args".into()]).await.unwrap();
+    assert!(http_get_async(new).await.is_ok());
+    // The release comes with the reload's end; the wake takes a moment more.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let refused = std::net::TcpStream::connect(("127.0.0.1", old));
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused),
+        "the old address still takes connections: {refused:?}"
+    );
+    watcher.stop().await;
 }

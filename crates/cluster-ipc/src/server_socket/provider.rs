@@ -135,7 +135,9 @@ impl ServerSocketProvider {
 
     /// Answers requests with the bound address only, never a descriptor: for a provider
     /// that accepts on the sockets itself and hands connections over, so no requester can
-    /// change the socket it accepts on (clear `O_NONBLOCK`, `shutdown` it).
+    /// change the socket it accepts on (clear `O_NONBLOCK`, `shutdown` it). The sockets it
+    /// binds are blocking, for a thread that waits in `accept`; inherited ones
+    /// ([`adopt`](Self::adopt), [`import`](Self::import)) keep their flags.
     #[must_use]
     pub fn without_descriptors(mut self) -> Self {
         self.descriptors = false;
@@ -278,7 +280,16 @@ impl ServerSocketProvider {
             return Ok(fd);
         }
         self.check_room(&table, address)?;
-        let fd = Arc::new(bind_listener(address, options)?);
+        let fd = bind_listener(address, options)?;
+        if !self.descriptors {
+            // No requester ever holds it: its owner accepts on it, in a thread that blocks
+            // in `accept` (one system call a connection instead of a wait and an `accept`).
+            set_blocking(&fd).map_err(|source| ServerSocketError::Bind {
+                address: address.to_string(),
+                source,
+            })?;
+        }
+        let fd = Arc::new(fd);
         table.sockets.insert(key, fd.clone());
         Ok(fd)
     }
@@ -433,4 +444,13 @@ impl ServerSocketProvider {
             })
             .collect()
     }
+}
+
+/// Clears `O_NONBLOCK` on a socket nobody else holds yet.
+fn set_blocking(fd: &OwnedFd) -> io::Result<()> {
+    let flags = rustix::fs::fcntl_getfl(fd)?;
+    Ok(rustix::fs::fcntl_setfl(
+        fd,
+        flags - rustix::fs::OFlags::NONBLOCK,
+    )?)
 }

@@ -1,5 +1,5 @@
-//! Where the watcher's connections come from: its own accept loops (round-robin,
-//! least-conn, hash), the connections still queued for a worker that exited, read back, and
+//! Where the watcher's connections come from besides its accept threads
+//! (`accept_thread.rs`): the connections still queued for a worker that exited, read back, and
 //! the idle ones stopping (or rebalanced) workers hand back; and where they go once a
 //! successor watcher took over.
 
@@ -7,8 +7,8 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cluster_ipc::ClientSocketReceivePipe;
 use cluster_ipc::protocol::ClientMeta;
-use cluster_ipc::{ClientSocketReceivePipe, ListenAddress};
 use parking_lot::Mutex;
 
 use super::handoff::{Balancer, ClientPipe, Route};
@@ -83,38 +83,8 @@ impl Balancer {
         }));
     }
 
-    pub(super) async fn accept_loop(
-        self: Arc<Self>,
-        listener: fdpass::RawAcceptor,
-        address: ListenAddress,
-        route: Arc<Mutex<Route>>,
-    ) {
-        let mut backoff = Duration::from_millis(10);
-        loop {
-            // A bare descriptor: the worker sets TCP_NODELAY and registers it with its reactor.
-            let (socket, peer) = match listener.accept().await {
-                Ok(accepted) => {
-                    backoff = Duration::from_millis(10);
-                    accepted
-                }
-                Err(e) => {
-                    // Out of descriptors and the like: back off instead of spinning.
-                    tracing::warn!(%address, error = %e, "round-robin accept failed; retrying in {backoff:?}");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                    continue;
-                }
-            };
-            let meta = ClientMeta {
-                listener: address.clone(),
-                peer,
-            };
-            self.dispatch(&route, socket, meta, Vec::new()).await;
-        }
-    }
-
     /// Hands a connection on, by its key in the sticky modes. A key in the request is read
-    /// from its head in a task of its own (the accept loop goes on), at most
+    /// from its head in a task of its own (accepting goes on), at most
     /// [`MAX_READING`](super::handoff::MAX_READING) at once; past that, or when the head does not give the key, the
     /// client's address is the key.
     pub(super) async fn dispatch(
@@ -161,8 +131,8 @@ impl Balancer {
     pub(crate) fn hand_to_successor(&self, successor: ClientPipe) {
         // A second successor is refused by the upgrade protocol before it gets here.
         let _ = self.successor.set(successor);
-        for (_, task) in self.accepting.lock().drain() {
-            task.abort();
+        for (_, acceptor) in self.accepting.lock().drain() {
+            acceptor.stop();
         }
     }
 

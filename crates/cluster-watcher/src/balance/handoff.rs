@@ -25,12 +25,12 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use super::Mode;
+use super::accept_thread::Acceptor;
 use super::hash::{self, HashKey};
 use super::pick::{self, Rule, pick};
 use crate::WorkerId;
-use crate::task::spawn_in;
 
-/// How long the accept loop waits on one full worker before looking at the others again.
+/// How long a hand-off waits on one full worker before looking at the others again.
 const FULL_WAIT: Duration = Duration::from_millis(2);
 
 /// The send buffer of the watcher's end of each worker's hand-off pipe (the kernel doubles
@@ -97,10 +97,10 @@ pub(super) struct Target {
 }
 
 /// The worker a connection goes to.
-struct Pick {
+pub(super) struct Pick {
     id: WorkerId,
-    pipe: ClientPipe,
-    load: Arc<Load>,
+    pub(super) pipe: ClientPipe,
+    pub(super) load: Arc<Load>,
     /// Every ready worker was passed over already for this connection (their queues are
     /// full): wait on this one.
     all_full: bool,
@@ -112,7 +112,7 @@ pub(super) struct Route {
     next: usize,
 }
 
-/// Which workers listen on which address, and the accept loops feeding them.
+/// Which workers listen on which address, and the accept threads feeding them.
 #[derive(Debug)]
 pub(crate) struct Balancer {
     // Each accept loop holds its own route, so the per-connection pick hashes nothing.
@@ -122,10 +122,10 @@ pub(crate) struct Balancer {
     /// Woken when a worker becomes ready or the balancer shuts down: a connection waiting
     /// for a ready worker waits on this, not on a timer.
     changed: Notify,
-    /// Accept loops and reclaiming tasks, aborted at shutdown.
+    /// Dispatching and reclaiming tasks, aborted at shutdown.
     tasks: Mutex<Vec<JoinHandle<()>>>,
-    /// Each address's accept loop, aborted when the address is released.
-    pub(super) accepting: Mutex<HashMap<ListenAddress, tokio::task::AbortHandle>>,
+    /// Each address's accept thread, stopped when the address is released.
+    pub(super) accepting: Mutex<HashMap<ListenAddress, Acceptor>>,
     /// Set at shutdown: a connection with no ready worker left is closed, not kept waiting.
     closed: AtomicBool,
     /// Round-robin and least-conn: the watcher accepts on every registered address.
@@ -236,20 +236,15 @@ impl Balancer {
             });
         }
         if first && self.accepts {
-            match fd.try_clone().and_then(fdpass::RawAcceptor::new) {
-                Ok(listener) => {
-                    let this = self.clone();
-                    let owned = address.clone();
-                    let task = spawn_in(self.span.clone(), async move {
-                        this.accept_loop(listener, owned, route).await
-                    });
-                    self.accepting
-                        .lock()
-                        .insert(address.clone(), task.abort_handle());
-                    self.track(task);
+            match fd
+                .try_clone()
+                .and_then(|fd| Acceptor::start(self, fd, address, route))
+            {
+                Ok(acceptor) => {
+                    self.accepting.lock().insert(address.clone(), acceptor);
                 }
                 Err(e) => {
-                    tracing::error!(%address, error = %e, "round-robin: cannot accept on listener")
+                    tracing::error!(%address, error = %e, "cannot accept on listener")
                 }
             }
         }
@@ -324,8 +319,8 @@ impl Balancer {
     pub(crate) fn release(&self, address: &ListenAddress) {
         let mut routes = self.routes();
         routes.remove(address);
-        if let Some(task) = self.accepting.lock().remove(address) {
-            task.abort();
+        if let Some(acceptor) = self.accepting.lock().remove(address) {
+            acceptor.close();
         }
     }
 
@@ -337,7 +332,9 @@ impl Balancer {
         routes.clear();
         self.ready_set().clear();
         self.loads.lock().clear();
-        self.accepting.lock().clear();
+        for (_, acceptor) in self.accepting.lock().drain() {
+            acceptor.close();
+        }
         drop(routes);
         self.changed.notify_waiters();
         for task in self.tasks.lock().drain(..) {
@@ -359,7 +356,12 @@ impl Balancer {
     /// The ready worker to try next, skipping those in `full` (see [`pick`]): `None` when
     /// no worker is ready. With a `key`, the owner of its slot ([`hash::owner`]), waited on
     /// when its queue is full rather than passed over: the key must not move.
-    fn pick(&self, route: &Mutex<Route>, full: &[WorkerId], key: Option<u32>) -> Option<Pick> {
+    pub(super) fn pick(
+        &self,
+        route: &Mutex<Route>,
+        full: &[WorkerId],
+        key: Option<u32>,
+    ) -> Option<Pick> {
         let mut route = route.lock();
         if let (Rule::Rendezvous, Some(key)) = (self.rule, key) {
             let ready = route.targets.iter().enumerate().filter(|(_, t)| t.ready);

@@ -7,8 +7,9 @@
 //! * which listening sockets exist and who gets them ([`Mode::provider`]): a duplicate for
 //!   every worker (shared), the address only (the watcher accepts), or one `SO_REUSEPORT`
 //!   socket per slot;
-//! * whether the watcher accepts and hands connections over (`handoff.rs`, the
-//!   [`Balancer`]), and by which [`Rule`] it picks the worker (`pick.rs`, a pure function
+//! * whether the watcher accepts (a thread per address blocked in `accept`,
+//!   `accept_thread.rs`) and hands connections over (`handoff.rs`, the [`Balancer`]), and
+//!   by which [`Rule`] it picks the worker (`pick.rs`, a pure function
 //!   with its own tests; `hash.rs` for the sticky modes' key and slot);
 //! * whether slots are steered and drained (`steering.rs` attaches the programs; the policy
 //!   is the core's, `core/reuseport.rs`).
@@ -18,6 +19,7 @@
 //! there.
 
 mod accept;
+mod accept_thread;
 mod handoff;
 mod hash;
 mod pick;

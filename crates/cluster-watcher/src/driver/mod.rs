@@ -4,7 +4,7 @@
 //! The driver decides nothing: it measures (memory, accept queues, the shared sockets) when
 //! the core asks, reports what it saw, and acts. It reads the clock once per turn and keeps
 //! no timer of its own. Nothing else spawns, stops or kills a worker. The round-robin
-//! hand-off does not pass through here (the balancer's accept loops hand connections
+//! hand-off does not pass through here (the balancer's accept threads hand connections
 //! straight to workers), so the driver adds no hop to the request path.
 //!
 //! * `process.rs`: spawning a worker and the tasks that read what it sends; `command.rs`:
@@ -421,7 +421,9 @@ impl Driver {
         if queues {
             self.queue_watch.check(&self.shared.provider);
         }
-        let nonblocking = !self.shared.config().program_mode();
+        // Programs get their listeners blocking; the watcher's own accept threads (the
+        // hand-off modes, where no worker holds a copy) keep theirs blocking too.
+        let nonblocking = !self.shared.config().program_mode() && !self.shared.balancer.accepts();
         if listeners::check(&self.shared.provider, nonblocking) {
             self.core.listener_rebound(self.now);
         }
