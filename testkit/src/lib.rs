@@ -33,8 +33,8 @@ pub use crate::{
     },
     load::{KeepAliveLoad, KeepAliveResult, Load, LoadResult},
     process::{
-        children_of, context_switches, cpu_ticks, fd_count, process_exists, process_running,
-        raise_fd_limit, rss_kib, signal,
+        StopOnDrop, children_of, context_switches, cpu_ticks, fd_count, process_exists,
+        process_running, raise_fd_limit, rss_kib, signal,
     },
     quic::{QuicLoad, QuicPlan, QuicSummary},
     server::{Output, ServerProcess, workspace_bin},

@@ -75,6 +75,29 @@ pub fn signal(pid: u32, signal: Signal) {
     }
 }
 
+/// A watcher that an upgrade started (a grandchild of the test, not its child): dropping the
+/// first watcher's handle does not stop it, so this sends it `SIGTERM` when dropped (the
+/// test passed or panicked) and waits up to 10 s for it to go. Set the pid as upgrades
+/// replace the watcher.
+#[derive(Debug, Default)]
+pub struct StopOnDrop {
+    /// The current watcher's pid (0: none).
+    pub pid: u32,
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if self.pid == 0 || !process_running(self.pid) {
+            return;
+        }
+        signal(self.pid, Signal::TERM);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while process_running(self.pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
 /// Raises this process's soft descriptor limit to its hard limit: a load of thousands of
 /// connections needs more than the usual 1,024.
 pub fn raise_fd_limit() {

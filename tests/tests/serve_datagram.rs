@@ -141,11 +141,14 @@ fn quic_connections_survive_two_upgrades_of_the_watcher() {
         lifetime: Duration::from_secs(2),
     };
     let load = QuicLoad::start(address, &cert(), plan);
+    // The watchers the upgrades start are not this test's children.
+    let mut last = cluster_testkit::StopOnDrop::default();
     let mut watcher = cluster.pid();
     for _ in 0..2 {
         std::thread::sleep(Duration::from_secs(2));
         support::signal(watcher, Signal::USR2);
         watcher = support::wait_new_watcher(&cluster, &pid_file, watcher, LIMIT);
+        last.pid = watcher;
     }
     std::thread::sleep(Duration::from_secs(2));
     let summary = load.finish();
