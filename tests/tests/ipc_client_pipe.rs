@@ -113,3 +113,31 @@ async fn a_message_without_a_socket_or_of_the_wrong_kind_is_an_error() {
     drop(sender);
     assert!(receiver.receive().await.unwrap().is_none());
 }
+
+/// A pipe whose sender vouches for its sockets (the watcher's, to its workers) takes them as
+/// they come: the kind unchecked, `O_NONBLOCK` as the sender set it.
+#[tokio::test]
+async fn a_vouched_pipe_takes_sockets_unchecked_and_as_they_are() {
+    let (ours, theirs) = AsyncFdSocket::pair().unwrap();
+    let receiver = ClientSocketReceivePipe::<u32>::new(theirs).vouched();
+    let sender = ClientSocketSendPipe::<u32>::new(ours);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (accepted, _) = listener.accept().unwrap();
+    accepted.set_nonblocking(true).unwrap();
+    sender.send(accepted, &1).await.unwrap();
+    let mut received = receiver.receive().await.unwrap().unwrap();
+    assert_eq!(received.data, 1);
+    received.socket.write_all(b"vouched").await.unwrap();
+    drop(received);
+    let mut got = String::new();
+    client.read_to_string(&mut got).await.unwrap();
+    assert_eq!(got, "vouched");
+    // What the sender vouched for is not looked at: a UDP socket is taken too.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_nonblocking(true).unwrap();
+    sender.send(udp, &2).await.unwrap();
+    assert_eq!(receiver.receive().await.unwrap().unwrap().data, 2);
+}

@@ -162,6 +162,8 @@ pub struct TransferredSocket<T, S> {
 /// `tokio::net::UnixStream` (or the `std` types).
 pub struct ClientSocketReceivePipe<T, S = tokio::net::TcpStream> {
     socket: AsyncFdSocket,
+    /// The sender vouches for every socket's kind and `O_NONBLOCK` ([`Self::vouched`]).
+    vouched: bool,
     _types: PhantomData<fn() -> (T, S)>,
 }
 
@@ -178,8 +180,18 @@ impl<T: DeserializeOwned, S: FromSocketFd> ClientSocketReceivePipe<T, S> {
     pub fn new(socket: AsyncFdSocket) -> Self {
         Self {
             socket,
+            vouched: false,
             _types: PhantomData,
         }
+    }
+
+    /// Takes every socket as the sender vouches it is: the right kind and non-blocking,
+    /// unchecked ([`fdpass::into_socket_vouched`]). For a sender that checked whatever it
+    /// did not accept itself, such as the watcher for its workers.
+    #[must_use]
+    pub fn vouched(mut self) -> Self {
+        self.vouched = true;
+        self
     }
 
     /// The next transferred socket, or `None` when the sender closed the pipe. Cancel-safe.
@@ -199,7 +211,11 @@ impl<T: DeserializeOwned, S: FromSocketFd> ClientSocketReceivePipe<T, S> {
         }
         let (data, prefix): (T, Vec<u8>) = decode(&message.data)?;
         let fd = message.fds.pop().expect("checked above");
-        let socket = fdpass::into_socket(fd)?;
+        let socket = if self.vouched {
+            fdpass::into_socket_vouched(fd).map_err(fdpass::SocketKindError::Io)?
+        } else {
+            fdpass::into_socket(fd)?
+        };
         Ok(Some(TransferredSocket {
             socket,
             data,

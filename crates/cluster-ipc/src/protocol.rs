@@ -30,6 +30,9 @@ pub const ENV_WORKER_FDS: &str = "CLUSTER_WORKER_FDS";
 pub const ENV_HEARTBEAT_MS: &str = "CLUSTER_HEARTBEAT_MS";
 /// `shared` or `round-robin`.
 pub const ENV_BALANCE: &str = "CLUSTER_BALANCE";
+/// `1`: every socket on the client pipe is a connected stream socket, non-blocking, as the
+/// watcher vouches (it accepted them so, or checked them); `0` or unset: check each.
+pub const ENV_CLIENTS_VOUCHED: &str = "CLUSTER_CLIENTS_VOUCHED";
 
 /// How often a worker sends a heartbeat unless told otherwise.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
@@ -60,6 +63,7 @@ pub struct WorkerFds {
 ///     fds: WorkerFds { control: 3, log: 4, listen: 5, clients: 6 },
 ///     heartbeat: Duration::from_millis(500),
 ///     balance: Balance::RoundRobin,
+///     clients_vouched: true,
 /// };
 /// let env = sent.to_env();
 /// let read = WorkerBootstrap::from_vars(|name| {
@@ -80,6 +84,10 @@ pub struct WorkerBootstrap {
     pub heartbeat: Duration,
     /// Balance mode ([`ENV_BALANCE`]; default [`Balance::Shared`]).
     pub balance: Balance,
+    /// The watcher vouches for the kind and `O_NONBLOCK` of every socket it sends, so the
+    /// worker takes them unchecked ([`ENV_CLIENTS_VOUCHED`]; default `false`: a watcher
+    /// that does not say so gets each one checked).
+    pub clients_vouched: bool,
 }
 
 /// Why a worker's environment is not a valid [`WorkerBootstrap`].
@@ -117,6 +125,10 @@ impl WorkerBootstrap {
             ),
             (ENV_HEARTBEAT_MS, self.heartbeat.as_millis().to_string()),
             (ENV_BALANCE, self.balance.as_str().to_owned()),
+            (
+                ENV_CLIENTS_VOUCHED,
+                u8::from(self.clients_vouched).to_string(),
+            ),
         ]
     }
 
@@ -176,6 +188,11 @@ impl WorkerBootstrap {
             Some(b) => Balance::parse(&b).ok_or_else(|| invalid(ENV_BALANCE, &b))?,
             None => Balance::default(),
         };
+        let clients_vouched = match get(ENV_CLIENTS_VOUCHED).as_deref() {
+            None | Some("0") => false,
+            Some("1") => true,
+            Some(other) => return Err(invalid(ENV_CLIENTS_VOUCHED, other)),
+        };
         Ok(Some(Self {
             id,
             generation,
@@ -187,6 +204,7 @@ impl WorkerBootstrap {
             },
             heartbeat,
             balance,
+            clients_vouched,
         }))
     }
 }
@@ -376,4 +394,33 @@ pub struct ClientMeta {
     pub listener: ListenAddress,
     /// The client's address, as `accept` returned it (saves the worker a `getpeername`).
     pub peer: Option<std::net::SocketAddr>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{BootstrapError, ENV_CLIENTS_VOUCHED, WorkerBootstrap};
+
+    fn with_vouched(value: Option<&str>) -> Result<Option<WorkerBootstrap>, BootstrapError> {
+        WorkerBootstrap::from_vars(|name| match name {
+            "CLUSTER_WORKER_ID" => Some("1".into()),
+            "CLUSTER_WORKER_FDS" => Some("3,4,5,6".into()),
+            ENV_CLIENTS_VOUCHED => value.map(str::to_owned),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_watcher_that_does_not_vouch_for_its_sockets_gets_them_checked() {
+        let vouched = |value| with_vouched(value).unwrap().unwrap().clients_vouched;
+        assert!(!vouched(None), "an older watcher says nothing");
+        assert!(!vouched(Some("0")));
+        assert!(vouched(Some("1")));
+        assert!(matches!(
+            with_vouched(Some("yes")),
+            Err(BootstrapError::Invalid {
+                name: ENV_CLIENTS_VOUCHED,
+                ..
+            })
+        ));
+    }
 }

@@ -24,6 +24,8 @@ pub(crate) struct WorkerEnv {
     pub(crate) generation: u32,
     pub(crate) balance: Balance,
     pub(crate) heartbeat: Duration,
+    /// The watcher vouches for the sockets it sends: taken unchecked.
+    pub(crate) clients_vouched: bool,
     fds: Mutex<[Option<OwnedFd>; 4]>,
 }
 
@@ -72,6 +74,7 @@ fn read() -> Result<Option<WorkerEnv>, BootstrapError> {
         generation: bootstrap.generation,
         balance: bootstrap.balance,
         heartbeat: bootstrap.heartbeat,
+        clients_vouched: bootstrap.clients_vouched,
         fds: Mutex::new(fds),
     }))
 }

@@ -72,17 +72,24 @@ pub(crate) struct Handoff {
 
 impl Handoff {
     /// The pipe's two directions over the inherited descriptor (none: nothing comes).
+    /// With `vouched`, the watcher vouches for every socket it sends (a connected stream,
+    /// non-blocking): they are taken without the check's four system calls.
     pub(crate) fn new(
         pipe: Option<std::os::fd::OwnedFd>,
         hands_off: bool,
+        vouched: bool,
     ) -> Result<Self, crate::WorkerError> {
         let hand_back = pipe
             .as_ref()
             .and_then(|fd| rustix::io::fcntl_dupfd_cloexec(fd, 0).ok())
             .and_then(|fd| AsyncFdSocket::from_fd(fd).ok())
             .map(ClientSocketSendPipe::new);
+        let receive = |socket| match vouched {
+            true => ClientSocketReceivePipe::new(socket).vouched(),
+            false => ClientSocketReceivePipe::new(socket),
+        };
         let clients = pipe
-            .map(|fd| AsyncFdSocket::from_fd(fd).map(ClientSocketReceivePipe::new))
+            .map(|fd| AsyncFdSocket::from_fd(fd).map(receive))
             .transpose()
             .map_err(std::io::Error::other)?;
         Ok(Self {

@@ -82,7 +82,11 @@ fn connect(env: &'static WorkerEnv) -> Result<Link, WorkerError> {
         .take(Endpoint::Listen)
         .and_then(|fd| AsyncFdSocket::from_fd(fd).ok())
         .map(ServerSocketPipeFactory::new);
-    let handoff = Handoff::new(env.take(Endpoint::Clients), env.balance.hands_off())?;
+    let handoff = Handoff::new(
+        env.take(Endpoint::Clients),
+        env.balance.hands_off(),
+        env.clients_vouched,
+    )?;
     Ok(Link {
         env,
         control,

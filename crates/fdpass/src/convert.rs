@@ -75,6 +75,29 @@ pub trait FromSocketFd: Sized {
     /// # Errors
     /// When wrapping needs a system call that fails (tokio's registration).
     fn wrap(fd: OwnedFd) -> io::Result<Self>;
+
+    /// Wraps a descriptor already known to be of the right kind and non-blocking (the
+    /// tokio types skip setting `O_NONBLOCK`).
+    ///
+    /// # Errors
+    /// As [`wrap`](Self::wrap).
+    fn wrap_nonblocking(fd: OwnedFd) -> io::Result<Self> {
+        Self::wrap(fd)
+    }
+}
+
+/// Wraps `fd` as `T` without looking at it: for a descriptor whose sender vouches that it
+/// is the right kind and already non-blocking, such as a supervisor that accepted it with
+/// `SOCK_NONBLOCK` and checked everything else it passes on. It saves the three
+/// `getsockopt` calls of [`into_socket`]'s check and the `ioctl` that sets `O_NONBLOCK`.
+/// Nothing unsafe follows from a sender that lies, but a wrong kind makes the socket's
+/// calls fail, and a blocking descriptor blocks a tokio runtime on its first read: use
+/// [`into_socket`] for anything a peer could choose.
+///
+/// # Errors
+/// When tokio's registration fails.
+pub fn into_socket_vouched<T: FromSocketFd>(fd: OwnedFd) -> io::Result<T> {
+    T::wrap_nonblocking(fd)
 }
 
 /// Checks that `fd` is the kind of socket `T` needs and wraps it.
@@ -139,6 +162,9 @@ macro_rules! from_socket_fd {
                 let socket = <$std>::from(fd);
                 socket.set_nonblocking(true)?;
                 Self::from_std(socket)
+            }
+            fn wrap_nonblocking(fd: OwnedFd) -> io::Result<Self> {
+                Self::from_std(<$std>::from(fd))
             }
         }
     )*};

@@ -19,6 +19,8 @@
 //! * [`into_socket`] turns a received descriptor into a `std` or `tokio` `TcpListener`,
 //!   `TcpStream`, `UnixListener`, `UnixStream` or `UdpSocket`, after checking with
 //!   `getsockopt` that it really is one ([`SocketKind`]).
+//! * [`into_socket_vouched`] skips that check (and setting `O_NONBLOCK`) for a sender that
+//!   vouches for both: four system calls less a descriptor.
 //! * [`send_raw`] and [`recv_raw`] are single `sendmsg`/`recvmsg` calls without this crate's
 //!   framing, for talking to other implementations such as `passfd` or C programs.
 //! * [`inherit_fd`] hands a descriptor to a child process on purpose: it stays close-on-exec
@@ -105,7 +107,7 @@ mod test_support;
 pub use crate::{
     async_socket::{AsyncFdSocket, register},
     by_cpu::{MAX_PER_CPU, steer_reuseport_by_cpu},
-    convert::{FromSocketFd, SocketKind, into_socket},
+    convert::{FromSocketFd, SocketKind, into_socket, into_socket_vouched},
     error::{Error, SocketKindError},
     exec::{Credentials, join_cgroup, pin_to_cpus, run_as},
     frame::{DEFAULT_MAX_MESSAGE_LEN, Limits, MAX_CHUNK, MAX_FDS, Message},

@@ -158,14 +158,19 @@ impl Balancer {
     }
 
     /// A connection a stopping worker handed back (idle between requests, with the bytes it
-    /// had read) goes to another ready worker listening on the same address; closed only
-    /// when no worker listens there any more.
+    /// had read), or a predecessor watcher passed on, goes to another ready worker listening
+    /// on the same address; closed only when no worker listens there any more, or when it
+    /// is not a connected stream socket.
     pub(crate) async fn hand_over(
         self: &Arc<Self>,
         socket: OwnedFd,
         meta: &ClientMeta,
         prefix: &[u8],
     ) {
+        if let Err(e) = vouch_for(&socket) {
+            tracing::warn!(listener = %meta.listener, error = %e, "a handed-over descriptor is not a connected stream socket; closed");
+            return;
+        }
         if self.to_successor(&socket, meta, prefix).await {
             return;
         }
@@ -183,5 +188,54 @@ impl Balancer {
                 "a handed-back connection has no worker to go to; closed"
             ),
         }
+    }
+}
+
+/// Makes `socket` what the watcher vouches for to its workers (`CLUSTER_CLIENTS_VOUCHED`,
+/// they take it unchecked): a connected stream socket, non-blocking. Its own accepts are so
+/// from the start; this is for what comes from elsewhere (a worker's hand-back, a
+/// predecessor watcher, which may be an older version that sends them blocking).
+fn vouch_for(socket: &OwnedFd) -> std::io::Result<()> {
+    let kind = fdpass::SocketKind::of(socket)?;
+    if kind.type_ != rustix::net::SocketType::STREAM || kind.listening {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("found {kind}"),
+        ));
+    }
+    Ok(rustix::io::ioctl_fionbio(socket, true)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::OwnedFd;
+
+    use rustix::fs::OFlags;
+
+    use super::vouch_for;
+
+    fn nonblocking(fd: &OwnedFd) -> bool {
+        rustix::fs::fcntl_getfl(fd)
+            .unwrap()
+            .contains(OFlags::NONBLOCK)
+    }
+
+    #[test]
+    fn only_connected_stream_sockets_are_vouched_for_and_they_become_non_blocking() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let accepted = OwnedFd::from(listener.accept().unwrap().0);
+        assert!(!nonblocking(&accepted));
+        vouch_for(&accepted).unwrap();
+        assert!(nonblocking(&accepted));
+
+        let (unix, _other) = std::os::unix::net::UnixStream::pair().unwrap();
+        vouch_for(&OwnedFd::from(unix)).unwrap();
+
+        let udp = OwnedFd::from(std::net::UdpSocket::bind("127.0.0.1:0").unwrap());
+        assert!(vouch_for(&udp).is_err());
+        assert!(vouch_for(&OwnedFd::from(listener)).is_err());
+        let (pipe, _) = rustix::pipe::pipe().unwrap();
+        assert!(vouch_for(&pipe).is_err());
     }
 }

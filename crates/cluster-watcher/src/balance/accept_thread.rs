@@ -22,6 +22,9 @@
 //! predecessor watcher whose workers accepted on it) is non-blocking: there the thread
 //! waits with `poll`, as an event loop would, and never blocks anyone else's `accept`.
 //!
+//! Connections are accepted non-blocking, which is what the watcher vouches for to its
+//! workers (they skip the check and the `ioctl`, `CLUSTER_CLIENTS_VOUCHED`).
+//!
 //! Stopping: nothing interrupts a blocked `accept` but a connection, so [`Acceptor::stop`]
 //! connects to the socket (from a short-lived thread, a few times if another process
 //! accepting on the same socket takes the connection) until the thread has gone. A
@@ -208,7 +211,10 @@ impl Accepting {
         let _entered = span.enter();
         let mut backoff = Duration::from_millis(10);
         while !self.state.stop.load(Ordering::SeqCst) {
-            match rustix::net::acceptfrom_with(&self.listener, SocketFlags::CLOEXEC) {
+            match rustix::net::acceptfrom_with(
+                &self.listener,
+                SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            ) {
                 Ok((socket, peer)) => {
                     backoff = Duration::from_millis(10);
                     let peer = peer.and_then(|p| std::net::SocketAddr::try_from(p).ok());

@@ -183,6 +183,8 @@ impl WorkerSockets {
             fds,
             heartbeat: config.heartbeat_interval,
             balance: config.balance,
+            // Accepted non-blocking here, or checked on the way in (`balance/accept.rs`).
+            clients_vouched: true,
         };
         command.envs(bootstrap.to_env());
         super::command::prepare(&mut command, config, id);
