@@ -10,7 +10,7 @@
 //!
 //! ```sh
 //! target/release/cpu-profile [ROUNDS] [CONFIG...]   # after bench/run.sh built everything
-//! # CONFIG: rr, ref_c, shared, ref_b, ref_c_poll, ref_c_tokio (default: rr ref_c);
+//! # CONFIG: rr, lc, hash, ref_c, shared, ref_b, ref_c_poll, ref_c_tokio (default: rr ref_c);
 //! # PROFILE_SECS=4 per run. ref_c_poll and ref_c_tokio: reference (c)'s parent waiting as
 //! # an event loop does, to separate the wait's cost from the cluster code's.
 //! ```
@@ -48,6 +48,8 @@ fn command(name: &str) -> Option<Vec<String>> {
     };
     Some(match name {
         "rr" => cluster("round-robin"),
+        "lc" => cluster("least-conn"),
+        "hash" => cluster("hash=ip"),
         "shared" => cluster("shared"),
         "ref_c" => reference("fdpass"),
         "ref_b" => reference("shared"),
@@ -96,7 +98,7 @@ fn main() {
     }
     if let Some(bad) = chosen.iter().find(|c| command(c).is_none()) {
         eprintln!(
-            "cpu-profile: unknown configuration {bad:?} (rr, ref_c, shared, ref_b, ref_c_poll, ref_c_tokio)"
+            "cpu-profile: unknown configuration {bad:?} (rr, lc, hash, ref_c, shared, ref_b, ref_c_poll, ref_c_tokio)"
         );
         std::process::exit(2);
     }
@@ -137,6 +139,8 @@ fn main() {
     }
     for (ours, reference) in [
         ("rr", "ref_c"),
+        ("lc", "ref_c"),
+        ("hash", "ref_c"),
         ("shared", "ref_b"),
         ("ref_c_poll", "ref_c"),
         ("ref_c_tokio", "ref_c"),
