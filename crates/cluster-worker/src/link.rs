@@ -207,16 +207,18 @@ async fn send_heartbeats(
 }
 
 /// How long a close report waits for the closes that follow it.
-const CLOSES_COALESCED: Duration = Duration::from_millis(1);
+const CLOSES_COALESCED: Duration = Duration::from_millis(5);
 
 /// Least-conn: the count of closed connections, soon after each close.
 async fn report_closes(control: ChannelSender<WorkerToWatcher>, counters: Counters) {
     let mut reported = 0;
     loop {
         counters.closed_changed.notified().await;
-        // The closes of the next millisecond go in the same report: under load a report
-        // per close was one more message per request for the watcher to read (a
-        // millisecond-old count is as good for picking the least loaded).
+        // The closes of the next 5 ms go in the same report: under load a report per close
+        // was one more message per request for the watcher to read, and each report wakes
+        // the watcher's runtime, which its accept threads otherwise leave asleep (a count
+        // a few milliseconds old is as good for picking the least loaded: both workers'
+        // counts lag alike, and a slow request lasts far longer).
         tokio::time::sleep(CLOSES_COALESCED).await;
         let closed = counters.closed.load(Ordering::Relaxed);
         if closed != reported {
