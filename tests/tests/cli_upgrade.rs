@@ -48,6 +48,8 @@ fn upgrade_under_load(balance: &str) {
     std::thread::sleep(Duration::from_millis(500));
     cluster.signal(Signal::USR2);
     let new = wait_new_watcher(&cluster, &pid_file, old);
+    // Stopped below; this stops it also when a check fails (it is not this test's child).
+    let _last = cluster_testkit::StopOnDrop { pid: new };
     std::thread::sleep(Duration::from_millis(500));
     let (ok, failed, _) = load.finish();
     let kept = keep_alive.finish();
@@ -224,6 +226,8 @@ fn ten_upgrades_in_a_row_leak_no_descriptor() {
     // never passed on): every successor is started the same way, by its predecessor, and the
     // first of them is the baseline a leak would grow from.
     let mut baseline = None;
+    // The watchers the upgrades start are not this test's children.
+    let mut last = cluster_testkit::StopOnDrop::default();
     for round in 0..10 {
         let answer = cluster_upgrade(&control);
         assert!(
@@ -232,6 +236,7 @@ fn ten_upgrades_in_a_row_leak_no_descriptor() {
             String::from_utf8_lossy(&answer.stderr)
         );
         current = wait_new_watcher(&cluster, &pid_file, current);
+        last.pid = current;
         assert!(support::http_get(port).is_ok());
         if baseline.is_none() {
             std::thread::sleep(Duration::from_millis(300));

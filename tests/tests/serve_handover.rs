@@ -166,6 +166,8 @@ fn through_restarts_and_an_upgrade(mode: &str) {
         }
         _ => upgrade(&cluster, &dir.join("pid"), watcher),
     };
+    // Stopped below; this stops it also when a check fails (it is not this test's child).
+    let _last = cluster_testkit::StopOnDrop { pid: new };
     std::thread::sleep(Duration::from_millis(1000));
     let records = load.finish();
     if std::env::var("HANDOVER_DEBUG").is_ok() {
