@@ -146,7 +146,13 @@ impl ClusterWatcher {
     /// Gives a connection to a ready worker listening on `meta.listener` (waiting for one
     /// if none is ready yet), with `prefix`, bytes already read from it, replayed first: the
     /// other end of a predecessor's [`hand_connections_to`](Self::hand_connections_to).
+    /// A descriptor that is not a connected stream socket is closed; one in blocking mode is
+    /// made non-blocking (workers take what the watcher sends unchecked).
     pub async fn hand_over(&self, socket: OwnedFd, meta: &ClientMeta, prefix: &[u8]) {
+        if let Err(e) = crate::balance::vouch_for(&socket) {
+            tracing::warn!(listener = %meta.listener, error = %e, "a handed-over descriptor is not a connected stream socket; closed");
+            return;
+        }
         self.shared.balancer.hand_over(socket, meta, prefix).await;
     }
 

@@ -284,9 +284,9 @@ impl ServerSocketProvider {
         if !self.descriptors {
             // No requester ever holds it: its owner accepts on it, in a thread that blocks
             // in `accept` (one system call a connection instead of a wait and an `accept`).
-            set_blocking(&fd).map_err(|source| ServerSocketError::Bind {
+            rustix::io::ioctl_fionbio(&fd, false).map_err(|e| ServerSocketError::Bind {
                 address: address.to_string(),
-                source,
+                source: e.into(),
             })?;
         }
         let fd = Arc::new(fd);
@@ -444,13 +444,4 @@ impl ServerSocketProvider {
             })
             .collect()
     }
-}
-
-/// Clears `O_NONBLOCK` on a socket nobody else holds yet.
-fn set_blocking(fd: &OwnedFd) -> io::Result<()> {
-    let flags = rustix::fs::fcntl_getfl(fd)?;
-    Ok(rustix::fs::fcntl_setfl(
-        fd,
-        flags - rustix::fs::OFlags::NONBLOCK,
-    )?)
 }

@@ -12,7 +12,7 @@ use cluster_ipc::protocol::ClientMeta;
 use parking_lot::Mutex;
 
 use super::handoff::{Balancer, ClientPipe, Route};
-use super::hash;
+use super::hash::{self, HashKey};
 use crate::task::spawn_in;
 
 impl Balancer {
@@ -94,17 +94,11 @@ impl Balancer {
         meta: ClientMeta,
         mut prefix: Vec<u8>,
     ) {
-        let by_address = hash::of_address(meta.peer);
-        let Some(key) = &self.hash_key else {
-            return self.hand_off(route, socket, &meta, &prefix, None).await;
+        let key = match self.key_without_reading(&meta, &prefix) {
+            Ok(known) => return self.hand_off(route, socket, &meta, &prefix, known).await,
+            Err(key) => key,
         };
-        // A live session handed over has no request head to read (its prefix is its
-        // record and WebSocket frames): its client's address is its key.
-        if !key.in_request() || prefix.starts_with(cluster_ipc::session::SESSION_MAGIC) {
-            return self
-                .hand_off(route, socket, &meta, &prefix, Some(by_address))
-                .await;
-        }
+        let by_address = hash::of_address(meta.peer);
         let Ok(permit) = self.reading.clone().try_acquire_owned() else {
             self.hash_fallbacks
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -112,7 +106,7 @@ impl Balancer {
                 .hand_off(route, socket, &meta, &prefix, Some(by_address))
                 .await;
         };
-        let (this, route, key) = (self.clone(), route.clone(), key.clone());
+        let (this, route) = (self.clone(), route.clone());
         self.track(spawn_in(self.span.clone(), async move {
             hash::read_head(&socket, &mut prefix).await;
             drop(permit);
@@ -124,6 +118,26 @@ impl Balancer {
             this.hand_off(&route, socket, &meta, &prefix, Some(found))
                 .await;
         }));
+    }
+
+    /// The key a connection is handed off by, when it is known without reading the request:
+    /// `Ok(None)` unhashed, `Ok(Some(address's key))` for `hash=ip` and for a live session
+    /// (its prefix is its record and WebSocket frames, no request head); `Err(key)` when
+    /// `key` is in the request head, which must be read first.
+    pub(super) fn key_without_reading(
+        &self,
+        meta: &ClientMeta,
+        prefix: &[u8],
+    ) -> Result<Option<u32>, HashKey> {
+        match &self.hash_key {
+            None => Ok(None),
+            Some(key)
+                if !key.in_request() || prefix.starts_with(cluster_ipc::session::SESSION_MAGIC) =>
+            {
+                Ok(Some(hash::of_address(meta.peer)))
+            }
+            Some(key) => Err(key.clone()),
+        }
     }
 
     /// From now on every connection goes to `successor` (a watcher that took over), and
@@ -159,18 +173,15 @@ impl Balancer {
 
     /// A connection a stopping worker handed back (idle between requests, with the bytes it
     /// had read), or a predecessor watcher passed on, goes to another ready worker listening
-    /// on the same address; closed only when no worker listens there any more, or when it
-    /// is not a connected stream socket.
+    /// on the same address; closed only when no worker listens there any more. It must be
+    /// what the watcher vouches for to its workers: a hand-back's typed receive checked it,
+    /// a predecessor's went through [`vouch_for`].
     pub(crate) async fn hand_over(
         self: &Arc<Self>,
         socket: OwnedFd,
         meta: &ClientMeta,
         prefix: &[u8],
     ) {
-        if let Err(e) = vouch_for(&socket) {
-            tracing::warn!(listener = %meta.listener, error = %e, "a handed-over descriptor is not a connected stream socket; closed");
-            return;
-        }
         if self.to_successor(&socket, meta, prefix).await {
             return;
         }
@@ -193,9 +204,10 @@ impl Balancer {
 
 /// Makes `socket` what the watcher vouches for to its workers (`CLUSTER_CLIENTS_VOUCHED`,
 /// they take it unchecked): a connected stream socket, non-blocking. Its own accepts are so
-/// from the start; this is for what comes from elsewhere (a worker's hand-back, a
-/// predecessor watcher, which may be an older version that sends them blocking).
-fn vouch_for(socket: &OwnedFd) -> std::io::Result<()> {
+/// from the start, and a worker's hand-backs are checked by their typed receive; this is
+/// for a predecessor watcher's connections, which may come from an older version that
+/// sends them blocking.
+pub(crate) fn vouch_for(socket: &OwnedFd) -> std::io::Result<()> {
     let kind = fdpass::SocketKind::of(socket)?;
     if kind.type_ != rustix::net::SocketType::STREAM || kind.listening {
         return Err(std::io::Error::new(

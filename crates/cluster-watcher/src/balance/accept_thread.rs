@@ -45,7 +45,6 @@ use rustix::net::{SocketAddrAny, SocketFlags};
 use tokio::sync::mpsc;
 
 use super::handoff::{Balancer, Route};
-use super::hash;
 use crate::task::spawn_in;
 
 /// Connections waiting for the async path; past it the thread waits.
@@ -284,10 +283,8 @@ impl Balancer {
         if self.successor.get().is_some() {
             return Err(socket);
         }
-        let key = match &self.hash_key {
-            None => None,
-            Some(key) if !key.in_request() => Some(hash::of_address(meta.peer)),
-            Some(_) => return Err(socket), // the head must be read first
+        let Ok(key) = self.key_without_reading(meta, &[]) else {
+            return Err(socket); // the head must be read first
         };
         let Some(pick) = self.pick(route, &[], key) else {
             return Err(socket);

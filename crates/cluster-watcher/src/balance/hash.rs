@@ -171,8 +171,8 @@ pub(crate) fn owner(
 
 /// Reads the head of the first request on `socket` (adding to `read`, the bytes already
 /// read), up to its blank line, [`MAX_HEAD`] bytes or [`HEAD_TIMEOUT`], through a duplicate of
-/// the descriptor: `socket` itself is never given up, and its blocking mode is as it was, so
-/// the connection goes on to a worker whatever happened here.
+/// the descriptor: `socket` itself is never given up, so the connection goes on to a worker
+/// whatever happened here.
 pub(crate) async fn read_head(socket: &OwnedFd, read: &mut Vec<u8>) {
     if has_head(read) {
         return;
@@ -180,9 +180,9 @@ pub(crate) async fn read_head(socket: &OwnedFd, read: &mut Vec<u8>) {
     let Ok(duplicate) = socket.try_clone() else {
         return; // out of descriptors: the address is the key
     };
-    let was_blocking = rustix::fs::fcntl_getfl(socket)
-        .is_ok_and(|flags| !flags.contains(rustix::fs::OFlags::NONBLOCK));
     let stream = std::net::TcpStream::from(duplicate);
+    // Every connection the watcher hands on is non-blocking already (it vouches for that to
+    // its workers); this only keeps a broken promise from blocking the watcher's runtime.
     if stream.set_nonblocking(true).is_err() {
         return;
     }
@@ -197,9 +197,6 @@ pub(crate) async fn read_head(socket: &OwnedFd, read: &mut Vec<u8>) {
             }
         };
         let _ = tokio::time::timeout(HEAD_TIMEOUT, reading).await;
-    }
-    if was_blocking {
-        let _ = rustix::io::ioctl_fionbio(socket, false);
     }
 }
 

@@ -29,6 +29,7 @@ mod steering;
 use cluster_ipc::ServerSocketProvider;
 use cluster_ipc::protocol::{Balance, BalanceTraits};
 
+pub(crate) use self::accept::vouch_for;
 pub(crate) use self::handoff::{Balancer, ClientPipe, bound_handoff_queue};
 pub use self::hash::{HashKey, HashKeyError};
 pub(crate) use self::pick::Rule;

@@ -183,7 +183,8 @@ impl WorkerSockets {
             fds,
             heartbeat: config.heartbeat_interval,
             balance: config.balance,
-            // Accepted non-blocking here, or checked on the way in (`balance/accept.rs`).
+            // Accepted non-blocking (`balance/accept_thread.rs`); hand-backs are checked by
+            // their typed receive, a predecessor's connections by `balance::vouch_for`.
             clients_vouched: true,
         };
         command.envs(bootstrap.to_env());
